@@ -1,0 +1,170 @@
+"""Batch compiler, row level: IR expressions -> Polars expressions.
+
+One entry per operation in ``TRANSLATIONS``; compare with ``python_rows.TEMPLATES``. Datetimes are
+int64 epoch microseconds here too. Polars propagates nulls through every op below except the
+null-aware ones (fill_null, coalesce, when, is_null, Kleene and/or, encode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import polars as pl
+import xxhash
+
+from featurepipe import kernels as k
+from featurepipe.ir import nodes as ir
+from featurepipe.ir.types import DType
+
+I, F, B, S, D = DType.INT, DType.FLOAT, DType.BOOL, DType.STR, DType.DATETIME
+
+PL_TYPES: dict[DType, pl.DataType] = {
+    I: pl.Int64(),
+    F: pl.Float64(),
+    B: pl.Boolean(),
+    S: pl.String(),
+    D: pl.Int64(),  # epoch microseconds; converted to Datetime only at the output edge
+}
+UTC_US = pl.Datetime("us", "UTC")
+
+Translation = Callable[[ir.Call, list[pl.Expr]], pl.Expr]
+
+
+def _by_type(int_f: Callable[..., pl.Expr], float_f: Callable[..., pl.Expr]) -> Translation:
+    return lambda n, a: (float_f if n.dtype is F else int_f)(*a)
+
+
+def _floor_f(x: pl.Expr) -> pl.Expr:
+    return x.floor()
+
+
+def _cast(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
+    src, to = node.args[0].dtype, node.dtype
+    if src is to or (src, to) == (D, I):
+        return a[0]
+    if (src, to) == (F, I):
+        return a[0].cast(pl.Int64, strict=False)
+    return a[0].cast(PL_TYPES[to])
+
+
+def _clip(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
+    x = a[0]
+    lo = pl.lit(node.param("lower"), PL_TYPES[node.dtype])
+    hi = pl.lit(node.param("upper"), PL_TYPES[node.dtype])
+    out = pl.when(x < lo).then(lo).when(x > hi).then(hi).otherwise(x)
+    if node.dtype is F:
+        out = pl.when(x.is_nan()).then(x).otherwise(out)
+    return out
+
+
+def _round(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
+    s = 10.0 ** int(node.param("decimals"))
+    return (a[0] * s).round(0, mode="half_to_even") / s
+
+
+def _dt(part: str) -> Translation:
+    def t(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
+        d = a[0].cast(UTC_US).dt
+        expr = {
+            "hour": d.hour,
+            "minute": d.minute,
+            "day_of_week": d.weekday,
+            "day": d.day,
+            "month": d.month,
+            "year": d.year,
+        }[part]()
+        return expr.cast(pl.Int64)
+
+    return t
+
+
+def _encode(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
+    vocab = list(node.param("vocabulary"))
+    codes = list(range(k.FIRST_VOCAB_CODE, k.FIRST_VOCAB_CODE + len(vocab)))
+    mapped = a[0].replace_strict(vocab, codes, default=k.OOV_CODE, return_dtype=pl.Int64)
+    return pl.when(a[0].is_null()).then(pl.lit(k.NULL_CODE, pl.Int64)).otherwise(mapped)
+
+
+def _hash_bucket(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
+    buckets = int(node.param("buckets"))
+
+    # One call per batch, hashing each *distinct* value once; never per row.
+    def hash_batch(s: pl.Series) -> pl.Series:
+        uniq = s.drop_nulls().unique()
+        texts = uniq.cast(pl.String).to_list()
+        codes = [xxhash.xxh64_intdigest(t.encode("utf-8")) % buckets for t in texts]
+        return s.replace_strict(uniq, pl.Series(codes, dtype=pl.Int64), default=None, return_dtype=pl.Int64)
+
+    return a[0].map_batches(hash_batch, return_dtype=pl.Int64)
+
+
+def _bucketize(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
+    x = a[0].cast(pl.Float64) if node.args[0].dtype is I else a[0]
+    terms = [(x >= pl.lit(b, pl.Float64)).cast(pl.Int64) for b in node.param("boundaries")]
+    return pl.when(x.is_null()).then(None).otherwise(pl.sum_horizontal(terms)).cast(pl.Int64)
+
+
+TRANSLATIONS: dict[str, Translation] = {
+    "add": lambda n, a: a[0] + a[1],
+    "sub": lambda n, a: a[0] - a[1],
+    "mul": lambda n, a: a[0] * a[1],
+    "truediv": lambda n, a: a[0] / a[1],
+    "floordiv": _by_type(lambda x, y: x // y, lambda x, y: _floor_f(x / y)),
+    "mod": _by_type(lambda x, y: x % y, lambda x, y: x - y * _floor_f(x / y)),
+    "neg": lambda n, a: -a[0],
+    "eq": lambda n, a: a[0] == a[1],
+    "ne": lambda n, a: a[0] != a[1],
+    "lt": lambda n, a: a[0] < a[1],
+    "le": lambda n, a: a[0] <= a[1],
+    "gt": lambda n, a: a[0] > a[1],
+    "ge": lambda n, a: a[0] >= a[1],
+    "and": lambda n, a: a[0] & a[1],
+    "or": lambda n, a: a[0] | a[1],
+    "not": lambda n, a: ~a[0],
+    "is_null": lambda n, a: a[0].is_null(),
+    "fill_null": lambda n, a: a[0].fill_null(a[1]),
+    "coalesce": lambda n, a: pl.coalesce(a),
+    "case": lambda n, a: pl.when(a[0]).then(a[1]).otherwise(a[2]),
+    "cast": _cast,
+    "abs": lambda n, a: a[0].abs(),
+    "round": _round,
+    "floor": lambda n, a: a[0].floor(),
+    "ceil": lambda n, a: a[0].ceil(),
+    "sqrt": lambda n, a: a[0].sqrt(),
+    "log": lambda n, a: a[0].log(),
+    "log1p": lambda n, a: a[0].log1p(),
+    "exp": lambda n, a: a[0].exp(),
+    "clip": _clip,
+    "lower": lambda n, a: a[0].str.to_lowercase(),
+    "upper": lambda n, a: a[0].str.to_uppercase(),
+    "strip": lambda n, a: a[0].str.strip_chars(k.STRIP_CHARS),
+    "str_len": lambda n, a: a[0].str.len_chars().cast(pl.Int64),
+    "contains": lambda n, a: a[0].str.contains(n.param("text"), literal=True),
+    "startswith": lambda n, a: a[0].str.starts_with(n.param("text")),
+    "endswith": lambda n, a: a[0].str.ends_with(n.param("text")),
+    "slice": lambda n, a: a[0].str.slice(n.param("offset"), n.param("length")),
+    "concat": lambda n, a: pl.concat_str(a, ignore_nulls=False),
+    "hour": _dt("hour"),
+    "minute": _dt("minute"),
+    "day_of_week": _dt("day_of_week"),
+    "day": _dt("day"),
+    "month": _dt("month"),
+    "year": _dt("year"),
+    "epoch_seconds": lambda n, a: a[0] // k.US_PER_S,
+    "truncate": lambda n, a: a[0] - a[0] % int(n.param("every")),
+    "encode": _encode,
+    "hash_bucket": _hash_bucket,
+    "bucketize": _bucketize,
+}
+
+
+def translate(node: ir.Node, leaf: Callable[[ir.Node], pl.Expr | None]) -> pl.Expr:
+    """Polars expression of an IR tree; ``leaf`` resolves fields, aggregates and references."""
+    resolved = leaf(node)
+    if resolved is not None:
+        return resolved
+    if isinstance(node, ir.Literal):
+        return pl.lit(node.value, PL_TYPES[node.dtype])
+    if isinstance(node, ir.Call):
+        return TRANSLATIONS[node.op](node, [translate(a, leaf) for a in node.args])
+    raise TypeError(f"cannot translate {type(node).__name__} at row level")

@@ -1,0 +1,306 @@
+"""Per-event compiler, aggregation level: explicit per-entity state, one event at a time.
+
+State of one entity for one view::
+
+    [horizon, max_ts, buffer, compacted]
+
+``buffer`` holds the retained events sorted by (ts, arrival seq), each as
+``[ts, seq, mask, p0, p1, ...]`` where bit i of ``mask`` says the event passes aggregation i's
+``where`` and ``pi`` is its *prepared* input (fixed-point integer for float sums, canonical float
+for min/max, ...). Events older than ``horizon`` are folded into ``compacted`` (lifetime
+accumulators only) and dropped, so state stays bounded. ``horizon`` trails the newest event by
+the longest window plus the view's lateness; a query at T is answered exactly iff
+T >= max_ts - lateness (see docs/semantics.md).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+
+from featurepipe import kernels as k
+from featurepipe.compile.python_rows import CodeGen
+from featurepipe.errors import StateError
+from featurepipe.ir import nodes as ir
+from featurepipe.ir.types import DType
+
+State = list[Any]
+NO_TS = -(2**63)
+
+
+def _prepare_code(agg: ir.Agg, v: str) -> str:
+    """Python expression turning a raw input value into what the accumulators hold."""
+    arg_t = agg.arg.dtype if agg.arg is not None else None
+    if agg.kind in ("sum", "mean") and arg_t is DType.FLOAT:
+        return f"(None if {v} is None else _k.to_fixed({v}))"
+    if agg.kind in ("var", "std"):
+        return f"(None if {v} is None else (_k.to_fixed({v}), _k.to_fixed({v} * {v})))"
+    if agg.kind in ("min", "max") and arg_t is DType.FLOAT:
+        return f"(None if {v} is None else _k.canonical_float({v}))"
+    if agg.kind == "count_distinct" and arg_t is DType.FLOAT:
+        return f"(None if {v} is None else _k.distinct_key({v}))"
+    return v
+
+
+class ViewProgram:
+    """The per-event executor of one view."""
+
+    def __init__(self, view: ir.ViewIR) -> None:
+        self.view = view
+        self.aggs = view.aggs
+        self.max_window = view.max_window_us
+        self.lateness = view.lateness_us
+        self.lifetime = [i for i, a in enumerate(self.aggs) if a.window_us is None]
+        self.row_source, self._row = self._compile_rows()
+        self.final_source, self._final = self._compile_features()
+        self.feature_names = [f.name for f in view.features]
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder()
+
+    # -- compilation -----------------------------------------------------------------------
+    def _compile_rows(self) -> tuple[str, Callable[..., Any]]:
+        gen = CodeGen(lambda n: f"ev[{n.name!r}]" if isinstance(n, ir.Field) else None)
+        outs: list[str] = []
+        mask_terms: list[str] = []
+        for i, agg in enumerate(self.aggs):
+            v = gen.emit(agg.arg) if agg.arg is not None else "True"
+            prepared = f"p{i}"
+            gen.lines.append(f"{prepared} = {_prepare_code(agg, v)}")
+            outs.append(prepared)
+            if agg.where is None:
+                mask_terms.append(str(1 << i))
+            else:
+                w = gen.emit(agg.where)
+                mask_terms.append(f"({1 << i} if {w} is True else 0)")
+        gen.lines.append("mask = " + (" | ".join(mask_terms) if mask_terms else "0"))
+        return gen.function("prepare_event", "ev", ["mask", *outs])
+
+    def _compile_features(self) -> tuple[str, Callable[..., Any]]:
+        index = {a: i for i, a in enumerate(self.aggs)}
+
+        def leaf(n: ir.Node) -> str | None:
+            if isinstance(n, ir.Agg):
+                return f"aggs[{index[n]}]"
+            if isinstance(n, ir.FeatureRef):
+                return gen.names[self.view.feature(n.name).expr]
+            return None
+
+        gen = CodeGen(leaf)
+        order = _dependency_order(self.view)
+        outs = {f.name: gen.emit(f.expr) for f in order}
+        return gen.function("finish_features", "aggs", [outs[f.name] for f in self.view.features])
+
+    # -- state -----------------------------------------------------------------------------
+    def new_state(self) -> State:
+        return [NO_TS, NO_TS, [], [_empty_acc(a) for a in self.aggs]]
+
+    def ingest(self, state: State, event: Mapping[str, Any], seq: int) -> None:
+        """Fold one event (datetimes as epoch micros) into the entity's state."""
+        ts = event[self.view.timestamp]
+        rec = [ts, seq, *self._row(event)]
+        if ts < state[0]:
+            self._compact(state[3], rec)  # very late: only lifetime accumulators can use it
+        else:
+            buf = state[2]
+            pos = len(buf)
+            if pos and buf[-1][0] > ts:
+                pos = bisect_right(buf, ts, key=_ts)
+            buf.insert(pos, rec)
+        if ts > state[1]:
+            state[1] = ts
+            horizon = ts - self.max_window - self.lateness
+            if horizon > state[0]:
+                state[0] = horizon
+                self._evict(state)
+
+    def _evict(self, state: State) -> None:
+        buf = state[2]
+        cut = bisect_left(buf, state[0], key=_ts)
+        if cut:
+            for rec in buf[:cut]:
+                self._compact(state[3], rec)
+            del buf[:cut]
+
+    def _compact(self, compacted: list[Any], rec: list[Any]) -> None:
+        mask = rec[2]
+        for i in self.lifetime:
+            if mask >> i & 1:
+                compacted[i] = _fold(self.aggs[i], compacted[i], rec[0], rec[1], rec[3 + i])
+
+    def can_answer(self, state: State, t: int) -> bool:
+        return state[1] == NO_TS or t >= state[1] - self.lateness
+
+    def query(self, state: State | None, t: int) -> tuple[Any, ...]:
+        """Every feature of the view as of T (events with ts < T), in declaration order."""
+        if state is None:
+            state = self.new_state()
+        elif not self.can_answer(state, t):
+            raise StateError(
+                f"view '{self.view.name}': query at {t} is more than the view's lateness "
+                f"behind the newest event ({state[1]}); retained state cannot answer it"
+            )
+        buf = state[2]
+        hi = bisect_left(buf, t, key=_ts)
+        values = []
+        for i, agg in enumerate(self.aggs):
+            if agg.window_us is None:
+                acc = _copy_acc(agg, state[3][i])
+                lo = 0
+            else:
+                acc = _empty_acc(agg)
+                lo = bisect_left(buf, t - agg.window_us, key=_ts, hi=hi)
+            bit = 1 << i
+            for rec in buf[lo:hi]:
+                if rec[2] & bit:
+                    acc = _fold(agg, acc, rec[0], rec[1], rec[3 + i])
+            values.append(_finalize(agg, acc))
+        return tuple(self._final(values))
+
+    # -- bytes -----------------------------------------------------------------------------
+    def dumps(self, state: State) -> bytes:
+        compacted = [sorted(a, key=_sort_key) if isinstance(a, set) else a for a in state[3]]
+        return self._encoder.encode([state[0], state[1], state[2], compacted])
+
+    def loads(self, blob: bytes) -> State:
+        h, m, buf, compacted = self._decoder.decode(blob)
+        for rec in buf:
+            for i, agg in enumerate(self.aggs):
+                if agg.kind in ("var", "std") and isinstance(rec[3 + i], list):
+                    rec[3 + i] = tuple(rec[3 + i])
+        for i, agg in enumerate(self.aggs):
+            if agg.kind == "count_distinct":
+                compacted[i] = set(compacted[i])
+            elif agg.kind in ("first", "last") and compacted[i] is not None:
+                compacted[i] = tuple(compacted[i])
+        return [h, m, buf, compacted]
+
+
+def _ts(rec: list[Any]) -> int:
+    return int(rec[0])
+
+
+def _sort_key(v: Any) -> tuple[str, Any]:
+    return (type(v).__name__, v)
+
+
+def _dependency_order(view: ir.ViewIR) -> list[ir.Feature]:
+    done: dict[str, ir.Feature] = {}
+
+    def visit(f: ir.Feature) -> None:
+        if f.name in done:
+            return
+        for n in f.expr.walk():
+            if isinstance(n, ir.FeatureRef):
+                visit(view.feature(n.name))
+        done[f.name] = f
+
+    for f in view.features:
+        visit(f)
+    return list(done.values())
+
+
+# ---- accumulators: one small, order-independent record per aggregation ----------------------
+# count: n | sum/mean: [n, total, pos, neg, nan] | var/std: [n, s1, s2, flags]
+# min/max: [n, best, nan] | first/last: (ts, seq, value) or None | count_distinct: set
+
+
+def _empty_acc(agg: ir.Agg) -> Any:
+    kind = agg.kind
+    if kind == "count":
+        return 0
+    if kind in ("sum", "mean"):
+        return [0, 0, 0, 0, 0]
+    if kind in ("var", "std"):
+        return [0, 0, 0, 0]
+    if kind in ("min", "max"):
+        return [0, None, 0]
+    if kind in ("first", "last"):
+        return None
+    return set()
+
+
+def _copy_acc(agg: ir.Agg, acc: Any) -> Any:
+    if isinstance(acc, list):
+        return list(acc)
+    if isinstance(acc, set):
+        return set(acc)
+    return acc
+
+
+def _fold(agg: ir.Agg, acc: Any, ts: int, seq: int, p: Any) -> Any:
+    kind = agg.kind
+    if kind == "count":
+        return acc + (p is not None)
+    if kind == "first":
+        return (ts, seq, p) if acc is None or (ts, seq) < (acc[0], acc[1]) else acc
+    if kind == "last":
+        return (ts, seq, p) if acc is None or (ts, seq) > (acc[0], acc[1]) else acc
+    if p is None:
+        return acc
+    if kind == "count_distinct":
+        acc.add(p)
+        return acc
+    if kind in ("sum", "mean"):
+        acc[0] += 1
+        if isinstance(p, int):
+            acc[1] += p
+        else:
+            acc[{"+": 2, "-": 3, "nan": 4}[p]] += 1
+        return acc
+    if kind in ("var", "std"):
+        q1, q2 = p
+        acc[0] += 1
+        if isinstance(q1, int) and isinstance(q2, int):
+            acc[1] += q1
+            acc[2] += q2
+        else:
+            acc[3] += 1
+        return acc
+    # min / max
+    acc[0] += 1
+    if p != p:
+        acc[2] += 1
+    elif acc[1] is None or (p < acc[1] if kind == "min" else p > acc[1]):
+        acc[1] = p
+    return acc
+
+
+def _finalize(agg: ir.Agg, acc: Any) -> Any:
+    out = _finalize_raw(agg, acc)
+    return agg.default if out is None else out
+
+
+def _finalize_raw(agg: ir.Agg, acc: Any) -> Any:
+    kind = agg.kind
+    is_float = agg.arg is not None and agg.arg.dtype is DType.FLOAT
+    if kind == "count":
+        return acc
+    if kind in ("first", "last"):
+        return None if acc is None else acc[2]
+    if kind == "count_distinct":
+        return len(acc)
+    if kind in ("sum", "mean"):
+        n, total, pos, neg, nan = acc
+        if n == 0:
+            return None
+        if is_float:
+            s = k.finalize_float_sum(total, pos, neg, nan)
+        elif kind == "sum":
+            return total if k.INT_MIN <= total <= k.INT_MAX else None
+        else:
+            s = float(total)
+        return s if kind == "sum" else s / float(n)
+    if kind in ("var", "std"):
+        n, s1, s2, flags = acc
+        var = k.finalize_var(n, float(s1) * k.INV_SCALE, float(s2) * k.INV_SCALE, flags)
+        if var is None or kind == "var":
+            return var
+        return math.sqrt(var) if var == var else var
+    n, best, nan = acc
+    if n == 0:
+        return None
+    return math.nan if nan else best

@@ -1,0 +1,433 @@
+"""Entities, sources and feature views; building a view types its expressions into the IR."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+from pydantic import BaseModel
+
+from featurepipe.dsl.expr import Expr
+from featurepipe.errors import DefinitionError, UnsupportedOperationError
+from featurepipe.ir import nodes as ir
+from featurepipe.ir.fingerprint import fingerprint
+from featurepipe.ir.ops import AGGS, OPS
+from featurepipe.ir.types import DType, dtype_of_annotation, python_type_ok
+
+_WINDOW = re.compile(r"^(\d+)(us|ms|s|m|h|d|w)$")
+_UNIT_US = {
+    "us": 1,
+    "ms": 1_000,
+    "s": 1_000_000,
+    "m": 60_000_000,
+    "h": 3_600_000_000,
+    "d": 86_400_000_000,
+    "w": 7 * 86_400_000_000,
+}
+RESERVED = {"event_timestamp", "__seq", "__ts", "__qid", "__arrived"}
+
+
+def parse_duration(text: Any) -> int:
+    """'30m', '1h', '7d' ... -> microseconds. Raises ValueError with a readable message."""
+    m = _WINDOW.match(str(text).strip()) if isinstance(text, str) else None
+    if m is None or int(m.group(1)) <= 0:
+        raise ValueError(
+            f"bad duration {text!r}: expected a positive integer and a unit "
+            "(us, ms, s, m, h, d, w), e.g. '30m', '1h', '7d'"
+        )
+    return int(m.group(1)) * _UNIT_US[m.group(2)]
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ParquetSource:
+    path: str
+
+
+@dataclass(frozen=True)
+class KafkaSource:
+    topic: str
+
+
+class Source:
+    """An event stream with a pydantic contract, readable in batch (Parquet) and stream (Kafka)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        schema: type[BaseModel],
+        timestamp: str,
+        batch: ParquetSource | None = None,
+        stream: KafkaSource | None = None,
+        arrival: str | None = None,
+    ) -> None:
+        self.name = name
+        self.schema = schema
+        self.timestamp = timestamp
+        self.batch = batch
+        self.stream = stream
+        self.arrival = arrival
+        fields: dict[str, tuple[DType, bool]] = {}
+        for fname, info in schema.model_fields.items():
+            mapped = dtype_of_annotation(info.annotation)
+            if mapped is None:
+                raise DefinitionError(
+                    f"source '{name}': field '{fname}' has unsupported type {info.annotation!r} "
+                    "(use bool, int, float, str or datetime, optionally | None)"
+                )
+            fields[fname] = mapped
+        self.fields = fields
+        for col in (timestamp, arrival):
+            if col is not None and fields.get(col, (None, False))[0] is not DType.DATETIME:
+                raise DefinitionError(
+                    f"source '{name}': timestamp field '{col}' must be a datetime field "
+                    f"of {schema.__name__}"
+                )
+
+    def __repr__(self) -> str:
+        return f"Source({self.name!r})"
+
+
+class Row:
+    """The typed symbolic row handed to a feature-view function: ``t.amount`` is a field."""
+
+    def __init__(self, source: Source, view: str) -> None:
+        object.__setattr__(self, "_source", source)
+        object.__setattr__(self, "_view", view)
+
+    def __getattr__(self, name: str) -> Expr:
+        source: Source = object.__getattribute__(self, "_source")
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name not in source.fields:
+            raise DefinitionError(
+                f"unknown field '{name}' of source '{source.name}' "
+                f"(fields: {', '.join(sorted(source.fields))})",
+                view=object.__getattribute__(self, "_view"),
+            )
+        return Expr("field", value=name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise DefinitionError("the event row is read-only")
+
+
+class FeatureView:
+    """A compiled-ready feature view: its IR, fingerprint and where its data comes from."""
+
+    def __init__(
+        self,
+        name: str,
+        entity: Entity,
+        source: Source,
+        outputs: Mapping[str, Any],
+        lateness_us: int,
+        description: str = "",
+    ) -> None:
+        self.name = name
+        self.entity = entity
+        self.source = source
+        self.description = description
+        self.ir = build_view_ir(name, entity, source, outputs, lateness_us)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.ir)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.ir.features]
+
+    def __repr__(self) -> str:
+        return f"FeatureView({self.name!r}, features={len(self.ir.features)})"
+
+
+def feature_view(
+    *,
+    entity: Entity,
+    source: Source,
+    name: str | None = None,
+    lateness: str = "1h",
+) -> Callable[[Callable[[Any], Mapping[str, Any]]], FeatureView]:
+    """Declare a feature view from a function of the symbolic event row.
+
+    ``lateness`` bounds how far behind the newest event of an entity a late event (or a query)
+    may be and still be answered exactly from online state; see docs/semantics.md.
+    """
+
+    def decorate(fn: Callable[[Any], Mapping[str, Any]]) -> FeatureView:
+        view_name = name or fn.__name__
+        try:
+            lateness_us = parse_duration(lateness)
+        except ValueError as e:
+            raise DefinitionError(f"lateness: {e}", view=view_name) from None
+        outputs = fn(Row(source, view_name))
+        if not isinstance(outputs, Mapping) or not outputs:
+            raise DefinitionError(
+                "a feature view must return a non-empty dict of feature name -> expression",
+                view=view_name,
+            )
+        return FeatureView(view_name, entity, source, outputs, lateness_us, fn.__doc__ or "")
+
+    return decorate
+
+
+# ---- typing: untyped DSL tree -> IR ---------------------------------------------------------
+
+
+class _Typer:
+    def __init__(self, view: str, source: Source, outputs: Mapping[str, Any]) -> None:
+        self.view = view
+        self.source = source
+        self.outputs = outputs
+        self.done: dict[str, ir.Node] = {}
+        self.visiting: list[str] = []
+
+    def feature(self, name: str) -> ir.Node:
+        if name in self.done:
+            return self.done[name]
+        if name in self.visiting:
+            cycle = " -> ".join([*self.visiting[self.visiting.index(name) :], name])
+            raise DefinitionError(f"derived features form a cycle: {cycle}", view=self.view)
+        if name not in self.outputs:
+            raise DefinitionError(
+                f"fp.feature('{name}') names no feature of this view", view=self.view,
+                feature=self.visiting[-1] if self.visiting else None,
+            )
+        self.visiting.append(name)
+        value = self.outputs[name]
+        if not isinstance(value, Expr):
+            raise DefinitionError(
+                f"expected a feature expression, got {type(value).__name__}",
+                view=self.view, feature=name,
+            )
+        try:
+            node = self.node(value, level="feature")
+        except (TypeError, ValueError) as e:
+            raise DefinitionError(str(e), view=self.view, feature=name) from None
+        except UnsupportedOperationError as e:
+            raise UnsupportedOperationError(str(e), view=self.view, feature=name) from None
+        if not any(isinstance(n, ir.Agg | ir.FeatureRef) for n in node.walk()):
+            raise DefinitionError(
+                "a feature must aggregate events (fp.count, fp.sum, fp.last, ...) or derive "
+                "from other features",
+                view=self.view, feature=name,
+            )
+        self.visiting.pop()
+        self.done[name] = node
+        return node
+
+    def node(self, e: Expr, level: str) -> ir.Node:
+        """Type one node. ``level`` is 'row' inside an aggregation, 'feature' above it."""
+        if e.kind == "field":
+            if level != "row":
+                raise TypeError(
+                    f"field '{e.value}' is used outside an aggregation: wrap it in fp.last(...), "
+                    "fp.sum(...), ..."
+                )
+            dtype, _ = self.source.fields[e.value]
+            return ir.Field(dtype, e.value)
+        if e.kind == "lit":
+            return _literal(e.value)
+        if e.kind == "ref":
+            if level == "row":
+                raise TypeError("fp.feature(...) cannot be used inside an aggregation")
+            target = self.feature(str(e.value))
+            return ir.FeatureRef(target.dtype, str(e.value))
+        if e.kind == "agg":
+            if level == "row":
+                raise TypeError("aggregations cannot be nested")
+            return self.agg(e)
+        return self.call(e, level)
+
+    def agg(self, e: Expr) -> ir.Agg:
+        params = dict(e.params)
+        if "error" in params:
+            raise UnsupportedOperationError(str(params["error"]))
+        has_where = bool(params["has_where"])
+        arg_exprs = e.args[:-1] if has_where else e.args
+        arg = self.node(arg_exprs[0], "row") if arg_exprs else None
+        where = self.node(e.args[-1], "row") if has_where else None
+        if where is not None and where.dtype is not DType.BOOL:
+            raise TypeError(f"where= needs a boolean expression, got {where.dtype}")
+        if e.op != "count" and arg is None:
+            raise TypeError(f"{e.op} needs an input expression")
+        if arg is not None and isinstance(arg, ir.Literal) and arg.value is None:
+            raise TypeError(f"{e.op} of a bare null literal has no type")
+        dtype = AGGS[e.op](None if arg is None else arg.dtype)
+        if e.op in ("var", "std") and arg is not None and arg.dtype is DType.INT:
+            arg = _cast(arg, DType.FLOAT)
+        window = params["window"]
+        window_us = None
+        if window is not None:
+            try:
+                window_us = parse_duration(window)
+            except ValueError as err:
+                raise ValueError(f"window: {err}") from None
+        default = params["default"]
+        if default is not None:
+            if dtype is DType.FLOAT and isinstance(default, int) and not isinstance(default, bool):
+                default = float(default)
+            if not python_type_ok(dtype, default):
+                raise TypeError(f"default={default!r} does not fit the feature's type {dtype}")
+        return ir.Agg(dtype, e.op, arg, window_us, where, default)
+
+    def call(self, e: Expr, level: str) -> ir.Node:
+        op = e.op
+        params = dict(e.params)
+        args = [self.node(a, level) for a in e.args]
+        args = _type_nulls(op, args)
+        if op not in OPS:
+            raise UnsupportedOperationError(f"operation '{op}' is not offered")
+        if op == "encode" and params.get("vocabulary") is None:
+            raise UnsupportedOperationError(
+                "encode() has no vocabulary: pass vocabulary=[...] (fitting from batch data "
+                "comes with `featurepipe fit`)"
+            )
+        _check_params(op, params)
+        dtypes = tuple(a.dtype for a in args)
+        result = OPS[op](dtypes, params)
+        args = _promote(op, args, result)
+        if op == "round" and not isinstance(params.get("decimals"), int):
+            raise TypeError("round(decimals=) needs an integer")
+        if op == "truncate":
+            params["every"] = parse_duration(params["every"])
+        if op in ("clip",):
+            kind = args[0].dtype
+            lo, hi = params["lower"], params["upper"]
+            if kind is DType.FLOAT:
+                params["lower"], params["upper"] = float(lo), float(hi)
+            elif not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)):
+                raise TypeError("clip bounds of an int expression must be ints")
+        return ir.Call(result, op, tuple(args), tuple(sorted(params.items())))
+
+
+def _check_params(op: str, p: dict[str, Any]) -> None:
+    if op in ("contains", "startswith", "endswith") and not isinstance(p.get("text"), str):
+        raise TypeError(f"{op} needs a string literal")
+    if op == "slice":
+        off, length = p.get("offset"), p.get("length")
+        if not isinstance(off, int) or off < 0 or (length is not None and (not isinstance(length, int) or length < 0)):
+            raise UnsupportedOperationError(
+                "slice needs offset >= 0 and length >= 0 (negative offsets are not offered)"
+            )
+    if op == "hash_bucket" and (not isinstance(p.get("buckets"), int) or p["buckets"] < 1):
+        raise TypeError("hash_bucket needs buckets >= 1")
+    if op == "bucketize":
+        b = p.get("boundaries")
+        if not b or list(b) != sorted(b) or any(x != x for x in b):
+            raise TypeError("bucketize needs a non-empty sorted list of boundaries")
+        p["boundaries"] = tuple(float(x) for x in b)
+    if op == "round" and not (0 <= int(p.get("decimals", 0)) <= 15):
+        raise TypeError("round(decimals=) must be between 0 and 15")
+    if op == "clip" and p["lower"] > p["upper"]:
+        raise TypeError("clip needs lower <= upper")
+    if op == "encode":
+        v = p["vocabulary"]
+        if len(set(v)) != len(v):
+            raise TypeError("encode vocabulary has duplicates")
+
+
+def _literal(value: Any) -> ir.Literal:
+    if value is None:
+        return ir.Literal(DType.STR, None)  # retyped from context by _type_nulls
+    if isinstance(value, bool):
+        return ir.Literal(DType.BOOL, value)
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise TypeError(f"integer literal {value} does not fit in int64")
+        return ir.Literal(DType.INT, value)
+    if isinstance(value, float):
+        return ir.Literal(DType.FLOAT, value)
+    if isinstance(value, str):
+        return ir.Literal(DType.STR, value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise TypeError("datetime literals must be timezone-aware (UTC)")
+        us = (value - datetime(1970, 1, 1, tzinfo=UTC)) // _td_us()
+        return ir.Literal(DType.DATETIME, us)
+    raise TypeError(f"unsupported literal {value!r}")
+
+
+def _td_us() -> Any:
+    from datetime import timedelta
+
+    return timedelta(microseconds=1)
+
+
+def _type_nulls(op: str, args: list[ir.Node]) -> list[ir.Node]:
+    """Give bare ``None`` literals the type of their siblings."""
+    typed = [a for a in args if not (isinstance(a, ir.Literal) and a.value is None)]
+    if len(typed) == len(args) or not typed:
+        return args
+    start = 1 if op == "case" else 0
+    ref = typed[-1] if op == "case" else typed[0]
+    return [
+        ir.Literal(ref.dtype, None) if i >= start and isinstance(a, ir.Literal) and a.value is None else a
+        for i, a in enumerate(args)
+    ]
+
+
+_PROMOTING = {"add", "sub", "mul", "floordiv", "mod", "fill_null", "coalesce"}
+_TO_FLOAT = {"truediv", "sqrt", "log", "log1p", "exp"}
+_COMPARE = {"eq", "ne", "lt", "le", "gt", "ge"}
+
+
+def _cast(node: ir.Node, to: DType) -> ir.Node:
+    if node.dtype is to:
+        return node
+    if isinstance(node, ir.Literal):
+        return ir.Literal(to, None if node.value is None else float(node.value))
+    return ir.Call(to, "cast", (node,), (("to", str(to)),))
+
+
+def _promote(op: str, args: list[ir.Node], result: DType) -> list[ir.Node]:
+    """Make numeric operands homogeneous with explicit casts, so each op sees one type."""
+    if op in _TO_FLOAT:
+        return [_cast(a, DType.FLOAT) for a in args]
+    if op in _PROMOTING and result is DType.FLOAT:
+        return [_cast(a, DType.FLOAT) for a in args]
+    if op in _COMPARE and {a.dtype for a in args} == {DType.INT, DType.FLOAT}:
+        return [_cast(a, DType.FLOAT) for a in args]
+    if op == "case" and result is DType.FLOAT:
+        return [args[0], *(_cast(a, DType.FLOAT) for a in args[1:])]
+    return args
+
+
+def build_view_ir(
+    name: str, entity: Entity, source: Source, outputs: Mapping[str, Any], lateness_us: int
+) -> ir.ViewIR:
+    if entity.key not in source.fields:
+        raise DefinitionError(
+            f"entity '{entity.name}' key '{entity.key}' is not a field of source '{source.name}'",
+            view=name,
+        )
+    for fname in outputs:
+        if not isinstance(fname, str) or not fname.isidentifier():
+            raise DefinitionError(f"feature name {fname!r} is not an identifier", view=name)
+        if fname == entity.key or fname in RESERVED:
+            raise DefinitionError(
+                "feature name clashes with the entity key or a reserved column",
+                view=name, feature=fname,
+            )
+    typer = _Typer(name, source, outputs)
+    features = tuple(ir.Feature(f, typer.feature(f)) for f in outputs)
+    return ir.ViewIR(
+        name=name,
+        entity=entity.name,
+        entity_key=entity.key,
+        source=source.name,
+        timestamp=source.timestamp,
+        fields=tuple(sorted((k, v[0]) for k, v in source.fields.items())),
+        features=features,
+        lateness_us=lateness_us,
+    )

@@ -1,0 +1,364 @@
+"""The symbolic expressions users write. They record an untyped tree; the view builder types it.
+
+Typing is deferred to view build time so that errors can name the view *and* the feature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from featurepipe.errors import DefinitionError
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Expr:
+    """An untyped expression node. ``kind`` is 'field', 'lit', 'call', 'agg' or 'ref'."""
+
+    kind: str
+    op: str = ""
+    args: tuple[Expr, ...] = ()
+    params: tuple[tuple[str, Hashable], ...] = ()
+    value: Any = None
+
+    # -- construction helpers --------------------------------------------------------------
+    def _call(self, op: str, *others: Any, **params: Hashable) -> Expr:
+        return Expr("call", op, (self, *(wrap(o) for o in others)), tuple(params.items()))
+
+    # -- arithmetic ------------------------------------------------------------------------
+    def __add__(self, o: Any) -> Expr:
+        return self._call("add", o)
+
+    def __radd__(self, o: Any) -> Expr:
+        return wrap(o)._call("add", self)
+
+    def __sub__(self, o: Any) -> Expr:
+        return self._call("sub", o)
+
+    def __rsub__(self, o: Any) -> Expr:
+        return wrap(o)._call("sub", self)
+
+    def __mul__(self, o: Any) -> Expr:
+        return self._call("mul", o)
+
+    def __rmul__(self, o: Any) -> Expr:
+        return wrap(o)._call("mul", self)
+
+    def __truediv__(self, o: Any) -> Expr:
+        return self._call("truediv", o)
+
+    def __rtruediv__(self, o: Any) -> Expr:
+        return wrap(o)._call("truediv", self)
+
+    def __floordiv__(self, o: Any) -> Expr:
+        return self._call("floordiv", o)
+
+    def __rfloordiv__(self, o: Any) -> Expr:
+        return wrap(o)._call("floordiv", self)
+
+    def __mod__(self, o: Any) -> Expr:
+        return self._call("mod", o)
+
+    def __rmod__(self, o: Any) -> Expr:
+        return wrap(o)._call("mod", self)
+
+    def __neg__(self) -> Expr:
+        return self._call("neg")
+
+    # -- comparison and logic --------------------------------------------------------------
+    def __eq__(self, o: Any) -> Expr:  # type: ignore[override]
+        return self._call("eq", o)
+
+    def __ne__(self, o: Any) -> Expr:  # type: ignore[override]
+        return self._call("ne", o)
+
+    def __lt__(self, o: Any) -> Expr:
+        return self._call("lt", o)
+
+    def __le__(self, o: Any) -> Expr:
+        return self._call("le", o)
+
+    def __gt__(self, o: Any) -> Expr:
+        return self._call("gt", o)
+
+    def __ge__(self, o: Any) -> Expr:
+        return self._call("ge", o)
+
+    def __and__(self, o: Any) -> Expr:
+        return self._call("and", o)
+
+    def __rand__(self, o: Any) -> Expr:
+        return wrap(o)._call("and", self)
+
+    def __or__(self, o: Any) -> Expr:
+        return self._call("or", o)
+
+    def __ror__(self, o: Any) -> Expr:
+        return wrap(o)._call("or", self)
+
+    def __invert__(self) -> Expr:
+        return self._call("not")
+
+    def __bool__(self) -> bool:
+        raise DefinitionError(
+            "a feature expression has no truth value: use & | ~ instead of and/or/not, "
+            "and fp.when(...) instead of if"
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # -- nulls -----------------------------------------------------------------------------
+    def fill_null(self, value: Any) -> Expr:
+        return self._call("fill_null", value)
+
+    def is_null(self) -> Expr:
+        return self._call("is_null")
+
+    def is_not_null(self) -> Expr:
+        return self._call("is_null")._call("not")
+
+    def cast(self, to: str) -> Expr:
+        return self._call("cast", to=str(to))
+
+    # -- math ------------------------------------------------------------------------------
+    def abs(self) -> Expr:
+        return self._call("abs")
+
+    def round(self, decimals: int = 0) -> Expr:
+        return self._call("round", decimals=decimals)
+
+    def floor(self) -> Expr:
+        return self._call("floor")
+
+    def ceil(self) -> Expr:
+        return self._call("ceil")
+
+    def sqrt(self) -> Expr:
+        return self._call("sqrt")
+
+    def log(self) -> Expr:
+        return self._call("log")
+
+    def log1p(self) -> Expr:
+        return self._call("log1p")
+
+    def exp(self) -> Expr:
+        return self._call("exp")
+
+    def clip(self, lower: float | int, upper: float | int) -> Expr:
+        return self._call("clip", lower=lower, upper=upper)
+
+    # -- strings ---------------------------------------------------------------------------
+    def lower(self) -> Expr:
+        return self._call("lower")
+
+    def upper(self) -> Expr:
+        return self._call("upper")
+
+    def strip(self) -> Expr:
+        return self._call("strip")
+
+    def len(self) -> Expr:
+        return self._call("str_len")
+
+    def contains(self, text: str) -> Expr:
+        return self._call("contains", text=text)
+
+    def startswith(self, prefix: str) -> Expr:
+        return self._call("startswith", text=prefix)
+
+    def endswith(self, suffix: str) -> Expr:
+        return self._call("endswith", text=suffix)
+
+    def slice(self, offset: int, length: int | None = None) -> Expr:
+        return self._call("slice", offset=offset, length=length)
+
+    def concat(self, *others: Any) -> Expr:
+        return self._call("concat", *others)
+
+    # -- datetimes (UTC) -------------------------------------------------------------------
+    def hour(self) -> Expr:
+        return self._call("hour")
+
+    def minute(self) -> Expr:
+        return self._call("minute")
+
+    def day_of_week(self) -> Expr:
+        return self._call("day_of_week")
+
+    def day(self) -> Expr:
+        return self._call("day")
+
+    def month(self) -> Expr:
+        return self._call("month")
+
+    def year(self) -> Expr:
+        return self._call("year")
+
+    def epoch_seconds(self) -> Expr:
+        return self._call("epoch_seconds")
+
+    def truncate(self, every: str | timedelta) -> Expr:
+        return self._call("truncate", every=every if isinstance(every, str) else str(every))
+
+
+def wrap(value: Any) -> Expr:
+    """Turn a Python constant into a literal expression (expressions pass through)."""
+    if isinstance(value, Expr):
+        return value
+    if value is None or isinstance(value, bool | int | float | str | datetime):
+        return Expr("lit", value=value)
+    raise DefinitionError(f"cannot use {type(value).__name__} value {value!r} in a feature expression")
+
+
+def lit(value: Any) -> Expr:
+    return wrap(value)
+
+
+def coalesce(*exprs: Any) -> Expr:
+    if len(exprs) < 2:
+        raise DefinitionError("coalesce needs at least two expressions")
+    return Expr("call", "coalesce", tuple(wrap(e) for e in exprs))
+
+
+class When:
+    """``fp.when(cond).then(a).when(cond2).then(b).otherwise(c)``."""
+
+    def __init__(self, branches: tuple[tuple[Expr, Expr], ...], cond: Expr) -> None:
+        self._branches = branches
+        self._cond = cond
+
+    def then(self, value: Any) -> Then:
+        return Then((*self._branches, (self._cond, wrap(value))))
+
+
+class Then:
+    def __init__(self, branches: tuple[tuple[Expr, Expr], ...]) -> None:
+        self._branches = branches
+
+    def when(self, cond: Any) -> When:
+        return When(self._branches, wrap(cond))
+
+    def otherwise(self, value: Any) -> Expr:
+        out = wrap(value)
+        for cond, val in reversed(self._branches):
+            out = Expr("call", "case", (cond, val, out))
+        return out
+
+
+def when(cond: Any) -> When:
+    return When((), wrap(cond))
+
+
+def encode(expr: Any, vocabulary: Sequence[str | int] | None = None) -> Expr:
+    """Map categories to integer codes: 0 = null, 1 = out of vocabulary, 2.. = vocabulary order."""
+    vocab = None if vocabulary is None else tuple(vocabulary)
+    return wrap(expr)._call("encode", vocabulary=vocab)
+
+
+def hash_bucket(expr: Any, buckets: int) -> Expr:
+    """Stable bucket of a category: xxh64 of its UTF-8 text modulo ``buckets``."""
+    return wrap(expr)._call("hash_bucket", buckets=buckets)
+
+
+def bucketize(expr: Any, boundaries: Sequence[float | int]) -> Expr:
+    """Bucket index = number of boundaries <= value (fixed, sorted boundaries)."""
+    return wrap(expr)._call("bucketize", boundaries=tuple(boundaries))
+
+
+def feature(name: str) -> Expr:
+    """Reference another feature of the same view from a derived feature."""
+    return Expr("ref", value=name)
+
+
+def _agg(
+    kind: str,
+    arg: Any,
+    window: str | timedelta | None,
+    where: Any,
+    default: Any,
+    hop: Any = None,
+) -> Expr:
+    if hop is not None:
+        return Expr("agg", kind, params=(("error", "hop= windows are not offered yet"),))
+    args: tuple[Expr, ...] = ()
+    if arg is not None:
+        args = (wrap(arg),)
+    params: tuple[tuple[str, Hashable], ...] = (
+        ("window", window if not isinstance(window, timedelta) else _td(window)),
+        ("default", default if not isinstance(default, list) else tuple(default)),
+        ("has_where", where is not None),
+    )
+    w = () if where is None else (wrap(where),)
+    return Expr("agg", kind, args + w, params)
+
+
+def _td(td: timedelta) -> str:
+    return f"{int(td.total_seconds())}s"
+
+
+def count(
+    expr: Any = None, *, window: str | None = None, where: Any = None, hop: Any = None
+) -> Expr:
+    """Number of events (or of non-null values of ``expr``) in the window; 0 when empty."""
+    return _agg("count", expr, window, where, 0, hop)
+
+
+def sum(  # noqa: A001 - the DSL mirrors the aggregation names
+    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+) -> Expr:
+    return _agg("sum", expr, window, where, default, hop)
+
+
+def mean(
+    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+) -> Expr:
+    return _agg("mean", expr, window, where, default, hop)
+
+
+def min(  # noqa: A001
+    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+) -> Expr:
+    return _agg("min", expr, window, where, default, hop)
+
+
+def max(  # noqa: A001
+    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+) -> Expr:
+    return _agg("max", expr, window, where, default, hop)
+
+
+def var(
+    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+) -> Expr:
+    """Sample variance (ddof=1); null below two non-null values."""
+    return _agg("var", expr, window, where, default, hop)
+
+
+def std(
+    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+) -> Expr:
+    return _agg("std", expr, window, where, default, hop)
+
+
+def first(
+    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+) -> Expr:
+    """Value of the earliest event in the window (ties: earliest arrival); may be null."""
+    return _agg("first", expr, window, where, default, hop)
+
+
+def last(
+    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+) -> Expr:
+    """Value of the latest event in the window (ties: latest arrival); may be null."""
+    return _agg("last", expr, window, where, default, hop)
+
+
+def count_distinct(
+    expr: Any, *, window: str | None = None, where: Any = None, hop: Any = None
+) -> Expr:
+    """Number of distinct non-null values in the window; 0 when empty."""
+    return _agg("count_distinct", expr, window, where, 0, hop)

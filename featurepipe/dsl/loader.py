@@ -1,0 +1,76 @@
+"""Load a definitions package (a directory of Python modules) and collect its objects."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from featurepipe.dsl.definitions import Entity, FeatureView, Source
+from featurepipe.errors import DefinitionError
+
+
+@dataclass
+class Definitions:
+    views: dict[str, FeatureView] = field(default_factory=dict)
+    sources: dict[str, Source] = field(default_factory=dict)
+    entities: dict[str, Entity] = field(default_factory=dict)
+
+    def add(self, name: str, obj: object, origin: str) -> None:
+        if isinstance(obj, FeatureView):
+            other = self.views.get(obj.name)
+            if other is not None and other is not obj:
+                raise DefinitionError(f"duplicate feature view name (again in {origin})", view=obj.name)
+            self.views[obj.name] = obj
+            self.add("", obj.source, origin)
+            self.add("", obj.entity, origin)
+        elif isinstance(obj, Source):
+            other_s = self.sources.get(obj.name)
+            if other_s is not None and other_s is not obj:
+                raise DefinitionError(f"duplicate source name '{obj.name}' (again in {origin})")
+            self.sources[obj.name] = obj
+        elif isinstance(obj, Entity):
+            other_e = self.entities.get(obj.name)
+            if other_e is not None and other_e != obj:
+                raise DefinitionError(f"entity '{obj.name}' is declared twice with different keys")
+            self.entities[obj.name] = obj
+
+    def view(self, name: str) -> FeatureView:
+        try:
+            return self.views[name]
+        except KeyError:
+            raise DefinitionError(
+                f"no feature view named '{name}' (have: {', '.join(sorted(self.views))})"
+            ) from None
+
+
+def load_definitions(path: str | Path) -> Definitions:
+    """Import every module of a definitions directory (or a single file) and collect views."""
+    root = Path(path)
+    if not root.exists():
+        raise DefinitionError(f"definitions path '{path}' does not exist")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*.py") if p.name != "__init__.py")
+    defs = Definitions()
+    tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
+    for file in files:
+        rel = file.relative_to(root.parent if root.is_file() else root).with_suffix("")
+        mod_name = f"_featurepipe_defs_{tag}." + ".".join(rel.parts)
+        spec = importlib.util.spec_from_file_location(mod_name, file)
+        if spec is None or spec.loader is None:
+            raise DefinitionError(f"cannot import {file}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except DefinitionError:
+            raise
+        except Exception as e:
+            raise DefinitionError(f"importing {file} failed: {type(e).__name__}: {e}") from e
+        for name, obj in vars(module).items():
+            if not name.startswith("_"):
+                defs.add(name, obj, str(file.name))
+    if not defs.views:
+        raise DefinitionError(f"no feature views found under '{path}'")
+    return defs

@@ -1,0 +1,51 @@
+"""Stable fingerprints of normalized view definitions."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from featurepipe.ir import nodes as ir
+
+FORMAT_VERSION = 1  # bump when the meaning of the IR changes
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, ir.ViewIR):
+        used = {n.name for f in obj.features for n in f.expr.walk() if isinstance(n, ir.Field)}
+        used.add(obj.entity_key)
+        return {
+            "v": FORMAT_VERSION,
+            "name": obj.name,
+            "entity_key": obj.entity_key,
+            "source": obj.source,
+            "timestamp": obj.timestamp,
+            # only the fields the view reads: adding an unrelated field to the contract is no change
+            "fields": [[k, str(t)] for k, t in obj.fields if k in used],
+            "features": sorted([[f.name, _canonical(f.expr)] for f in obj.features]),
+            "lateness_us": obj.lateness_us,
+            "artifacts": _canonical(obj.artifacts),
+        }
+    if is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {"node": type(obj).__name__}
+        for f in fields(obj):
+            out[f.name] = _canonical(getattr(obj, f.name))
+        return out
+    if isinstance(obj, enum.Enum):
+        return str(obj.value)
+    if isinstance(obj, tuple | list):
+        return [_canonical(x) for x in obj]
+    if isinstance(obj, float):
+        return {"f": obj.hex()}  # exact and NaN/inf safe
+    if isinstance(obj, bool | int | str) or obj is None:
+        return obj
+    raise TypeError(f"cannot fingerprint {type(obj).__name__}")
+
+
+def fingerprint(view: ir.ViewIR) -> str:
+    """sha256 of the canonical JSON of the view (16 hex digits)."""
+    blob = json.dumps(_canonical(view), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

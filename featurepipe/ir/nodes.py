@@ -1,0 +1,131 @@
+"""The IR: small, immutable, typed nodes. Both compilers translate these and nothing else.
+
+Row-level nodes (``Field``, ``Literal``, ``Call``) describe per-event values. ``Agg`` turns a
+row-level expression into a per-entity value at query time. ``FeatureRef`` lets a derived feature
+use another feature of the same view. A feature is any node tree whose row-level leaves sit under
+an ``Agg``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from featurepipe.ir.types import DType
+
+Param = tuple[str, Hashable]
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    dtype: DType
+
+    def children(self) -> tuple[Node, ...]:
+        return ()
+
+    def walk(self) -> Iterator[Node]:
+        yield self
+        for child in self.children():
+            yield from child.walk()
+
+
+@dataclass(frozen=True, slots=True)
+class Field(Node):
+    """A field of the source event, as declared in its pydantic contract."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Literal(Node):
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Node):
+    """A row-level operation; ``op`` names an entry of ``featurepipe.ir.ops.OPS``."""
+
+    op: str = ""
+    args: tuple[Node, ...] = ()
+    params: tuple[Param, ...] = ()
+
+    def children(self) -> tuple[Node, ...]:
+        return self.args
+
+    def param(self, name: str) -> Any:
+        for key, value in self.params:
+            if key == name:
+                return value
+        raise KeyError(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Agg(Node):
+    """A per-entity aggregation evaluated at query time T over events with T - window <= ts < T.
+
+    ``window_us`` None means lifetime (ts < T). ``where`` filters events. ``default`` replaces a
+    null result (empty window, or no non-null input).
+    """
+
+    kind: str = ""
+    arg: Node | None = None
+    window_us: int | None = None
+    where: Node | None = None
+    default: Any = None
+
+    def children(self) -> tuple[Node, ...]:
+        return tuple(n for n in (self.arg, self.where) if n is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRef(Node):
+    """A reference, from a derived feature, to another feature of the same view."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    name: str
+    expr: Node
+
+    @property
+    def is_aggregate(self) -> bool:
+        return isinstance(self.expr, Agg)
+
+
+@dataclass(frozen=True, slots=True)
+class ViewIR:
+    """A whole feature view, normalized: what both compilers and the fingerprint see."""
+
+    name: str
+    entity: str
+    entity_key: str
+    source: str
+    timestamp: str
+    fields: tuple[tuple[str, DType], ...]
+    features: tuple[Feature, ...]
+    lateness_us: int
+    artifacts: tuple[tuple[str, Hashable], ...] = field(default=())
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def aggs(self) -> tuple[Agg, ...]:
+        """Distinct aggregations used anywhere in the view, in a stable order."""
+        seen: dict[Agg, None] = {}
+        for f in self.features:
+            for node in f.expr.walk():
+                if isinstance(node, Agg):
+                    seen.setdefault(node, None)
+        return tuple(seen)
+
+    @property
+    def max_window_us(self) -> int:
+        windows = [a.window_us for a in self.aggs if a.window_us is not None]
+        return max(windows, default=0)
