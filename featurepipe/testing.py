@@ -18,6 +18,9 @@ def assert_parity(view: FeatureView, events: pl.DataFrame, **kwargs: Any) -> Par
         lines = [f"view '{view.name}': {report.mismatches} mismatching value(s)"]
         for f in report.features:
             if f.mismatched:
-                lines.append(f"  {f.name}: {f.mismatched}/{f.compared} differ; first: {f.first}")
+                from featurepipe.cli import _describe
+
+                lines.append(f"  {f.name} = {_describe(view.ir.feature(f.name).expr)}")
+                lines.append(f"    {f.mismatched}/{f.compared} differ; first: {f.first}")
         raise ParityError("\n".join(lines))
     return report

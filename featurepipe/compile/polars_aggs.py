@@ -224,7 +224,7 @@ class BatchProgram:
                 if kind == "first":
                     nxt = idx.fill_null(strategy="backward")
                     at = nxt.gather(lo.clip(0, max(n - 1, 0))) if n else pl.Series([None] * q.height, dtype=I64)
-                    pick = pl.select(pl.when(at < hi).then(at)).to_series() if n else at
+                    pick = pl.select(pl.when((at >= lo) & (at < hi)).then(at)).to_series() if n else at
                 else:
                     prv = idx.fill_null(strategy="forward")
                     at = prv.gather((hi - 1).clip(0, max(n - 1, 0))) if n else pl.Series([None] * q.height, dtype=I64)

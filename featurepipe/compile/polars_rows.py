@@ -38,6 +38,31 @@ def _floor_f(x: pl.Expr) -> pl.Expr:
     return x.floor()
 
 
+def _divisor(node: ir.Call, b: pl.Expr) -> pl.Expr:
+    """Polars divides by a *scalar* by multiplying with its reciprocal, which is not correctly
+    rounded (7.0 / 3.0 would differ from IEEE division in the last bit). A literal divisor is
+    therefore rebuilt as a genuine column (``0.0 * row_index + c``; ``-0.0 * row_index`` for
+    c = -0.0), which takes the exact element-wise path. A broadcast literal is not enough:
+    Polars keeps it as a scalar column."""
+    lit = node.args[1]
+    if isinstance(lit, ir.Literal):
+        return _full_column(lit.value)
+    return b
+
+
+def _full_column(c: float | None) -> pl.Expr:
+    index = pl.int_range(pl.len()).cast(pl.Float64)
+    if c is None:
+        return pl.lit(None, pl.Float64)
+    if c == 0.0 and str(c).startswith("-"):
+        return index * -0.0
+    return index * 0.0 + pl.lit(c, pl.Float64)
+
+
+def _fdiv(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
+    return a[0] / _divisor(node, a[1])
+
+
 def _cast(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
     src, to = node.args[0].dtype, node.dtype
     if src is to or (src, to) == (D, I):
@@ -59,7 +84,8 @@ def _clip(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
 
 def _round(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
     s = 10.0 ** int(node.param("decimals"))
-    return (a[0] * s).round(0, mode="half_to_even") / s
+    # divide by a full column, not a scalar: see _divisor
+    return (a[0] * s).round(0, mode="half_to_even") / _full_column(s)
 
 
 def _dt(part: str) -> Translation:
@@ -108,9 +134,9 @@ TRANSLATIONS: dict[str, Translation] = {
     "add": lambda n, a: a[0] + a[1],
     "sub": lambda n, a: a[0] - a[1],
     "mul": lambda n, a: a[0] * a[1],
-    "truediv": lambda n, a: a[0] / a[1],
-    "floordiv": _by_type(lambda x, y: x // y, lambda x, y: _floor_f(x / y)),
-    "mod": _by_type(lambda x, y: x % y, lambda x, y: x - y * _floor_f(x / y)),
+    "truediv": _fdiv,
+    "floordiv": lambda n, a: a[0] // a[1] if n.dtype is I else _floor_f(_fdiv(n, a)),
+    "mod": lambda n, a: a[0] % a[1] if n.dtype is I else a[0] - a[1] * _floor_f(_fdiv(n, a)),
     "neg": lambda n, a: -a[0],
     "eq": lambda n, a: a[0] == a[1],
     "ne": lambda n, a: a[0] != a[1],

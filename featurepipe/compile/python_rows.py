@@ -155,7 +155,8 @@ class CodeGen:
         if leaf is not None:
             code = leaf
         elif isinstance(node, ir.Literal):
-            return repr(node.value) if not isinstance(node.value, float) else self._float(node.value)
+            # bound to a name so that null checks never test a literal with `is`
+            code = self._float(node.value) if isinstance(node.value, float) else repr(node.value)
         elif isinstance(node, ir.Call):
             args = [self.emit(a) for a in node.args]
             code = TEMPLATES[node.op](node, args, self)

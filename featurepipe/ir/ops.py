@@ -80,12 +80,17 @@ CASTS: dict[tuple[DType, DType], str] = {
 
 
 def _cast(ts: tuple[DType, ...], p: Mapping[str, Any]) -> DType:
-    to = DType(p["to"])
-    _need(
-        (ts[0], to) in CASTS,
-        f"cast from {ts[0]} to {to} is not offered: the two backends would format or parse "
-        "it differently",
-    )
+    from featurepipe.errors import UnsupportedOperationError
+
+    try:
+        to = DType(p["to"])
+    except ValueError:
+        raise TypeError(f"unknown cast target {p['to']!r} (int, float, bool, str, datetime)") from None
+    if (ts[0], to) not in CASTS:
+        raise UnsupportedOperationError(
+            f"cast from {ts[0]} to {to} is not offered: the two backends would format or parse "
+            "it differently"
+        )
     return to
 
 
