@@ -10,7 +10,14 @@ from typing import Annotated
 import polars as pl
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from featurepipe.errors import FeaturepipeError
@@ -108,7 +115,9 @@ def _describe(node: object) -> str:
 
 @app.command()
 def generate(
-    out: Annotated[Path, typer.Option(help="Parquet file to write.")] = Path("data/transactions.parquet"),
+    out: Annotated[Path, typer.Option(help="Parquet file to write.")] = Path(
+        "data/transactions.parquet"
+    ),
     events: Annotated[int, typer.Option(help="Number of events.")] = 100_000,
     users: int = 10_000,
     seed: int = 7,
@@ -121,16 +130,18 @@ def generate(
     df = generate_transactions(events, users=users, seed=seed, late_fraction=late_fraction)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.write_parquet(out)
-    console.print(f"wrote {df.height:,} events for {df['user_id'].n_unique():,} users to {out} "
-                  f"in {time.perf_counter() - t:.1f}s")
+    console.print(
+        f"wrote {df.height:,} events for {df['user_id'].n_unique():,} users to {out} "
+        f"in {time.perf_counter() - t:.1f}s"
+    )
 
 
 @app.command()
 def parity(
     defs: DefsOpt = Path("feature_defs"),
-    events: Annotated[Path, typer.Option(help="Event log (Parquet; row order = arrival order).")] = Path(
-        "data/transactions.parquet"
-    ),
+    events: Annotated[
+        Path, typer.Option(help="Event log (Parquet; row order = arrival order).")
+    ] = Path("data/transactions.parquet"),
     view: Annotated[str | None, typer.Option(help="Only this view.")] = None,
     sample: Annotated[float, typer.Option(help="Fraction of events that get query points.")] = 1.0,
     seed: int = 0,
@@ -148,20 +159,40 @@ def parity(
         if view and v.name != view:
             continue
         with Progress(
-            TextColumn(f"[bold]{v.name}[/] replay"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console, transient=True,
+            TextColumn(f"[bold]{v.name}[/] replay"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
         ) as bar:
             task = bar.add_task("replay", total=log.height)
-            report = run_parity(v, log, sample=sample, seed=seed, progress=lambda i: bar.update(task, completed=i))
-        table = Table("feature", "type", "compared", "mismatched", "first difference",
-                      title=f"parity: view {v.name} (fingerprint {v.fingerprint})")
+
+            def advance(i: int, bar: Progress = bar, task: TaskID = task) -> None:
+                bar.update(task, completed=i)
+
+            report = run_parity(v, log, sample=sample, seed=seed, progress=advance)
+        table = Table(
+            "feature",
+            "type",
+            "compared",
+            "mismatched",
+            "first difference",
+            title=f"parity: view {v.name} (fingerprint {v.fingerprint})",
+        )
         for f in report.features:
-            first = "" if f.first is None else (
-                f"entity={f.first['entity']} t={f.first['time_us']} batch={f.first['batch']} "
-                f"stream={f.first['stream']}"
+            first = (
+                ""
+                if f.first is None
+                else (
+                    f"entity={f.first['entity']} t={f.first['time_us']} batch={f.first['batch']} "
+                    f"stream={f.first['stream']}"
+                )
             )
             style = "red" if f.mismatched else "green"
-            table.add_row(f.name, str(f.dtype), f"{f.compared:,}", f"[{style}]{f.mismatched:,}[/]", first)
+            table.add_row(
+                f.name, str(f.dtype), f"{f.compared:,}", f"[{style}]{f.mismatched:,}[/]", first
+            )
         console.print(table)
         console.print(
             f"{report.events:,} events replayed in {report.seconds_stream:.1f}s "
@@ -170,8 +201,12 @@ def parity(
             f"{report.skipped_beyond_lateness:,} query points beyond the lateness horizon not asked; "
             f"{report.skipped_null_entity:,} events without an entity key skipped."
         )
-        verdict = "[green]0 mismatches[/]" if report.ok else f"[red]{report.mismatches:,} mismatches[/]"
-        console.print(f"view {v.name}: {verdict} over {report.queries * len(report.features):,} values")
+        verdict = (
+            "[green]0 mismatches[/]" if report.ok else f"[red]{report.mismatches:,} mismatches[/]"
+        )
+        console.print(
+            f"view {v.name}: {verdict} over {report.queries * len(report.features):,} values"
+        )
         failed |= not report.ok
     if failed:
         raise typer.Exit(1)
@@ -185,15 +220,25 @@ def demo(
     """The story so far: generate a log, show the plan, prove batch == per-event."""
     console.rule("[bold]featurepipe demo")
     console.print("1. generate a transactions log with late (out-of-order) events")
-    generate(out=workdir / "transactions.parquet", events=events, users=5_000, seed=7, late_fraction=0.02)
+    generate(
+        out=workdir / "transactions.parquet", events=events, users=5_000, seed=7, late_fraction=0.02
+    )
     console.print("2. load the definitions in feature_defs/ and check them")
     from featurepipe.dsl.loader import load_definitions
 
     d = load_definitions("feature_defs")
     for v in d.views.values():
-        console.print(f"   view {v.name}: {len(v.feature_names)} features, fingerprint {v.fingerprint}")
+        console.print(
+            f"   view {v.name}: {len(v.feature_names)} features, fingerprint {v.fingerprint}"
+        )
     console.print("3. replay through the per-event evaluator and compare with the Polars plan")
-    parity(defs=Path("feature_defs"), events=workdir / "transactions.parquet", view=None, sample=0.3, seed=0)
+    parity(
+        defs=Path("feature_defs"),
+        events=workdir / "transactions.parquet",
+        view=None,
+        sample=0.3,
+        seed=0,
+    )
 
 
 def main() -> None:
@@ -205,7 +250,7 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except Exception as e:  # click usage errors and the like
-        import click
+        import click  # type: ignore[import-not-found,unused-ignore]
 
         if isinstance(e, click.ClickException):
             e.show()

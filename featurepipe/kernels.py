@@ -269,9 +269,7 @@ def finalize_float_sum(total: int, pos: int, neg: int, nan: int) -> float:
     return float(total) * INV_SCALE
 
 
-def finalize_var(
-    n: int, s1: float, s2: float, flags: int, ddof: int = 1
-) -> float | None:
+def finalize_var(n: int, s1: float, s2: float, flags: int, ddof: int = 1) -> float | None:
     """Sample variance from exact sums, finalized in a fixed sequence of binary64 operations."""
     if n <= ddof:
         return None

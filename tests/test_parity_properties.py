@@ -228,7 +228,7 @@ def test_example_view_on_generated_logs(rows: list[dict[str, Any]]) -> None:
             "f": fp.first(t.ts, window="30s"),
         }
 
-    assert_parity(view({"_": None} | {}, lateness="1h") if False else view(  # noqa: SIM210
+    assert_parity(view({"_": None} | {}, lateness="1h") if False else view(
         {k: (lambda t, k=k: spend(t)[k]) for k in ["c1", "s", "m", "sd", "mx", "cd", "l", "f"]}
     ), frame(rows))
 

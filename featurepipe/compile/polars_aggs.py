@@ -134,13 +134,11 @@ class BatchProgram:
         """Every feature at every query point; columns: key, ``__ts``, features (query order)."""
         if isinstance(events, pl.DataFrame):
             events = events.lazy()
-        ev = (
-            self.prepare(events)
-            .sort(self.key, TS, SEQ)
-            .collect()
-        )
+        ev = self.prepare(events).sort(self.key, TS, SEQ).collect()
         q = queries.select(
-            pl.col(self.key), pl.col(TS).cast(I64), *([pl.col(ARRIVED).cast(I64)] if ARRIVED in queries.columns else [])
+            pl.col(self.key),
+            pl.col(TS).cast(I64),
+            *([pl.col(ARRIVED).cast(I64)] if ARRIVED in queries.columns else []),
         ).with_row_index(QID)
         raw = self.accumulators(ev, q)
         return self.finalize(q, raw)
@@ -159,8 +157,10 @@ class BatchProgram:
             "hi": keys.search_sorted(_eval(q, _key(pl.col(RANK), pl.col(TS))), side="left"),
         }
         for w in windows:
-            lo_t = pl.lit(-_OFF, I128) if w is None else pl.max_horizontal(
-                pl.col(TS).cast(I128) - w, pl.lit(-_OFF, I128)
+            lo_t = (
+                pl.lit(-_OFF, I128)
+                if w is None
+                else pl.max_horizontal(pl.col(TS).cast(I128) - w, pl.lit(-_OFF, I128))
             )
             qb[_lo(w)] = keys.search_sorted(_eval(q, _key(pl.col(RANK), lo_t)), side="left")
         q = q.with_columns(**{name: s.cast(I64) for name, s in qb.items()})
@@ -183,13 +183,17 @@ class BatchProgram:
                 raw = raw.with_columns(picked)
         return raw
 
-    def _dirty(self, ev: pl.DataFrame, q: pl.DataFrame) -> pl.Expr:
+    def _dirty(self, ev: pl.DataFrame, q: pl.DataFrame) -> pl.Expr | pl.Series:
         """A query is dirty when an event of its entity with ts < T arrived after the query."""
         if ARRIVED not in q.columns or ev.height == 0:
             return pl.lit(False).alias("__dirty")
-        by_seq = ev.select(RANK, TS, SEQ).sort(RANK, SEQ).with_columns(
-            pl.col(TS).reverse().cum_min().reverse().over(RANK).alias("__smin"),
-            _key(pl.col(RANK), pl.col(SEQ)).alias("__k2"),
+        by_seq = (
+            ev.select(RANK, TS, SEQ)
+            .sort(RANK, SEQ)
+            .with_columns(
+                pl.col(TS).reverse().cum_min().reverse().over(RANK).alias("__smin"),
+                _key(pl.col(RANK), pl.col(SEQ)).alias("__k2"),
+            )
         )
         j = by_seq["__k2"].search_sorted(_eval(q, _key(pl.col(RANK), pl.col(ARRIVED))), side="left")
         padded_rank = pl.concat([by_seq[RANK].cast(I64), pl.Series([-2], dtype=I64)])
@@ -198,7 +202,9 @@ class BatchProgram:
         smin = padded_smin.gather(j)
         return pl.Series("__dirty", (same & (smin < q[TS])).fill_null(False))
 
-    def _clean(self, ev: pl.DataFrame, q: pl.DataFrame, n: int, windows: list[int | None]) -> pl.DataFrame:
+    def _clean(
+        self, ev: pl.DataFrame, q: pl.DataFrame, n: int, windows: list[int | None]
+    ) -> pl.DataFrame:
         out: dict[str, pl.Series] = {QID: q[QID]}
         hi = q["hi"]
         distinct_windowed: list[ir.Agg] = []
@@ -208,13 +214,12 @@ class BatchProgram:
             kind = agg.kind
             if kind == "count_distinct":
                 if agg.window_us is None:
-                    first = (
-                        ev.select(
-                            (pl.col(c + "key").is_not_null() & pl.struct(RANK, c + "key").is_first_distinct())
-                            .cast(I64)
-                        )
-                        .to_series()
-                    )
+                    first = ev.select(
+                        (
+                            pl.col(c + "key").is_not_null()
+                            & pl.struct(RANK, c + "key").is_first_distinct()
+                        ).cast(I64)
+                    ).to_series()
                     out[c + "n"] = _range_sum(first, lo, hi)
                 else:
                     distinct_windowed.append(agg)
@@ -223,23 +228,38 @@ class BatchProgram:
                 idx = ev.select(pl.when(pl.col(c + "inc")).then(pl.int_range(pl.len()))).to_series()
                 if kind == "first":
                     nxt = idx.fill_null(strategy="backward")
-                    at = nxt.gather(lo.clip(0, max(n - 1, 0))) if n else pl.Series([None] * q.height, dtype=I64)
-                    pick = pl.select(pl.when((at >= lo) & (at < hi)).then(at)).to_series() if n else at
+                    at = (
+                        nxt.gather(lo.clip(0, max(n - 1, 0)))
+                        if n
+                        else pl.Series([None] * q.height, dtype=I64)
+                    )
+                    pick = (
+                        pl.select(pl.when((at >= lo) & (at < hi)).then(at)).to_series() if n else at
+                    )
                 else:
                     prv = idx.fill_null(strategy="forward")
-                    at = prv.gather((hi - 1).clip(0, max(n - 1, 0))) if n else pl.Series([None] * q.height, dtype=I64)
-                    pick = pl.select(pl.when((hi > 0) & (at >= lo)).then(at)).to_series() if n else at
+                    at = (
+                        prv.gather((hi - 1).clip(0, max(n - 1, 0)))
+                        if n
+                        else pl.Series([None] * q.height, dtype=I64)
+                    )
+                    pick = (
+                        pl.select(pl.when((hi > 0) & (at >= lo)).then(at)).to_series() if n else at
+                    )
                 out[c + "idx"] = pick.cast(I64)
                 continue
             for col in _sum_cols(agg):
                 out[c + col] = _range_sum(ev[c + col], lo, hi)
             if kind in ("min", "max"):
-                out[c + "m"] = _range_extreme(ev[c + "m"], lo, hi, kind, ev.select(self._sentinel(agg)).item())
+                out[c + "m"] = _range_extreme(
+                    ev[c + "m"], lo, hi, kind, ev.select(self._sentinel(agg)).item()
+                )
         frame = pl.DataFrame(out)
         if distinct_windowed:
             frame = frame.join(
                 self._pairs(ev, q, windows, distinct_windowed, by_arrival=False),
-                on=QID, how="left",
+                on=QID,
+                how="left",
             )
         return frame
 
@@ -261,7 +281,12 @@ class BatchProgram:
             if not group:
                 continue
             pairs = (
-                q.select(QID, TS, *([ARRIVED] if by_arrival else []), pl.int_ranges(_lo(w), "hi").alias("__i"))
+                q.select(
+                    QID,
+                    TS,
+                    *([ARRIVED] if by_arrival else []),
+                    pl.int_ranges(_lo(w), "hi").alias("__i"),
+                )
                 .explode("__i")
                 .drop_nulls("__i")
                 .join(evi, on="__i", how="inner", suffix="_ev")
@@ -304,7 +329,7 @@ class BatchProgram:
         for agg, i in index.items():
             cols[f"__agg{i}"] = _finalize_expr(agg, f"a{i}_")
         frame = raw.with_columns(**cols)
-        names = {}
+        names: dict[str, str] = {}
 
         def leaf(n: ir.Node) -> pl.Expr | None:
             if isinstance(n, ir.Agg):
@@ -315,7 +340,9 @@ class BatchProgram:
 
         for f in _dependency_order(self.view):
             names[f.name] = f"__f_{f.name}"
-            frame = frame.with_columns(translate(f.expr, leaf).cast(PL_TYPES[f.expr.dtype]).alias(names[f.name]))
+            frame = frame.with_columns(
+                translate(f.expr, leaf).cast(PL_TYPES[f.expr.dtype]).alias(names[f.name])
+            )
         del ev_values
         out = q.select(QID, self.key, TS).join(frame, on=QID, how="left").sort(QID)
         return out.select(
@@ -342,7 +369,9 @@ def _finalize_expr(agg: ir.Agg, c: str) -> pl.Expr:
         s = pl.col(c + "s")
         if _kind_float(agg):
             base = (
-                pl.when((pl.col(c + "nan") > 0) | ((pl.col(c + "pos") > 0) & (pl.col(c + "neg") > 0)))
+                pl.when(
+                    (pl.col(c + "nan") > 0) | ((pl.col(c + "pos") > 0) & (pl.col(c + "neg") > 0))
+                )
                 .then(float("nan"))
                 .when(pl.col(c + "pos") > 0)
                 .then(math.inf)
@@ -365,8 +394,10 @@ def _finalize_expr(agg: ir.Agg, c: str) -> pl.Expr:
         m2 = s2 - s1 * (s1 / nf)
         m2 = pl.when(m2.is_nan() | (m2 <= 0.0)).then(0.0).otherwise(m2)
         var = (
-            pl.when(n <= 1).then(None)
-            .when(pl.col(c + "flags") > 0).then(float("nan"))
+            pl.when(n <= 1)
+            .then(None)
+            .when(pl.col(c + "flags") > 0)
+            .then(float("nan"))
             .otherwise(m2 / (n - 1).cast(F64))
         )
         out = var if kind == "var" else var.sqrt()
@@ -374,7 +405,13 @@ def _finalize_expr(agg: ir.Agg, c: str) -> pl.Expr:
         assert n is not None
         m = pl.col(c + "m")
         if _kind_float(agg):
-            out = pl.when(n == 0).then(None).when(pl.col(c + "nan") > 0).then(float("nan")).otherwise(m)
+            out = (
+                pl.when(n == 0)
+                .then(None)
+                .when(pl.col(c + "nan") > 0)
+                .then(float("nan"))
+                .otherwise(m)
+            )
         else:
             out = pl.when(n == 0).then(None).otherwise(m)
     out = out.cast(PL_TYPES[agg.dtype])
@@ -413,11 +450,13 @@ def _range_sum(col: pl.Series, lo: pl.Series, hi: pl.Series) -> pl.Series:
     return prefix.gather(hi) - prefix.gather(lo)
 
 
-def _range_extreme(col: pl.Series, lo: pl.Series, hi: pl.Series, kind: str, sentinel: Any) -> pl.Series:
+def _range_extreme(
+    col: pl.Series, lo: pl.Series, hi: pl.Series, kind: str, sentinel: Any
+) -> pl.Series:
     """Range min/max over [lo, hi) with a sparse table; sentinel where the range is empty."""
     n = col.len()
     length = (hi - lo).cast(I64)
-    max_len = int(length.max() or 0)
+    max_len = int(length.max() or 0)  # type: ignore[arg-type]
     if n == 0 or max_len <= 0:
         return pl.Series([sentinel] * lo.len(), dtype=col.dtype)
     levels = [col]
@@ -431,15 +470,25 @@ def _range_extreme(col: pl.Series, lo: pl.Series, hi: pl.Series, kind: str, sent
     flat = pl.concat(levels)
     lvl = length.clip(1).cast(F64).log(2).floor().cast(I64)
     # guard exact powers of two against log rounding: 2**lvl must be <= length < 2**(lvl+1)
-    lvl = pl.select(
-        pl.when((pl.lit(2).pow(lvl + 1) <= length)).then(lvl + 1)
-        .when((pl.lit(2).pow(lvl) > length) & (lvl > 0)).then(lvl - 1)
-        .otherwise(lvl)
-    ).to_series().cast(I64)
+    lvl = (
+        pl.select(
+            pl.when(pl.lit(2).pow(lvl + 1) <= length)
+            .then(lvl + 1)
+            .when((pl.lit(2).pow(lvl) > length) & (lvl > 0))
+            .then(lvl - 1)
+            .otherwise(lvl)
+        )
+        .to_series()
+        .cast(I64)
+    )
     base = lvl * n
     safe_lo = lo.cast(I64).clip(0, n - 1)
     right = (hi.cast(I64) - pl.select(pl.lit(2).pow(lvl)).to_series().cast(I64)).clip(0, n - 1)
     a = flat.gather(base + safe_lo)
     b = flat.gather(base + right)
     best = pl.select(combine(a, b)).to_series()
-    return pl.select(pl.when(length > 0).then(best).otherwise(pl.lit(sentinel, col.dtype))).to_series().alias(col.name)
+    return (
+        pl.select(pl.when(length > 0).then(best).otherwise(pl.lit(sentinel, col.dtype)))
+        .to_series()
+        .alias(col.name)
+    )

@@ -119,7 +119,9 @@ def _hash_bucket(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
         uniq = s.drop_nulls().unique()
         texts = uniq.cast(pl.String).to_list()
         codes = [xxhash.xxh64_intdigest(t.encode("utf-8")) % buckets for t in texts]
-        return s.replace_strict(uniq, pl.Series(codes, dtype=pl.Int64), default=None, return_dtype=pl.Int64)
+        return s.replace_strict(
+            uniq, pl.Series(codes, dtype=pl.Int64), default=None, return_dtype=pl.Int64
+        )
 
     return a[0].map_batches(hash_batch, return_dtype=pl.Int64)
 

@@ -177,7 +177,9 @@ class CodeGen:
             return self.const(value)
         return repr(value)
 
-    def function(self, name: str, params: str, outputs: list[str]) -> tuple[str, Callable[..., Any]]:
+    def function(
+        self, name: str, params: str, outputs: list[str]
+    ) -> tuple[str, Callable[..., Any]]:
         body = "\n".join(f"    {ln}" for ln in self.lines) or "    pass"
         src = f"def {name}({params}):\n{body}\n    return ({', '.join(outputs)}{',' if len(outputs) == 1 else ''})\n"
         namespace = dict(self.consts)

@@ -132,7 +132,7 @@ class ViewProgram:
                 compacted[i] = _fold(self.aggs[i], compacted[i], rec[0], rec[1], rec[3 + i])
 
     def can_answer(self, state: State, t: int) -> bool:
-        return state[1] == NO_TS or t >= state[1] - self.lateness
+        return bool(state[1] == NO_TS or t >= state[1] - self.lateness)
 
     def query(self, state: State | None, t: int) -> tuple[Any, ...]:
         """Every feature of the view as of T (events with ts < T), in declaration order."""

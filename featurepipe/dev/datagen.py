@@ -43,16 +43,22 @@ def generate_transactions(
     def pick(values: list[str], p_null: float) -> pl.Series:
         idx = rng.integers(0, len(values), n)
         s = pl.Series(np.array(values, dtype=object)[idx].tolist(), dtype=pl.String)
-        return pl.select(pl.when(pl.lit(pl.Series(rng.random(n) < p_null))).then(None).otherwise(s)).to_series()
+        return pl.select(
+            pl.when(pl.lit(pl.Series(rng.random(n) < p_null))).then(None).otherwise(s)
+        ).to_series()
 
     start_us = int(start.timestamp() * 1_000_000)
     return pl.DataFrame(
         {
             "transaction_id": pl.Series([f"t{i}" for i in range(n)]),
             "user_id": pl.Series(user_ids).cast(pl.String).str.replace(r"^", "u"),
-            "merchant_id": pl.Series(rng.integers(0, merchants, n)).cast(pl.String).str.replace(r"^", "m"),
+            "merchant_id": pl.Series(rng.integers(0, merchants, n))
+            .cast(pl.String)
+            .str.replace(r"^", "m"),
             "amount": pl.select(
-                pl.when(pl.lit(pl.Series(rng.random(n) < null_fraction))).then(None).otherwise(pl.lit(pl.Series(amount)))
+                pl.when(pl.lit(pl.Series(rng.random(n) < null_fraction)))
+                .then(None)
+                .otherwise(pl.lit(pl.Series(amount)))
             ).to_series(),
             "country": pick(COUNTRIES, null_fraction),
             "employment_type": pick(EMPLOYMENT, null_fraction),

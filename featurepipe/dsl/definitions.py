@@ -200,7 +200,8 @@ class _Typer:
             raise DefinitionError(f"derived features form a cycle: {cycle}", view=self.view)
         if name not in self.outputs:
             raise DefinitionError(
-                f"fp.feature('{name}') names no feature of this view", view=self.view,
+                f"fp.feature('{name}') names no feature of this view",
+                view=self.view,
                 feature=self.visiting[-1] if self.visiting else None,
             )
         self.visiting.append(name)
@@ -208,7 +209,8 @@ class _Typer:
         if not isinstance(value, Expr):
             raise DefinitionError(
                 f"expected a feature expression, got {type(value).__name__}",
-                view=self.view, feature=name,
+                view=self.view,
+                feature=name,
             )
         try:
             node = self.node(value, level="feature")
@@ -220,7 +222,8 @@ class _Typer:
             raise DefinitionError(
                 "a feature must aggregate events (fp.count, fp.sum, fp.last, ...) or derive "
                 "from other features",
-                view=self.view, feature=name,
+                view=self.view,
+                feature=name,
             )
         self.visiting.pop()
         self.done[name] = node
@@ -305,7 +308,7 @@ class _Typer:
             kind = args[0].dtype
             lo, hi = params["lower"], params["upper"]
             if kind is DType.FLOAT:
-                params["lower"], params["upper"] = float(lo), float(hi)
+                params["lower"], params["upper"] = float(lo), float(hi)  # type: ignore[arg-type]
             elif not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)):
                 raise TypeError("clip bounds of an int expression must be ints")
         return ir.Call(result, op, tuple(args), tuple(sorted(params.items())))
@@ -316,7 +319,11 @@ def _check_params(op: str, p: dict[str, Any]) -> None:
         raise TypeError(f"{op} needs a string literal")
     if op == "slice":
         off, length = p.get("offset"), p.get("length")
-        if not isinstance(off, int) or off < 0 or (length is not None and (not isinstance(length, int) or length < 0)):
+        if (
+            not isinstance(off, int)
+            or off < 0
+            or (length is not None and (not isinstance(length, int) or length < 0))
+        ):
             raise UnsupportedOperationError(
                 "slice needs offset >= 0 and length >= 0 (negative offsets are not offered)"
             )
@@ -372,7 +379,9 @@ def _type_nulls(op: str, args: list[ir.Node]) -> list[ir.Node]:
     start = 1 if op == "case" else 0
     ref = typed[-1] if op == "case" else typed[0]
     return [
-        ir.Literal(ref.dtype, None) if i >= start and isinstance(a, ir.Literal) and a.value is None else a
+        ir.Literal(ref.dtype, None)
+        if i >= start and isinstance(a, ir.Literal) and a.value is None
+        else a
         for i, a in enumerate(args)
     ]
 
@@ -417,7 +426,8 @@ def build_view_ir(
         if fname == entity.key or fname in RESERVED:
             raise DefinitionError(
                 "feature name clashes with the entity key or a reserved column",
-                view=name, feature=fname,
+                view=name,
+                feature=fname,
             )
     typer = _Typer(name, source, outputs)
     features = tuple(ir.Feature(f, typer.feature(f)) for f in outputs)

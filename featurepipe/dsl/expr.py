@@ -210,7 +210,9 @@ def wrap(value: Any) -> Expr:
         return value
     if value is None or isinstance(value, bool | int | float | str | datetime):
         return Expr("lit", value=value)
-    raise DefinitionError(f"cannot use {type(value).__name__} value {value!r} in a feature expression")
+    raise DefinitionError(
+        f"cannot use {type(value).__name__} value {value!r} in a feature expression"
+    )
 
 
 def lit(value: Any) -> Expr:
@@ -306,7 +308,7 @@ def count(
     return _agg("count", expr, window, where, 0, hop)
 
 
-def sum(  # noqa: A001 - the DSL mirrors the aggregation names
+def sum(
     expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
 ) -> Expr:
     return _agg("sum", expr, window, where, default, hop)
@@ -318,13 +320,13 @@ def mean(
     return _agg("mean", expr, window, where, default, hop)
 
 
-def min(  # noqa: A001
+def min(
     expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
 ) -> Expr:
     return _agg("min", expr, window, where, default, hop)
 
 
-def max(  # noqa: A001
+def max(
     expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
 ) -> Expr:
     return _agg("max", expr, window, where, default, hop)

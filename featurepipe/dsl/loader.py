@@ -22,7 +22,9 @@ class Definitions:
         if isinstance(obj, FeatureView):
             other = self.views.get(obj.name)
             if other is not None and other is not obj:
-                raise DefinitionError(f"duplicate feature view name (again in {origin})", view=obj.name)
+                raise DefinitionError(
+                    f"duplicate feature view name (again in {origin})", view=obj.name
+                )
             self.views[obj.name] = obj
             self.add("", obj.source, origin)
             self.add("", obj.entity, origin)
@@ -51,7 +53,11 @@ def load_definitions(path: str | Path) -> Definitions:
     root = Path(path)
     if not root.exists():
         raise DefinitionError(f"definitions path '{path}' does not exist")
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*.py") if p.name != "__init__.py")
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(p for p in root.rglob("*.py") if p.name != "__init__.py")
+    )
     defs = Definitions()
     tag = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
     for file in files:

@@ -21,6 +21,11 @@ def _need(ok: bool, msg: str) -> None:
         raise TypeError(msg)
 
 
+def _checked(ok: bool, msg: str, result: DType) -> DType:
+    _need(ok, msg)
+    return result
+
+
 def _arith(ts: tuple[DType, ...], _: Mapping[str, Any]) -> DType:
     _need(all(t.is_numeric for t in ts), f"arithmetic needs numbers, got {_names(ts)}")
     return I if all(t is I for t in ts) else F
@@ -85,7 +90,9 @@ def _cast(ts: tuple[DType, ...], p: Mapping[str, Any]) -> DType:
     try:
         to = DType(p["to"])
     except ValueError:
-        raise TypeError(f"unknown cast target {p['to']!r} (int, float, bool, str, datetime)") from None
+        raise TypeError(
+            f"unknown cast target {p['to']!r} (int, float, bool, str, datetime)"
+        ) from None
     if (ts[0], to) not in CASTS:
         raise UnsupportedOperationError(
             f"cast from {ts[0]} to {to} is not offered: the two backends would format or parse "
@@ -144,7 +151,7 @@ OPS: dict[str, Rule] = {
     "startswith": _unary((S,), B, "startswith"),
     "endswith": _unary((S,), B, "endswith"),
     "slice": _unary((S,), S, "slice"),
-    "concat": lambda ts, p: (_need(all(t is S for t in ts), "concat needs strings"), S)[1],
+    "concat": lambda ts, p: _checked(all(t is S for t in ts), "concat needs strings", S),
     # datetimes (UTC)
     "hour": _unary((D,), I, "hour"),
     "minute": _unary((D,), I, "minute"),
@@ -194,5 +201,5 @@ AGGS: dict[str, Callable[[DType | None], DType]] = {
     "max": _agg_ordered("max"),
     "first": _agg_any,
     "last": _agg_any,
-    "count_distinct": lambda t: (_need(t is not None, "count_distinct needs an input"), I)[1],
+    "count_distinct": lambda t: _checked(t is not None, "count_distinct needs an input", I),
 }

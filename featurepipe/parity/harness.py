@@ -66,11 +66,15 @@ def normalize_events(view: FeatureView, events: pl.DataFrame) -> pl.DataFrame:
     nulls = events[ts_col].null_count()
     if nulls:
         row = events.with_row_index("__row").filter(pl.col(ts_col).is_null())["__row"][0]
-        raise DataError(f"view '{view.name}': {nulls} event(s) have a null '{ts_col}' (first at row {row})")
+        raise DataError(
+            f"view '{view.name}': {nulls} event(s) have a null '{ts_col}' (first at row {row})"
+        )
     out = events.with_columns(
         cs.datetime().dt.replace_time_zone(None).cast(pl.Datetime("us")).cast(pl.Int64)
     )
-    return out.with_columns(pl.col(ts_col).alias(TS), pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ))
+    return out.with_columns(
+        pl.col(ts_col).alias(TS), pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ)
+    )
 
 
 def _float_bits(s: pl.Series) -> pl.Series:
@@ -169,7 +173,9 @@ def run_parity(
     )
     for j, feat in enumerate(view.ir.features):
         dtype = feat.expr.dtype
-        stream_col = pl.Series(feat.name, [r[j] for r in expected], dtype=PL_TYPES[dtype], strict=False)
+        stream_col = pl.Series(
+            feat.name, [r[j] for r in expected], dtype=PL_TYPES[dtype], strict=False
+        )
         batch_col = batch[feat.name]
         if dtype is DType.FLOAT:
             same = _float_bits(batch_col).eq_missing(_float_bits(stream_col))
@@ -196,5 +202,7 @@ def _show(v: Any) -> str:
     return repr(v)
 
 
-def run_all(views: Iterable[FeatureView], events: pl.DataFrame, **kwargs: Any) -> list[ParityReport]:
+def run_all(
+    views: Iterable[FeatureView], events: pl.DataFrame, **kwargs: Any
+) -> list[ParityReport]:
     return [run_parity(v, events, **kwargs) for v in views]
