@@ -10,6 +10,7 @@ The rules follow IEEE-754 binary64 and Polars' conventions where those are well 
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from typing import Any
 
 import xxhash
@@ -144,6 +145,18 @@ def _key(a: Any) -> Any:
 def cmp(op: str, a: Any, b: Any) -> bool | None:
     if a is None or b is None:
         return None
+    if a == a and b == b:  # fast path: no NaN, IEEE order is the total order here
+        if op == "eq":
+            return bool(a == b)
+        if op == "ne":
+            return bool(a != b)
+        if op == "lt":
+            return bool(a < b)
+        if op == "le":
+            return bool(a <= b)
+        if op == "gt":
+            return bool(a > b)
+        return bool(a >= b)
     if isinstance(a, float) or isinstance(b, float):
         ka, kb = _key(float(a)), _key(float(b))
     else:
@@ -241,8 +254,14 @@ def hash_bucket(value: str | int, buckets: int) -> int:
 
 
 def bucketize(a: float | int, boundaries: tuple[float, ...]) -> int:
-    """Number of boundaries b with a >= b (NaN is above every boundary)."""
-    return sum(1 for b in boundaries if cmp("ge", a, b))
+    """Number of boundaries b with a >= b (NaN is above every boundary; ints compare as floats).
+
+    ``boundaries`` are sorted and NaN-free (checked at definition time), so this is a bisection.
+    """
+    x = float(a)
+    if x != x:
+        return len(boundaries)
+    return bisect_right(boundaries, x)
 
 
 # ---- exact accumulation -----------------------------------------------------------------------
