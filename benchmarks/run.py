@@ -169,6 +169,18 @@ def parity(n: int) -> tuple[float, int, str, str]:
 # ---- main -------------------------------------------------------------------------------------
 
 
+def revision() -> str:
+    """Commit of the code under test, + if featurepipe/ or feature_defs/ has local edits."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    edits = subprocess.run(
+        [*git, "status", "--porcelain", "--", "featurepipe", "feature_defs"],
+        capture_output=True,
+        text=True,
+    )
+    return (head.stdout.strip() or "unknown") + ("+" if edits.stdout.strip() else "")
+
+
 def rate(n: float, seconds: float) -> str:
     return f"{n / seconds:,.0f}"
 
@@ -183,8 +195,9 @@ def main() -> None:
     view = load_definitions(ROOT / "feature_defs").view("user_spend")
     key, ts_col = view.entity.key, view.source.timestamp
     n_features, n_aggs = len(view.ir.features), len(view.ir.aggs)
+    rev = revision()
     print(
-        f"featurepipe benchmark: {n:,} events, view {view.name} ({n_features} features, "
+        f"featurepipe benchmark at {rev}: {n:,} events, view {view.name} ({n_features} features, "
         f"{n_aggs} aggregations), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, Polars {pl.__version__}"
     )
@@ -228,6 +241,8 @@ def main() -> None:
 
     # 3. parity, end to end through the CLI
     t_par, code, verdict, tail = parity(n)
+    if revision() != rev:
+        print(f"WARNING: the code changed during the run ({rev} -> {revision()})")
     print(f"parity: {t_par:.1f}s, exit {code}, {verdict}\n{tail}")
 
     nb, nq = 9, 6  # aggregates computed by the naive batch / per-event baselines

@@ -345,9 +345,14 @@ class BatchProgram:
             )
         del ev_values
         out = q.select(QID, self.key, TS).join(frame, on=QID, how="left").sort(QID)
-        return out.select(
-            self.key, TS, *[pl.col(names[f.name]).alias(f.name) for f in self.view.features]
-        )
+        return out.select(self.key, TS, *[_output(names[f.name], f) for f in self.view.features])
+
+
+def _output(column: str, f: ir.Feature) -> pl.Expr:
+    value = pl.col(column)
+    if f.expr.dtype is DType.FLOAT:  # one NaN on the way out, as on the per-event path
+        value = pl.when(value.is_nan()).then(pl.lit(math.nan, F64)).otherwise(value)
+    return value.alias(f.name)
 
 
 def _dependency_order(view: ir.ViewIR) -> list[ir.Feature]:

@@ -58,6 +58,9 @@ class ViewProgram:
         self.row_source, self._row = self._compile_rows()
         self.final_source, self._final = self._compile_features()
         self.feature_names = [f.name for f in view.features]
+        self._float_outputs = [
+            j for j, f in enumerate(view.features) if f.expr.dtype is DType.FLOAT
+        ]
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder()
 
@@ -158,7 +161,12 @@ class ViewProgram:
                 if rec[2] & bit:
                     acc = _fold(agg, acc, rec[0], rec[1], rec[3 + i])
             values.append(_finalize(agg, acc))
-        return tuple(self._final(values))
+        out = list(self._final(values))
+        for j in self._float_outputs:  # one NaN on the way out: sign/payload carry no meaning
+            v = out[j]
+            if v is not None and v != v:
+                out[j] = math.nan
+        return tuple(out)
 
     # -- bytes -----------------------------------------------------------------------------
     def dumps(self, state: State) -> bytes:

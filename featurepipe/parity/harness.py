@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 import polars.selectors as cs
 
@@ -78,7 +79,10 @@ def normalize_events(view: FeatureView, events: pl.DataFrame) -> pl.DataFrame:
 
 
 def _float_bits(s: pl.Series) -> pl.Series:
-    return s.cast(pl.Float64).reinterpret(signed=True)
+    """The IEEE bit patterns of a float column (nulls stay null): -0.0 != 0.0, NaN by payload."""
+    s = s.cast(pl.Float64)
+    bits = pl.Series(s.name, s.fill_null(0.0).to_numpy().astype(np.float64).view(np.int64))
+    return pl.select(pl.when(s.is_null()).then(None).otherwise(bits)).to_series()
 
 
 def run_parity(
