@@ -55,7 +55,10 @@ def _fixed(x: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
 class BatchProgram:
     """The batch executor of one view."""
 
-    def __init__(self, view: ir.ViewIR) -> None:
+    def __init__(self, view: ir.ViewIR, *, reference: bool = False) -> None:
+        """``reference=True`` sends every query down the exploded-pairs path: the naive,
+        obviously-correct reference the fast kernels are tested against."""
+        self.reference = reference
         self.view = view
         self.aggs = view.aggs
         self.key = view.entity_key
@@ -152,7 +155,9 @@ class BatchProgram:
         )
         keys = ev[KEY]
         n = ev.height
-        windows = sorted({a.window_us for a in self.aggs}, key=lambda w: -1 if w is None else w)
+        windows = sorted(
+            {None, *(a.window_us for a in self.aggs)}, key=lambda w: -1 if w is None else w
+        )
         qb = {
             "hi": keys.search_sorted(_eval(q, _key(pl.col(RANK), pl.col(TS))), side="left"),
         }
@@ -166,6 +171,10 @@ class BatchProgram:
         q = q.with_columns(**{name: s.cast(I64) for name, s in qb.items()})
         q = q.with_columns(self._dirty(ev, q))
 
+        if self.reference:
+            q = q.with_columns(pl.lit(True).alias("__dirty"))
+            if ARRIVED not in q.columns:
+                q = q.with_columns(pl.lit(k.INT_MAX, I64).alias(ARRIVED))
         clean = q.filter(~pl.col("__dirty"))
         dirty = q.filter(pl.col("__dirty"))
         parts = [self._clean(ev, clean, n, windows)]
@@ -222,7 +231,7 @@ class BatchProgram:
                     ).to_series()
                     out[c + "n"] = _range_sum(first, lo, hi)
                 else:
-                    distinct_windowed.append(agg)
+                    out[c + "n"] = _distinct_count(ev, q, c + "key", agg.window_us)
                 continue
             if kind in ("first", "last"):
                 idx = ev.select(pl.when(pl.col(c + "inc")).then(pl.int_range(pl.len()))).to_series()
@@ -448,6 +457,27 @@ def _lo(w: int | None) -> str:
 
 def _eval(df: pl.DataFrame, e: pl.Expr) -> pl.Series:
     return df.select(e.alias("__e")).to_series()
+
+
+def _distinct_count(ev: pl.DataFrame, q: pl.DataFrame, key: str, window: int) -> pl.Series:
+    """Distinct non-null values among an entity's events with T - w <= ts < T.
+
+    An event is the *last* occurrence of its value before T, and inside the window, exactly
+    when ts < T <= end, with end = min(ts of the value's next occurrence, ts + w). So the count
+    is #(events with ts < T) - #(events with end < T): two binary searches per query.
+    """
+    valid = ev.select(RANK, TS, key).filter(pl.col(key).is_not_null())
+    nxt = pl.col(TS).shift(-1).over(RANK, key).cast(I128)
+    end = pl.min_horizontal(
+        nxt.fill_null(k.INT_MAX), pl.col(TS).cast(I128) + window, pl.lit(k.INT_MAX, I128)
+    )
+    ends = valid.select(_key(pl.col(RANK), end).alias("__e")).to_series().sort()
+    started = _range_sum(ev[key].is_not_null().cast(I64), q["lo_life"], q["hi"])
+    t_key = _eval(q, _key(pl.col(RANK), pl.col(TS)))
+    first_key = _eval(q, _key(pl.col(RANK), pl.lit(-_OFF, I128)))
+    before = ends.search_sorted(t_key, side="left").cast(I64)
+    ended = before - ends.search_sorted(first_key, side="left").cast(I64)
+    return (started - ended).alias(key)
 
 
 def _range_sum(col: pl.Series, lo: pl.Series, hi: pl.Series) -> pl.Series:
