@@ -150,8 +150,10 @@ class BatchProgram:
         ents = ev.select(pl.col(self.key).unique().sort()).with_row_index(RANK)
         ev = ev.join(ents, on=self.key, how="left", maintain_order="left")
         ev = ev.with_columns(_key(pl.col(RANK), pl.col(TS)).alias(KEY))
-        q = q.join(ents, on=self.key, how="left", maintain_order="left").with_columns(
-            pl.col(RANK).cast(I64).fill_null(-1)
+        q = (
+            q.join(ents, on=self.key, how="left", maintain_order="left")
+            .with_columns(pl.col(RANK).cast(I64).fill_null(-1))
+            .sort(RANK, TS)  # sorted probes make the binary searches cache-friendly
         )
         keys = ev[KEY]
         n = ev.height
@@ -466,8 +468,15 @@ def _distinct_count(ev: pl.DataFrame, q: pl.DataFrame, key: str, window: int) ->
     when ts < T <= end, with end = min(ts of the value's next occurrence, ts + w). So the count
     is #(events with ts < T) - #(events with end < T): two binary searches per query.
     """
-    valid = ev.select(RANK, TS, key).filter(pl.col(key).is_not_null())
-    nxt = pl.col(TS).shift(-1).over(RANK, key).cast(I128)
+    # next occurrence of the same (entity, value): sort, then look one row ahead
+    # (several times faster than a window function over ~1M small groups)
+    valid = (
+        ev.select(RANK, TS, key)
+        .filter(pl.col(key).is_not_null())
+        .sort(RANK, key, TS, maintain_order=True)
+    )
+    same_group = (pl.col(RANK) == pl.col(RANK).shift(-1)) & (pl.col(key) == pl.col(key).shift(-1))
+    nxt = pl.when(same_group).then(pl.col(TS).shift(-1)).cast(I128)
     end = pl.min_horizontal(
         nxt.fill_null(k.INT_MAX), pl.col(TS).cast(I128) + window, pl.lit(k.INT_MAX, I128)
     )

@@ -178,10 +178,12 @@ class CodeGen:
         return repr(value)
 
     def function(
-        self, name: str, params: str, outputs: list[str]
+        self, name: str, params: str, outputs: list[str], as_list: bool = False
     ) -> tuple[str, Callable[..., Any]]:
         body = "\n".join(f"    {ln}" for ln in self.lines) or "    pass"
-        src = f"def {name}({params}):\n{body}\n    return ({', '.join(outputs)}{',' if len(outputs) == 1 else ''})\n"
+        values = ", ".join(outputs)
+        result = f"[{values}]" if as_list else f"({values}{',' if len(outputs) == 1 else ''})"
+        src = f"def {name}({params}):\n{body}\n    return {result}\n"
         namespace = dict(self.consts)
         exec(compile(src, f"<featurepipe:{name}>", "exec"), namespace)
         return src, namespace[name]

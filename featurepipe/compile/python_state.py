@@ -57,6 +57,7 @@ class ViewProgram:
         self.lifetime = [i for i, a in enumerate(self.aggs) if a.window_us is None]
         self.row_source, self._row = self._compile_rows()
         self.final_source, self._final = self._compile_features()
+        self.compact_source, self._compact_fn = self._compile_compaction()
         self.feature_names = [f.name for f in view.features]
         self._float_outputs = [
             j for j, f in enumerate(view.features) if f.expr.dtype is DType.FLOAT
@@ -69,18 +70,76 @@ class ViewProgram:
         gen = CodeGen(lambda n: f"ev[{n.name!r}]" if isinstance(n, ir.Field) else None)
         outs: list[str] = []
         mask_terms: list[str] = []
+        shared: dict[str, str] = {}  # identical prepared values are computed once
         for i, agg in enumerate(self.aggs):
             v = gen.emit(agg.arg) if agg.arg is not None else "True"
-            prepared = f"p{i}"
-            gen.lines.append(f"{prepared} = {_prepare_code(agg, v)}")
-            outs.append(prepared)
+            code = _prepare_code(agg, v)
+            if code not in shared:
+                shared[code] = f"p{i}"
+                gen.lines.append(f"p{i} = {code}")
+            outs.append(shared[code])
             if agg.where is None:
                 mask_terms.append(str(1 << i))
             else:
                 w = gen.emit(agg.where)
                 mask_terms.append(f"({1 << i} if {w} is True else 0)")
         gen.lines.append("mask = " + (" | ".join(mask_terms) if mask_terms else "0"))
-        return gen.function("prepare_event", "ev", ["mask", *outs])
+        ts = f"ev[{self.view.timestamp!r}]"
+        return gen.function("prepare_event", "ev, seq", [ts, "seq", "mask", *outs], as_list=True)
+
+    def _compile_compaction(self) -> tuple[str, Callable[..., Any]]:
+        """Straight-line code folding one retained event into the lifetime accumulators.
+
+        Same rules as ``_fold`` (which the query path uses); generated because compaction runs
+        for nearly every ingested event."""
+        lines = ["def compact(c, rec):", "    ts = rec[0]", "    seq = rec[1]", "    mask = rec[2]"]
+        for i in self.lifetime:
+            agg, j, bit = self.aggs[i], 3 + i, 1 << i
+            kind = agg.kind
+            lines.append(f"    if mask & {bit}:")
+            lines.append(f"        p = rec[{j}]")
+            if kind == "count":
+                lines.append(f"        if p is not None: c[{i}] += 1")
+            elif kind in ("first", "last"):
+                op = "<" if kind == "first" else ">"
+                lines.append(f"        a = c[{i}]")
+                lines.append(
+                    f"        if a is None or (ts, seq) {op} (a[0], a[1]): c[{i}] = (ts, seq, p)"
+                )
+            elif kind == "count_distinct":
+                lines.append(f"        if p is not None: c[{i}].add(p)")
+            elif kind in ("sum", "mean"):
+                lines += [
+                    "        if p is not None:",
+                    f"            a = c[{i}]",
+                    "            a[0] += 1",
+                    "            if type(p) is int: a[1] += p",
+                    "            else: a[_FLAG[p]] += 1",
+                ]
+            elif kind in ("var", "std"):
+                lines += [
+                    "        if p is not None:",
+                    f"            a = c[{i}]",
+                    "            a[0] += 1",
+                    "            if type(p[0]) is int and type(p[1]) is int:",
+                    "                a[1] += p[0]",
+                    "                a[2] += p[1]",
+                    "            else: a[3] += 1",
+                ]
+            else:
+                better = "<" if kind == "min" else ">"
+                lines += [
+                    "        if p is not None:",
+                    f"            a = c[{i}]",
+                    "            a[0] += 1",
+                    "            if p != p: a[2] += 1",
+                    f"            elif a[1] is None or p {better} a[1]: a[1] = p",
+                ]
+        lines.append("    return None")
+        src = "\n".join(lines) + "\n"
+        namespace: dict[str, Any] = {"_FLAG": {"+": 2, "-": 3, "nan": 4}}
+        exec(compile(src, "<featurepipe:compact>", "exec"), namespace)
+        return src, namespace["compact"]
 
     def _compile_features(self) -> tuple[str, Callable[..., Any]]:
         index = {a: i for i, a in enumerate(self.aggs)}
@@ -103,8 +162,8 @@ class ViewProgram:
 
     def ingest(self, state: State, event: Mapping[str, Any], seq: int) -> None:
         """Fold one event (datetimes as epoch micros) into the entity's state."""
-        ts = event[self.view.timestamp]
-        rec = [ts, seq, *self._row(event)]
+        rec = self._row(event, seq)  # [ts, seq, mask, prepared inputs...]
+        ts = rec[0]
         if ts < state[0]:
             self._compact(state[3], rec)  # very late: only lifetime accumulators can use it
         else:
@@ -122,17 +181,19 @@ class ViewProgram:
 
     def _evict(self, state: State) -> None:
         buf = state[2]
-        cut = bisect_left(buf, state[0], key=_ts)
+        horizon = state[0]
+        cut = 0
+        end = len(buf)
+        while cut < end and buf[cut][0] < horizon:  # usually 0-2 steps: cheaper than bisection
+            cut += 1
         if cut:
+            compact, compacted = self._compact_fn, state[3]
             for rec in buf[:cut]:
-                self._compact(state[3], rec)
+                compact(compacted, rec)
             del buf[:cut]
 
     def _compact(self, compacted: list[Any], rec: list[Any]) -> None:
-        mask = rec[2]
-        for i in self.lifetime:
-            if mask >> i & 1:
-                compacted[i] = _fold(self.aggs[i], compacted[i], rec[0], rec[1], rec[3 + i])
+        self._compact_fn(compacted, rec)
 
     def can_answer(self, state: State, t: int) -> bool:
         return bool(state[1] == NO_TS or t >= state[1] - self.lateness)
