@@ -133,11 +133,21 @@ class BatchProgram:
         return pl.lit(k.INT_MAX if lo else k.INT_MIN, I64)
 
     # -- 2..5 ------------------------------------------------------------------------------
-    def features(self, events: pl.LazyFrame | pl.DataFrame, queries: pl.DataFrame) -> pl.DataFrame:
-        """Every feature at every query point; columns: key, ``__ts``, features (query order)."""
+    def features(
+        self,
+        events: pl.LazyFrame | pl.DataFrame,
+        queries: pl.DataFrame,
+        *,
+        engine: str = "auto",
+    ) -> pl.DataFrame:
+        """Every feature at every query point; columns: key, ``__ts``, features (query order).
+
+        ``engine="streaming"`` runs the scan and row stage on Polars' streaming engine (for
+        inputs larger than memory, together with entity-hash partitioning by the caller).
+        """
         if isinstance(events, pl.DataFrame):
             events = events.lazy()
-        ev = self.prepare(events).sort(self.key, TS, SEQ).collect()
+        ev = self.prepare(events).sort(self.key, TS, SEQ).collect(engine=engine)  # type: ignore[arg-type]
         q = queries.select(
             pl.col(self.key),
             pl.col(TS).cast(I64),
