@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 
 from featurepipe.batch.sources import SourceReport, read_events
-from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
+from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram, Engine
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.dsl.loader import Definitions, load_definitions
 from featurepipe.errors import DataError, DefinitionError
@@ -97,7 +97,7 @@ class FeatureStore:
         timestamp: str = DEFAULT_TIMESTAMP,
         full_feature_names: bool = False,
         partitions: int = 1,
-        engine: str = "auto",
+        engine: Engine = "auto",
     ) -> pl.DataFrame:
         """Point-in-time-correct features for each row of ``entity_df``.
 
@@ -124,7 +124,7 @@ class FeatureStore:
             features=list(features),
         )
         events_cache: dict[str, tuple[pl.LazyFrame, SourceReport]] = {}
-        t_max = int(t_us.max()) if frame.height else 0  # type: ignore[arg-type]
+        t_max = int(t_us.max() or 0)  # type: ignore[arg-type]
         for view_name, names in wanted.items():
             view = self.definitions.view(view_name)
             key = view.entity.key
@@ -175,7 +175,7 @@ class FeatureStore:
         t_us: pl.Series,
         events: pl.LazyFrame,
         partitions: int,
-        engine: str,
+        engine: Engine,
     ) -> pl.DataFrame:
         key = view.entity.key
         queries = pl.DataFrame({key: frame[key], TS: t_us}).with_row_index(_ROW)
@@ -190,7 +190,7 @@ class FeatureStore:
                 ev = ev.filter(pl.col(key).hash(7) % partitions == p)
             if arrival is not None:
                 # seq is the arrival rank; a row at T sees events that arrived strictly before T
-                arrivals = ev.select(pl.col(arrival)).collect(engine=engine).to_series()  # type: ignore[arg-type]
+                arrivals = ev.select(pl.col(arrival)).collect(engine=engine).to_series()
                 q = q.with_columns(
                     pl.Series(ARRIVED, arrivals.search_sorted(q[TS], side="left")).cast(pl.Int64)
                 )

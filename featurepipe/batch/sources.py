@@ -133,7 +133,12 @@ def _column(name: str, dtype: DType, actual: pl.DataType) -> tuple[pl.Expr, pl.E
             parsed = col.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
         value = parsed.dt.replace_time_zone(None).cast(pl.Int64)
         return value, col.is_not_null() & value.is_null()
-    target = {DType.INT: pl.Int64, DType.FLOAT: pl.Float64, DType.BOOL: pl.Boolean, DType.STR: pl.String}[dtype]
+    target = {
+        DType.INT: pl.Int64,
+        DType.FLOAT: pl.Float64,
+        DType.BOOL: pl.Boolean,
+        DType.STR: pl.String,
+    }[dtype]
     if isinstance(actual, _CHECKED_ROWS.get(dtype, ())):
         if dtype is DType.INT and isinstance(actual, pl.Float64 | pl.Float32):
             value = pl.when(col == col.round(0)).then(col.cast(pl.Int64, strict=False))
@@ -178,13 +183,17 @@ def read_events(
                 missing = pl.col(name).is_null()
                 reasons.append(pl.when(missing).then(pl.lit(f"{name}: null in a required field")))
                 bad.append(missing)
-        lf = pl.scan_parquet(file).with_row_index(ROW).select(
-            pl.col(ROW),
-            pl.lit(str(file)).alias(FILE),
-            pl.lit(i, pl.Int64).alias("__file_no"),
-            *cols,
-            pl.concat_str(reasons, separator="; ", ignore_nulls=True).alias(REASON),
-            pl.any_horizontal(bad).alias("__bad"),
+        lf = (
+            pl.scan_parquet(file)
+            .with_row_index(ROW)
+            .select(
+                pl.col(ROW),
+                pl.lit(str(file)).alias(FILE),
+                pl.lit(i, pl.Int64).alias("__file_no"),
+                *cols,
+                pl.concat_str(reasons, separator="; ", ignore_nulls=True).alias(REASON),
+                pl.any_horizontal(bad).alias("__bad"),
+            )
         )
         frames.append(lf)
     allrows = pl.concat(frames, how="vertical")
@@ -213,13 +222,26 @@ def read_events(
         .with_columns(pl.col(ts).alias(TS), pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ))
         .drop("__bad", REASON, "__file_no")
     )
-    stats = good.group_by(FILE).agg(
-        pl.len().alias("rows"), pl.col(ts).min().alias("min_ts"), pl.col(ts).max().alias("max_ts")
-    ).collect()
+    stats = (
+        good.group_by(FILE)
+        .agg(
+            pl.len().alias("rows"),
+            pl.col(ts).min().alias("min_ts"),
+            pl.col(ts).max().alias("max_ts"),
+        )
+        .collect()
+    )
     per_file = {r[FILE]: r for r in stats.to_dicts()}
     for file in files:
         r = per_file.get(str(file), {"rows": 0, "min_ts": None, "max_ts": None})
-        report.files.append({"path": str(file), "rows": int(r["rows"]), "min_ts": r["min_ts"], "max_ts": r["max_ts"]})
+        report.files.append(
+            {
+                "path": str(file),
+                "rows": int(r["rows"]),
+                "min_ts": r["min_ts"],
+                "max_ts": r["max_ts"],
+            }
+        )
     report.rows = sum(f["rows"] for f in report.files)
     mins = [f["min_ts"] for f in report.files if f["min_ts"] is not None]
     maxs = [f["max_ts"] for f in report.files if f["max_ts"] is not None]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -34,6 +34,7 @@ from featurepipe.ir.types import DType
 F64, I64, I128 = pl.Float64, pl.Int64, pl.Int128
 TS, SEQ, QID, ARRIVED = "__ts", "__seq", "__qid", "__arrived"
 RANK, KEY = "__rank", "__key"
+Engine = Literal["auto", "in-memory", "streaming"]
 _OFF = 2**63
 _SHIFT = 2**64
 
@@ -138,7 +139,7 @@ class BatchProgram:
         events: pl.LazyFrame | pl.DataFrame,
         queries: pl.DataFrame,
         *,
-        engine: str = "auto",
+        engine: Engine = "auto",
     ) -> pl.DataFrame:
         """Every feature at every query point; columns: key, ``__ts``, features (query order).
 
@@ -147,7 +148,7 @@ class BatchProgram:
         """
         if isinstance(events, pl.DataFrame):
             events = events.lazy()
-        ev = self.prepare(events).sort(self.key, TS, SEQ).collect(engine=engine)  # type: ignore[arg-type]
+        ev = self.prepare(events).sort(self.key, TS, SEQ).collect(engine=engine)
         q = queries.select(
             pl.col(self.key),
             pl.col(TS).cast(I64),
