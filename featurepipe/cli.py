@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -210,6 +211,37 @@ def parity(
         failed |= not report.ok
     if failed:
         raise typer.Exit(1)
+
+
+def _when(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+@app.command()
+def fit(
+    start: Annotated[str | None, typer.Option(help="ISO time (UTC if naive), inclusive.")] = None,
+    end: Annotated[str | None, typer.Option(help="ISO time (UTC if naive), exclusive.")] = None,
+    repo: Annotated[Path, typer.Option(help="Repository root.")] = Path("."),
+    defs: Annotated[
+        str, typer.Option("--defs", help="Definitions, relative to the repo.")
+    ] = "feature_defs",
+) -> None:
+    """Fit vocabularies, scaling and quantile boundaries, and feature baselines; freeze them."""
+    from featurepipe.batch.fit import fit as run_fit
+
+    t = time.perf_counter()
+    report = run_fit(repo, defs, _when(start), _when(end))
+    for view, info in report.views.items():
+        console.rule(f"[bold]{view}[/]  fingerprint {info['fingerprint']}")
+        for aid, value in info.get("fitted", {}).items():
+            console.print(f"  {aid}: {value}")
+        if "artifacts" in info:
+            console.print(f"  artifacts: {info['artifacts']}")
+        console.print(f"  baseline over {info['points']:,} query points: {info['baseline']}")
+    console.print(f"fitted in {time.perf_counter() - t:.1f}s")
 
 
 @app.command("training-set")

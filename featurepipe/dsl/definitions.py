@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from featurepipe.dsl import artifacts
 from featurepipe.dsl.expr import Expr
 from featurepipe.errors import DefinitionError, UnsupportedOperationError
 from featurepipe.ir import nodes as ir
@@ -289,6 +290,8 @@ class _Typer:
         params = dict(e.params)
         args = [self.node(a, level) for a in e.args]
         args = _type_nulls(op, args)
+        if op.startswith("fit_"):
+            return self.fitted(op, args[0], params)
         if op not in OPS:
             raise UnsupportedOperationError(f"operation '{op}' is not offered")
         if op == "encode" and params.get("vocabulary") is None:
@@ -312,6 +315,34 @@ class _Typer:
             elif not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)):
                 raise TypeError("clip bounds of an int expression must be ints")
         return ir.Call(result, op, tuple(args), tuple(sorted(params.items())))
+
+    def fitted(self, op: str, arg: ir.Node, params: dict[str, Any]) -> ir.Node:
+        """Expand a fitted op into plain IR with the frozen artifact's values as literals."""
+        kind = op.removeprefix("fit_")
+        need = {
+            "encode": (DType.STR, DType.INT),
+            "standardize": (DType.INT, DType.FLOAT),
+            "quantiles": (DType.INT, DType.FLOAT),
+        }[kind]
+        if arg.dtype not in need:
+            raise TypeError(f"{kind} needs {'/'.join(map(str, need))}, got {arg.dtype}")
+        placeholder: Any = {"encode": [], "standardize": [0.0, 1.0], "quantiles": [0.0]}[kind]
+        value = artifacts.lookup(self.view, kind, arg, params, placeholder)
+        if value is None:
+            raise UnsupportedOperationError(
+                f"{kind} is fitted on batch data and no fitted artifact is in the registry: "
+                "run `featurepipe fit --start ... --end ...`"
+            )
+        if kind == "encode":
+            node = ir.Call(DType.INT, "encode", (arg,), (("vocabulary", tuple(value)),))
+            return node
+        x = _cast(arg, DType.FLOAT)
+        if kind == "standardize":
+            mean, std = float(value[0]), float(value[1])
+            centered = ir.Call(DType.FLOAT, "sub", (x, ir.Literal(DType.FLOAT, mean)))
+            return ir.Call(DType.FLOAT, "truediv", (centered, ir.Literal(DType.FLOAT, std)))
+        bounds = tuple(sorted({float(b) for b in value if b == b}))
+        return ir.Call(DType.INT, "bucketize", (x,), (("boundaries", bounds or (0.0,)),))
 
 
 def _check_params(op: str, p: dict[str, Any]) -> None:

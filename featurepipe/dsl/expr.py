@@ -254,10 +254,27 @@ def when(cond: Any) -> When:
     return When((), wrap(cond))
 
 
-def encode(expr: Any, vocabulary: Sequence[str | int] | None = None) -> Expr:
-    """Map categories to integer codes: 0 = null, 1 = out of vocabulary, 2.. = vocabulary order."""
-    vocab = None if vocabulary is None else tuple(vocabulary)
-    return wrap(expr)._call("encode", vocabulary=vocab)
+def encode(
+    expr: Any,
+    vocabulary: Sequence[str | int] | None = None,
+    *,
+    top_k: int | None = None,
+    min_frequency: int = 1,
+) -> Expr:
+    """Map categories to integer codes: 0 = null, 1 = out of vocabulary, 2.. = vocabulary order.
+
+    Without ``vocabulary`` the vocabulary is fitted on batch data by ``featurepipe fit``: the
+    ``top_k`` most frequent values seen at least ``min_frequency`` times, most frequent first
+    (ties by value), frozen in the registry.
+    """
+    if vocabulary is not None:
+        return wrap(expr)._call("encode", vocabulary=tuple(vocabulary))
+    return wrap(expr)._call("fit_encode", top_k=top_k, min_frequency=min_frequency)
+
+
+def standardize(expr: Any) -> Expr:
+    """(x - mean) / std with mean and sample std fitted on batch data and frozen."""
+    return wrap(expr)._call("fit_standardize")
 
 
 def hash_bucket(expr: Any, buckets: int) -> Expr:
@@ -265,9 +282,19 @@ def hash_bucket(expr: Any, buckets: int) -> Expr:
     return wrap(expr)._call("hash_bucket", buckets=buckets)
 
 
-def bucketize(expr: Any, boundaries: Sequence[float | int]) -> Expr:
-    """Bucket index = number of boundaries <= value (fixed, sorted boundaries)."""
-    return wrap(expr)._call("bucketize", boundaries=tuple(boundaries))
+def bucketize(
+    expr: Any, boundaries: Sequence[float | int] | None = None, *, quantiles: int | None = None
+) -> Expr:
+    """Bucket index = number of boundaries <= value.
+
+    Fixed ``boundaries``, or ``quantiles=q``: q-quantile boundaries fitted on batch data and
+    frozen (``featurepipe fit``).
+    """
+    if boundaries is not None:
+        return wrap(expr)._call("bucketize", boundaries=tuple(boundaries))
+    if quantiles is None or quantiles < 2:
+        raise DefinitionError("bucketize needs boundaries=[...] or quantiles >= 2")
+    return wrap(expr)._call("fit_quantiles", quantiles=quantiles)
 
 
 def feature(name: str) -> Expr:

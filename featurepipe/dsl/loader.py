@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from featurepipe.dsl.definitions import Entity, FeatureView, Source
 from featurepipe.errors import DefinitionError
@@ -17,6 +18,8 @@ class Definitions:
     views: dict[str, FeatureView] = field(default_factory=dict)
     sources: dict[str, Source] = field(default_factory=dict)
     entities: dict[str, Entity] = field(default_factory=dict)
+    fit_requests: list[Any] = field(default_factory=list)
+    registry: Any = None
 
     def add(self, name: str, obj: object, origin: str) -> None:
         if isinstance(obj, FeatureView):
@@ -48,9 +51,37 @@ class Definitions:
             ) from None
 
 
-def load_definitions(path: str | Path) -> Definitions:
-    """Import every module of a definitions directory (or a single file) and collect views."""
+def load_definitions(
+    path: str | Path,
+    *,
+    registry: str | Path | None = None,
+    fitting: bool = False,
+) -> Definitions:
+    """Import every module of a definitions directory (or a single file) and collect views.
+
+    ``registry``: where ``featurepipe fit`` froze fitted artifacts (default: ``.featurepipe/
+    registry`` next to the definitions, when it exists). ``fitting=True`` lets views with
+    unfitted ops build with placeholders and records what needs fitting in ``defs.fit_requests``.
+    """
+    from featurepipe.batch.registry import Registry
+    from featurepipe.dsl.artifacts import ArtifactContext, artifact_context
+
     root = Path(path)
+    reg = Registry(
+        Path(registry)
+        if registry is not None
+        else root.resolve().parent / ".featurepipe" / "registry"
+    )
+    # fitting starts from nothing: every fitted op is fitted again on the requested range
+    ctx = ArtifactContext(values={} if fitting else reg.current_artifacts(), fitting=fitting)
+    with artifact_context(ctx):
+        defs = _load(root, path)
+    defs.fit_requests = ctx.requests
+    defs.registry = reg
+    return defs
+
+
+def _load(root: Path, path: str | Path) -> Definitions:
     if not root.exists():
         raise DefinitionError(f"definitions path '{path}' does not exist")
     files = (
