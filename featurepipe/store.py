@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,8 +13,8 @@ from typing import Any
 
 import polars as pl
 
-from featurepipe.batch.sources import SourceReport, read_events
-from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram, Engine
+from featurepipe.batch.sources import SourceReport, in_arrival_order, read_events
+from featurepipe.compile.polars_aggs import ARRIVED, TS, BatchProgram, Engine
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.dsl.loader import Definitions, load_definitions
 from featurepipe.errors import DataError, DefinitionError
@@ -138,6 +139,7 @@ class FeatureStore:
                 end = datetime.fromtimestamp(0, UTC) + _td_us(t_max + 1)
                 events_cache[src.name] = read_events(
                     src,
+                    ordered=partitions <= 1,
                     root=self.root,
                     end=end if src.arrival is None else None,
                     quarantine_dir=self.quarantine_dir,
@@ -181,23 +183,53 @@ class FeatureStore:
         queries = pl.DataFrame({key: frame[key], TS: t_us}).with_row_index(_ROW)
         program = BatchProgram(view.ir)
         arrival = view.source.arrival
-        parts = []
-        for p in range(partitions):
-            q = queries
-            ev = events
-            if partitions > 1:
-                q = q.filter(pl.col(key).hash(7) % partitions == p)
-                ev = ev.filter(pl.col(key).hash(7) % partitions == p)
-            if arrival is not None:
-                # seq is the arrival rank; a row at T sees events that arrived strictly before T
-                arrivals = ev.select(pl.col(arrival)).collect(engine=engine).to_series()
-                q = q.with_columns(
-                    pl.Series(ARRIVED, arrivals.search_sorted(q[TS], side="left")).cast(pl.Int64)
+        if partitions <= 1:
+            return self._partition_features(program, view, queries, events, engine)
+        # Larger than memory: one streaming pass splits the events into entity-hash partitions
+        # on disk; each partition is then ordered and computed on its own.
+        part = (pl.col(key).hash(7) % partitions).alias("__part")
+        with tempfile.TemporaryDirectory(prefix="featurepipe-") as tmp:
+            events.with_columns(part).sink_parquet(
+                pl.PartitionBy(tmp, key="__part", include_key=False), mkdir=True
+            )
+            parts = []
+            q_part = queries.with_columns(part)
+            for p in range(partitions):
+                files = sorted(Path(tmp).glob(f"__part={p}/*.parquet"))
+                q = q_part.filter(pl.col("__part") == p).drop("__part")
+                if q.height == 0:
+                    continue
+                ev = (
+                    in_arrival_order(pl.scan_parquet(files), view.source)
+                    if files
+                    else pl.LazyFrame(schema=events.collect_schema()).pipe(
+                        in_arrival_order, view.source
+                    )
                 )
-                ev = ev.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ))
-            out = program.features(ev, q.drop(_ROW), engine=engine)
-            parts.append(out.with_columns(q[_ROW]))
-        return pl.concat(parts).sort(_ROW) if len(parts) > 1 else parts[0]
+                parts.append(self._partition_features(program, view, q, ev, engine))
+        if not parts:
+            return self._partition_features(
+                program, view, queries, events.pipe(in_arrival_order, view.source), engine
+            )
+        return pl.concat(parts).sort(_ROW)
+
+    def _partition_features(
+        self,
+        program: BatchProgram,
+        view: FeatureView,
+        q: pl.DataFrame,
+        ev: pl.LazyFrame,
+        engine: Engine,
+    ) -> pl.DataFrame:
+        arrival = view.source.arrival
+        if arrival is not None:
+            # __seq is the arrival rank; a row at T sees only events that arrived before T
+            arrivals = ev.select(pl.col(arrival)).collect(engine=engine).to_series()
+            q = q.with_columns(
+                pl.Series(ARRIVED, arrivals.search_sorted(q[TS], side="left")).cast(pl.Int64)
+            )
+        out = program.features(ev, q.drop(_ROW), engine=engine)
+        return out.with_columns(q[_ROW])
 
 
 def _to_polars(df: Any) -> pl.DataFrame:

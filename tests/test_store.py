@@ -174,3 +174,18 @@ def test_entity_frame_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="lacks column 'user_id'"):
         store.get_historical_features(pl.DataFrame({"uid": ["a"], "event_timestamp": [_at(1)]}), ["bitemporal:n"])
     assert math.isfinite(1.0)
+
+
+def test_partitioned_run_equals_in_memory_run(tmp_path: Path) -> None:
+    rows = [
+        {"user_id": f"u{i % 7}", "amount": float(i), "ts": _at(i), "arrived": _at(i + (30 if i % 5 == 0 else 0))}
+        for i in range(200)
+    ]
+    store = _repo(tmp_path, rows)
+    labels = pl.DataFrame({
+        "user_id": [f"u{i % 9}" for i in range(100)],
+        "event_timestamp": [_at(2 * i + 0.5) for i in range(100)],
+    })
+    whole = store.get_historical_features(labels, ["bitemporal", "eventtime"])
+    split = store.get_historical_features(labels, ["bitemporal", "eventtime"], partitions=4, engine="streaming")
+    assert whole.equals(split)

@@ -159,8 +159,14 @@ def read_events(
     start: datetime | None = None,
     end: datetime | None = None,
     quarantine_dir: str | Path | None = None,
+    ordered: bool = True,
 ) -> tuple[pl.LazyFrame, SourceReport]:
-    """Events of ``source`` with ``start <= ts < end``, validated, in arrival order."""
+    """Events of ``source`` with ``start <= ts < end``, validated, in arrival order.
+
+    ``ordered=False`` skips the arrival ordering (and ``__seq``) so that a caller can first
+    split the events into entity partitions in one streaming pass and order each partition
+    with ``in_arrival_order``: arrival order only matters within an entity.
+    """
     if path is None:
         if source.batch is None:
             raise DataError(f"source '{source.name}' declares no ParquetSource")
@@ -216,11 +222,10 @@ def read_events(
             flagged.drop("__bad", "__file_no").write_parquet(qfile)
             report.quarantine_file = str(qfile)
     good = allrows.filter(~pl.col("__bad"))
-    order = [source.arrival, "__file_no", ROW] if source.arrival else ["__file_no", ROW]
     events = (
-        good.sort(order)
-        .with_columns(pl.col(ts).alias(TS), pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ))
-        .drop("__bad", REASON, "__file_no")
+        in_arrival_order(good.drop("__bad", REASON), source)
+        if ordered
+        else good.drop("__bad", REASON)
     )
     stats = (
         good.group_by(FILE)
@@ -248,6 +253,18 @@ def read_events(
     report.min_ts = min(mins) if mins else None
     report.max_ts = max(maxs) if maxs else None
     return events, report
+
+
+def in_arrival_order(events: pl.LazyFrame, source: Source) -> pl.LazyFrame:
+    """Sort by arrival (the arrival column, else file then row order); number as ``__seq``."""
+    order = [source.arrival, "__file_no", ROW] if source.arrival else ["__file_no", ROW]
+    return (
+        events.sort(order)
+        .with_columns(
+            pl.col(source.timestamp).alias(TS), pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ)
+        )
+        .drop("__file_no")
+    )
 
 
 def _us(t: datetime) -> int:
