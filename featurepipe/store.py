@@ -182,7 +182,6 @@ class FeatureStore:
         key = view.entity.key
         queries = pl.DataFrame({key: frame[key], TS: t_us}).with_row_index(_ROW)
         program = BatchProgram(view.ir)
-        arrival = view.source.arrival
         if partitions <= 1:
             return self._partition_features(program, view, queries, events, engine)
         # Larger than memory: one streaming pass splits the events into entity-hash partitions
