@@ -57,6 +57,7 @@ def plan(
         console.print("[bold]per-event plan[/] (generated Python):")
         console.print(prog.row_source, markup=False, highlight=False)
         console.print(prog.final_source, markup=False, highlight=False)
+        console.print(prog.compact_source, markup=False, highlight=False)
         console.print("[bold]batch plan[/] (Polars, row stage; aggregation kernels listed below):")
         schema = {name: _pl_type(t) for name, t in v.ir.fields}
         empty = pl.LazyFrame(schema=schema).with_columns(
@@ -286,6 +287,39 @@ def training_set(
     console.print(
         f"wrote {df.height:,} rows x {df.width} columns to {out} in {time.perf_counter() - t:.1f}s"
     )
+
+
+@app.command()
+def materialize(
+    until: Annotated[str, typer.Option(help="Cut-over time, ISO-8601 (UTC if naive).")],
+    defs: DefsOpt = Path("feature_defs"),
+    redis_url: Annotated[
+        str | None, typer.Option(help="Online store URL (else $REDIS_URL).")
+    ] = None,
+    view: Annotated[str | None, typer.Option(help="Only this view.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Entities per pipelined round trip.")] = 1000,
+    events: Annotated[
+        Path | None, typer.Option(help="Parquet path instead of the source's.")
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="Key prefix in Redis.")] = "fp",
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = True,
+) -> None:
+    """Bulk-load every entity's online state as of UNTIL from Parquet into Redis."""
+    from featurepipe.online.cli_materialize import materialize_command
+
+    code = materialize_command(
+        defs,
+        until,
+        redis_url,
+        view,
+        batch_size,
+        events=events,
+        prefix=prefix,
+        resume=resume,
+        console=console,
+    )
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

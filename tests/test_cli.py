@@ -26,7 +26,7 @@ def test_plan_prints_fingerprint_and_both_plans() -> None:
     assert out.returncode == 0, out.stderr
     v = fp.load_definitions(ROOT / "feature_defs").view("user_spend")
     assert v.fingerprint in out.stdout
-    assert "def prepare_event(ev):" in out.stdout
+    assert "def prepare_event(ev, seq):" in out.stdout and "def compact(c, rec):" in out.stdout
     assert "batch plan" in out.stdout and "SELECT" in out.stdout.upper()
 
 

@@ -55,7 +55,8 @@ def test_where_must_be_boolean() -> None:
     [
         (lambda t: fp.last(t.x.cast("str")), "cast from float to str is not offered"),
         (lambda t: fp.count(window="1h", hop="5m"), "hop= windows are not offered"),
-        (lambda t: fp.last(fp.encode(t.s)), "encode\\(\\) has no vocabulary"),
+        (lambda t: fp.last(fp.encode(t.s)), "no fitted artifact is in the registry"),
+        (lambda t: fp.last(fp.standardize(t.x)), "run `featurepipe fit"),
         (lambda t: fp.last(t.s.slice(-2)), "negative offsets are not offered"),
     ],
 )

@@ -63,7 +63,7 @@ class ViewProgram:
             j for j, f in enumerate(view.features) if f.expr.dtype is DType.FLOAT
         ]
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder()
+        self._decoder = msgspec.msgpack.Decoder(ext_hook=_from_ext)
 
     # -- compilation -----------------------------------------------------------------------
     def _compile_rows(self) -> tuple[str, Callable[..., Any]]:
@@ -231,8 +231,16 @@ class ViewProgram:
 
     # -- bytes -----------------------------------------------------------------------------
     def dumps(self, state: State) -> bytes:
+        """msgpack of the state; deterministic (sets are sorted) so equal states give equal bytes.
+
+        Exact fixed-point sums can exceed 64 bits; such integers travel as msgpack extension
+        type 1 (big-endian two's complement)."""
         compacted = [sorted(a, key=_sort_key) if isinstance(a, set) else a for a in state[3]]
-        return self._encoder.encode([state[0], state[1], state[2], compacted])
+        body = [state[0], state[1], state[2], compacted]
+        try:
+            return self._encoder.encode(body)
+        except OverflowError:
+            return self._encoder.encode(_wire(body))
 
     def loads(self, blob: bytes) -> State:
         h, m, buf, compacted = self._decoder.decode(blob)
@@ -246,6 +254,27 @@ class ViewProgram:
             elif agg.kind in ("first", "last") and compacted[i] is not None:
                 compacted[i] = tuple(compacted[i])
         return [h, m, buf, compacted]
+
+
+_BIGINT = 1
+
+
+def _wire(obj: Any) -> Any:
+    """Replace integers outside msgpack's 64-bit range by extension objects."""
+    if type(obj) is int:
+        if -(2**63) <= obj < 2**64:
+            return obj
+        size = (obj.bit_length() + 8) // 8
+        return msgspec.msgpack.Ext(_BIGINT, obj.to_bytes(size, "big", signed=True))
+    if isinstance(obj, list | tuple):
+        return [_wire(x) for x in obj]
+    return obj
+
+
+def _from_ext(code: int, data: memoryview) -> int:
+    if code != _BIGINT:
+        raise ValueError(f"unknown msgpack extension type {code} in feature state")
+    return int.from_bytes(data, "big", signed=True)
 
 
 def _ts(rec: list[Any]) -> int:

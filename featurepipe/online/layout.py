@@ -1,0 +1,190 @@
+"""The Redis layout of the online store: the one place that says which key holds what.
+
+Shared by ``featurepipe.online.materialize`` (bulk load from Parquet) and the stream worker.
+Documented for people in docs/online-store.md.
+
+Keys (``fp`` is the default, configurable prefix)::
+
+    fp:{<entity>}:<view>          HASH  s = state bytes (ViewProgram.dumps), f = view fingerprint
+    fp:meta:<view>                HASH  ViewMeta: what was materialized, up to when
+    fp:meta:<view>:materialize    HASH  progress of a materialize run (deleted when it completes)
+
+``{<entity>}`` is a Redis Cluster hash tag: only the text between the braces is hashed, so
+every key of one entity (one per view) lives in the same slot and one node can update or read
+all of an entity's views together. The entity value is encoded by ``encode_entity`` so that the
+tag is exactly the entity: ints in decimal, strings with ``%``, ``{`` and ``}`` percent-escaped
+(``%25``, ``%7B``, ``%7D``) and the empty string as ``%`` (an empty tag ``{}`` would make Redis
+hash the whole key, splitting the entity's views across slots).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from redis.typing import EncodableT, FieldT
+
+from featurepipe.online.errors import OnlineStoreError
+
+DEFAULT_PREFIX = "fp"
+
+# fields of a state hash
+STATE_FIELD = "s"
+FINGERPRINT_FIELD = "f"
+
+# values of ViewMeta.cutover_basis
+CUTOVER_EVENT_TIME = "event_time"
+
+Entity = str | int
+HashMapping = dict[FieldT, EncodableT]  # what HSET ... mapping= takes
+
+
+class Named(Protocol):
+    """Anything with a view name (a FeatureView, a ViewIR)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+ViewLike = str | Named
+
+_UNESCAPE = {"%25": "%", "%7B": "{", "%7D": "}"}
+_ESCAPES = re.compile(r"%(?:25|7B|7D)")
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def encode_entity(value: Entity) -> str:
+    """The text of an entity inside its hash tag; injective for each key type (str or int)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise OnlineStoreError(
+            f"entity keys must be str or int, got {type(value).__name__} {value!r}"
+        )
+    if isinstance(value, int):
+        return str(value)
+    if value == "":
+        return "%"
+    return value.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def decode_entity(text: str, kind: type[str] | type[int] = str) -> Entity:
+    """Inverse of ``encode_entity`` for an entity key of type ``kind``."""
+    if kind is int:
+        return int(text)
+    if text == "%":
+        return ""
+    return _ESCAPES.sub(lambda m: _UNESCAPE[m.group(0)], text)
+
+
+def view_name(view: ViewLike) -> str:
+    name = view if isinstance(view, str) else view.name
+    if not name or "{" in name or "}" in name:
+        raise OnlineStoreError(f"view name {name!r} cannot be used in a Redis key")
+    return name
+
+
+@dataclass(frozen=True)
+class OnlineStoreLayout:
+    """Key names under one prefix. Tests use a unique prefix to isolate themselves."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.prefix or "{" in self.prefix or "}" in self.prefix:
+            raise OnlineStoreError(
+                f"key prefix {self.prefix!r} must be non-empty and free of '{{' and '}}'"
+            )
+
+    def state_key(self, view: ViewLike, entity: Entity) -> str:
+        return f"{self.prefix}:{{{encode_entity(entity)}}}:{view_name(view)}"
+
+    def meta_key(self, view: ViewLike) -> str:
+        return f"{self.prefix}:meta:{view_name(view)}"
+
+    def progress_key(self, view: ViewLike) -> str:
+        return f"{self.prefix}:meta:{view_name(view)}:materialize"
+
+    def state_key_pattern(self, view: ViewLike) -> str:
+        """SCAN MATCH pattern of every state key of ``view`` (glob characters escaped)."""
+        return f"{_glob_escape(self.prefix)}:{{*}}:{_glob_escape(view_name(view))}"
+
+    def entity_text(self, key: str | bytes, view: ViewLike) -> str | None:
+        """The encoded entity of a state key of ``view``, or None if it is not one."""
+        text = key.decode() if isinstance(key, bytes) else key
+        head, tail = f"{self.prefix}:{{", f"}}:{view_name(view)}"
+        if len(text) < len(head) + len(tail) or not (text.startswith(head) and text.endswith(tail)):
+            return None
+        inner = text[len(head) : len(text) - len(tail)]
+        return None if "{" in inner or "}" in inner else inner
+
+
+def _glob_escape(text: str) -> str:
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def state_key(view: ViewLike, entity: Entity, prefix: str = DEFAULT_PREFIX) -> str:
+    """``<prefix>:{<entity>}:<view>``: the HASH holding one entity's state for one view."""
+    return OnlineStoreLayout(prefix).state_key(view, entity)
+
+
+def meta_key(view: ViewLike, prefix: str = DEFAULT_PREFIX) -> str:
+    """``<prefix>:meta:<view>``: the HASH describing the view's materialization."""
+    return OnlineStoreLayout(prefix).meta_key(view)
+
+
+def state_fields(state: bytes, fingerprint: str) -> HashMapping:
+    """The fields of a state hash: ``s`` = ``ViewProgram.dumps(state)``, ``f`` = fingerprint."""
+    return {STATE_FIELD: state, FINGERPRINT_FIELD: fingerprint}
+
+
+@dataclass(frozen=True)
+class ViewMeta:
+    """Contents of ``<prefix>:meta:<view>``, written when a materialization completes.
+
+    Cut-over contract: the store holds, for every entity, the state after all events with
+    ``ts < materialized_until`` (``cutover_basis`` = ``"event_time"``). A stream worker ingests
+    exactly the events with ``ts >= materialized_until``: no gap, no double count. It must
+    refuse to run when ``fingerprint`` differs from the view it serves.
+    """
+
+    fingerprint: str
+    materialized_until: int  # epoch micros
+    cutover_basis: str
+    materialized_at: str  # ISO-8601 UTC
+    entities: int
+    events: int
+    source_files: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_hash(self) -> HashMapping:
+        return {
+            "fingerprint": self.fingerprint,
+            "materialized_until": str(self.materialized_until),
+            "cutover_basis": self.cutover_basis,
+            "materialized_at": self.materialized_at,
+            "entities": str(self.entities),
+            "events": str(self.events),
+            "source_files": json.dumps(self.source_files, sort_keys=True),
+        }
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[Any, Any]) -> ViewMeta:
+        """Parse HGETALL output (bytes or str keys and values)."""
+        h = {_text(k): _text(v) for k, v in raw.items()}
+        try:
+            return cls(
+                fingerprint=h["fingerprint"],
+                materialized_until=int(h["materialized_until"]),
+                cutover_basis=h["cutover_basis"],
+                materialized_at=h["materialized_at"],
+                entities=int(h["entities"]),
+                events=int(h["events"]),
+                source_files=json.loads(h.get("source_files", "[]")),
+            )
+        except (KeyError, ValueError) as e:
+            raise OnlineStoreError(f"malformed view metadata {h!r}: {e}") from e
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

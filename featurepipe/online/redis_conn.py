@@ -1,0 +1,93 @@
+"""Opening a checked connection to the online store.
+
+Where the URL comes from, first match wins:
+
+1. the ``url`` argument (the CLI's ``--redis-url``);
+2. the environment variable ``REDIS_URL``;
+3. the embedded server recorded by ``featurepipe dev up`` (not built yet: ``dev_server_url``
+   is the hook it will fill; today it finds nothing);
+4. ``redis://127.0.0.1:6379/0``.
+
+URLs are handed to redis-py as they are: ``rediss://`` for TLS (``?ssl_cert_reqs=...`` and the
+other query options apply), ``redis://user:password@host:port/db`` for AUTH/ACL,
+``unix:///path/to/socket``. Passwords are masked in every message.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from featurepipe.online.errors import OnlineStoreError
+
+ENV_VAR = "REDIS_URL"
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+SCHEMES = ("redis", "rediss", "unix")
+
+
+def dev_server_url() -> str | None:
+    """URL of the embedded server started by ``featurepipe dev up``, if one is recorded."""
+    return None
+
+
+def resolve_url(url: str | None = None) -> tuple[str, str]:
+    """(URL, where it came from)."""
+    if url:
+        return url, "argument"
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return env, f"${ENV_VAR}"
+    dev = dev_server_url()
+    if dev:
+        return dev, "featurepipe dev up"
+    return DEFAULT_URL, "default"
+
+
+def redact(url: str) -> str:
+    """The URL with its password (if any) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def connect(url: str | None = None, *, timeout: float = 5.0) -> redis.Redis:
+    """A client for the online store, checked with PING; raises OnlineStoreError naming the URL.
+
+    The client returns bytes (``decode_responses=False``): state values are binary.
+    """
+    resolved, origin = resolve_url(url)
+    shown = redact(resolved)
+    scheme = urlsplit(resolved).scheme if "://" in resolved else ""
+    if scheme not in SCHEMES:
+        raise OnlineStoreError(
+            f"online store URL {shown!r} ({origin}) is not a Redis URL: use "
+            "redis://host:port/db, rediss://... (TLS) or unix:///path"
+        )
+    try:
+        client = redis.Redis.from_url(
+            resolved,
+            socket_connect_timeout=timeout,
+            socket_timeout=max(timeout, 60.0),
+            decode_responses=False,
+        )
+    except ValueError as e:
+        raise OnlineStoreError(f"invalid online store URL {shown!r} ({origin}): {e}") from e
+    try:
+        client.ping()
+    except redis.exceptions.AuthenticationError as e:
+        client.close()
+        raise OnlineStoreError(f"Redis at {shown} ({origin}) refused the credentials: {e}") from e
+    except redis.exceptions.RedisError as e:
+        client.close()
+        raise OnlineStoreError(f"cannot reach Redis at {shown} ({origin}): {e}") from e
+    return client
