@@ -4,8 +4,7 @@ Where the URL comes from, first match wins:
 
 1. the ``url`` argument (the CLI's ``--redis-url``);
 2. the environment variable ``REDIS_URL``;
-3. the embedded server recorded by ``featurepipe dev up`` (not built yet: ``dev_server_url``
-   is the hook it will fill; today it finds nothing);
+3. the embedded server recorded by ``featurepipe dev up`` (``.featurepipe/dev.json``);
 4. ``redis://127.0.0.1:6379/0``.
 
 URLs are handed to redis-py as they are: ``rediss://`` for TLS (``?ssl_cert_reqs=...`` and the
@@ -29,7 +28,9 @@ SCHEMES = ("redis", "rediss", "unix")
 
 def dev_server_url() -> str | None:
     """URL of the embedded server started by ``featurepipe dev up``, if one is recorded."""
-    return None
+    from featurepipe.settings import dev_redis_url
+
+    return dev_redis_url()
 
 
 def resolve_url(url: str | None = None) -> tuple[str, str]:

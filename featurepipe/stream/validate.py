@@ -1,0 +1,70 @@
+"""Turning Kafka message bytes into events, or into a dead-letter reason."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict
+
+from featurepipe.dsl.definitions import Source
+from featurepipe.ir.types import DType
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Accepted event times, the same on both paths: anything outside is bad input, not data.
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+MAX_EVENT_BYTES = 256 * 1024
+
+
+class Invalid(Exception):
+    """An event that breaks the contract; ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class EventValidator:
+    """Strict contract check of one source's events: unknown fields are refused too."""
+
+    def __init__(self, source: Source, max_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.source = source
+        self.max_bytes = max_bytes
+        self.model: type[BaseModel] = type(
+            f"{source.schema.__name__}Strict",
+            (source.schema,),
+            {"model_config": ConfigDict(extra="forbid", strict=False)},
+        )
+        self.datetimes = [n for n, (t, _) in source.fields.items() if t is DType.DATETIME]
+
+    def parse(self, raw: bytes | None) -> dict[str, Any]:
+        """The event as a dict with datetimes as epoch micros (UTC); raises ``Invalid``."""
+        if raw is None:
+            raise Invalid("empty message (no value)")
+        if len(raw) > self.max_bytes:
+            raise Invalid(f"payload too large: {len(raw):,} bytes > {self.max_bytes:,}")
+        try:
+            obj = self.model.model_validate_json(raw)
+        except pydantic.ValidationError as e:
+            first = e.errors()[:3]
+            parts = [
+                f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}" for err in first
+            ]
+            more = f" (+{e.error_count() - 3} more)" if e.error_count() > 3 else ""
+            raise Invalid("; ".join(parts) + more) from None
+        event = obj.__dict__.copy()
+        for name in self.datetimes:
+            value = event[name]
+            if value is None:
+                continue
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+            if not MIN_TIME <= value < MAX_TIME:
+                raise Invalid(
+                    f"{name}: {value.isoformat()} outside the accepted range [1970, 2100)"
+                )
+            delta = value - _EPOCH
+            event[name] = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        return event
