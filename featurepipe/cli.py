@@ -6,7 +6,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import polars as pl
 import typer
@@ -147,8 +147,16 @@ def parity(
     view: Annotated[str | None, typer.Option(help="Only this view.")] = None,
     sample: Annotated[float, typer.Option(help="Fraction of events that get query points.")] = 1.0,
     seed: int = 0,
+    e2e: Annotated[
+        bool, typer.Option("--e2e", help="Through a real Kafka topic, the worker and Redis.")
+    ] = False,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap (with --e2e).")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL (with --e2e).")] = None,
 ) -> None:
     """Replay events through the per-event path, compare with the batch path bit for bit."""
+    if e2e:
+        _parity_e2e(defs, events, view, bootstrap, redis_url)
+        return
     from featurepipe.dsl.loader import load_definitions
     from featurepipe.parity.harness import run_parity
 
@@ -320,6 +328,191 @@ def materialize(
     )
     if code:
         raise typer.Exit(code)
+
+
+def _report_table(report: Any, title: str) -> bool:
+    table = Table("feature", "type", "compared", "mismatched", "first difference", title=title)
+    for f in report.features:
+        first = (
+            ""
+            if f.first is None
+            else (
+                f"entity={f.first['entity']} t={f.first['time_us']} batch={f.first['batch']} "
+                f"stream={f.first['stream']}"
+            )
+        )
+        style = "red" if f.mismatched else "green"
+        table.add_row(
+            f.name, str(f.dtype), f"{f.compared:,}", f"[{style}]{f.mismatched:,}[/]", first
+        )
+    console.print(table)
+    verdict = "[green]0 mismatches[/]" if report.ok else f"[red]{report.mismatches:,} mismatches[/]"
+    console.print(
+        f"view {report.view}: {verdict} over {report.queries * len(report.features):,} values"
+    )
+    return bool(report.ok)
+
+
+def _parity_e2e(
+    defs: Path, events: Path, view: str | None, bootstrap: str | None, redis_url: str | None
+) -> None:
+    from featurepipe.dsl.loader import load_definitions
+    from featurepipe.parity.e2e import run_e2e
+    from featurepipe.settings import kafka_bootstrap
+
+    d = load_definitions(defs)
+    if not events.exists():
+        raise FeaturepipeError(f"event log '{events}' does not exist (try `featurepipe generate`)")
+    log = pl.read_parquet(events)
+    ok = True
+    for v in d.views.values():
+        if (view and v.name != view) or v.source.stream is None:
+            continue
+        with console.status(f"{v.name}: producing {log.height:,} events, streaming into Redis ..."):
+            report = run_e2e(
+                d, v.name, log, bootstrap=kafka_bootstrap(bootstrap), redis_url=redis_url
+            )
+        console.print(
+            f"{report.events:,} events through Kafka and the worker into Redis in "
+            f"{report.seconds_stream:.1f}s; {report.queries:,} online lookups compared with the batch plan"
+        )
+        ok &= _report_table(
+            report, f"end-to-end parity: view {v.name} (fingerprint {v.fingerprint})"
+        )
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stream(
+    defs: DefsOpt = Path("feature_defs"),
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            help="Kafka bootstrap servers (else $KAFKA_BOOTSTRAP_SERVERS, dev up, 127.0.0.1:9092)."
+        ),
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Online store URL (else $REDIS_URL, dev up).")
+    ] = None,
+    group: Annotated[
+        str, typer.Option(help="Kafka consumer group (scale out by starting more workers).")
+    ] = "featurepipe",
+    prefix: Annotated[str, typer.Option(help="Key prefix in Redis.")] = "fp",
+    max_batch: Annotated[int, typer.Option(help="Events per poll / Redis transaction.")] = 5000,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="Exit after this many idle seconds.")
+    ] = None,
+    view: Annotated[list[str] | None, typer.Option(help="Only these views.")] = None,
+) -> None:
+    """Kafka -> Redis worker: validate, dead-letter, ingest, commit state and offsets atomically."""
+    import logging
+
+    from featurepipe.dsl.loader import load_definitions
+    from featurepipe.online.redis_conn import connect
+    from featurepipe.settings import kafka_bootstrap
+    from featurepipe.stream.worker import StreamWorker, WorkerConfig
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    d = load_definitions(defs)
+    config = WorkerConfig(
+        bootstrap=kafka_bootstrap(bootstrap),
+        group_id=group,
+        prefix=prefix,
+        max_batch=max_batch,
+        metrics_port=metrics_port,
+        idle_exit_s=idle_exit,
+    )
+    worker = StreamWorker(d, config, connect(redis_url), views=view or None)
+    worker.install_signal_handlers()
+    console.print(
+        f"streaming {', '.join(worker.plans)} from {config.bootstrap} (group {group}) into Redis"
+    )
+    c = worker.run()
+    console.print(
+        f"stopped: {c.events:,} events, {c.valid:,} valid, {c.invalid:,} to the dead-letter topic, "
+        f"{c.before_cutover:,} before the materialize cut-over, {c.batches:,} batches"
+    )
+
+
+@app.command()
+def get(
+    entity: Annotated[list[str], typer.Option(help="key=value, repeatable (e.g. user_id=u1).")],
+    features: Annotated[str, typer.Option(help="Comma-separated 'view:feature' or 'view'.")],
+    repo: Annotated[Path, typer.Option(help="Repository root.")] = Path("."),
+    defs: Annotated[
+        str, typer.Option("--defs", help="Definitions, relative to the repo.")
+    ] = "feature_defs",
+    redis_url: Annotated[str | None, typer.Option(help="Online store URL.")] = None,
+    at: Annotated[str | None, typer.Option(help="Read as of this time (ISO; default now).")] = None,
+    fingerprint: Annotated[list[str] | None, typer.Option(help="view=fingerprint to pin.")] = None,
+    prefix: Annotated[str, typer.Option(help="Key prefix in Redis.")] = "fp",
+) -> None:
+    """Online lookup of features for some entities."""
+    from featurepipe.store import FeatureStore
+
+    keys: dict[str, list[str]] = {}
+    for item in entity:
+        k, _, v = item.partition("=")
+        if not v:
+            raise FeaturepipeError(f"--entity {item!r}: expected key=value")
+        keys.setdefault(k, []).append(v)
+    pins = dict(p.split("=", 1) for p in (fingerprint or []))
+    store = FeatureStore(repo, defs, redis_url=redis_url, prefix=prefix)
+    refs = [f.strip() for f in features.split(",") if f.strip()]
+    df = store.get_online_features(keys, refs, at=_when(at), fingerprints=pins)
+    table = Table(*df.columns)
+    for row in df.iter_rows():
+        table.add_row(*[repr(v) if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+dev_app = typer.Typer(help="Embedded Kafka-compatible broker and Redis-compatible server.")
+app.add_typer(dev_app, name="dev")
+
+
+@dev_app.command("up")
+def dev_up() -> None:
+    """Start (or find) the embedded broker and store on free loopback ports."""
+    from featurepipe.dev import infra
+
+    s = infra.up()
+    console.print(f"kafka  {s.kafka_bootstrap}  (pid {s.kafka_pid})")
+    console.print(f"redis  {s.redis_url}  (pid {s.redis_pid})")
+    console.print("recorded in .featurepipe/dev.json; other commands find them there")
+
+
+@dev_app.command("down")
+def dev_down() -> None:
+    """Stop the embedded services."""
+    from featurepipe.dev import infra
+
+    console.print("stopped" if infra.down() else "nothing was running")
+
+
+@dev_app.command("status")
+def dev_status() -> None:
+    """Show whether the embedded services run and answer."""
+    from featurepipe.dev import infra
+
+    st = infra.status()
+    if not st["running"]:
+        console.print("not running (featurepipe dev up)")
+        raise typer.Exit(1)
+    for name in ("kafka", "redis"):
+        info = st[name]
+        ok = info["alive"] and info["reachable"]
+        where = info.get("bootstrap") or info.get("url")
+        console.print(
+            f"{name:6} {where}  pid {info['pid']}  " + ("[green]up[/]" if ok else "[red]down[/]")
+        )
+    if not all(st[n]["alive"] and st[n]["reachable"] for n in ("kafka", "redis")):
+        raise typer.Exit(1)
 
 
 @app.command()

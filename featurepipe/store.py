@@ -56,7 +56,12 @@ class FeatureStore:
         definitions: str | Path = "feature_defs",
         *,
         quarantine_dir: str | Path | None = None,
+        redis_url: str | None = None,
+        prefix: str = "fp",
     ) -> None:
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self._reader: Any = None
         self.root = Path(repo_path)
         defs_path = Path(definitions)
         if not defs_path.is_absolute():
@@ -67,6 +72,46 @@ class FeatureStore:
         )
         self.last_lineage: Lineage | None = None
         self.source_reports: dict[str, SourceReport] = {}
+
+    # -- online ----------------------------------------------------------------------------------
+    def get_online_features(
+        self,
+        entities: Any,
+        features: Sequence[str],
+        *,
+        at: datetime | None = None,
+        fingerprints: dict[str, str] | None = None,
+        as_dicts: bool = False,
+    ) -> Any:
+        """Features of many entities from the online store, in one Redis round trip.
+
+        ``entities``: ``{"user_id": ["u1", "u2"]}`` (or a list of dicts with the key). Windows
+        are finalized at ``at`` (default: now), so values never go stale. Pin versions with
+        ``fingerprints={"view": "<fingerprint>"}`` (e.g. from a training set's lineage): a
+        different served version raises ``VersionMismatchError``. Entities without online
+        state get the declared defaults and ``<view>_found = False``.
+        """
+        from featurepipe.online.lookup import OnlineReader
+        from featurepipe.online.redis_conn import connect
+
+        wanted = self.resolve(features)
+        views = [self.definitions.view(v) for v in wanted]
+        keys = {v.entity.key for v in views}
+        if len(keys) != 1:
+            raise DataError(f"one lookup serves one entity key; these views use {sorted(keys)}")
+        key = keys.pop()
+        if isinstance(entities, dict):
+            if key not in entities:
+                raise DataError(f"entities lack '{key}' (got {sorted(entities)})")
+            values = list(entities[key])
+        else:
+            values = [row[key] for row in entities]
+        if self._reader is None or set(self._reader.views) != {v.name for v in views}:
+            self._reader = OnlineReader(connect(self.redis_url), views, self.prefix)
+        at_us = None if at is None else (at - datetime(1970, 1, 1, tzinfo=UTC)) // _td_us(1)
+        if as_dicts:
+            return self._reader.read(values, wanted, at_us=at_us, fingerprints=fingerprints)
+        return self._reader.frame(key, values, wanted, at_us=at_us, fingerprints=fingerprints)
 
     # -- references --------------------------------------------------------------------------
     def resolve(self, features: Sequence[str]) -> dict[str, list[str]]:

@@ -175,6 +175,20 @@ def run_parity(
         seconds_stream=seconds_stream,
         seconds_batch=seconds_batch,
     )
+    report.features = compare(view, batch, expected, q_key, q_ts, q_arr)
+    return report
+
+
+def compare(
+    view: FeatureView,
+    batch: pl.DataFrame,
+    expected: list[tuple[Any, ...]],
+    q_key: list[Any],
+    q_ts: list[int],
+    q_arr: list[int],
+) -> list[FeatureResult]:
+    """Per feature: values from the per-event side vs the batch frame, bit for bit."""
+    results = []
     for j, feat in enumerate(view.ir.features):
         dtype = feat.expr.dtype
         stream_col = pl.Series(
@@ -196,8 +210,8 @@ def run_parity(
                 "batch": _show(batch_col[i]),
                 "stream": _show(expected[i][j]),
             }
-        report.features.append(result)
-    return report
+        results.append(result)
+    return results
 
 
 def _show(v: Any) -> str:

@@ -126,7 +126,9 @@ class StreamWorker:
         client: redis.Redis,
         *,
         views: list[str] | None = None,
+        topics: dict[str, str] | None = None,
     ) -> None:
+        """``topics`` maps source names to the topic to read instead of the declared one."""
         self.config = config
         self.redis = client
         self.layout = OnlineStoreLayout(config.prefix)
@@ -139,15 +141,14 @@ class StreamWorker:
             src = view.source
             if src.stream is None:
                 continue
-            plan = self.plans.get(src.stream.topic)
+            topic = (topics or {}).get(src.name, src.stream.topic)
+            plan = self.plans.get(topic)
             if plan is None:
-                plan = self.plans[src.stream.topic] = _TopicPlan(
-                    src.stream.topic, EventValidator(src, config.max_event_bytes), []
+                plan = self.plans[topic] = _TopicPlan(
+                    topic, EventValidator(src, config.max_event_bytes), []
                 )
             elif plan.validator.source is not src:
-                raise StreamError(
-                    f"topic '{src.stream.topic}' is declared by two different sources"
-                )
+                raise StreamError(f"topic '{topic}' is declared by two different sources")
             plan.views.append(_ViewPlan(view, ViewProgram(view.ir), view.entity.key))
         if not self.plans:
             raise StreamError("no feature view has a KafkaSource to consume")
@@ -314,9 +315,7 @@ class StreamWorker:
     def _commit(
         self, touched: dict[tuple[str, Any], _ViewPlan], offsets: dict[TopicPartition, int]
     ) -> None:
-        fields: dict[Any, Any] = {
-            f"{tp.topic}:{tp.partition}": str(o) for tp, o in offsets.items()
-        }
+        fields: dict[Any, Any] = {f"{tp.topic}:{tp.partition}": str(o) for tp, o in offsets.items()}
 
         def write() -> None:
             pipe = self.redis.pipeline(
