@@ -1,0 +1,201 @@
+"""The stream worker against a real Kafka-protocol broker and a real Redis-protocol server."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from featurepipe import load_definitions
+from featurepipe.compile.polars_aggs import TS, BatchProgram
+from featurepipe.dev import infra
+from featurepipe.dev.datagen import generate_transactions
+from featurepipe.online.lookup import OnlineReader, VersionMismatchError
+from featurepipe.online.materialize import materialize
+from featurepipe.online.redis_conn import connect
+from featurepipe.parity.e2e import run_e2e
+from featurepipe.parity.harness import compare, normalize_events
+from featurepipe.stream.produce import encode_event, ensure_topics, produce_frame, produce_raw
+from featurepipe.stream.worker import StreamWorker, WorkerConfig
+from tests.services import services, unique
+
+ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["services"]
+
+
+def _defs() -> Any:
+    return load_definitions(ROOT / "feature_defs")
+
+
+def _final_compare(defs: Any, client: Any, prefix: str, good: pl.DataFrame) -> int:
+    """Online values at several times per entity vs the batch plan over ``good``."""
+    view = defs.view("user_spend")
+    ev = normalize_events(view, good)
+    last = ev.group_by("user_id").agg(pl.col(TS).max())
+    keys, times = [], []
+    for e, t in last.iter_rows():
+        for off in (0, 3_600_000_000, 8 * 86_400_000_000):
+            keys.append(e)
+            times.append(t + off)
+    reader = OnlineReader(client, [view], prefix)
+    expected = []
+    for e, t in zip(keys, times, strict=True):
+        row = reader.read([e], {"user_spend": view.feature_names}, at_us=t)[0]
+        expected.append(tuple(row[n] for n in view.feature_names))
+    batch = BatchProgram(view.ir).features(ev.lazy(), pl.DataFrame({"user_id": keys, TS: times}))
+    results = compare(view, batch, expected, keys, times, [0] * len(keys))
+    return sum(r.mismatched for r in results)
+
+
+def test_end_to_end_parity(services: infra.DevServices) -> None:
+    report = run_e2e(
+        _defs(), "user_spend", generate_transactions(20_000, users=400, seed=21),
+        bootstrap=services.kafka_bootstrap, redis_url=services.redis_url,
+    )
+    assert report.events == 20_000
+    assert report.queries > 0
+    assert report.mismatches == 0, [f.first for f in report.features if f.mismatched]
+
+
+def test_cutover_after_materialize_no_gap_no_double_count(services: infra.DevServices, tmp_path: Path) -> None:
+    defs = _defs()
+    view = defs.view("user_spend")
+    log = generate_transactions(12_000, users=200, seed=22)
+    path = tmp_path / "t.parquet"
+    log.write_parquet(path)
+    until = log["event_time"].sort()[log.height // 2]
+    client = connect(services.redis_url)
+    prefix, topic = unique("fp-cut"), unique("tx-cut")
+    materialize(view, until, client, path=path, prefix=prefix)
+    ensure_topics(services.kafka_bootstrap, {topic: 3})
+    produce_frame(log, topic, services.kafka_bootstrap, "user_id")  # the whole history is on Kafka
+    worker = StreamWorker(
+        defs, WorkerConfig(bootstrap=services.kafka_bootstrap, group_id=prefix, prefix=prefix,
+                           idle_exit_s=3, max_events=log.height),
+        client, topics={"transactions": topic},
+    )
+    counters = worker.run()
+    assert counters.before_cutover == log.filter(pl.col("event_time") < until).height
+    assert _final_compare(defs, client, prefix, log) == 0
+
+
+def _malformed(good: pl.DataFrame) -> list[bytes]:
+    row = good.row(0, named=True)
+    base = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+    variants: list[bytes] = []
+    for i in range(1_050):
+        kind = i % 7
+        e = dict(base, transaction_id=f"bad{i}")
+        if kind == 0:
+            variants.append(b'{"user_id": "u1", "amount": ')  # bad JSON
+            continue
+        if kind == 1:
+            e["amount"] = "lots"
+        elif kind == 2:
+            del e["user_id"]
+        elif kind == 3:
+            e["user_id"] = None
+        elif kind == 4 and i < 50:
+            e["channel"] = "x" * 1_000_000  # 1 MB payloads (a few: they are slow to ship)
+        elif kind == 4:
+            e["amount"] = [1.5, 2.5]
+        elif kind == 5:
+            e["event_time"] = "1900-01-01T00:00:00+00:00" if i % 2 else "2200-01-01T00:00:00+00:00"
+        else:
+            e["unexpected_field"] = 1
+        variants.append(json.dumps(e).encode())
+    return variants
+
+
+def test_malformed_events_go_to_the_dead_letter_topic(services: infra.DevServices) -> None:
+    defs = _defs()
+    good = generate_transactions(5_000, users=100, seed=23)
+    bad = _malformed(good)
+    originals = set(bad)
+    topic, prefix = unique("tx-bad"), unique("fp-bad")
+    ensure_topics(services.kafka_bootstrap, {topic: 2, topic + ".dlq": 1})
+    good_rows = good.with_columns(pl.col("event_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.6f+00:00")).to_dicts()
+    messages: list[tuple[bytes | None, bytes]] = []
+    for i, r in enumerate(good_rows):
+        messages.append((r["user_id"].encode(), encode_event(r)))
+        if i % 5 == 0 and bad:
+            messages.append((b"u1", bad.pop()))
+    messages += [(b"u1", b) for b in bad]
+    produce_raw(topic, services.kafka_bootstrap, messages)
+    client = connect(services.redis_url)
+    worker = StreamWorker(
+        defs, WorkerConfig(bootstrap=services.kafka_bootstrap, group_id=prefix, prefix=prefix,
+                           idle_exit_s=3, max_events=len(messages)),
+        client, topics={"transactions": topic},
+    )
+    counters = worker.run()
+    assert counters.invalid == 1_050 and counters.valid == good.height
+    dlq = KafkaConsumer(bootstrap_servers=services.kafka_bootstrap, auto_offset_reset="earliest",
+                        enable_auto_commit=False, max_partition_fetch_bytes=16 << 20, fetch_max_bytes=64 << 20)
+    tp = TopicPartition(topic + ".dlq", 0)
+    dlq.assign([tp])
+    dlq.seek_to_beginning(tp)
+    dead: list[Any] = []
+    while len(dead) < 1_050:
+        batch = dlq.poll(timeout_ms=2000)
+        if not batch:
+            break
+        for msgs in batch.values():
+            dead.extend(msgs)
+    dlq.close()
+    assert len(dead) == 1_050
+    reasons = [dict(m.headers)["featurepipe-reason"].decode() for m in dead]
+    assert all(reasons)
+    joined = " | ".join(reasons)
+    for fragment in ("json", "user_id", "payload too large", "outside the accepted range", "Extra inputs", "amount"):
+        assert fragment.lower() in joined.lower(), fragment
+    assert {m.value for m in dead} == originals  # the original bytes, every one
+    assert _final_compare(defs, client, prefix, good) == 0
+
+
+def test_lookups_defaults_version_pins_and_metrics(services: infra.DevServices) -> None:
+    defs = _defs()
+    view = defs.view("user_spend")
+    log = generate_transactions(2_000, users=20, seed=24)
+    topic, prefix = unique("tx-look"), unique("fp-look")
+    ensure_topics(services.kafka_bootstrap, {topic: 1})
+    produce_frame(log, topic, services.kafka_bootstrap, "user_id")
+    client = connect(services.redis_url)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = StreamWorker(
+        defs, WorkerConfig(bootstrap=services.kafka_bootstrap, group_id=prefix, prefix=prefix,
+                           idle_exit_s=3, max_events=log.height, metrics_port=port),
+        client, topics={"transactions": topic},
+    )
+    import threading
+
+    done = threading.Event()
+    threading.Thread(target=lambda: (worker.run(), done.set()), daemon=True).start()
+    metrics = ""
+    for _ in range(100):
+        try:
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+            break
+        except OSError:
+            done.wait(0.1)
+    assert "featurepipe_events_total" in metrics and "featurepipe_consumer_lag" in metrics
+    assert done.wait(60)
+    reader = OnlineReader(client, [view], prefix)
+    user = log["user_id"][0]
+    at = int(log["event_time"].max().timestamp() * 1e6) + 1  # type: ignore[union-attr]
+    row = reader.read([user, "nobody"], {"user_spend": ["txn_count_total", "amount_sum_24h"]}, at_us=at)
+    assert row[0]["user_spend_found"] is True and row[0]["txn_count_total"] > 0
+    assert row[1] == {"txn_count_total": 0, "amount_sum_24h": 0.0, "user_spend_found": False}
+    with pytest.raises(VersionMismatchError, match="requested"):
+        reader.read([user], {"user_spend": ["txn_count_total"]}, fingerprints={"user_spend": "0" * 16})
+    assert datetime.now(UTC)
