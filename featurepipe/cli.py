@@ -23,7 +23,9 @@ from rich.table import Table
 
 from featurepipe.errors import FeaturepipeError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
+)
 console = Console()
 
 DefsOpt = Annotated[Path, typer.Option("--defs", help="Definitions directory (or file).")]
@@ -517,48 +519,25 @@ def dev_status() -> None:
 
 @app.command()
 def demo(
-    events: Annotated[int, typer.Option(help="Events to generate.")] = 200_000,
-    workdir: Annotated[Path, typer.Option(help="Where to write data.")] = Path("data/demo"),
+    events: Annotated[int, typer.Option(help="Events to generate.")] = 100_000,
+    workdir: Annotated[Path, typer.Option(help="Where to write the demo repository.")] = Path(
+        "data/demo"
+    ),
 ) -> None:
-    """The story so far: generate a log, show the plan, prove batch == per-event."""
-    console.rule("[bold]featurepipe demo")
-    console.print("1. generate a transactions log with late (out-of-order) events")
-    generate(
-        out=workdir / "transactions.parquet", events=events, users=5_000, seed=7, late_fraction=0.02
-    )
-    console.print("2. load the definitions in feature_defs/ and check them")
-    from featurepipe.dsl.loader import load_definitions
+    """The whole story: generate, fit, training set, materialize, stream, look up, parity, drift."""
+    from featurepipe.dev.demo import run_demo
 
-    d = load_definitions("feature_defs")
-    for v in d.views.values():
-        console.print(
-            f"   view {v.name}: {len(v.feature_names)} features, fingerprint {v.fingerprint}"
-        )
-    console.print("3. replay through the per-event evaluator and compare with the Polars plan")
-    parity(
-        defs=Path("feature_defs"),
-        events=workdir / "transactions.parquet",
-        view=None,
-        sample=0.3,
-        seed=0,
-    )
+    if not run_demo(console, events=events, workdir=workdir):
+        raise typer.Exit(1)
 
 
 def main() -> None:
+    """Entry point: usage errors exit 2 (typer), featurepipe errors print one line and exit 2."""
     try:
-        app(standalone_mode=False)
+        app()
     except FeaturepipeError as e:
         console.print(f"[red]error:[/] {e}")
         sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors and the like
-        import click  # type: ignore[import-not-found,unused-ignore]
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -58,12 +58,19 @@ def fit_artifact(req: FitRequest, events: pl.LazyFrame) -> Any:
 
 
 def baseline(
-    defs: Definitions, view_name: str, events: pl.LazyFrame, max_points: int = 100_000
+    defs: Definitions,
+    view_name: str,
+    events: pl.LazyFrame,
+    max_points: int = 100_000,
+    points_from_us: int | None = None,
 ) -> dict[str, Any]:
-    """Distribution of every feature over query points at sampled event times."""
+    """Distribution of every feature over query points at sampled event times (optionally only
+    times from ``points_from_us`` on; the features still see the whole history)."""
     view = defs.view(view_name)
     key = view.entity.key
     points = events.select(pl.col(key), pl.col(TS)).collect()
+    if points_from_us is not None:
+        points = points.filter(pl.col(TS) >= points_from_us)
     if points.height > max_points:
         points = points.sample(max_points, seed=0)
     values = BatchProgram(view.ir).features(events, points)

@@ -23,12 +23,18 @@ def generate_transactions(
     null_fraction: float = 0.03,
     seed: int = 7,
     start: datetime = datetime(2026, 1, 1, tzinfo=UTC),
+    shift_day: float | None = None,
+    bug_day: float | None = None,
 ) -> pl.DataFrame:
     """``n`` transactions in *arrival* order.
 
     Most events arrive in timestamp order; ``late_fraction`` of them arrive up to
     ``max_delay_s`` late (out of order). Amounts are log-normal with some nulls, a few exact
     ties in time, and unicode in the country field.
+
+    ``shift_day``: from that day on, a new customer segment appears (a third of the traffic:
+    new users, students, abroad, three times the spend). ``bug_day``: from that day on, a
+    production bug makes ``country`` arrive as null.
     """
     rng = np.random.default_rng(seed)
     span_us = int(days * 86_400e6)
@@ -48,7 +54,7 @@ def generate_transactions(
         ).to_series()
 
     start_us = int(start.timestamp() * 1_000_000)
-    return pl.DataFrame(
+    out = pl.DataFrame(
         {
             "transaction_id": pl.Series([f"t{i}" for i in range(n)]),
             "user_id": pl.Series(user_ids).cast(pl.String).str.replace(r"^", "u"),
@@ -66,3 +72,23 @@ def generate_transactions(
             "event_time": pl.Series(ts + start_us).cast(pl.Datetime("us", "UTC")),
         }
     )
+    day = (pl.col("event_time").cast(pl.Int64) - start_us) / 86_400e6
+    if shift_day is not None:
+        segment = (day >= shift_day) & pl.lit(pl.Series(rng.random(n) < 1 / 3))
+        out = out.with_columns(
+            pl.when(segment)
+            .then(pl.lit("n") + pl.col("user_id"))
+            .otherwise(pl.col("user_id"))
+            .alias("user_id"),
+            pl.when(segment).then(pl.col("amount") * 3).otherwise(pl.col("amount")).alias("amount"),
+            pl.when(segment)
+            .then(pl.lit("student"))
+            .otherwise(pl.col("employment_type"))
+            .alias("employment_type"),
+            pl.when(segment).then(pl.lit("BR")).otherwise(pl.col("country")).alias("country"),
+        )
+    if bug_day is not None:
+        out = out.with_columns(
+            pl.when(day >= bug_day).then(None).otherwise(pl.col("country")).alias("country")
+        )
+    return out
