@@ -409,6 +409,9 @@ def test_unreachable_or_wrong_url(
     with pytest.raises(OnlineStoreError, match=r"\$REDIS_URL"):
         connect(None, timeout=1.0)
     monkeypatch.delenv("REDIS_URL")
+    import tempfile
+
+    monkeypatch.chdir(tempfile.mkdtemp())  # no `featurepipe dev up` record here
     assert resolve_url(None) == ("redis://127.0.0.1:6379/0", "default")
 
     code = materialize_command(
