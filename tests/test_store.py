@@ -189,3 +189,17 @@ def test_partitioned_run_equals_in_memory_run(tmp_path: Path) -> None:
     whole = store.get_historical_features(labels, ["bitemporal", "eventtime"])
     split = store.get_historical_features(labels, ["bitemporal", "eventtime"], partitions=4, engine="streaming")
     assert whole.equals(split)
+
+
+def test_out_of_range_timestamps_are_quarantined_like_on_the_stream(tmp_path: Path) -> None:
+    store = _repo(tmp_path, [{"user_id": "a", "amount": 1.0, "ts": _at(0), "arrived": _at(0)}])
+    pl.DataFrame({
+        "user_id": ["a", "a"], "amount": [1.0, 2.0],
+        "ts": [datetime(1900, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)],
+        "arrived": [_at(1), _at(1)],
+    }).write_parquet(tmp_path / "data" / "pays" / "part-3.parquet")
+    out = store.get_historical_features(
+        pl.DataFrame({"user_id": ["a"], "event_timestamp": [_at(60)]}), ["eventtime:n_plain"]
+    )
+    assert out["n_plain"].to_list() == [1]
+    assert store.source_reports["plain"].reasons == {"ts: outside the accepted range [1970, 2100)": 2}

@@ -22,8 +22,11 @@ from featurepipe.compile.polars_aggs import SEQ, TS
 from featurepipe.dsl.definitions import Source
 from featurepipe.errors import DataError
 from featurepipe.ir.types import DType
+from featurepipe.stream.validate import MAX_TIME, MIN_TIME
 
 ROW = "__row"
+_MIN_US = (MIN_TIME - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+_MAX_US = (MAX_TIME - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 FILE = "__file"
 REASON = "__reason"
 
@@ -120,7 +123,7 @@ def check_schema(source: Source, file: Path, schema: pl.Schema) -> None:
 
 
 def _column(name: str, dtype: DType, actual: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
-    """(typed value, row-is-bad) for one contract field."""
+    """(typed value, reason the row is bad or null) for one contract field."""
     col = pl.col(name)
     if dtype is DType.DATETIME:
         if isinstance(actual, pl.String):
@@ -132,7 +135,15 @@ def _column(name: str, dtype: DType, actual: pl.DataType) -> tuple[pl.Expr, pl.E
         else:
             parsed = col.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
         value = parsed.dt.replace_time_zone(None).cast(pl.Int64)
-        return value, col.is_not_null() & value.is_null()
+        # the accepted range is the stream path's too: a 1900 or 2200 timestamp is bad input
+        in_range = (value >= _MIN_US) & (value < _MAX_US)
+        reason = (
+            pl.when(col.is_not_null() & value.is_null())
+            .then(pl.lit(f"{name}: not a valid datetime"))
+            .when(value.is_not_null() & ~in_range)
+            .then(pl.lit(f"{name}: outside the accepted range [1970, 2100)"))
+        )
+        return pl.when(in_range).then(value), reason
     target = {
         DType.INT: pl.Int64,
         DType.FLOAT: pl.Float64,
@@ -147,8 +158,10 @@ def _column(name: str, dtype: DType, actual: pl.DataType) -> tuple[pl.Expr, pl.E
             value = pl.when(low == "true").then(True).when(low == "false").then(False)
         else:
             value = col.cast(target, strict=False)
-        return value, col.is_not_null() & value.is_null()
-    return col.cast(target), pl.lit(False)
+        return value, pl.when(col.is_not_null() & value.is_null()).then(
+            pl.lit(f"{name}: not a valid {dtype}")
+        )
+    return col.cast(target), pl.lit(None, pl.String)
 
 
 def read_events(
@@ -181,10 +194,10 @@ def read_events(
         bad: list[pl.Expr] = []
         reasons: list[pl.Expr] = []
         for name, (dtype, nullable) in source.fields.items():
-            value, wrong = _column(name, dtype, schema[name])
+            value, reason = _column(name, dtype, schema[name])
             cols.append(value.alias(name))
-            reasons.append(pl.when(wrong).then(pl.lit(f"{name}: not a valid {dtype}")))
-            bad.append(wrong)
+            reasons.append(reason)
+            bad.append(reason.is_not_null())
             if not nullable:
                 missing = pl.col(name).is_null()
                 reasons.append(pl.when(missing).then(pl.lit(f"{name}: null in a required field")))
@@ -212,8 +225,8 @@ def read_events(
     if flagged.height:
         report.quarantined = flagged.height
         for reason_list in flagged[REASON].to_list():
-            for reason in str(reason_list).split("; "):
-                report.reasons[reason] = report.reasons.get(reason, 0) + 1
+            for why in str(reason_list).split("; "):
+                report.reasons[why] = report.reasons.get(why, 0) + 1
         report.examples = flagged.head(5).drop("__bad", "__file_no").to_dicts()
         if quarantine_dir is not None:
             qdir = Path(quarantine_dir)
