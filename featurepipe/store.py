@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -229,28 +228,20 @@ class FeatureStore:
         program = BatchProgram(view.ir)
         if partitions <= 1:
             return self._partition_features(program, view, queries, events, engine)
-        # Larger than memory: one streaming pass splits the events into entity-hash partitions
-        # on disk; each partition is then ordered and computed on its own.
+        # Larger than memory: each entity-hash partition is read by its own streaming scan (the
+        # filter runs inside the scan; Polars' partitioned sink buffers too much to keep memory
+        # flat), then ordered and computed alone. Memory ~ one partition; cost: one scan each.
         part = (pl.col(key).hash(7) % partitions).alias("__part")
-        with tempfile.TemporaryDirectory(prefix="featurepipe-") as tmp:
-            events.with_columns(part).sink_parquet(
-                pl.PartitionBy(tmp, key="__part", include_key=False), mkdir=True
+        parts = []
+        q_part = queries.with_columns(part)
+        for p in range(partitions):
+            q = q_part.filter(pl.col("__part") == p).drop("__part")
+            if q.height == 0:
+                continue
+            ev = events.filter(pl.col(key).hash(7) % partitions == p).pipe(
+                in_arrival_order, view.source
             )
-            parts = []
-            q_part = queries.with_columns(part)
-            for p in range(partitions):
-                files = sorted(Path(tmp).glob(f"__part={p}/*.parquet"))
-                q = q_part.filter(pl.col("__part") == p).drop("__part")
-                if q.height == 0:
-                    continue
-                ev = (
-                    in_arrival_order(pl.scan_parquet(files), view.source)
-                    if files
-                    else pl.LazyFrame(schema=events.collect_schema()).pipe(
-                        in_arrival_order, view.source
-                    )
-                )
-                parts.append(self._partition_features(program, view, q, ev, engine))
+            parts.append(self._partition_features(program, view, q, ev, engine))
         if not parts:
             return self._partition_features(
                 program, view, queries, events.pipe(in_arrival_order, view.source), engine

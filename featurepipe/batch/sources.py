@@ -215,13 +215,21 @@ def read_events(
             )
         )
         frames.append(lf)
-    allrows = pl.concat(frames, how="vertical")
     ts = source.timestamp
-    if start is not None:
-        allrows = allrows.filter(pl.col(ts).is_null() | (pl.col(ts) >= _us(start)))
-    if end is not None:
-        allrows = allrows.filter(pl.col(ts).is_null() | (pl.col(ts) < _us(end)))
-    flagged = allrows.filter(pl.col("__bad")).collect()
+
+    def window(lf: pl.LazyFrame) -> pl.LazyFrame:
+        if start is not None:
+            lf = lf.filter(pl.col(ts).is_null() | (pl.col(ts) >= _us(start)))
+        if end is not None:
+            lf = lf.filter(pl.col(ts).is_null() | (pl.col(ts) < _us(end)))
+        return lf
+
+    frames = [window(f) for f in frames]
+    allrows = pl.concat(frames, how="vertical")
+    # bad rows, one file at a time on the streaming engine: memory stays flat
+    flagged = pl.concat(
+        [f.filter(pl.col("__bad")).collect(engine="streaming") for f in frames], how="vertical"
+    )
     if flagged.height:
         report.quarantined = flagged.height
         for reason_list in flagged[REASON].to_list():
@@ -240,18 +248,18 @@ def read_events(
         if ordered
         else good.drop("__bad", REASON)
     )
-    stats = (
-        good.group_by(FILE)
-        .agg(
-            pl.len().alias("rows"),
-            pl.col(ts).min().alias("min_ts"),
-            pl.col(ts).max().alias("max_ts"),
+    for file, frame in zip(files, frames, strict=True):
+        # one streaming aggregate per file: memory stays flat however many files there are
+        r = (
+            frame.filter(~pl.col("__bad"))
+            .select(
+                pl.len().alias("rows"),
+                pl.col(ts).min().alias("min_ts"),
+                pl.col(ts).max().alias("max_ts"),
+            )
+            .collect(engine="streaming")
+            .row(0, named=True)
         )
-        .collect()
-    )
-    per_file = {r[FILE]: r for r in stats.to_dicts()}
-    for file in files:
-        r = per_file.get(str(file), {"rows": 0, "min_ts": None, "max_ts": None})
         report.files.append(
             {
                 "path": str(file),
