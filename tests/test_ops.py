@@ -55,6 +55,9 @@ def same(a: Any, b: Any) -> bool:
 CASES: list[tuple[str, Callable[[Any], Any], list[dict[str, Any]], list[Any]]] = [
     ("add wraps int64", lambda t: t.n + 1, [row(n=2**63 - 1), row(n=None)], [-(2**63), None]),
     ("sub", lambda t: t.x - 1.5, [row(x=1.0)], [-0.5]),
+    ("-0.0 - -0.0 is +0.0", lambda t: t.x - (-0.0), [row(x=-0.0)], [0.0]),
+    ("-0.0 + 0.0 is +0.0", lambda t: t.x + 0.0, [row(x=-0.0)], [0.0]),
+    ("0.0 + -0.0 literal first", lambda t: 0.0 + t.x, [row(x=-0.0)], [0.0]),
     ("mul wraps", lambda t: t.n * 4, [row(n=2**62)], [0]),
     ("truediv by zero", lambda t: t.x / 0.0, [row(x=1.0), row(x=-1.0), row(x=0.0)], [math.inf, -math.inf, NAN]),
     ("truediv correctly rounded", lambda t: t.n / 3, [row(n=7)], [7 / 3]),

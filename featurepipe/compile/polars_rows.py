@@ -63,6 +63,25 @@ def _fdiv(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
     return a[0] / _divisor(node, a[1])
 
 
+def _float_operands(node: ir.Call, a: list[pl.Expr]) -> list[pl.Expr]:
+    """Float literals as genuine columns: Polars simplifies ``x + 0.0`` and ``x - (-0.0)`` to
+    ``x``, which is not IEEE for x = -0.0 (the sum is +0.0). Element-wise kernels are exact."""
+    if node.dtype is not F:
+        return a
+    return [
+        _full_column(arg.value) if isinstance(arg, ir.Literal) and arg.value is not None else e
+        for arg, e in zip(node.args, a, strict=True)
+    ]
+
+
+def _arith(op: Callable[[pl.Expr, pl.Expr], pl.Expr]) -> Translation:
+    def t(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
+        x, y = _float_operands(node, a)
+        return op(x, y)
+
+    return t
+
+
 def _cast(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
     src, to = node.args[0].dtype, node.dtype
     if src is to or (src, to) == (D, I):
@@ -133,9 +152,9 @@ def _bucketize(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
 
 
 TRANSLATIONS: dict[str, Translation] = {
-    "add": lambda n, a: a[0] + a[1],
-    "sub": lambda n, a: a[0] - a[1],
-    "mul": lambda n, a: a[0] * a[1],
+    "add": _arith(lambda x, y: x + y),
+    "sub": _arith(lambda x, y: x - y),
+    "mul": _arith(lambda x, y: x * y),
     "truediv": _fdiv,
     "floordiv": lambda n, a: a[0] // a[1] if n.dtype is I else _floor_f(_fdiv(n, a)),
     "mod": lambda n, a: a[0] % a[1] if n.dtype is I else a[0] - a[1] * _floor_f(_fdiv(n, a)),
