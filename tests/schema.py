@@ -45,3 +45,10 @@ def view(outputs: dict[str, Any], lateness: str = "1h", name: str = "v") -> fp.F
     return fp.feature_view(entity=entity, source=source, name=name, lateness=lateness)(
         lambda t: {k: (f(t) if callable(f) else f) for k, f in outputs.items()}
     )
+
+
+def scaled(n: int) -> int:
+    """Hypothesis examples for a test; FEATUREPIPE_HYPOTHESIS_SCALE=10 hunts ten times longer."""
+    import os
+
+    return n * int(os.environ.get("FEATUREPIPE_HYPOTHESIS_SCALE", "1"))

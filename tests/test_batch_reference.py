@@ -14,6 +14,7 @@ import featurepipe as fp
 from featurepipe.compile.polars_aggs import TS, BatchProgram
 from featurepipe.dev.datagen import generate_transactions
 from featurepipe.parity.harness import normalize_events
+from tests.schema import scaled
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def test_example_view_fast_path_equals_reference(seed: int) -> None:
     _assert_frames_identical(fast, slow)
 
 
-@settings(max_examples=40)
+@settings(max_examples=scaled(40))
 @given(seed=st.integers(0, 10_000), users=st.integers(1, 30), n=st.integers(1, 400))
 def test_generated_logs_fast_path_equals_reference(seed: int, users: int, n: int) -> None:
     view = fp.load_definitions(ROOT / "feature_defs").view("user_spend")

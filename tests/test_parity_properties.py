@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import featurepipe as fp
 from featurepipe.dsl.expr import Expr
 from featurepipe.testing import assert_parity
-from tests.schema import at, frame, view
+from tests.schema import at, frame, scaled, view
 
 FLOATS = st.one_of(
     st.none(),
@@ -186,7 +186,7 @@ def event_logs(draw: st.DrawFn) -> list[dict[str, Any]]:
     return rows
 
 
-@settings(max_examples=300)
+@settings(max_examples=scaled(300))
 @given(
     features=st.lists(aggregations(), min_size=1, max_size=4),
     derived=st.booleans(),
@@ -204,7 +204,7 @@ def test_random_views_random_logs_are_bit_identical(
     assert_parity(v, frame(rows))
 
 
-@settings(max_examples=200)
+@settings(max_examples=scaled(200))
 @given(expr=st.one_of(E["float"], E["int"], E["str"], E["bool"]), rows=event_logs())
 def test_row_expressions_are_bit_identical(expr: Gen, rows: list[dict[str, Any]]) -> None:
     """Every row-level op, seen through last() so each event's value is compared."""
@@ -212,7 +212,7 @@ def test_row_expressions_are_bit_identical(expr: Gen, rows: list[dict[str, Any]]
     assert_parity(v, frame(rows))
 
 
-@settings(max_examples=30)
+@settings(max_examples=scaled(30))
 @given(rows=event_logs())
 def test_example_view_on_generated_logs(rows: list[dict[str, Any]]) -> None:
     def spend(t: Any) -> dict[str, Any]:

@@ -10,14 +10,14 @@ from hypothesis import strategies as st
 import featurepipe as fp
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.parity.harness import normalize_events
-from tests.schema import at, frame, view
+from tests.schema import at, frame, scaled, view
 
 VALUES = st.one_of(
     st.none(), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([5000.0, 1e15, -4.4e15, 2.0**51])
 )
 
 
-@settings(max_examples=60)
+@settings(max_examples=scaled(60))
 @given(xs=st.lists(st.tuples(VALUES, st.integers(0, 50)), min_size=1, max_size=25), cut=st.integers(0, 25))
 def test_round_trip_mid_stream(xs: list[tuple[Any, int]], cut: int) -> None:
     v = view(
