@@ -203,3 +203,66 @@ def test_out_of_range_timestamps_are_quarantined_like_on_the_stream(tmp_path: Pa
     )
     assert out["n_plain"].to_list() == [1]
     assert store.source_reports["plain"].reasons == {"ts: outside the accepted range [1970, 2100)": 2}
+
+
+TWO_ENTITIES = """
+from datetime import datetime
+from pydantic import BaseModel
+import featurepipe as fp
+
+class Tx(BaseModel):
+    user_id: str
+    merchant_id: str
+    amount: float
+    ts: datetime
+
+src = fp.Source("tx", schema=Tx, timestamp="ts", batch=fp.ParquetSource("data/tx/*.parquet"))
+
+@fp.feature_view(entity=fp.Entity("user", key="user_id"), source=src)
+def by_user(t):
+    return {"user_n": fp.count(), "user_sum": fp.sum(t.amount)}
+
+@fp.feature_view(entity=fp.Entity("merchant", key="merchant_id"), source=src)
+def by_merchant(t):
+    return {"merchant_n": fp.count(window="1h"), "merchant_max": fp.max(t.amount)}
+"""
+
+
+def test_several_entities_in_one_call_from_a_glob(tmp_path: Path) -> None:
+    (tmp_path / "feature_defs").mkdir()
+    (tmp_path / "feature_defs" / "tx.py").write_text(TWO_ENTITIES)
+    (tmp_path / "data" / "tx").mkdir(parents=True)
+    schema = {"user_id": pl.String, "merchant_id": pl.String, "amount": pl.Float64,
+              "ts": pl.Datetime("us", "UTC")}
+    pl.DataFrame({"user_id": ["a", "b"], "merchant_id": ["m", "m"], "amount": [1.0, 5.0],
+                  "ts": [_at(0), _at(10)]}, schema=schema).write_parquet(tmp_path / "data" / "tx" / "1.parquet")
+    pl.DataFrame({"user_id": ["a"], "merchant_id": ["z"], "amount": [2.0], "ts": [_at(20)]},
+                 schema=schema).write_parquet(tmp_path / "data" / "tx" / "2.parquet")
+    store = FeatureStore(tmp_path)
+    labels = pl.DataFrame({"user_id": ["a", "b"], "merchant_id": ["m", "z"],
+                           "event_timestamp": [_at(30), _at(30)]})
+    out = store.get_historical_features(labels, ["by_user", "by_merchant"])
+    assert out.select("user_n", "user_sum", "merchant_n", "merchant_max").rows() == [
+        (2, 3.0, 2, 5.0),
+        (1, 5.0, 1, 2.0),
+    ]
+
+
+def test_hive_partitions_outside_the_range_are_not_read(tmp_path: Path) -> None:
+    from featurepipe.batch.sources import read_events
+
+    store = _repo(tmp_path, [{"user_id": "a", "amount": 1.0, "ts": _at(0), "arrived": _at(0)}])
+    shutil.rmtree(tmp_path / "data" / "pays")
+    for day in ("2026-05-01", "2026-05-02"):
+        d = tmp_path / "data" / "pays" / f"date={day}"
+        d.mkdir(parents=True)
+        t = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(hours=1)
+        pl.DataFrame({"user_id": ["a"], "amount": [1.0], "ts": [t], "arrived": [t]},
+                     schema={"user_id": pl.String, "amount": pl.Float64,
+                             "ts": pl.Datetime("us", "UTC"), "arrived": pl.Datetime("us", "UTC")}
+                     ).write_parquet(d / "p.parquet")
+    # a corrupt file in a pruned partition proves it is never opened
+    (tmp_path / "data" / "pays" / "date=2026-05-02" / "zz.parquet").write_bytes(b"not parquet")
+    src = store.definitions.sources["pays"]
+    lf, report = read_events(src, root=tmp_path, end=datetime(2026, 5, 2, tzinfo=UTC))
+    assert lf.collect().height == 1 and len(report.files) == 1
