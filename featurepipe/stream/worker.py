@@ -69,6 +69,7 @@ class Counters:
     valid: int = 0
     invalid: int = 0
     before_cutover: int = 0
+    null_entity: int = 0
     batches: int = 0
     flush_retries: int = 0
     last_flush: float = 0.0
@@ -262,6 +263,9 @@ class StreamWorker:
         for plan, m, event in valid:
             for vp in plan.views:
                 entity = event[vp.key]
+                if entity is None:  # cannot be attributed; the batch path drops it too
+                    self.counters.null_entity += 1
+                    continue
                 ts = event[vp.view.source.timestamp]
                 if vp.cutover is not None and ts < vp.cutover:
                     self.counters.before_cutover += 1
@@ -287,6 +291,8 @@ class StreamWorker:
         for plan, _, event in valid:
             for vp in plan.views:
                 ck = (vp.view.name, event[vp.key])
+                if ck[1] is None:
+                    continue
                 if ck not in self.cache and ck not in missing:
                     missing[ck] = vp
         if not missing:
