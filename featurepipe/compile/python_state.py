@@ -32,15 +32,21 @@ State = list[Any]
 NO_TS = -(2**63)
 
 
+def _fixed_code(x: str) -> str:
+    """Inline ``kernels.to_fixed`` for the common in-range case (NaN and +-big fall through)."""
+    big = repr(k.BIG)
+    return f"(round({x} * {k.SCALE!r}) if -{big} < {x} < {big} else _k.to_fixed({x}))"
+
+
 def _prepare_code(agg: ir.Agg, v: str) -> str:
     """Python expression turning a raw input value into what the accumulators hold."""
     arg_t = agg.arg.dtype if agg.arg is not None else None
     if agg.kind in ("sum", "mean") and arg_t is DType.FLOAT:
-        return f"(None if {v} is None else _k.to_fixed({v}))"
+        return f"(None if {v} is None else {_fixed_code(v)})"
     if agg.kind in ("var", "std"):
-        return f"(None if {v} is None else (_k.to_fixed({v}), _k.to_fixed({v} * {v})))"
+        return f"(None if {v} is None else ({_fixed_code(v)}, _k.to_fixed({v} * {v})))"
     if agg.kind in ("min", "max") and arg_t is DType.FLOAT:
-        return f"(None if {v} is None else _k.canonical_float({v}))"
+        return f"(None if {v} is None else ({v} + 0.0 if {v} == 0.0 else {v}))"
     if agg.kind == "count_distinct" and arg_t is DType.FLOAT:
         return f"(None if {v} is None else _k.distinct_key({v}))"
     return v
@@ -58,6 +64,7 @@ class ViewProgram:
         self.row_source, self._row = self._compile_rows()
         self.final_source, self._final = self._compile_features()
         self.compact_source, self._compact_fn = self._compile_compaction()
+        self.query_source, self._aggregate = self._compile_query()
         self.feature_names = [f.name for f in view.features]
         self._float_outputs = [
             j for j, f in enumerate(view.features) if f.expr.dtype is DType.FLOAT
@@ -141,6 +148,45 @@ class ViewProgram:
         exec(compile(src, "<featurepipe:compact>", "exec"), namespace)
         return src, namespace["compact"]
 
+    def _compile_query(self) -> tuple[str, Callable[..., Any]]:
+        """Straight-line code computing every aggregation at T: one pass over the retained
+        events per distinct window, the same fold rules as ``_fold``, then ``_finalize``."""
+        lines = [
+            "def aggregate(buf, compacted, t):",
+            "    hi = _bisect(buf, t, key=_ts)",
+            f"    out = [None] * {len(self.aggs)}",
+        ]
+        windows: dict[int | None, list[int]] = {}
+        for i, agg in enumerate(self.aggs):
+            windows.setdefault(agg.window_us, []).append(i)
+        for w, idx in windows.items():
+            lo = "0" if w is None else f"_bisect(buf, t - {w}, 0, hi, key=_ts)"
+            lines.append(f"    lo = {lo}")
+            for i in idx:
+                agg = self.aggs[i]
+                init = f"_copy(_AGGS[{i}], compacted[{i}])" if w is None else f"_empty(_AGGS[{i}])"
+                lines.append(f"    a{i} = {init}")
+            lines.append("    for j in range(lo, hi):")
+            lines.append("        rec = buf[j]")
+            lines.append("        mask = rec[2]")
+            for i in idx:
+                lines += [f"        {ln}" for ln in _fold_lines(self.aggs[i], i)]
+            for i in idx:
+                lines.append(f"    out[{i}] = _finalize(_AGGS[{i}], a{i})")
+        lines.append("    return out")
+        src = "\n".join(lines) + "\n"
+        namespace: dict[str, Any] = {
+            "_bisect": bisect_left,
+            "_ts": _ts,
+            "_copy": _copy_acc,
+            "_empty": _empty_acc,
+            "_finalize": _finalize,
+            "_AGGS": self.aggs,
+            "_FLAG": {"+": 2, "-": 3, "nan": 4},
+        }
+        exec(compile(src, "<featurepipe:aggregate>", "exec"), namespace)
+        return src, namespace["aggregate"]
+
     def _compile_features(self) -> tuple[str, Callable[..., Any]]:
         index = {a: i for i, a in enumerate(self.aggs)}
 
@@ -207,21 +253,7 @@ class ViewProgram:
                 f"view '{self.view.name}': query at {t} is more than the view's lateness "
                 f"behind the newest event ({state[1]}); retained state cannot answer it"
             )
-        buf = state[2]
-        hi = bisect_left(buf, t, key=_ts)
-        values = []
-        for i, agg in enumerate(self.aggs):
-            if agg.window_us is None:
-                acc = _copy_acc(agg, state[3][i])
-                lo = 0
-            else:
-                acc = _empty_acc(agg)
-                lo = bisect_left(buf, t - agg.window_us, key=_ts, hi=hi)
-            bit = 1 << i
-            for rec in buf[lo:hi]:
-                if rec[2] & bit:
-                    acc = _fold(agg, acc, rec[0], rec[1], rec[3 + i])
-            values.append(_finalize(agg, acc))
+        values = self._aggregate(state[2], state[3], t)
         out = list(self._final(values))
         for j in self._float_outputs:  # one NaN on the way out: sign/payload carry no meaning
             v = out[j]
@@ -304,6 +336,50 @@ def _dependency_order(view: ir.ViewIR) -> list[ir.Feature]:
 # ---- accumulators: one small, order-independent record per aggregation ----------------------
 # count: n | sum/mean: [n, total, pos, neg, nan] | var/std: [n, s1, s2, flags]
 # min/max: [n, best, nan] | first/last: (ts, seq, value) or None | count_distinct: set
+
+
+def _fold_lines(agg: ir.Agg, i: int) -> list[str]:
+    """Inline code folding ``rec`` into accumulator ``a{i}`` (the rules of ``_fold``)."""
+    bit, j, kind = 1 << i, 3 + i, agg.kind
+    head = f"if mask & {bit}:"
+    if kind == "count":
+        return [f"if mask & {bit} and rec[{j}] is not None: a{i} += 1"]
+    if kind == "first":
+        return [
+            head,
+            f"    if a{i} is None or (rec[0], rec[1]) < (a{i}[0], a{i}[1]): a{i} = (rec[0], rec[1], rec[{j}])",
+        ]
+    if kind == "last":
+        return [
+            head,
+            f"    if a{i} is None or (rec[0], rec[1]) > (a{i}[0], a{i}[1]): a{i} = (rec[0], rec[1], rec[{j}])",
+        ]
+    lines = [head, f"    p = rec[{j}]", "    if p is not None:"]
+    if kind == "count_distinct":
+        return [*lines, f"        a{i}.add(p)"]
+    if kind in ("sum", "mean"):
+        return [
+            *lines,
+            f"        a{i}[0] += 1",
+            f"        if type(p) is int: a{i}[1] += p",
+            f"        else: a{i}[_FLAG[p]] += 1",
+        ]
+    if kind in ("var", "std"):
+        return [
+            *lines,
+            f"        a{i}[0] += 1",
+            "        if type(p[0]) is int and type(p[1]) is int:",
+            f"            a{i}[1] += p[0]",
+            f"            a{i}[2] += p[1]",
+            f"        else: a{i}[3] += 1",
+        ]
+    better = "<" if kind == "min" else ">"
+    return [
+        *lines,
+        f"        a{i}[0] += 1",
+        f"        if p != p: a{i}[2] += 1",
+        f"        elif a{i}[1] is None or p {better} a{i}[1]: a{i}[1] = p",
+    ]
 
 
 def _empty_acc(agg: ir.Agg) -> Any:
