@@ -276,10 +276,7 @@ class ViewProgram:
 
     def loads(self, blob: bytes) -> State:
         h, m, buf, compacted = self._decoder.decode(blob)
-        for rec in buf:
-            for i, agg in enumerate(self.aggs):
-                if agg.kind in ("var", "std") and isinstance(rec[3 + i], list):
-                    rec[3 + i] = tuple(rec[3 + i])
+        # var/std inputs come back as [q, q2] lists: every reader indexes them, so they stay lists
         for i, agg in enumerate(self.aggs):
             if agg.kind == "count_distinct":
                 compacted[i] = set(compacted[i])
