@@ -137,15 +137,21 @@ def _spend(t: object) -> dict[str, object]:
 
 def _spend_renamed(t: object) -> dict[str, object]:
     value_or_zero = t.x.fill_null(0.0)  # type: ignore[attr-defined]
-    return {"c": fp.count(), "s": fp.sum(value_or_zero, window="1h")}
+    return {"s": fp.sum(value_or_zero, window="1h"), "c": fp.count()}
+
+
+def _spend_reordered(t: object) -> dict[str, object]:
+    return {"c": fp.count(), "s": fp.sum(t.x.fill_null(0.0), window="1h")}  # type: ignore[attr-defined]
 
 
 def _fp(fn: object, **kw: object) -> str:
     return fp.feature_view(entity=entity, source=source, name="spend", **kw)(fn).fingerprint  # type: ignore[arg-type]
 
 
-def test_fingerprint_ignores_local_names_and_feature_order() -> None:
+def test_fingerprint_ignores_local_names_but_not_feature_order() -> None:
     assert _fp(_spend) == _fp(_spend_renamed)
+    # the declaration order fixes the per-entity state layout: a new version
+    assert _fp(_spend) != _fp(_spend_reordered)
 
 
 def test_fingerprint_changes_with_the_definition() -> None:

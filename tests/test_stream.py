@@ -107,6 +107,8 @@ def _malformed(good: pl.DataFrame) -> list[bytes]:
             e["amount"] = [1.5, 2.5]
         elif kind == 5:
             e["event_time"] = "1900-01-01T00:00:00+00:00" if i % 2 else "2200-01-01T00:00:00+00:00"
+        elif i < 70:
+            e["user_id"] = "someone-else"  # a valid event under another entity's key (u1)
         else:
             e["unexpected_field"] = 1
         variants.append(json.dumps(e).encode())
@@ -153,7 +155,8 @@ def test_malformed_events_go_to_the_dead_letter_topic(services: infra.DevService
     reasons = [dict(m.headers)["featurepipe-reason"].decode() for m in dead]
     assert all(reasons)
     joined = " | ".join(reasons)
-    for fragment in ("json", "user_id", "payload too large", "outside the accepted range", "Extra inputs", "amount"):
+    for fragment in ("json", "user_id", "payload too large", "outside the accepted range",
+                     "Extra inputs", "amount", "message key"):
         assert fragment.lower() in joined.lower(), fragment
     assert {m.value for m in dead} == originals  # the original bytes, every one
     assert _final_compare(defs, client, prefix, good) == 0

@@ -89,10 +89,10 @@ class Source:
             fields[fname] = mapped
         self.fields = fields
         for col in (timestamp, arrival):
-            if col is not None and fields.get(col, (None, False))[0] is not DType.DATETIME:
+            if col is not None and fields.get(col, (None, False)) != (DType.DATETIME, False):
                 raise DefinitionError(
-                    f"source '{name}': timestamp field '{col}' must be a datetime field "
-                    f"of {schema.__name__}"
+                    f"source '{name}': timestamp field '{col}' must be a required "
+                    f"(not Optional) datetime field of {schema.__name__}"
                 )
 
     def __repr__(self) -> str:
@@ -314,7 +314,15 @@ class _Typer:
                 params["lower"], params["upper"] = float(lo), float(hi)  # type: ignore[arg-type]
             elif not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)):
                 raise TypeError("clip bounds of an int expression must be ints")
-        return ir.Call(result, op, tuple(args), tuple(sorted(params.items())))
+        if op == "encode":
+            want = str if args[0].dtype is DType.STR else int
+            vocab = params["vocabulary"]
+            if not all(type(v) is want for v in vocab):  # type: ignore[attr-defined]
+                raise TypeError(
+                    f"encode vocabulary must hold {want.__name__} values for a "
+                    f"{args[0].dtype} input (got {vocab!r})"
+                )
+        return _fold_constants(ir.Call(result, op, tuple(args), tuple(sorted(params.items()))))
 
     def fitted(self, op: str, arg: ir.Node, params: dict[str, Any]) -> ir.Node:
         """Expand a fitted op into plain IR with the frozen artifact's values as literals."""
@@ -343,6 +351,24 @@ class _Typer:
             return ir.Call(DType.FLOAT, "truediv", (centered, ir.Literal(DType.FLOAT, std)))
         bounds = tuple(sorted({float(b) for b in value if b == b}))
         return ir.Call(DType.INT, "bucketize", (x,), (("boundaries", bounds or (0.0,)),))
+
+
+def _fold_constants(node: ir.Call) -> ir.Node:
+    """A call on literals only becomes a literal, evaluated by the per-event kernels.
+
+    Both compilers then see one constant: no engine-specific constant folding (Polars folds
+    ``x + 0.0`` to ``x`` and divides by scalars via a reciprocal) can make them differ."""
+    if not all(isinstance(a, ir.Literal) for a in node.args):
+        return node
+    from featurepipe.compile.python_rows import CodeGen
+
+    gen = CodeGen(lambda n: None)
+    out = gen.emit(node)
+    _, fn = gen.function("constant", "", [out])
+    value = fn()[0]
+    if isinstance(value, float) and node.dtype is DType.INT:
+        value = int(value)
+    return ir.Literal(node.dtype, value)
 
 
 def _check_params(op: str, p: dict[str, Any]) -> None:

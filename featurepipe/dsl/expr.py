@@ -201,7 +201,9 @@ class Expr:
         return self._call("epoch_seconds")
 
     def truncate(self, every: str | timedelta) -> Expr:
-        return self._call("truncate", every=every if isinstance(every, str) else str(every))
+        if isinstance(every, timedelta):
+            every = f"{every // timedelta(microseconds=1)}us"
+        return self._call("truncate", every=every)
 
 
 def wrap(value: Any) -> Expr:
@@ -325,7 +327,7 @@ def _agg(
 
 
 def _td(td: timedelta) -> str:
-    return f"{int(td.total_seconds())}s"
+    return f"{td // timedelta(microseconds=1)}us"
 
 
 def count(

@@ -25,7 +25,9 @@ def _canonical(obj: Any) -> Any:
             "timestamp": obj.timestamp,
             # only the fields the view reads: adding an unrelated field to the contract is no change
             "fields": [[k, str(t)] for k, t in obj.fields if k in used],
-            "features": sorted([[f.name, _canonical(f.expr)] for f in obj.features]),
+            # declaration order: it fixes the layout of the per-entity state (one slot per
+            # aggregation), so reordering features is a new version
+            "features": [[f.name, _canonical(f.expr)] for f in obj.features],
             "lateness_us": obj.lateness_us,
             "artifacts": _canonical(obj.artifacts),
         }

@@ -53,7 +53,9 @@ class OnlineReader:
                 order.append((name, e))
         raw = pipe.execute()
         rows: list[dict[str, Any]] = [{} for _ in entities]
-        index = {e: i for i, e in enumerate(entities)}
+        index: dict[Any, list[int]] = {}
+        for i, e in enumerate(entities):
+            index.setdefault(e, []).append(i)
         for (name, e), (blob, fp) in zip(order, raw, strict=True):
             view = self.views[name]
             prog = self.programs[name]
@@ -72,11 +74,12 @@ class OnlineReader:
             # a read further than the view's lateness behind the entity's newest event raises
             # StateError (naming the view and the times) rather than answering another instant
             values = prog.query(state, t)
-            row = rows[index[e]]
             feats = dict(zip(prog.feature_names, values, strict=True))
-            for f in wanted[name]:
-                row[f] = feats[f]
-            row[f"{name}{FOUND}"] = blob is not None
+            for pos in index[e]:
+                row = rows[pos]
+                for f in wanted[name]:
+                    row[f] = feats[f]
+                row[f"{name}{FOUND}"] = blob is not None
         return rows
 
     def frame(

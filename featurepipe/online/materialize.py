@@ -131,6 +131,10 @@ def materialize(
             pipe = client.pipeline(transaction=False)
             pipe.delete(meta_key)  # no meta key: the store is not complete
             pipe.delete(prog_key)
+            # stream workers' stored offsets belong to the states being replaced: drop them, so
+            # that workers re-read their topics from the start and skip up to the new cut-over
+            for offsets in client.scan_iter(match=f"{_glob(layout.prefix)}:offsets:*", count=1000):
+                pipe.delete(offsets)
             pipe.hset(
                 prog_key,
                 mapping=_progress_fields(run_id, until_us, fingerprint, None, 0, 0),
@@ -359,3 +363,7 @@ def _decode(raw: Any) -> dict[str, str]:
 
 
 __all__ = ["MaterializeReport", "materialize", "to_micros"]
+
+
+def _glob(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]\\" else c for c in text)

@@ -192,7 +192,7 @@ def compare(
     for j, feat in enumerate(view.ir.features):
         dtype = feat.expr.dtype
         stream_col = pl.Series(
-            feat.name, [r[j] for r in expected], dtype=PL_TYPES[dtype], strict=False
+            feat.name, [r[j] for r in expected], dtype=PL_TYPES[dtype], strict=True
         )
         batch_col = batch[feat.name]
         if dtype is DType.FLOAT:

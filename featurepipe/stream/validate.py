@@ -35,9 +35,11 @@ class EventValidator:
         self.model: type[BaseModel] = type(
             f"{source.schema.__name__}Strict",
             (source.schema,),
-            {"model_config": ConfigDict(extra="forbid", strict=False)},
+            # strict: no "12" for an int, no 1 for a bool, no epoch numbers for a datetime
+            {"model_config": ConfigDict(extra="forbid", strict=True)},
         )
         self.datetimes = [n for n, (t, _) in source.fields.items() if t is DType.DATETIME]
+        self.ints = [n for n, (t, _) in source.fields.items() if t is DType.INT]
 
     def parse(self, raw: bytes | None) -> dict[str, Any]:
         """The event as a dict with datetimes as epoch micros (UTC); raises ``Invalid``."""
@@ -55,6 +57,10 @@ class EventValidator:
             more = f" (+{e.error_count() - 3} more)" if e.error_count() > 3 else ""
             raise Invalid("; ".join(parts) + more) from None
         event = obj.__dict__.copy()
+        for name in self.ints:  # the contract's int is int64 on both paths
+            value = event[name]
+            if value is not None and not -(2**63) <= value < 2**63:
+                raise Invalid(f"{name}: {value} does not fit in int64")
         for name in self.datetimes:
             value = event[name]
             if value is None:

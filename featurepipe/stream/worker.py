@@ -116,6 +116,17 @@ class _TopicPlan:
     validator: EventValidator
     views: list[_ViewPlan]
 
+    def check_key(self, key: bytes | None, event: dict[str, Any]) -> None:
+        """Per-entity order and single ownership need messages keyed by the entity."""
+        if key is None or not self.views:
+            return
+        entity = event[self.views[0].key]
+        if entity is not None and key != str(entity).encode():
+            raise Invalid(
+                f"message key {key[:64]!r} is not the entity '{self.views[0].key}' = {entity!r}: "
+                "the topic must be keyed by the entity"
+            )
+
 
 class StreamWorker:
     """Consumes every stream source of a definitions package into the online store."""
@@ -254,6 +265,7 @@ class StreamWorker:
                 next_offsets[tp] = m.offset + 1
                 try:
                     event = plan.validator.parse(m.value)
+                    plan.check_key(m.key, event)
                 except Invalid as e:
                     dead.append((tp.topic, m, e.reason))
                     continue
@@ -271,7 +283,13 @@ class StreamWorker:
                     self.counters.before_cutover += 1
                     continue
                 ck = (vp.view.name, entity)
-                vp.program.ingest(self.cache[ck], event, m.offset)
+                try:
+                    vp.program.ingest(self.cache[ck], event, m.offset)
+                except Exception as e:
+                    # the row stage raises before the state changes: dead-letter it
+                    dead.append((plan.topic, m, f"view '{vp.view.name}': {type(e).__name__}: {e}"))
+                    self.counters.valid -= 1
+                    continue
                 touched[ck] = vp
         if dead:
             self._dead_letter(dead)
