@@ -34,7 +34,8 @@ INTS = st.one_of(
 )
 TEXT = st.one_of(
     st.none(),
-    st.sampled_from(["", "a", "US", " Web ", "ǅİß", "ΑΣ", "中国", "straße", "\t x\n", "e\u0301"]),
+    st.sampled_from(["", "a", "US", " Web ", "ǅİß", "ΑΣ", "中国", "straße", "\t x\n", "e\u0301",
+                     "\ua7cc", "A\U00010d50", "ꟍ"]),
     st.text(max_size=6),
 )
 BOOLS = st.one_of(st.none(), st.booleans())

@@ -7,6 +7,8 @@ null-aware ones (fill_null, coalesce, when, is_null, Kleene and/or, encode).
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable
 
 import polars as pl
@@ -145,6 +147,46 @@ def _hash_bucket(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
     return a[0].map_batches(hash_batch, return_dtype=pl.Int64)
 
 
+@functools.cache
+def _case_differences(kind: str) -> str:
+    """Characters whose case mapping differs between Polars (Rust's Unicode tables) and this
+    Python's (``unicodedata.unidata_version``): characters assigned in newer Unicode versions.
+    Computed once per process over every code point."""
+    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    s = pl.Series(chars, dtype=pl.String)
+    mapped = (s.str.to_lowercase() if kind == "lower" else s.str.to_uppercase()).to_list()
+    py = str.lower if kind == "lower" else str.upper
+    return "".join(ch for ch, m in zip(chars, mapped, strict=True) if py(ch) != m)
+
+
+def _case(kind: str) -> Translation:
+    """Unicode case mapping with the per-event path's semantics (Python's ``str.lower`` /
+    ``str.upper``): Polars maps every value, except values holding one of the few characters
+    the two Unicode versions disagree on, which Python maps (one call per batch, over those
+    distinct values only)."""
+
+    def t(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
+        py = str.lower if kind == "lower" else str.upper
+
+        def apply(s: pl.Series) -> pl.Series:
+            fast = s.str.to_lowercase() if kind == "lower" else s.str.to_uppercase()
+            diff = _case_differences(kind)
+            if not diff:
+                return fast
+            pattern = "[" + "".join(re.escape(ch) for ch in diff) + "]"
+            odd = s.str.contains(pattern).fill_null(False)
+            if not odd.any():
+                return fast
+            values = s.filter(odd).unique()
+            mapped = pl.Series([py(v) for v in values.to_list()], dtype=pl.String)
+            slow = s.replace_strict(values, mapped, default=None, return_dtype=pl.String)
+            return pl.select(pl.when(odd).then(slow).otherwise(fast)).to_series()
+
+        return a[0].map_batches(apply, return_dtype=pl.String)
+
+    return t
+
+
 def _bucketize(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
     x = a[0].cast(pl.Float64) if node.args[0].dtype is I else a[0]
     terms = [(x >= pl.lit(b, pl.Float64)).cast(pl.Int64) for b in node.param("boundaries")]
@@ -182,8 +224,8 @@ TRANSLATIONS: dict[str, Translation] = {
     "log1p": lambda n, a: a[0].log1p(),
     "exp": lambda n, a: a[0].exp(),
     "clip": _clip,
-    "lower": lambda n, a: a[0].str.to_lowercase(),
-    "upper": lambda n, a: a[0].str.to_uppercase(),
+    "lower": _case("lower"),
+    "upper": _case("upper"),
     "strip": lambda n, a: a[0].str.strip_chars(k.STRIP_CHARS),
     "str_len": lambda n, a: a[0].str.len_chars().cast(pl.Int64),
     "contains": lambda n, a: a[0].str.contains(n.param("text"), literal=True),

@@ -258,11 +258,13 @@ class StreamWorker:
         dead: list[tuple[str, Any, str]] = []
         valid: list[tuple[_TopicPlan, Any, dict[str, Any]]] = []
         next_offsets: dict[TopicPartition, int] = {}
+        first_offsets: dict[TopicPartition, int] = {}
         for tp, msgs in polled.items():
             plan = self.plans[tp.topic]
             for m in msgs:
                 self.counters.events += 1
                 next_offsets[tp] = m.offset + 1
+                first_offsets.setdefault(tp, m.offset)
                 try:
                     event = plan.validator.parse(m.value)
                     plan.check_key(m.key, event)
@@ -293,7 +295,8 @@ class StreamWorker:
                 touched[ck] = vp
         if dead:
             self._dead_letter(dead)
-        self._commit(touched, next_offsets)
+        if not self._commit(touched, next_offsets, first_offsets):
+            return  # another worker owns these partitions now: nothing of this batch counts
         self.counters.valid += len(valid)
         self.counters.invalid += len(dead)
         self.counters.batches += 1
@@ -337,27 +340,43 @@ class StreamWorker:
             self.cache[(name, entity)] = vp.program.loads(blob)
 
     def _commit(
-        self, touched: dict[tuple[str, Any], _ViewPlan], offsets: dict[TopicPartition, int]
-    ) -> None:
+        self,
+        touched: dict[tuple[str, Any], _ViewPlan],
+        offsets: dict[TopicPartition, int],
+        first: dict[TopicPartition, int],
+    ) -> bool:
+        """States and next offsets in one transaction, only if the stored offsets are still
+        where this batch started (compare-and-set under WATCH): a worker that stalled past a
+        rebalance cannot overwrite its successor. Returns False when ownership was lost."""
         fields: dict[Any, Any] = {f"{tp.topic}:{tp.partition}": str(o) for tp, o in offsets.items()}
+        expected = {f"{tp.topic}:{tp.partition}": o for tp, o in first.items()}
+        blobs = {
+            ck: (self.layout.state_key(vp.view, ck[1]), vp.program.dumps(self.cache[ck]), vp)
+            for ck, vp in touched.items()
+        }
 
-        def write() -> None:
-            pipe = self.redis.pipeline(
-                transaction=True
-            )  # MULTI ... EXEC: state and offsets together
-            for (name, entity), vp in touched.items():
-                pipe.hset(
-                    self.layout.state_key(vp.view, entity),
-                    mapping={
-                        "s": vp.program.dumps(self.cache[(name, entity)]),
-                        "f": vp.view.fingerprint,
-                    },
-                )
-            if fields:
-                pipe.hset(self.offsets_key, mapping=fields)
-            pipe.execute()
+        def write() -> bool:
+            with self.redis.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        pipe.watch(self.offsets_key)  # type: ignore[no-untyped-call]
+                        stored = pipe.hmget(self.offsets_key, list(expected)) if expected else []
+                        for start, have in zip(expected.values(), stored, strict=True):
+                            if have is not None and int(have) != start:
+                                return False
+                        pipe.multi()  # MULTI ... EXEC: state and offsets together
+                        for key, blob, vp in blobs.values():
+                            pipe.hset(key, mapping={"s": blob, "f": vp.view.fingerprint})
+                        if fields:
+                            pipe.hset(self.offsets_key, mapping=fields)
+                        pipe.execute()
+                        return True
+                    except redis.WatchError:
+                        continue
 
-        self._retry(write)
+        if not self._retry(write):
+            self._lost_ownership(offsets)
+            return False
         self.counters.last_flush = time.time()
         if self.consumer is not None and offsets:
             from kafka.structs import OffsetAndMetadata
@@ -368,6 +387,21 @@ class StreamWorker:
                 )
             except Exception as e:
                 log.debug("advisory offset commit failed: %s", e)
+        return True
+
+    def _lost_ownership(self, offsets: dict[TopicPartition, int]) -> None:
+        log.warning("stored offsets moved past this batch: another worker owns %s", list(offsets))
+        self.cache.clear()
+        stored = self.stored_offsets()
+        if self.consumer is None:
+            return
+        for tp in offsets:
+            off = stored.get(f"{tp.topic}:{tp.partition}")
+            if off is not None:
+                try:
+                    self.consumer.seek(tp, off)
+                except Exception as e:  # the partition may be gone already
+                    log.debug("seek after lost ownership failed: %s", e)
 
     def _dead_letter(self, dead: list[tuple[str, Any, str]]) -> None:
         assert self.producer is not None
