@@ -21,7 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py --snapshot
 	$(BIN)/python benchmarks/training_sets.py --quick
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/serving.py

@@ -8,17 +8,25 @@ ratios are meaningful on a noisy machine; absolute rates are not asserted anywhe
 2. per-event: ViewProgram.ingest over the whole log in arrival order and ViewProgram.query
    at the newest time of sampled entities, vs per-entity Python lists scanned on query;
 3. `featurepipe parity --sample 0.1` end to end on a log of the same size.
+
+With --snapshot the script exports the committed HEAD (`git archive`) to a temporary directory
+and reruns itself against that copy, so edits made to the working tree during the run cannot leak
+into it.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import math
 import os
 import platform
 import random
 import re
+import resource
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -26,13 +34,16 @@ from pathlib import Path
 
 import polars as pl
 
+import featurepipe
 from featurepipe import load_definitions
 from featurepipe.compile.polars_aggs import TS, BatchProgram
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dev.datagen import generate_transactions
 from featurepipe.parity.harness import normalize_events
 
-ROOT = Path(__file__).resolve().parents[1]
+SNAPSHOT_ENV = "FEATUREPIPE_BENCH_SNAPSHOT"  # "<commit> <dir>" in a --snapshot rerun
+SNAPSHOT = os.environ.get(SNAPSHOT_ENV, "").split(" ", 1)
+ROOT = Path(SNAPSHOT[1]) if len(SNAPSHOT) == 2 else Path(__file__).resolve().parents[1]
 HOUR = 3_600_000_000
 WINDOWS = {"1h": HOUR, "24h": 24 * HOUR, "7d": 7 * 24 * HOUR}
 QUERY_SAMPLE = 10_000
@@ -171,6 +182,8 @@ def parity(n: int) -> tuple[float, int, str, str]:
 
 def revision() -> str:
     """Commit of the code under test, + if featurepipe/ or feature_defs/ has local edits."""
+    if len(SNAPSHOT) == 2:
+        return f"{SNAPSHOT[0]} (clean snapshot)"
     git = ["git", "-C", str(ROOT)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     edits = subprocess.run(
@@ -181,6 +194,37 @@ def revision() -> str:
     return (head.stdout.strip() or "unknown") + ("+" if edits.stdout.strip() else "")
 
 
+def rerun_in_snapshot(argv: list[str]) -> int:
+    """Export the committed HEAD to a temporary directory and rerun this script against it: the
+    snapshot goes first on PYTHONPATH (ahead of the editable install, for the CLI run too) and
+    provides feature_defs/."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    tar = subprocess.run([*git, "archive", "--format=tar", "HEAD"], capture_output=True, check=True)
+    with tempfile.TemporaryDirectory(prefix="featurepipe-bench-") as tmp:
+        with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
+            archive.extractall(tmp, filter="data")
+        pythonpath = os.pathsep.join(p for p in (tmp, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": pythonpath, SNAPSHOT_ENV: f"{head.stdout.strip()} {tmp}"}
+        return subprocess.run([sys.executable, __file__, *argv], env=env).returncode
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process and its waited
+    children): their difference over the run is what other processes took (Linux only)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        busy = math.nan
+    own = sum(
+        r.ru_utime + r.ru_stime
+        for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
+    return busy, own
+
+
 def rate(n: float, seconds: float) -> str:
     return f"{n / seconds:,.0f}"
 
@@ -189,7 +233,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="log size (events)")
     parser.add_argument("--quick", action="store_true", help="100_000 events")
+    parser.add_argument(
+        "--snapshot", action="store_true", help="benchmark the committed HEAD, not the working tree"
+    )
     args = parser.parse_args()
+    if args.snapshot and not os.environ.get(SNAPSHOT_ENV):
+        sys.exit(rerun_in_snapshot([a for a in sys.argv[1:] if a != "--snapshot"]))
     n = 100_000 if args.quick else args.events
 
     view = load_definitions(ROOT / "feature_defs").view("user_spend")
@@ -201,6 +250,8 @@ def main() -> None:
         f"{n_aggs} aggregations), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, Polars {pl.__version__}"
     )
+    print(f"featurepipe imported from {Path(featurepipe.__file__).parent}")
+    busy0, own0, wall0 = *cpu_seconds(), time.perf_counter()
     df, t_gen = timed(generate_transactions, n)
     ev = normalize_events(view, df)
     n_users = ev[key].n_unique()
@@ -302,6 +353,12 @@ def main() -> None:
     print(
         f"featurepipe computes {n_features} features ({n_aggs} aggregations); baselines compute "
         f"{nb} (batch: count, sum, mean x 1h/24h/7d) and {nq} (per-event: count, sum x 1h/24h/7d)"
+    )
+    busy1, own1 = cpu_seconds()
+    print(
+        f"other processes used {busy1 - busy0 - (own1 - own0):.0f} CPU-s during the "
+        f"{time.perf_counter() - wall0:.0f} s run ({os.cpu_count()} cores; this run used "
+        f"{own1 - own0:.0f} CPU-s): well above 0 means the timings are contended"
     )
 
 
