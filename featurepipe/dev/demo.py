@@ -190,4 +190,8 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
     )
     for k in client.scan_iter(match=f"{prefix}:*", count=5000):
         client.delete(k)
+    console.print(
+        f"the embedded services keep running for `featurepipe get`, `stream`, `parity --e2e` "
+        f"(data in {workdir}); stop them with `featurepipe dev down`"
+    )
     return bool(parity.ok)
