@@ -148,7 +148,9 @@ class BatchProgram:
         """
         if isinstance(events, pl.DataFrame):
             events = events.lazy()
-        ev = self.prepare(events).sort(self.key, TS, SEQ).collect(engine=engine)
+        # sort the raw events (a few columns), then widen them: sorting the prepared frame
+        # (one column per accumulator) would hold two copies of it
+        ev = self.prepare(events.sort(self.key, TS, SEQ)).collect(engine=engine)
         q = queries.select(
             pl.col(self.key),
             pl.col(TS).cast(I64),
@@ -159,7 +161,9 @@ class BatchProgram:
 
     def accumulators(self, ev: pl.DataFrame, q: pl.DataFrame) -> pl.DataFrame:
         ents = ev.select(pl.col(self.key).unique().sort()).with_row_index(RANK)
-        ev = ev.join(ents, on=self.key, how="left", maintain_order="left")
+        # rank from the key column alone: joining the whole frame would copy every column
+        ranks = ev.select(self.key).join(ents, on=self.key, how="left", maintain_order="left")
+        ev = ev.with_columns(ranks[RANK])
         ev = ev.with_columns(_key(pl.col(RANK), pl.col(TS)).alias(KEY))
         q = (
             q.join(ents, on=self.key, how="left", maintain_order="left")
