@@ -184,28 +184,6 @@ def parity(
                 bar.update(task, completed=i)
 
             report = run_parity(v, log, sample=sample, seed=seed, progress=advance)
-        table = Table(
-            "feature",
-            "type",
-            "compared",
-            "mismatched",
-            "first difference",
-            title=f"parity: view {v.name} (fingerprint {v.fingerprint})",
-        )
-        for f in report.features:
-            first = (
-                ""
-                if f.first is None
-                else (
-                    f"entity={f.first['entity']} t={f.first['time_us']} batch={f.first['batch']} "
-                    f"stream={f.first['stream']}"
-                )
-            )
-            style = "red" if f.mismatched else "green"
-            table.add_row(
-                f.name, str(f.dtype), f"{f.compared:,}", f"[{style}]{f.mismatched:,}[/]", first
-            )
-        console.print(table)
         console.print(
             f"{report.events:,} events replayed in {report.seconds_stream:.1f}s "
             f"({report.events / max(report.seconds_stream, 1e-9):,.0f} events/s per-event path, with queries); "
@@ -213,12 +191,7 @@ def parity(
             f"{report.skipped_beyond_lateness:,} query points beyond the lateness horizon not asked; "
             f"{report.skipped_null_entity:,} events without an entity key skipped."
         )
-        verdict = (
-            "[green]0 mismatches[/]" if report.ok else f"[red]{report.mismatches:,} mismatches[/]"
-        )
-        console.print(
-            f"view {v.name}: {verdict} over {report.queries * len(report.features):,} values"
-        )
+        _report_table(report, f"parity: view {v.name} (fingerprint {v.fingerprint})")
         failed |= not report.ok
     if failed:
         raise typer.Exit(1)
