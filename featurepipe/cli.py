@@ -120,7 +120,7 @@ def _describe(node: object) -> str:
 @app.command()
 def generate(
     out: Annotated[Path, typer.Option(help="Parquet file to write.")] = Path(
-        "data/transactions.parquet"
+        "data/transactions/part-0.parquet"
     ),
     events: Annotated[int, typer.Option(help="Number of events.")] = 100_000,
     users: int = 10_000,
@@ -145,7 +145,7 @@ def parity(
     defs: DefsOpt = Path("feature_defs"),
     events: Annotated[
         Path, typer.Option(help="Event log (Parquet; row order = arrival order).")
-    ] = Path("data/transactions.parquet"),
+    ] = Path("data/transactions/part-0.parquet"),
     view: Annotated[str | None, typer.Option(help="Only this view.")] = None,
     sample: Annotated[float, typer.Option(help="Fraction of events that get query points.")] = 1.0,
     seed: int = 0,

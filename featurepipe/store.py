@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -339,4 +338,4 @@ def read_lineage(path: str | Path) -> dict[str, Any]:
     return out
 
 
-__all__ = ["FeatureStore", "Lineage", "read_lineage", "time", "write_training_set"]
+__all__ = ["FeatureStore", "Lineage", "read_lineage", "write_training_set"]

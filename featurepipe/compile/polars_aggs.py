@@ -350,7 +350,6 @@ class BatchProgram:
     # -- 5. finalization -------------------------------------------------------------------
     def finalize(self, q: pl.DataFrame, raw: pl.DataFrame) -> pl.DataFrame:
         index = {a: i for i, a in enumerate(self.aggs)}
-        ev_values = getattr(self, "_ev_values", None)
         cols: dict[str, pl.Expr] = {}
         for agg, i in index.items():
             cols[f"__agg{i}"] = _finalize_expr(agg, f"a{i}_")
@@ -369,7 +368,6 @@ class BatchProgram:
             frame = frame.with_columns(
                 translate(f.expr, leaf).cast(PL_TYPES[f.expr.dtype]).alias(names[f.name])
             )
-        del ev_values
         out = q.select(QID, self.key, TS).join(frame, on=QID, how="left").sort(QID)
         return out.select(self.key, TS, *[_output(names[f.name], f) for f in self.view.features])
 
