@@ -265,7 +265,8 @@ class _Typer:
             raise TypeError(f"where= needs a boolean expression, got {where.dtype}")
         if e.op != "count" and arg is None:
             raise TypeError(f"{e.op} needs an input expression")
-        if arg is not None and isinstance(arg, ir.Literal) and arg.value is None:
+        bare_null = bool(arg_exprs) and arg_exprs[0].kind == "lit" and arg_exprs[0].value is None
+        if bare_null:
             raise TypeError(f"{e.op} of a bare null literal has no type")
         dtype = AGGS[e.op](None if arg is None else arg.dtype)
         if e.op in ("var", "std") and arg is not None and arg.dtype is DType.INT:
