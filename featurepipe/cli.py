@@ -12,16 +12,13 @@ import polars as pl
 import typer
 from rich.console import Console
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
     TaskID,
-    TextColumn,
-    TimeElapsedColumn,
 )
 from rich.table import Table
 
 from featurepipe.errors import FeaturepipeError
+from featurepipe.progress import progress_bar
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False
@@ -170,14 +167,7 @@ def parity(
     for v in d.views.values():
         if view and v.name != view:
             continue
-        with Progress(
-            TextColumn(f"[bold]{v.name}[/] replay"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
+        with progress_bar(console, f"{v.name} replay") as bar:
             task = bar.add_task("replay", total=log.height)
 
             def advance(i: int, bar: Progress = bar, task: TaskID = task) -> None:

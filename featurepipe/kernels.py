@@ -301,11 +301,6 @@ def finalize_var(n: int, s1: float, s2: float, flags: int, ddof: int = 1) -> flo
     return m2 / float(n - ddof)
 
 
-def canonical_float(x: float) -> float:
-    """The value min/max/count_distinct see: -0.0 becomes 0.0; NaN stays NaN."""
-    return x + 0.0 if x == 0.0 else x
-
-
 def distinct_key(x: float) -> float | str:
     """Key of a float for count_distinct: all NaNs are one value, -0.0 is 0.0."""
     if x != x:

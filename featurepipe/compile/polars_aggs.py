@@ -194,9 +194,9 @@ class BatchProgram:
                 q = q.with_columns(pl.lit(k.INT_MAX, I64).alias(ARRIVED))
         clean = q.filter(~pl.col("__dirty"))
         dirty = q.filter(pl.col("__dirty"))
-        parts = [self._clean(ev, clean, n, windows)]
+        parts = [self._clean(ev, clean, n)]
         if dirty.height:
-            parts.append(self._pairs(ev, dirty, windows, self.aggs, by_arrival=True))
+            parts.append(self._pairs(ev, dirty, windows))
         raw = pl.concat(parts, how="diagonal_relaxed").sort(QID)
         for i, agg in enumerate(self.aggs):
             if agg.kind in ("first", "last"):
@@ -228,12 +228,9 @@ class BatchProgram:
         smin = padded_smin.gather(j)
         return pl.Series("__dirty", (same & (smin < q[TS])).fill_null(False))
 
-    def _clean(
-        self, ev: pl.DataFrame, q: pl.DataFrame, n: int, windows: list[int | None]
-    ) -> pl.DataFrame:
+    def _clean(self, ev: pl.DataFrame, q: pl.DataFrame, n: int) -> pl.DataFrame:
         out: dict[str, pl.Series] = {QID: q[QID]}
         hi = q["hi"]
-        distinct_windowed: list[ir.Agg] = []
         for i, agg in enumerate(self.aggs):
             lo = q[_lo(agg.window_us)]
             c = f"a{i}_"
@@ -280,28 +277,20 @@ class BatchProgram:
                 out[c + "m"] = _range_extreme(
                     ev[c + "m"], lo, hi, kind, ev.select(self._sentinel(agg)).item()
                 )
-        frame = pl.DataFrame(out)
-        if distinct_windowed:
-            frame = frame.join(
-                self._pairs(ev, q, windows, distinct_windowed, by_arrival=False),
-                on=QID,
-                how="left",
-            )
-        return frame
+        return pl.DataFrame(out)
 
     def _pairs(
         self,
         ev: pl.DataFrame,
         q: pl.DataFrame,
         windows: Iterable[int | None],
-        aggs: Iterable[ir.Agg],
-        by_arrival: bool,
     ) -> pl.DataFrame:
-        """Accumulators from explicit (query, event) pairs; the reference path."""
+        """Accumulators from explicit (query, event) pairs, events filtered by arrival: the
+        path of queries with late events, and the naive reference of the fast kernels."""
         index = {a: i for i, a in enumerate(self.aggs)}
         result = q.select(QID)
         evi = ev.with_row_index("__i").with_columns(pl.col("__i").cast(I64))
-        aggs = list(aggs)
+        aggs = self.aggs
         for w in windows:
             group = [a for a in aggs if a.window_us == w]
             if not group:
@@ -310,15 +299,14 @@ class BatchProgram:
                 q.select(
                     QID,
                     TS,
-                    *([ARRIVED] if by_arrival else []),
+                    ARRIVED,
                     pl.int_ranges(_lo(w), "hi").alias("__i"),
                 )
                 .explode("__i")
                 .drop_nulls("__i")
                 .join(evi, on="__i", how="inner", suffix="_ev")
             )
-            if by_arrival:
-                pairs = pairs.filter(pl.col(SEQ) < pl.col(ARRIVED))
+            pairs = pairs.filter(pl.col(SEQ) < pl.col(ARRIVED))
             exprs: list[pl.Expr] = []
             for agg in group:
                 c = f"a{index[agg]}_"

@@ -29,6 +29,7 @@ from featurepipe.ir import nodes as ir
 from featurepipe.ir.types import DType
 
 State = list[Any]
+_FLAG = {"+": 2, "-": 3, "nan": 4}  # saturation flag -> slot of a sum accumulator
 NO_TS = -(2**63)
 
 
@@ -95,62 +96,23 @@ class ViewProgram:
         return gen.function("prepare_event", "ev, seq", [ts, "seq", "mask", *outs], as_list=True)
 
     def _compile_compaction(self) -> tuple[str, Callable[..., Any]]:
-        """Straight-line code folding one retained event into the lifetime accumulators.
-
-        Same rules as ``_fold`` (which the query path uses); generated because compaction runs
+        """Straight-line code folding one retained event into the lifetime accumulators, with
+        the fold rules the query path uses (``_fold_lines``); generated because compaction runs
         for nearly every ingested event."""
-        lines = ["def compact(c, rec):", "    ts = rec[0]", "    seq = rec[1]", "    mask = rec[2]"]
+        lines = ["def compact(c, rec):", "    mask = rec[2]"]
         for i in self.lifetime:
-            agg, j, bit = self.aggs[i], 3 + i, 1 << i
-            kind = agg.kind
-            lines.append(f"    if mask & {bit}:")
-            lines.append(f"        p = rec[{j}]")
-            if kind == "count":
-                lines.append(f"        if p is not None: c[{i}] += 1")
-            elif kind in ("first", "last"):
-                op = "<" if kind == "first" else ">"
-                lines.append(f"        a = c[{i}]")
-                lines.append(
-                    f"        if a is None or (ts, seq) {op} (a[0], a[1]): c[{i}] = (ts, seq, p)"
-                )
-            elif kind == "count_distinct":
-                lines.append(f"        if p is not None: c[{i}].add(p)")
-            elif kind in ("sum", "mean"):
-                lines += [
-                    "        if p is not None:",
-                    f"            a = c[{i}]",
-                    "            a[0] += 1",
-                    "            if type(p) is int: a[1] += p",
-                    "            else: a[_FLAG[p]] += 1",
-                ]
-            elif kind in ("var", "std"):
-                lines += [
-                    "        if p is not None:",
-                    f"            a = c[{i}]",
-                    "            a[0] += 1",
-                    "            if type(p[0]) is int and type(p[1]) is int:",
-                    "                a[1] += p[0]",
-                    "                a[2] += p[1]",
-                    "            else: a[3] += 1",
-                ]
-            else:
-                better = "<" if kind == "min" else ">"
-                lines += [
-                    "        if p is not None:",
-                    f"            a = c[{i}]",
-                    "            a[0] += 1",
-                    "            if p != p: a[2] += 1",
-                    f"            elif a[1] is None or p {better} a[1]: a[1] = p",
-                ]
+            lines.append(f"    a{i} = c[{i}]")
+            lines += [f"    {ln}" for ln in _fold_lines(self.aggs[i], i)]
+            lines.append(f"    c[{i}] = a{i}")
         lines.append("    return None")
         src = "\n".join(lines) + "\n"
-        namespace: dict[str, Any] = {"_FLAG": {"+": 2, "-": 3, "nan": 4}}
+        namespace: dict[str, Any] = {"_FLAG": _FLAG}
         exec(compile(src, "<featurepipe:compact>", "exec"), namespace)
         return src, namespace["compact"]
 
     def _compile_query(self) -> tuple[str, Callable[..., Any]]:
         """Straight-line code computing every aggregation at T: one pass over the retained
-        events per distinct window, the same fold rules as ``_fold``, then ``_finalize``."""
+        events per distinct window (``_fold_lines``), then ``_finalize``."""
         lines = [
             "def aggregate(buf, compacted, t):",
             "    hi = _bisect(buf, t, key=_ts)",
@@ -182,7 +144,7 @@ class ViewProgram:
             "_empty": _empty_acc,
             "_finalize": _finalize,
             "_AGGS": self.aggs,
-            "_FLAG": {"+": 2, "-": 3, "nan": 4},
+            "_FLAG": _FLAG,
         }
         exec(compile(src, "<featurepipe:aggregate>", "exec"), namespace)
         return src, namespace["aggregate"]
@@ -336,7 +298,8 @@ def _dependency_order(view: ir.ViewIR) -> list[ir.Feature]:
 
 
 def _fold_lines(agg: ir.Agg, i: int) -> list[str]:
-    """Inline code folding ``rec`` into accumulator ``a{i}`` (the rules of ``_fold``)."""
+    """Inline code folding ``rec`` into accumulator ``a{i}``: the one statement of the fold
+    rules, shared by compaction and queries (the accumulator shapes are listed above)."""
     bit, j, kind = 1 << i, 3 + i, agg.kind
     head = f"if mask & {bit}:"
     if kind == "count":
@@ -399,44 +362,6 @@ def _copy_acc(agg: ir.Agg, acc: Any) -> Any:
         return list(acc)
     if isinstance(acc, set):
         return set(acc)
-    return acc
-
-
-def _fold(agg: ir.Agg, acc: Any, ts: int, seq: int, p: Any) -> Any:
-    kind = agg.kind
-    if kind == "count":
-        return acc + (p is not None)
-    if kind == "first":
-        return (ts, seq, p) if acc is None or (ts, seq) < (acc[0], acc[1]) else acc
-    if kind == "last":
-        return (ts, seq, p) if acc is None or (ts, seq) > (acc[0], acc[1]) else acc
-    if p is None:
-        return acc
-    if kind == "count_distinct":
-        acc.add(p)
-        return acc
-    if kind in ("sum", "mean"):
-        acc[0] += 1
-        if isinstance(p, int):
-            acc[1] += p
-        else:
-            acc[{"+": 2, "-": 3, "nan": 4}[p]] += 1
-        return acc
-    if kind in ("var", "std"):
-        q1, q2 = p
-        acc[0] += 1
-        if isinstance(q1, int) and isinstance(q2, int):
-            acc[1] += q1
-            acc[2] += q2
-        else:
-            acc[3] += 1
-        return acc
-    # min / max
-    acc[0] += 1
-    if p != p:
-        acc[2] += 1
-    elif acc[1] is None or (p < acc[1] if kind == "min" else p > acc[1]):
-        acc[1] = p
     return acc
 
 

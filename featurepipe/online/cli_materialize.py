@@ -8,17 +8,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
     TaskID,
-    TextColumn,
-    TimeElapsedColumn,
 )
 
 from featurepipe.errors import FeaturepipeError
 from featurepipe.online.layout import DEFAULT_PREFIX
 from featurepipe.online.redis_conn import redact, resolve_url
+from featurepipe.progress import progress_bar
 
 
 def parse_until(text: str) -> datetime:
@@ -68,14 +65,7 @@ def materialize_command(
         url_shown = redact(resolve_url(redis_url)[0])
         try:
             for v in views:
-                with Progress(
-                    TextColumn(f"[bold]{escape(v.name)}[/] entities"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(),
-                    console=console,
-                    transient=True,
-                ) as bar:
+                with progress_bar(console, f"{v.name} entities") as bar:
                     task = bar.add_task("materialize", total=None)
 
                     def advance(

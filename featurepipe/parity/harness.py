@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,9 +218,3 @@ def _show(v: Any) -> str:
     if isinstance(v, float):
         return f"{v!r} (0x{struct.unpack('<Q', struct.pack('<d', v))[0]:016x})"
     return repr(v)
-
-
-def run_all(
-    views: Iterable[FeatureView], events: pl.DataFrame, **kwargs: Any
-) -> list[ParityReport]:
-    return [run_parity(v, events, **kwargs) for v in views]
