@@ -6,22 +6,25 @@ visible). Output: one row per query, in query order, every feature as of T.
 
 How (all vectorized, no per-row Python):
 
-1. a lazy row stage evaluates every aggregation's input, ``where`` flag and *prepared* value
-   (fixed-point integers for float sums, canonical floats for min/max);
+1. a lazy row stage evaluates every aggregation's input, ``where`` flag and the kind's prepared
+   columns (fixed-point integers for float sums, canonical floats for min/max, ...);
 2. events are sorted by (entity, ts, seq) under one Int128 key ``rank * 2**64 + ts``; for each
    query and window a binary search gives the event range [lo, hi);
-3. count/sum/mean/var come from differences of exact integer prefix sums; min/max from a sparse
-   table (range-minimum queries); first/last from forward/backward-filled event indices;
-   windowed count_distinct from the exploded (query, event) pairs;
+3. each kind builds its accumulators from the range kernels here (``Ranges``): differences of
+   exact integer prefix sums, a sparse table (range min/max), forward/backward-filled event
+   indices, and distinct counts from each value's next occurrence (two binary searches);
 4. queries that must not see some already-timestamped events (those that arrived after the
-   query) take the exploded-pairs path for every aggregation, filtered by arrival;
-5. the same finalization arithmetic as the per-event path turns accumulators into values.
+   query) take the exploded-pairs path, each kind's accumulators as group aggregations
+   over the (query, event) pairs filtered by arrival;
+5. each kind's finalizer (the per-event path's arithmetic, as expressions) gives the values.
+
+What each kind computes is stated once, for both backends, in ``featurepipe.ir.aggs``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import polars as pl
@@ -29,109 +32,46 @@ import polars as pl
 from featurepipe import kernels as k
 from featurepipe.compile.polars_rows import PL_TYPES, translate
 from featurepipe.ir import nodes as ir
+from featurepipe.ir.aggs import KINDS, AggKind, Window
 from featurepipe.ir.types import DType
 
 F64, I64, I128 = pl.Float64, pl.Int64, pl.Int128
 TS, SEQ, QID, ARRIVED = "__ts", "__seq", "__qid", "__arrived"
-RANK, KEY = "__rank", "__key"
+RANK, KEY, INDEX = "__rank", "__key", "__i"
 Engine = Literal["auto", "in-memory", "streaming"]
 _OFF = 2**63
 _SHIFT = 2**64
-
-
-def _kind_float(agg: ir.Agg) -> bool:
-    return agg.arg is not None and agg.arg.dtype is DType.FLOAT
-
-
-def _fixed(x: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
-    """(fixed-point Int128, is +big, is -big, is NaN) of a non-null float expression."""
-    nan = x.is_nan()
-    pos = ~nan & (x >= k.BIG)
-    neg = ~nan & (x <= -k.BIG)
-    ok = ~(nan | pos | neg)
-    q = pl.when(ok).then((x * k.SCALE).round(0, mode="half_to_even")).otherwise(0.0).cast(I128)
-    return q, pos, neg, nan
 
 
 class BatchProgram:
     """The batch executor of one view."""
 
     def __init__(self, view: ir.ViewIR, *, reference: bool = False) -> None:
-        """``reference=True`` sends every query down the exploded-pairs path: the naive,
-        obviously-correct reference the fast kernels are tested against."""
+        """``reference=True`` sends every query down the exploded-pairs path: the naive
+        reference the fast range kernels are tested against."""
         self.reference = reference
         self.view = view
         self.aggs = view.aggs
+        self.kinds: list[AggKind] = [KINDS[a.kind] for a in self.aggs]
         self.key = view.entity_key
 
     # -- 1. row stage ----------------------------------------------------------------------
     def prepare(self, events: pl.LazyFrame) -> pl.LazyFrame:
-        """Lazy plan: inputs, flags and prepared values of every aggregation, per event."""
+        """Lazy plan: each aggregation's prepared columns (``a{i}_<name>``), per event."""
 
         def leaf(n: ir.Node) -> pl.Expr | None:
             return pl.col(n.name) if isinstance(n, ir.Field) else None
 
         cols: list[pl.Expr] = []
-        for i, agg in enumerate(self.aggs):
+        for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
             inc = pl.lit(True) if agg.where is None else translate(agg.where, leaf).fill_null(False)
             v = pl.lit(True) if agg.arg is None else translate(agg.arg, leaf)
             valid = inc & v.is_not_null()
-            kind = agg.kind
-            c = f"a{i}_"
-            if kind == "count":
-                cols.append(valid.cast(I64).alias(c + "n"))
-            elif kind in ("sum", "mean") and _kind_float(agg):
-                q, pos, neg, nan = _fixed(v)
-                cols += [
-                    valid.cast(I64).alias(c + "n"),
-                    pl.when(valid).then(q).otherwise(0).cast(I128).alias(c + "s"),
-                    (valid & pos).cast(I64).alias(c + "pos"),
-                    (valid & neg).cast(I64).alias(c + "neg"),
-                    (valid & nan).cast(I64).alias(c + "nan"),
-                ]
-            elif kind in ("sum", "mean"):
-                cols += [
-                    valid.cast(I64).alias(c + "n"),
-                    pl.when(valid).then(v.cast(I128)).otherwise(0).cast(I128).alias(c + "s"),
-                ]
-            elif kind in ("var", "std"):
-                q1, p1, n1, x1 = _fixed(v)
-                q2, p2, n2, x2 = _fixed(v * v)
-                cols += [
-                    valid.cast(I64).alias(c + "n"),
-                    pl.when(valid).then(q1).otherwise(0).cast(I128).alias(c + "s1"),
-                    pl.when(valid).then(q2).otherwise(0).cast(I128).alias(c + "s2"),
-                    (valid & (p1 | n1 | x1 | p2 | n2 | x2)).cast(I64).alias(c + "flags"),
-                ]
-            elif kind in ("min", "max"):
-                big = self._sentinel(agg)
-                if _kind_float(agg):
-                    canon = pl.when(v == 0.0).then(0.0).otherwise(v)
-                    nan = valid & v.is_nan()
-                    m = pl.when(valid & ~v.is_nan()).then(canon).otherwise(big)
-                else:
-                    nan = pl.lit(False)
-                    m = pl.when(valid).then(v).otherwise(big)
-                cols += [
-                    valid.cast(I64).alias(c + "n"),
-                    nan.cast(I64).alias(c + "nan"),
-                    m.cast(PL_TYPES[agg.dtype]).alias(c + "m"),
-                ]
-            elif kind in ("first", "last"):
-                cols += [inc.alias(c + "inc"), v.cast(PL_TYPES[agg.dtype]).alias(c + "v")]
-            else:  # count_distinct
-                if _kind_float(agg):
-                    v = pl.when(v.is_nan()).then(float("nan")).when(v == 0.0).then(0.0).otherwise(v)
-                cols.append(pl.when(valid).then(v).otherwise(None).alias(c + "key"))
+            prepared = kind.columns(agg, v, inc, valid, PL_TYPES[agg.dtype])
+            cols += [expr.alias(_col(i, name)) for name, expr in prepared.items()]
         return events.filter(pl.col(self.key).is_not_null()).select(
             pl.col(self.key), pl.col(TS), pl.col(SEQ), *cols
         )
-
-    def _sentinel(self, agg: ir.Agg) -> pl.Expr:
-        lo = agg.kind == "min"
-        if _kind_float(agg):
-            return pl.lit(math.inf if lo else -math.inf, F64)
-        return pl.lit(k.INT_MAX if lo else k.INT_MIN, I64)
 
     # -- 2..5 ------------------------------------------------------------------------------
     def features(
@@ -198,15 +138,10 @@ class BatchProgram:
         if dirty.height:
             parts.append(self._pairs(ev, dirty, windows))
         raw = pl.concat(parts, how="diagonal_relaxed").sort(QID)
-        for i, agg in enumerate(self.aggs):
-            if agg.kind in ("first", "last"):
-                c = f"a{i}_"
-                values = ev[c + "v"]
-                if ev.height == 0:
-                    picked = pl.Series(c + "val", [None] * raw.height, dtype=values.dtype)
-                else:
-                    picked = values.gather(raw[c + "idx"]).alias(c + "val")
-                raw = raw.with_columns(picked)
+        for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
+            resolved = kind.resolve(agg, _col_expr(i), ev, raw)
+            if resolved:
+                raw = raw.with_columns(s.alias(_col(i, name)) for name, s in resolved.items())
         return raw
 
     def _dirty(self, ev: pl.DataFrame, q: pl.DataFrame) -> pl.Expr | pl.Series:
@@ -229,54 +164,15 @@ class BatchProgram:
         return pl.Series("__dirty", (same & (smin < q[TS])).fill_null(False))
 
     def _clean(self, ev: pl.DataFrame, q: pl.DataFrame, n: int) -> pl.DataFrame:
+        kernels = Ranges(ev, q)
         out: dict[str, pl.Series] = {QID: q[QID]}
-        hi = q["hi"]
-        for i, agg in enumerate(self.aggs):
-            lo = q[_lo(agg.window_us)]
-            c = f"a{i}_"
-            kind = agg.kind
-            if kind == "count_distinct":
-                if agg.window_us is None:
-                    first = ev.select(
-                        (
-                            pl.col(c + "key").is_not_null()
-                            & pl.struct(RANK, c + "key").is_first_distinct()
-                        ).cast(I64)
-                    ).to_series()
-                    out[c + "n"] = _range_sum(first, lo, hi)
-                else:
-                    out[c + "n"] = _distinct_count(ev, q, c + "key", agg.window_us)
-                continue
-            if kind in ("first", "last"):
-                idx = ev.select(pl.when(pl.col(c + "inc")).then(pl.int_range(pl.len()))).to_series()
-                if kind == "first":
-                    nxt = idx.fill_null(strategy="backward")
-                    at = (
-                        nxt.gather(lo.clip(0, max(n - 1, 0)))
-                        if n
-                        else pl.Series([None] * q.height, dtype=I64)
-                    )
-                    pick = (
-                        pl.select(pl.when((at >= lo) & (at < hi)).then(at)).to_series() if n else at
-                    )
-                else:
-                    prv = idx.fill_null(strategy="forward")
-                    at = (
-                        prv.gather((hi - 1).clip(0, max(n - 1, 0)))
-                        if n
-                        else pl.Series([None] * q.height, dtype=I64)
-                    )
-                    pick = (
-                        pl.select(pl.when((hi > 0) & (at >= lo)).then(at)).to_series() if n else at
-                    )
-                out[c + "idx"] = pick.cast(I64)
-                continue
-            for col in _sum_cols(agg):
-                out[c + col] = _range_sum(ev[c + col], lo, hi)
-            if kind in ("min", "max"):
-                out[c + "m"] = _range_extreme(
-                    ev[c + "m"], lo, hi, kind, ev.select(self._sentinel(agg)).item()
-                )
+        for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
+
+            def col(name: str, i: int = i) -> pl.Series:
+                return ev[_col(i, name)]
+
+            for name, series in kind.over_range(agg, col, kernels).items():
+                out[_col(i, name)] = series.alias(_col(i, name))
         return pl.DataFrame(out)
 
     def _pairs(
@@ -286,61 +182,45 @@ class BatchProgram:
         windows: Iterable[int | None],
     ) -> pl.DataFrame:
         """Accumulators from explicit (query, event) pairs, events filtered by arrival: the
-        path of queries with late events, and the naive reference of the fast kernels."""
-        index = {a: i for i, a in enumerate(self.aggs)}
+        path of queries with late events, and the naive reference of the range kernels."""
         result = q.select(QID)
-        evi = ev.with_row_index("__i").with_columns(pl.col("__i").cast(I64))
-        aggs = self.aggs
+        evi = ev.with_row_index(INDEX).with_columns(pl.col(INDEX).cast(I64))
         for w in windows:
-            group = [a for a in aggs if a.window_us == w]
+            group = [i for i, a in enumerate(self.aggs) if a.window_us == w]
             if not group:
                 continue
             pairs = (
-                q.select(
-                    QID,
-                    TS,
-                    ARRIVED,
-                    pl.int_ranges(_lo(w), "hi").alias("__i"),
-                )
-                .explode("__i")
-                .drop_nulls("__i")
-                .join(evi, on="__i", how="inner", suffix="_ev")
+                q.select(QID, TS, ARRIVED, pl.int_ranges(_lo(w), "hi").alias(INDEX))
+                .explode(INDEX)
+                .drop_nulls(INDEX)
+                .join(evi, on=INDEX, how="inner", suffix="_ev")
+                .filter(pl.col(SEQ) < pl.col(ARRIVED))
             )
-            pairs = pairs.filter(pl.col(SEQ) < pl.col(ARRIVED))
-            exprs: list[pl.Expr] = []
-            for agg in group:
-                c = f"a{index[agg]}_"
-                if agg.kind == "count_distinct":
-                    exprs.append(pl.col(c + "key").drop_nulls().n_unique().cast(I64).alias(c + "n"))
-                elif agg.kind == "first":
-                    exprs.append(pl.col("__i").filter(pl.col(c + "inc")).min().alias(c + "idx"))
-                elif agg.kind == "last":
-                    exprs.append(pl.col("__i").filter(pl.col(c + "inc")).max().alias(c + "idx"))
-                else:
-                    exprs += [pl.col(c + col).sum().alias(c + col) for col in _sum_cols(agg)]
-                    if agg.kind in ("min", "max"):
-                        m = pl.col(c + "m")
-                        exprs.append((m.min() if agg.kind == "min" else m.max()).alias(c + "m"))
-            acc = pairs.group_by(QID).agg(exprs)
-            result = result.join(acc, on=QID, how="left")
+            exprs = [
+                expr.alias(_col(i, name))
+                for i in group
+                for name, expr in self.kinds[i]
+                .over_pairs(self.aggs[i], _col_expr(i), pl.col(INDEX))
+                .items()
+            ]
+            result = result.join(pairs.group_by(QID).agg(exprs), on=QID, how="left")
         # queries with no events in range: empty accumulators
-        fills: list[pl.Expr] = []
-        for agg in aggs:
-            c = f"a{index[agg]}_"
-            for col in _sum_cols(agg):
-                fills.append(pl.col(c + col).fill_null(0))
-            if agg.kind == "count_distinct":
-                fills.append(pl.col(c + "n").fill_null(0))
-            if agg.kind in ("min", "max"):
-                fills.append(pl.col(c + "m").fill_null(ev.select(self._sentinel(agg)).item()))
+        fills = [
+            fill
+            for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True))
+            for fill in kind.empty_pairs(agg, _col_expr(i))
+        ]
         return result.with_columns(fills) if fills else result
 
     # -- 5. finalization -------------------------------------------------------------------
     def finalize(self, q: pl.DataFrame, raw: pl.DataFrame) -> pl.DataFrame:
         index = {a: i for i, a in enumerate(self.aggs)}
         cols: dict[str, pl.Expr] = {}
-        for agg, i in index.items():
-            cols[f"__agg{i}"] = _finalize_expr(agg, f"a{i}_")
+        for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
+            out = kind.finalize_expr(agg, _col_expr(i)).cast(PL_TYPES[agg.dtype])
+            if agg.default is not None:
+                out = out.fill_null(pl.lit(agg.default, PL_TYPES[agg.dtype]))
+            cols[f"__agg{i}"] = out
         frame = raw.with_columns(**cols)
         names: dict[str, str] = {}
 
@@ -351,13 +231,13 @@ class BatchProgram:
                 return pl.col(names[n.name])
             return None
 
-        for f in _dependency_order(self.view):
+        for f in self.view.dependency_order():
             names[f.name] = f"__f_{f.name}"
             frame = frame.with_columns(
                 translate(f.expr, leaf).cast(PL_TYPES[f.expr.dtype]).alias(names[f.name])
             )
-        out = q.select(QID, self.key, TS).join(frame, on=QID, how="left").sort(QID)
-        return out.select(self.key, TS, *[_output(names[f.name], f) for f in self.view.features])
+        result = q.select(QID, self.key, TS).join(frame, on=QID, how="left").sort(QID)
+        return result.select(self.key, TS, *[_output(names[f.name], f) for f in self.view.features])
 
 
 def _output(column: str, f: ir.Feature) -> pl.Expr:
@@ -367,87 +247,68 @@ def _output(column: str, f: ir.Feature) -> pl.Expr:
     return value.alias(f.name)
 
 
-def _dependency_order(view: ir.ViewIR) -> list[ir.Feature]:
-    from featurepipe.compile.python_state import _dependency_order as order
-
-    return order(view)
-
-
-def _finalize_expr(agg: ir.Agg, c: str) -> pl.Expr:
-    kind = agg.kind
-    n = pl.col(c + "n") if kind not in ("first", "last") else None
-    if kind == "count" or kind == "count_distinct":
-        assert n is not None
-        out = n.cast(I64)
-    elif kind in ("first", "last"):
-        out = pl.col(c + "val")
-    elif kind in ("sum", "mean"):
-        assert n is not None
-        s = pl.col(c + "s")
-        if _kind_float(agg):
-            base = (
-                pl.when(
-                    (pl.col(c + "nan") > 0) | ((pl.col(c + "pos") > 0) & (pl.col(c + "neg") > 0))
-                )
-                .then(float("nan"))
-                .when(pl.col(c + "pos") > 0)
-                .then(math.inf)
-                .when(pl.col(c + "neg") > 0)
-                .then(-math.inf)
-                .otherwise(s.cast(F64) * k.INV_SCALE)
-            )
-        elif kind == "sum":
-            base = pl.when((s >= k.INT_MIN) & (s <= k.INT_MAX)).then(s).otherwise(None).cast(I64)
-        else:
-            base = s.cast(F64)
-        if kind == "mean":
-            base = base / n.cast(F64)
-        out = pl.when(n == 0).then(None).otherwise(base)
-    elif kind in ("var", "std"):
-        assert n is not None
-        nf = n.cast(F64)
-        s1 = pl.col(c + "s1").cast(F64) * k.INV_SCALE
-        s2 = pl.col(c + "s2").cast(F64) * k.INV_SCALE
-        m2 = s2 - s1 * (s1 / nf)
-        m2 = pl.when(m2.is_nan() | (m2 <= 0.0)).then(0.0).otherwise(m2)
-        var = (
-            pl.when(n <= 1)
-            .then(None)
-            .when(pl.col(c + "flags") > 0)
-            .then(float("nan"))
-            .otherwise(m2 / (n - 1).cast(F64))
-        )
-        out = var if kind == "var" else var.sqrt()
-    else:  # min / max
-        assert n is not None
-        m = pl.col(c + "m")
-        if _kind_float(agg):
-            out = (
-                pl.when(n == 0)
-                .then(None)
-                .when(pl.col(c + "nan") > 0)
-                .then(float("nan"))
-                .otherwise(m)
-            )
-        else:
-            out = pl.when(n == 0).then(None).otherwise(m)
-    out = out.cast(PL_TYPES[agg.dtype])
-    if agg.default is not None:
-        out = out.fill_null(pl.lit(agg.default, PL_TYPES[agg.dtype]))
-    return out
+def _col(i: int, name: str) -> str:
+    """Column of accumulator/prepared field ``name`` of aggregation ``i``."""
+    return f"a{i}_{name}"
 
 
-def _sum_cols(agg: ir.Agg) -> list[str]:
-    kind = agg.kind
-    if kind == "count":
-        return ["n"]
-    if kind in ("sum", "mean"):
-        return ["n", "s", "pos", "neg", "nan"] if _kind_float(agg) else ["n", "s"]
-    if kind in ("var", "std"):
-        return ["n", "s1", "s2", "flags"]
-    if kind in ("min", "max"):
-        return ["n", "nan"]
-    return []
+def _col_expr(i: int) -> Callable[[str], pl.Expr]:
+    return lambda name: pl.col(_col(i, name))
+
+
+class Ranges:
+    """The range kernels (``ir.aggs.RangeKernels``) over sorted events ``events`` for the
+    queries ``q`` (with their ``hi`` and per-window ``lo`` bounds)."""
+
+    def __init__(self, events: pl.DataFrame, q: pl.DataFrame) -> None:
+        self.events = events
+        self.q = q
+        self.n = events.height
+
+    def lo(self, window: Window) -> pl.Series:
+        return self.q[_lo(window)]
+
+    def range_sum(self, col: pl.Series, window: Window) -> pl.Series:
+        return _range_sum(col, self.lo(window), self.q["hi"])
+
+    def range_extreme(
+        self, col: pl.Series, window: Window, smallest: bool, sentinel: Any
+    ) -> pl.Series:
+        return _range_extreme(col, self.lo(window), self.q["hi"], smallest, sentinel)
+
+    def first_marked(self, mark: pl.Series, window: Window) -> pl.Series:
+        """Row of the first marked event in [lo, hi), or null."""
+        lo, hi, n = self.lo(window), self.q["hi"], self.n
+        if n == 0:
+            return pl.Series([None] * self.q.height, dtype=I64)
+        nxt = _marked_rows(mark).fill_null(strategy="backward")
+        at = nxt.gather(lo.clip(0, n - 1))
+        return pl.select(pl.when((at >= lo) & (at < hi)).then(at)).to_series().cast(I64)
+
+    def last_marked(self, mark: pl.Series, window: Window) -> pl.Series:
+        """Row of the last marked event in [lo, hi), or null."""
+        lo, hi, n = self.lo(window), self.q["hi"], self.n
+        if n == 0:
+            return pl.Series([None] * self.q.height, dtype=I64)
+        prv = _marked_rows(mark).fill_null(strategy="forward")
+        at = prv.gather((hi - 1).clip(0, n - 1))
+        return pl.select(pl.when((hi > 0) & (at >= lo)).then(at)).to_series().cast(I64)
+
+    def distinct_count(self, key: str, window: Window) -> pl.Series:
+        """Distinct non-null values of column ``key`` among each query's visible events."""
+        ev = self.events
+        if window is None:
+            first = ev.select(
+                (pl.col(key).is_not_null() & pl.struct(RANK, key).is_first_distinct()).cast(I64)
+            ).to_series()
+            return self.range_sum(first, None)
+        return _distinct_count(ev, self.q, key, window)
+
+
+def _marked_rows(mark: pl.Series) -> pl.Series:
+    """Row number where ``mark`` is true, else null."""
+    frame = mark.alias("mark").to_frame()
+    return frame.select(pl.when(pl.col("mark")).then(pl.int_range(pl.len()))).to_series()
 
 
 def _key(rank: pl.Expr, t: pl.Expr) -> pl.Expr:
@@ -496,7 +357,7 @@ def _range_sum(col: pl.Series, lo: pl.Series, hi: pl.Series) -> pl.Series:
 
 
 def _range_extreme(
-    col: pl.Series, lo: pl.Series, hi: pl.Series, kind: str, sentinel: Any
+    col: pl.Series, lo: pl.Series, hi: pl.Series, smallest: bool, sentinel: Any
 ) -> pl.Series:
     """Range min/max over [lo, hi) with a sparse table; sentinel where the range is empty."""
     n = col.len()
@@ -506,7 +367,7 @@ def _range_extreme(
         return pl.Series([sentinel] * lo.len(), dtype=col.dtype)
     levels = [col]
     step = 1
-    combine = pl.min_horizontal if kind == "min" else pl.max_horizontal
+    combine = pl.min_horizontal if smallest else pl.max_horizontal
     while step * 2 <= max_len:
         prev = levels[-1]
         nxt = pl.select(combine(prev, prev.shift(-step, fill_value=sentinel))).to_series()

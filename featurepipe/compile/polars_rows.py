@@ -36,10 +36,6 @@ def _by_type(int_f: Callable[..., pl.Expr], float_f: Callable[..., pl.Expr]) -> 
     return lambda n, a: (float_f if n.dtype is F else int_f)(*a)
 
 
-def _floor_f(x: pl.Expr) -> pl.Expr:
-    return x.floor()
-
-
 def _divisor(node: ir.Call, b: pl.Expr) -> pl.Expr:
     """Polars divides by a *scalar* by multiplying with its reciprocal, which is not correctly
     rounded (7.0 / 3.0 would differ from IEEE division in the last bit). A literal divisor is
@@ -198,8 +194,8 @@ TRANSLATIONS: dict[str, Translation] = {
     "sub": _arith(lambda x, y: x - y),
     "mul": _arith(lambda x, y: x * y),
     "truediv": _fdiv,
-    "floordiv": lambda n, a: a[0] // a[1] if n.dtype is I else _floor_f(_fdiv(n, a)),
-    "mod": lambda n, a: a[0] % a[1] if n.dtype is I else a[0] - a[1] * _floor_f(_fdiv(n, a)),
+    "floordiv": lambda n, a: a[0] // a[1] if n.dtype is I else _fdiv(n, a).floor(),
+    "mod": lambda n, a: a[0] % a[1] if n.dtype is I else a[0] - a[1] * _fdiv(n, a).floor(),
     "neg": lambda n, a: -a[0],
     "eq": lambda n, a: a[0] == a[1],
     "ne": lambda n, a: a[0] != a[1],

@@ -2,7 +2,7 @@
 
 One entry per operation in ``TEMPLATES``; compare with ``polars_rows.TRANSLATIONS``. Generated
 code is plain Python over scalars (datetimes as int64 epoch microseconds), printable by
-``featurepipe plan``. Ops in ``NULL_PROPAGATING`` return null when any input is null.
+``featurepipe plan``. Ops outside ``NULL_AWARE`` return null when any input is null.
 """
 
 from __future__ import annotations

@@ -90,10 +90,6 @@ class Feature:
     name: str
     expr: Node
 
-    @property
-    def is_aggregate(self) -> bool:
-        return isinstance(self.expr, Agg)
-
 
 @dataclass(frozen=True, slots=True)
 class ViewIR:
@@ -124,6 +120,22 @@ class ViewIR:
                 if isinstance(node, Agg):
                     seen.setdefault(node, None)
         return tuple(seen)
+
+    def dependency_order(self) -> list[Feature]:
+        """Features ordered so that each comes after every feature it references."""
+        done: dict[str, Feature] = {}
+
+        def visit(f: Feature) -> None:
+            if f.name in done:
+                return
+            for n in f.expr.walk():
+                if isinstance(n, FeatureRef):
+                    visit(self.feature(n.name))
+            done[f.name] = f
+
+        for f in self.features:
+            visit(f)
+        return list(done.values())
 
     @property
     def max_window_us(self) -> int:

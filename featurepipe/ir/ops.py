@@ -1,6 +1,7 @@
 """Typing rules of every row-level operation and aggregation: the IR's op registry.
 
-Each compiler must implement every name in ``OPS`` and ``AGGS`` (a completeness test checks it).
+Each compiler must implement every name in ``OPS`` (a completeness test checks it); the
+aggregation kinds live in ``featurepipe.ir.aggs``, ``AGGS`` is their typing rules.
 A rule returns the result dtype or raises ``TypeError`` with a message for the user.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from featurepipe.ir.aggs import KINDS
 from featurepipe.ir.types import DType
 
 Rule = Callable[[tuple[DType, ...], Mapping[str, Any]], DType]
@@ -168,38 +170,7 @@ OPS: dict[str, Rule] = {
 }
 
 
-def _agg_any(t: DType | None) -> DType:
-    assert t is not None
-    return t
-
-
-def _agg_num(kind: str, result: DType | None) -> Callable[[DType | None], DType]:
-    def rule(t: DType | None) -> DType:
-        _need(t is not None and t.is_numeric, f"{kind} needs a numeric input, got {t}")
-        assert t is not None
-        return t if result is None else result
-
-    return rule
-
-
-def _agg_ordered(kind: str) -> Callable[[DType | None], DType]:
-    def rule(t: DType | None) -> DType:
-        _need(t in (I, F, D), f"{kind} needs an int, float or datetime input, got {t}")
-        assert t is not None
-        return t
-
-    return rule
-
-
+# Aggregations: each kind states its typing rule, with both backends' code, in ir/aggs.py.
 AGGS: dict[str, Callable[[DType | None], DType]] = {
-    "count": lambda t: I,
-    "sum": _agg_num("sum", None),
-    "mean": _agg_num("mean", F),
-    "var": _agg_num("var", F),
-    "std": _agg_num("std", F),
-    "min": _agg_ordered("min"),
-    "max": _agg_ordered("max"),
-    "first": _agg_any,
-    "last": _agg_any,
-    "count_distinct": lambda t: _checked(t is not None, "count_distinct needs an input", I),
+    name: kind.result_type for name, kind in KINDS.items()
 }

@@ -1,0 +1,677 @@
+"""The aggregation kinds: the one place each kind is stated, for both backends.
+
+Every kind is one ``AggKind`` object in ``KINDS``. It declares
+
+- its typing rule (definition time) and its named accumulator fields;
+- the per-event half: the *prepared* input (Python source), the empty accumulator, the fold
+  of one event (Python source, inlined by ``compile.python_state`` into compaction and queries),
+  the finalizer, and the msgpack wire form;
+- the batch half: per-event prepared columns (Polars expressions), the accumulators over a
+  contiguous event range (built from the batch compiler's range kernels, ``RangeKernels``),
+  the same accumulators from explicit (query, event) pairs, and the finalizer as an expression;
+- its line in ``featurepipe plan``.
+
+Both compilers iterate ``KINDS``; nothing else switches on the kind. Every method is abstract, so
+a kind that forgets one cannot be instantiated (and ``tests/test_completeness.py`` checks it).
+The two halves of a kind sit side by side so their arithmetic can be read together; the rules
+they implement are stated in docs/semantics.md and the scalar ones in ``featurepipe.kernels``.
+
+Accumulator shapes (per-event; the batch columns carry the same names where they exist)::
+
+    count           n
+    sum, mean       [n, total, pos, neg, nan]    total: exact fixed-point (float) or int sum
+    var, std        [n, s1, s2, flags]           s1/s2: fixed-point sums of x and x*x
+    min, max        [n, best, nan]
+    first, last     (ts, seq, value) or None
+    count_distinct  set of keys
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+import polars as pl
+
+from featurepipe import kernels as k
+from featurepipe.ir.nodes import Agg
+from featurepipe.ir.types import DType
+
+I, F, D = DType.INT, DType.FLOAT, DType.DATETIME
+F64, I64, I128 = pl.Float64, pl.Int64, pl.Int128
+
+Window = int | None
+Finalizer = Callable[[Any], Any]
+Col = Callable[[str], pl.Expr]  # an accumulator column of this aggregation, by local name
+
+
+class RangeKernels(Protocol):
+    """What the batch compiler offers a kind for queries whose visible events are the
+    contiguous range [lo, hi) of the (entity, ts, seq)-sorted events, lo set by the window."""
+
+    events: pl.DataFrame
+
+    def range_sum(self, col: pl.Series, window: Window) -> pl.Series: ...
+
+    def range_extreme(
+        self, col: pl.Series, window: Window, smallest: bool, sentinel: Any
+    ) -> pl.Series: ...
+
+    def first_marked(self, mark: pl.Series, window: Window) -> pl.Series: ...
+
+    def last_marked(self, mark: pl.Series, window: Window) -> pl.Series: ...
+
+    def distinct_count(self, key: str, window: Window) -> pl.Series: ...
+
+
+def float_input(agg: Agg) -> bool:
+    return agg.arg is not None and agg.arg.dtype is F
+
+
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise TypeError(msg)
+
+
+def fixed_code(x: str) -> str:
+    """Python source of ``kernels.to_fixed(x)``, inlined for the common in-range case."""
+    big = repr(k.BIG)
+    return f"(round({x} * {k.SCALE!r}) if -{big} < {x} < {big} else _k.to_fixed({x}))"
+
+
+def fixed_expr(x: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
+    """(fixed-point Int128, is +big, is -big, is NaN) of a non-null float expression: the
+    vectorized ``kernels.to_fixed``."""
+    nan = x.is_nan()
+    pos = ~nan & (x >= k.BIG)
+    neg = ~nan & (x <= -k.BIG)
+    ok = ~(nan | pos | neg)
+    q = pl.when(ok).then((x * k.SCALE).round(0, mode="half_to_even")).otherwise(0.0).cast(I128)
+    return q, pos, neg, nan
+
+
+class AggKind(ABC):
+    """One aggregation kind, both backends. Subclasses fill in every abstract method."""
+
+    name: ClassVar[str]
+    fields: ClassVar[tuple[str, ...]]  # named per-event accumulator fields ("" for a scalar)
+    plan: ClassVar[str]  # the batch kernel, as `featurepipe plan` prints it
+
+    def at(self, acc: str, field: str) -> str:
+        """Python source reading accumulator field ``field`` of ``acc``."""
+        return f"{acc}[{self.fields.index(field)}]"
+
+    # -- definition time ----------------------------------------------------------------------
+    @abstractmethod
+    def result_type(self, arg: DType | None) -> DType:
+        """The output dtype for an input of dtype ``arg``; ``TypeError`` when refused."""
+
+    # -- per-event -----------------------------------------------------------------------------
+    def prepare_code(self, agg: Agg, v: str) -> str:
+        """Python source turning a raw input value ``v`` into what the fold consumes."""
+        return v
+
+    @abstractmethod
+    def empty(self, agg: Agg) -> Any:
+        """The empty accumulator; its ``repr`` must rebuild it (it is inlined in code)."""
+
+    @abstractmethod
+    def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
+        """Python statements folding one event (prepared ``value``, passing ``where``) into
+        the accumulator variable ``acc``. Order-independent: events arrive in any order."""
+
+    def namespace(self, agg: Agg) -> dict[str, Any]:
+        """Names the generated fold code uses beyond ``_k`` (the scalar kernels)."""
+        return {}
+
+    @abstractmethod
+    def copy(self, acc: Any) -> Any:
+        """A copy of ``acc`` the fold may mutate without touching the original."""
+
+    @abstractmethod
+    def finalizer(self, agg: Agg) -> Finalizer:
+        """Accumulator -> value (None when there is nothing to aggregate; the caller applies
+        the declared default)."""
+
+    def to_wire(self, acc: Any) -> Any:
+        """The msgpack form of ``acc``: deterministic, so equal states give equal bytes."""
+        return acc
+
+    def from_wire(self, obj: Any) -> Any:
+        return obj
+
+    # -- batch ---------------------------------------------------------------------------------
+    @abstractmethod
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        """Per-event prepared columns. ``v`` the input, ``inc`` the ``where`` flag, ``valid``
+        = inc and input not null, ``out`` the Polars type of the result."""
+
+    @abstractmethod
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        """Accumulator columns for every query from the range kernels; ``col`` reads a
+        prepared column of this aggregation."""
+
+    @abstractmethod
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        """The same accumulators as aggregations over a query's group of visible events
+        (``index``: the event's row in the sorted events)."""
+
+    @abstractmethod
+    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
+        """Fill of the accumulator columns for queries with no visible event."""
+
+    def resolve(
+        self, agg: Agg, col: Col, events: pl.DataFrame, raw: pl.DataFrame
+    ) -> dict[str, pl.Series]:
+        """Columns computed after both query paths are merged (e.g. a value by its index)."""
+        return {}
+
+    @abstractmethod
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        """Accumulator columns -> value, the same arithmetic as ``finalizer``."""
+
+
+# ---- count ---------------------------------------------------------------------------------
+
+
+class Count(AggKind):
+    name = "count"
+    fields = ("",)
+    plan = "exact prefix-sum difference"
+
+    def result_type(self, arg: DType | None) -> DType:
+        return I
+
+    def empty(self, agg: Agg) -> Any:
+        return 0
+
+    def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
+        return [f"if {value} is not None: {acc} += 1"]
+
+    def copy(self, acc: Any) -> Any:
+        return acc
+
+    def finalizer(self, agg: Agg) -> Finalizer:
+        return lambda acc: acc
+
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        return {"n": valid.cast(I64)}
+
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        return {"n": kr.range_sum(col("n"), agg.window_us)}
+
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        return {"n": col("n").sum()}
+
+    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
+        return [col("n").fill_null(0)]
+
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        return col("n").cast(I64)
+
+
+# ---- sum / mean: exact sums (fixed point for floats) ----------------------------------------
+
+
+class Sum(AggKind):
+    name = "sum"
+    fields = ("n", "total", "pos", "neg", "nan")
+    plan = "exact Int128 prefix-sum difference"
+    # the saturation flag of kernels.to_fixed -> the field counting it
+    _saturation: ClassVar[dict[str, str]] = {"+": "pos", "-": "neg", "nan": "nan"}
+
+    def result_type(self, arg: DType | None) -> DType:
+        _need(arg is not None and arg.is_numeric, f"{self.name} needs a numeric input, got {arg}")
+        assert arg is not None
+        return arg
+
+    def prepare_code(self, agg: Agg, v: str) -> str:
+        return f"(None if {v} is None else {fixed_code(v)})" if float_input(agg) else v
+
+    def empty(self, agg: Agg) -> Any:
+        return [0, 0, 0, 0, 0]
+
+    def namespace(self, agg: Agg) -> dict[str, Any]:
+        return {"_SATURATION": {f: self.fields.index(n) for f, n in self._saturation.items()}}
+
+    def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
+        return [
+            f"p = {value}",
+            "if p is not None:",
+            f"    {self.at(acc, 'n')} += 1",
+            f"    if type(p) is int: {self.at(acc, 'total')} += p",
+            f"    else: {acc}[_SATURATION[p]] += 1",  # a float input's saturation flag
+        ]
+
+    def copy(self, acc: Any) -> Any:
+        return list(acc)
+
+    def finalizer(self, agg: Agg) -> Finalizer:
+        is_float, is_mean = float_input(agg), self.name == "mean"
+
+        def finish(acc: Any) -> Any:
+            n, total, pos, neg, nan = acc
+            if n == 0:
+                return None
+            if is_float:
+                s = k.finalize_float_sum(total, pos, neg, nan)
+            elif not is_mean:
+                return total if k.INT_MIN <= total <= k.INT_MAX else None
+            else:
+                s = float(total)
+            return s / float(n) if is_mean else s
+
+        return finish
+
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        if not float_input(agg):
+            return {
+                "n": valid.cast(I64),
+                "total": pl.when(valid).then(v.cast(I128)).otherwise(0).cast(I128),
+            }
+        q, pos, neg, nan = fixed_expr(v)
+        return {
+            "n": valid.cast(I64),
+            "total": pl.when(valid).then(q).otherwise(0).cast(I128),
+            "pos": (valid & pos).cast(I64),
+            "neg": (valid & neg).cast(I64),
+            "nan": (valid & nan).cast(I64),
+        }
+
+    def _summed(self, agg: Agg) -> tuple[str, ...]:
+        return self.fields if float_input(agg) else ("n", "total")
+
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        return {f: kr.range_sum(col(f), agg.window_us) for f in self._summed(agg)}
+
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        return {f: col(f).sum() for f in self._summed(agg)}
+
+    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
+        return [col(f).fill_null(0) for f in self._summed(agg)]
+
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        n, total = col("n"), col("total")
+        if float_input(agg):
+            pos, neg, nan = col("pos"), col("neg"), col("nan")
+            base = (
+                pl.when((nan > 0) | ((pos > 0) & (neg > 0)))
+                .then(float("nan"))
+                .when(pos > 0)
+                .then(math.inf)
+                .when(neg > 0)
+                .then(-math.inf)
+                .otherwise(total.cast(F64) * k.INV_SCALE)
+            )
+        elif self.name == "sum":
+            in_range = (total >= k.INT_MIN) & (total <= k.INT_MAX)
+            base = pl.when(in_range).then(total).otherwise(None).cast(I64)
+        else:
+            base = total.cast(F64)
+        if self.name == "mean":
+            base = base / n.cast(F64)
+        return pl.when(n == 0).then(None).otherwise(base)
+
+
+class Mean(Sum):
+    name = "mean"
+    plan = "exact Int128 prefix-sum difference / count"
+
+    def result_type(self, arg: DType | None) -> DType:
+        super().result_type(arg)
+        return F
+
+
+# ---- var / std: exact sums of x and x*x, one fixed finalization -----------------------------
+
+
+class Var(AggKind):
+    name = "var"
+    fields = ("n", "s1", "s2", "flags")
+    plan = "exact Int128 prefix sums of x and x*x"
+
+    def result_type(self, arg: DType | None) -> DType:
+        _need(arg is not None and arg.is_numeric, f"{self.name} needs a numeric input, got {arg}")
+        return F
+
+    def prepare_code(self, agg: Agg, v: str) -> str:
+        return f"(None if {v} is None else ({fixed_code(v)}, _k.to_fixed({v} * {v})))"
+
+    def empty(self, agg: Agg) -> Any:
+        return [0, 0, 0, 0]
+
+    def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
+        return [
+            f"p = {value}",
+            "if p is not None:",
+            f"    {self.at(acc, 'n')} += 1",
+            "    if type(p[0]) is int and type(p[1]) is int:",
+            f"        {self.at(acc, 's1')} += p[0]",
+            f"        {self.at(acc, 's2')} += p[1]",
+            f"    else: {self.at(acc, 'flags')} += 1",  # NaN or a saturated x or x*x
+        ]
+
+    def copy(self, acc: Any) -> Any:
+        return list(acc)
+
+    def finalizer(self, agg: Agg) -> Finalizer:
+        is_std = self.name == "std"
+
+        def finish(acc: Any) -> Any:
+            n, s1, s2, flags = acc
+            var = k.finalize_var(n, float(s1) * k.INV_SCALE, float(s2) * k.INV_SCALE, flags)
+            if var is None or not is_std:
+                return var
+            return math.sqrt(var) if var == var else var
+
+        return finish
+
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        q1, p1, n1, x1 = fixed_expr(v)
+        q2, p2, n2, x2 = fixed_expr(v * v)
+        return {
+            "n": valid.cast(I64),
+            "s1": pl.when(valid).then(q1).otherwise(0).cast(I128),
+            "s2": pl.when(valid).then(q2).otherwise(0).cast(I128),
+            "flags": (valid & (p1 | n1 | x1 | p2 | n2 | x2)).cast(I64),
+        }
+
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        return {f: kr.range_sum(col(f), agg.window_us) for f in self.fields}
+
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        return {f: col(f).sum() for f in self.fields}
+
+    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
+        return [col(f).fill_null(0) for f in self.fields]
+
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        n = col("n")
+        nf = n.cast(F64)
+        s1 = col("s1").cast(F64) * k.INV_SCALE
+        s2 = col("s2").cast(F64) * k.INV_SCALE
+        m2 = s2 - s1 * (s1 / nf)  # the operation sequence of kernels.finalize_var
+        m2 = pl.when(m2.is_nan() | (m2 <= 0.0)).then(0.0).otherwise(m2)
+        var = (
+            pl.when(n <= 1)
+            .then(None)
+            .when(col("flags") > 0)
+            .then(float("nan"))
+            .otherwise(m2 / (n - 1).cast(F64))
+        )
+        return var if self.name == "var" else var.sqrt()
+
+
+class Std(Var):
+    name = "std"
+
+
+# ---- min / max -------------------------------------------------------------------------------
+
+
+class Min(AggKind):
+    name = "min"
+    fields = ("n", "best", "nan")
+    plan = "sparse-table range minimum"
+    smallest = True
+
+    def result_type(self, arg: DType | None) -> DType:
+        _need(arg in (I, F, D), f"{self.name} needs an int, float or datetime input, got {arg}")
+        assert arg is not None
+        return arg
+
+    def prepare_code(self, agg: Agg, v: str) -> str:
+        if float_input(agg):  # -0.0 and 0.0 are one value: canonical 0.0
+            return f"(None if {v} is None else ({v} + 0.0 if {v} == 0.0 else {v}))"
+        return v
+
+    def empty(self, agg: Agg) -> Any:
+        return [0, None, 0]
+
+    def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
+        better = "<" if self.smallest else ">"
+        best = self.at(acc, "best")
+        return [
+            f"p = {value}",
+            "if p is not None:",
+            f"    {self.at(acc, 'n')} += 1",
+            f"    if p != p: {self.at(acc, 'nan')} += 1",
+            f"    elif {best} is None or p {better} {best}: {best} = p",
+        ]
+
+    def copy(self, acc: Any) -> Any:
+        return list(acc)
+
+    def finalizer(self, agg: Agg) -> Finalizer:
+        def finish(acc: Any) -> Any:
+            n, best, nan = acc
+            if n == 0:
+                return None
+            return math.nan if nan else best
+
+        return finish
+
+    def _sentinel(self, agg: Agg) -> pl.Expr:
+        """The value an empty range yields: never better than a real input."""
+        if float_input(agg):
+            return pl.lit(math.inf if self.smallest else -math.inf, F64)
+        return pl.lit(k.INT_MAX if self.smallest else k.INT_MIN, I64)
+
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        sentinel = self._sentinel(agg)
+        if float_input(agg):
+            canon = pl.when(v == 0.0).then(0.0).otherwise(v)
+            nan = valid & v.is_nan()
+            best = pl.when(valid & ~v.is_nan()).then(canon).otherwise(sentinel)
+        else:
+            nan = pl.lit(False)
+            best = pl.when(valid).then(v).otherwise(sentinel)
+        return {"n": valid.cast(I64), "nan": nan.cast(I64), "best": best.cast(out)}
+
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        w = agg.window_us
+        sentinel = pl.select(self._sentinel(agg)).item()
+        return {
+            "n": kr.range_sum(col("n"), w),
+            "nan": kr.range_sum(col("nan"), w),
+            "best": kr.range_extreme(col("best"), w, self.smallest, sentinel),
+        }
+
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        best = col("best").min() if self.smallest else col("best").max()
+        return {"n": col("n").sum(), "nan": col("nan").sum(), "best": best}
+
+    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
+        return [
+            col("n").fill_null(0),
+            col("nan").fill_null(0),
+            col("best").fill_null(self._sentinel(agg)),
+        ]
+
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        n = col("n")
+        if float_input(agg):
+            return (
+                pl.when(n == 0)
+                .then(None)
+                .when(col("nan") > 0)
+                .then(float("nan"))
+                .otherwise(col("best"))
+            )
+        return pl.when(n == 0).then(None).otherwise(col("best"))
+
+
+class Max(Min):
+    name = "max"
+    plan = "sparse-table range maximum"
+    smallest = False
+
+
+# ---- first / last: the value of the earliest / latest event by (ts, arrival seq) ------------
+
+
+class First(AggKind):
+    name = "first"
+    fields = ("ts", "seq", "value")
+    plan = "backward-filled event index"
+    earliest = True
+
+    def result_type(self, arg: DType | None) -> DType:
+        _need(arg is not None, f"{self.name} needs an input")
+        assert arg is not None
+        return arg
+
+    def empty(self, agg: Agg) -> Any:
+        return None
+
+    def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
+        before = "<" if self.earliest else ">"
+        # a null input counts: first/last pick the event, then its value (docs/semantics.md)
+        return [
+            f"if {acc} is None or ({ts}, {seq}) {before} ({acc}[0], {acc}[1]): "
+            f"{acc} = ({ts}, {seq}, {value})"
+        ]
+
+    def copy(self, acc: Any) -> Any:
+        return acc
+
+    def finalizer(self, agg: Agg) -> Finalizer:
+        return lambda acc: None if acc is None else acc[2]
+
+    def from_wire(self, obj: Any) -> Any:
+        return None if obj is None else tuple(obj)
+
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        return {"inc": inc, "value": v.cast(out)}
+
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        pick = kr.first_marked if self.earliest else kr.last_marked
+        return {"idx": pick(col("inc"), agg.window_us)}
+
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        marked = index.filter(col("inc"))
+        return {"idx": marked.min() if self.earliest else marked.max()}
+
+    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
+        return []  # no event: a null index, a null value
+
+    def resolve(
+        self, agg: Agg, col: Col, events: pl.DataFrame, raw: pl.DataFrame
+    ) -> dict[str, pl.Series]:
+        values = events.select(col("value")).to_series()
+        if events.height == 0:
+            return {"val": pl.Series([None] * raw.height, dtype=values.dtype)}
+        return {"val": values.gather(raw.select(col("idx")).to_series())}
+
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        return col("val")
+
+
+class Last(First):
+    name = "last"
+    plan = "forward-filled event index"
+    earliest = False
+
+
+# ---- count_distinct --------------------------------------------------------------------------
+
+
+def _wire_order(v: Any) -> tuple[str, Any]:
+    return (type(v).__name__, v)
+
+
+class CountDistinct(AggKind):
+    name = "count_distinct"
+    fields = ("",)
+    plan = "first-occurrence prefix sum (lifetime) / next-occurrence binary search (window)"
+
+    def result_type(self, arg: DType | None) -> DType:
+        _need(arg is not None, f"{self.name} needs an input")
+        return I
+
+    def prepare_code(self, agg: Agg, v: str) -> str:
+        if float_input(agg):  # all NaNs are one value, -0.0 is 0.0
+            return f"(None if {v} is None else _k.distinct_key({v}))"
+        return v
+
+    def empty(self, agg: Agg) -> Any:
+        return set()
+
+    def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
+        return [f"p = {value}", f"if p is not None: {acc}.add(p)"]
+
+    def copy(self, acc: Any) -> Any:
+        return set(acc)
+
+    def finalizer(self, agg: Agg) -> Finalizer:
+        return len
+
+    def to_wire(self, acc: Any) -> Any:
+        return sorted(acc, key=_wire_order)
+
+    def from_wire(self, obj: Any) -> Any:
+        return set(obj)
+
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        if float_input(agg):
+            v = pl.when(v.is_nan()).then(float("nan")).when(v == 0.0).then(0.0).otherwise(v)
+        return {"key": pl.when(valid).then(v).otherwise(None)}
+
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        return {"n": kr.distinct_count(col("key").name, agg.window_us)}
+
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        return {"n": col("key").drop_nulls().n_unique().cast(I64)}
+
+    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
+        return [col("n").fill_null(0)]
+
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        return col("n").cast(I64)
+
+
+KINDS: dict[str, AggKind] = {
+    kind.name: kind
+    for kind in (
+        Count(),
+        Sum(),
+        Mean(),
+        Var(),
+        Std(),
+        Min(),
+        Max(),
+        First(),
+        Last(),
+        CountDistinct(),
+    )
+}
