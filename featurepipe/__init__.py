@@ -1,5 +1,6 @@
 """featurepipe: declare features once; run them in batch (Polars) and per event, identically."""
 
+from featurepipe.batch.registry import load_definitions
 from featurepipe.dsl.definitions import (
     Entity,
     FeatureView,
@@ -28,7 +29,7 @@ from featurepipe.dsl.expr import (
     var,
     when,
 )
-from featurepipe.dsl.loader import Definitions, load_definitions
+from featurepipe.dsl.loader import Definitions
 from featurepipe.errors import (
     DataError,
     DefinitionError,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import polars as pl
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     Progress,
     TaskID,
@@ -34,9 +35,11 @@ def plan(
     view: Annotated[str | None, typer.Option(help="Only this view.")] = None,
 ) -> None:
     """Load definitions, check them, show each view's fingerprint and both compiled plans."""
+    from featurepipe.batch.registry import load_definitions
     from featurepipe.compile.polars_aggs import BatchProgram
     from featurepipe.compile.python_state import ViewProgram
-    from featurepipe.dsl.loader import load_definitions
+    from featurepipe.ir.aggs import KINDS
+    from featurepipe.ir.describe import describe
 
     d = load_definitions(defs)
     for v in d.views.values():
@@ -50,13 +53,14 @@ def plan(
         )
         table = Table("feature", "type", "definition")
         for f in v.ir.features:
-            table.add_row(f.name, str(f.expr.dtype), _describe(f.expr))
+            table.add_row(f.name, str(f.expr.dtype), describe(f.expr))
         console.print(table)
         prog = ViewProgram(v.ir)
         console.print("[bold]per-event plan[/] (generated Python):")
         console.print(prog.row_source, markup=False, highlight=False)
         console.print(prog.final_source, markup=False, highlight=False)
         console.print(prog.compact_source, markup=False, highlight=False)
+        console.print(prog.query_source, markup=False, highlight=False)
         console.print("[bold]batch plan[/] (Polars, row stage; aggregation kernels listed below):")
         schema = {name: _pl_type(t) for name, t in v.ir.fields}
         empty = pl.LazyFrame(schema=schema).with_columns(
@@ -65,53 +69,13 @@ def plan(
         console.print(BatchProgram(v.ir).prepare(empty).explain(), markup=False, highlight=False)
         for i, agg in enumerate(v.ir.aggs):
             w = "lifetime" if agg.window_us is None else f"{agg.window_us // 1_000_000}s"
-            console.print(f"  agg{i}: {agg.kind} over {w} -> {_kernel(agg.kind)}")
-
-
-def _kernel(kind: str) -> str:
-    return {
-        "count": "exact prefix-sum difference",
-        "sum": "exact Int128 prefix-sum difference",
-        "mean": "exact Int128 prefix-sum difference / count",
-        "var": "exact Int128 prefix sums of x and x*x",
-        "std": "exact Int128 prefix sums of x and x*x",
-        "min": "sparse-table range minimum",
-        "max": "sparse-table range maximum",
-        "first": "backward-filled event index",
-        "last": "forward-filled event index",
-        "count_distinct": "first-occurrence prefix sum (lifetime) / exploded pairs (window)",
-    }[kind]
+            console.print(f"  agg{i}: {agg.kind} over {w} -> {KINDS[agg.kind].plan}")
 
 
 def _pl_type(t: object) -> pl.DataType:
     from featurepipe.compile.polars_rows import PL_TYPES
 
     return PL_TYPES[t]  # type: ignore[index]
-
-
-def _describe(node: object) -> str:
-    from featurepipe.ir import nodes as ir
-
-    if isinstance(node, ir.Field):
-        return f"t.{node.name}"
-    if isinstance(node, ir.Literal):
-        return repr(node.value)
-    if isinstance(node, ir.FeatureRef):
-        return f"feature({node.name})"
-    if isinstance(node, ir.Agg):
-        parts = [_describe(node.arg)] if node.arg is not None else []
-        if node.window_us is not None:
-            parts.append(f"window={node.window_us // 1_000_000}s")
-        if node.where is not None:
-            parts.append(f"where={_describe(node.where)}")
-        if node.default is not None:
-            parts.append(f"default={node.default!r}")
-        return f"{node.kind}({', '.join(parts)})"
-    if isinstance(node, ir.Call):
-        args = [_describe(a) for a in node.args]
-        args += [f"{k}={v!r}" for k, v in node.params if k != "vocabulary"]
-        return f"{node.op}({', '.join(args)})"
-    return repr(node)
 
 
 @app.command()
@@ -156,7 +120,7 @@ def parity(
     if e2e:
         _parity_e2e(defs, events, view, bootstrap, redis_url)
         return
-    from featurepipe.dsl.loader import load_definitions
+    from featurepipe.batch.registry import load_definitions
     from featurepipe.parity.harness import run_parity
 
     d = load_definitions(defs)
@@ -187,11 +151,11 @@ def parity(
         raise typer.Exit(1)
 
 
-def _when(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    t = datetime.fromisoformat(text)
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+def _when(text: str | None, option: str) -> datetime | None:
+    """An optional ISO-8601 time option; a bad value is a FeaturepipeError naming the option."""
+    from featurepipe.ir.timebase import parse_instant
+
+    return None if text is None else parse_instant(text, option)
 
 
 @app.command()
@@ -206,8 +170,9 @@ def fit(
     """Fit vocabularies, scaling and quantile boundaries, and feature baselines; freeze them."""
     from featurepipe.batch.fit import fit as run_fit
 
+    start_at, end_at = _when(start, "--start"), _when(end, "--end")
     t = time.perf_counter()
-    report = run_fit(repo, defs, _when(start), _when(end))
+    report = run_fit(repo, defs, start_at, end_at)
     for view, info in report.views.items():
         console.rule(f"[bold]{view}[/]  fingerprint {info['fingerprint']}")
         for aid, value in info.get("fitted", {}).items():
@@ -321,7 +286,7 @@ def _report_table(report: Any, title: str) -> bool:
 def _parity_e2e(
     defs: Path, events: Path, view: str | None, bootstrap: str | None, redis_url: str | None
 ) -> None:
-    from featurepipe.dsl.loader import load_definitions
+    from featurepipe.batch.registry import load_definitions
     from featurepipe.parity.e2e import run_e2e
     from featurepipe.settings import kafka_bootstrap
 
@@ -376,7 +341,7 @@ def stream(
     """Kafka -> Redis worker: validate, dead-letter, ingest, commit state and offsets atomically."""
     import logging
 
-    from featurepipe.dsl.loader import load_definitions
+    from featurepipe.batch.registry import load_definitions
     from featurepipe.online.redis_conn import connect
     from featurepipe.settings import kafka_bootstrap
     from featurepipe.stream.worker import StreamWorker, WorkerConfig
@@ -427,10 +392,16 @@ def get(
         if not v:
             raise FeaturepipeError(f"--entity {item!r}: expected key=value")
         keys.setdefault(k, []).append(v)
-    pins = dict(p.split("=", 1) for p in (fingerprint or []))
+    pins: dict[str, str] = {}
+    for pin in fingerprint or []:
+        name, _, value = pin.partition("=")
+        if not value:
+            raise FeaturepipeError(f"--fingerprint {pin!r}: expected view=fingerprint")
+        pins[name] = value
+    at_time = _when(at, "--at")
     store = FeatureStore(repo, defs, redis_url=redis_url, prefix=prefix)
     refs = [f.strip() for f in features.split(",") if f.strip()]
-    df = store.get_online_features(keys, refs, at=_when(at), fingerprints=pins)
+    df = store.get_online_features(keys, refs, at=at_time, fingerprints=pins)
     table = Table(*df.columns)
     for row in df.iter_rows():
         table.add_row(*[repr(v) if isinstance(v, float) else str(v) for v in row])
@@ -499,7 +470,7 @@ def main() -> None:
     try:
         app()
     except FeaturepipeError as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {escape(str(e))}")
         sys.exit(2)
 
 

@@ -1,40 +1,29 @@
-"""``FeatureStore``: the user-facing entry point over a repository of definitions and data."""
+"""``FeatureStore``: the user-facing entry point over a repository of definitions and data.
+
+The facade loads the definitions, validates requests and resolves feature references, then
+delegates: training sets to the batch runtime (``featurepipe.batch.engine.BatchEngine``), online
+lookups to the online store (``featurepipe.online.lookup.OnlineReader``).
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from featurepipe.batch.sources import SourceReport, in_arrival_order, read_events
-from featurepipe.compile.polars_aggs import ARRIVED, TS, BatchProgram, Engine
-from featurepipe.dsl.definitions import FeatureView
-from featurepipe.dsl.loader import Definitions, load_definitions
+from featurepipe.batch.engine import BatchEngine
+from featurepipe.batch.lineage import Lineage, read_lineage, write_training_set
+from featurepipe.batch.registry import Registry, default_path, load_definitions
+from featurepipe.batch.sources import SourceReport
+from featurepipe.compile.polars_aggs import Engine
+from featurepipe.dsl.loader import Definitions
 from featurepipe.errors import DataError, DefinitionError
-from featurepipe.ir.types import DType
+from featurepipe.ir.timebase import to_epoch_us
 
 DEFAULT_TIMESTAMP = "event_timestamp"
-_ROW = "__row_id"
-
-
-@dataclass
-class Lineage:
-    """Which data and which code produced a training set."""
-
-    featurepipe_version: str
-    created_at: str
-    entity_rows: int
-    features: list[str]
-    views: dict[str, dict[str, Any]] = field(default_factory=dict)
-    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, default=str, sort_keys=True)
 
 
 class FeatureStore:
@@ -64,7 +53,8 @@ class FeatureStore:
         defs_path = Path(definitions)
         if not defs_path.is_absolute():
             defs_path = self.root / defs_path
-        self.definitions: Definitions = load_definitions(defs_path)
+        self.registry = Registry(default_path(defs_path))
+        self.definitions: Definitions = load_definitions(defs_path, registry=self.registry.path)
         self.quarantine_dir = (
             Path(quarantine_dir) if quarantine_dir else self.root / ".featurepipe" / "quarantine"
         )
@@ -106,7 +96,7 @@ class FeatureStore:
             values = [row[key] for row in entities]
         if self._reader is None or set(self._reader.views) != {v.name for v in views}:
             self._reader = OnlineReader(connect(self.redis_url), views, self.prefix)
-        at_us = None if at is None else (at - datetime(1970, 1, 1, tzinfo=UTC)) // _td_us(1)
+        at_us = None if at is None else to_epoch_us(at)
         if as_dicts:
             return self._reader.read(values, wanted, at_us=at_us, fingerprints=fingerprints)
         return self._reader.frame(key, values, wanted, at_us=at_us, fingerprints=fingerprints)
@@ -156,114 +146,21 @@ class FeatureStore:
                 f"entity frame has no timestamp column '{timestamp}' (pass timestamp=...)"
             )
         wanted = self.resolve(features)
-        t_us = _timestamp_us(frame, timestamp)
-        if t_us.null_count():
-            raise DataError(f"entity frame: {t_us.null_count()} row(s) with a null '{timestamp}'")
-        result = frame
-        taken: dict[str, str] = {}
-        lineage = Lineage(
-            featurepipe_version=_version(),
-            created_at=datetime.now(UTC).isoformat(),
-            entity_rows=frame.height,
-            features=list(features),
+        batch = BatchEngine(
+            self.root, quarantine_dir=self.quarantine_dir, featurepipe_version=_version()
         )
-        events_cache: dict[str, tuple[pl.LazyFrame, SourceReport]] = {}
-        t_max = int(t_us.max() or 0)  # type: ignore[arg-type]
-        for view_name, names in wanted.items():
-            view = self.definitions.view(view_name)
-            key = view.entity.key
-            if key not in frame.columns:
-                raise DataError(
-                    f"entity frame lacks column '{key}', the key of entity '{view.entity.name}' "
-                    f"needed by view '{view_name}'"
-                )
-            src = view.source
-            if src.name not in events_cache:
-                end = datetime.fromtimestamp(0, UTC) + _td_us(t_max + 1)
-                events_cache[src.name] = read_events(
-                    src,
-                    ordered=partitions <= 1,
-                    root=self.root,
-                    end=end if src.arrival is None else None,
-                    quarantine_dir=self.quarantine_dir,
-                )
-            events, report = events_cache[src.name]
-            self.source_reports[src.name] = report
-            lineage.sources[src.name] = {
-                "files": report.files,
-                "rows": report.rows,
-                "quarantined": report.quarantined,
-                "min_ts": report.min_ts,
-                "max_ts": report.max_ts,
-            }
-            lineage.views[view_name] = {"fingerprint": view.fingerprint, "features": names}
-            values = self._view_features(view, frame, t_us, events, partitions, engine)
-            for n in names:
-                out_name = f"{view_name}__{n}" if full_feature_names else n
-                if out_name in result.columns or out_name in taken:
-                    raise DataError(
-                        f"feature column '{out_name}' clashes with another column; "
-                        "pass full_feature_names=True"
-                    )
-                taken[out_name] = view_name
-                col = values[n]
-                if view.ir.feature(n).expr.dtype is DType.DATETIME:
-                    col = col.cast(pl.Datetime("us", "UTC"))
-                result = result.with_columns(col.alias(out_name))
-        self.last_lineage = lineage
-        return result
-
-    def _view_features(
-        self,
-        view: FeatureView,
-        frame: pl.DataFrame,
-        t_us: pl.Series,
-        events: pl.LazyFrame,
-        partitions: int,
-        engine: Engine,
-    ) -> pl.DataFrame:
-        key = view.entity.key
-        queries = pl.DataFrame({key: frame[key], TS: t_us}).with_row_index(_ROW)
-        program = BatchProgram(view.ir)
-        if partitions <= 1:
-            return self._partition_features(program, view, queries, events, engine)
-        # Larger than memory: each entity-hash partition is read by its own streaming scan (the
-        # filter runs inside the scan; Polars' partitioned sink buffers too much to keep memory
-        # flat), then ordered and computed alone. Memory ~ one partition; cost: one scan each.
-        part = (pl.col(key).hash(7) % partitions).alias("__part")
-        parts = []
-        q_part = queries.with_columns(part)
-        for p in range(partitions):
-            q = q_part.filter(pl.col("__part") == p).drop("__part")
-            if q.height == 0:
-                continue
-            ev = events.filter(pl.col(key).hash(7) % partitions == p).pipe(
-                in_arrival_order, view.source
-            )
-            parts.append(self._partition_features(program, view, q, ev, engine))
-        if not parts:
-            return self._partition_features(
-                program, view, queries, events.pipe(in_arrival_order, view.source), engine
-            )
-        return pl.concat(parts).sort(_ROW)
-
-    def _partition_features(
-        self,
-        program: BatchProgram,
-        view: FeatureView,
-        q: pl.DataFrame,
-        ev: pl.LazyFrame,
-        engine: Engine,
-    ) -> pl.DataFrame:
-        arrival = view.source.arrival
-        if arrival is not None:
-            # __seq is the arrival rank; a row at T sees only events that arrived before T
-            arrivals = ev.select(pl.col(arrival)).collect(engine=engine).to_series()
-            q = q.with_columns(
-                pl.Series(ARRIVED, arrivals.search_sorted(q[TS], side="left")).cast(pl.Int64)
-            )
-        out = program.features(ev, q.drop(_ROW), engine=engine)
-        return out.with_columns(q[_ROW])
+        out = batch.historical_features(
+            frame,
+            [(self.definitions.view(v), names) for v, names in wanted.items()],
+            timestamp=timestamp,
+            references=list(features),
+            full_feature_names=full_feature_names,
+            partitions=partitions,
+            engine=engine,
+        )
+        self.source_reports.update(out.reports)
+        self.last_lineage = out.lineage
+        return out.frame
 
 
 def _to_polars(df: Any) -> pl.DataFrame:
@@ -289,53 +186,10 @@ def _to_polars(df: Any) -> pl.DataFrame:
     )
 
 
-def _timestamp_us(frame: pl.DataFrame, name: str) -> pl.Series:
-    col = frame[name]
-    if isinstance(col.dtype, pl.Datetime):
-        if col.dtype.time_zone is None:
-            col = col.dt.replace_time_zone("UTC")
-        return (
-            col.dt.convert_time_zone("UTC")
-            .dt.cast_time_unit("us")
-            .dt.replace_time_zone(None)
-            .cast(pl.Int64)
-        )
-    if isinstance(col.dtype, pl.Date):
-        return col.cast(pl.Datetime("us")).cast(pl.Int64)
-    raise DataError(f"entity frame column '{name}' must be a datetime, got {col.dtype}")
-
-
-def _td_us(us: int) -> Any:
-    from datetime import timedelta
-
-    return timedelta(microseconds=us)
-
-
 def _version() -> str:
     from featurepipe import __version__
 
     return __version__
-
-
-def write_training_set(df: pl.DataFrame, path: str | Path, lineage: Lineage) -> None:
-    """Parquet with the lineage JSON under the ``featurepipe`` schema-metadata key."""
-    import pyarrow.parquet as pq
-
-    table = df.to_arrow()
-    meta = dict(table.schema.metadata or {})
-    meta[b"featurepipe"] = lineage.to_json().encode()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.replace_schema_metadata(meta), str(path))
-
-
-def read_lineage(path: str | Path) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
-    meta = pq.read_schema(str(path)).metadata or {}
-    if b"featurepipe" not in meta:
-        raise DataError(f"{path} carries no featurepipe lineage")
-    out: dict[str, Any] = json.loads(meta[b"featurepipe"])
-    return out
 
 
 __all__ = ["FeatureStore", "Lineage", "read_lineage", "write_training_set"]

@@ -8,6 +8,7 @@ import polars as pl
 
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import ParityError
+from featurepipe.ir.describe import describe
 from featurepipe.parity.harness import ParityReport, run_parity
 
 
@@ -18,9 +19,7 @@ def assert_parity(view: FeatureView, events: pl.DataFrame, **kwargs: Any) -> Par
         lines = [f"view '{view.name}': {report.mismatches} mismatching value(s)"]
         for f in report.features:
             if f.mismatched:
-                from featurepipe.cli import _describe
-
-                lines.append(f"  {f.name} = {_describe(view.ir.feature(f.name).expr)}")
+                lines.append(f"  {f.name} = {describe(view.ir.feature(f.name).expr)}")
                 lines.append(f"    {f.mismatched}/{f.compared} differ; first: {f.first}")
         raise ParityError("\n".join(lines))
     return report

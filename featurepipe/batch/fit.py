@@ -10,11 +10,12 @@ from typing import Any
 
 import polars as pl
 
+from featurepipe.batch.registry import Registry, load_definitions
 from featurepipe.batch.sources import read_events
 from featurepipe.compile.polars_aggs import TS, BatchProgram
 from featurepipe.compile.polars_rows import translate
 from featurepipe.dsl.artifacts import FitRequest
-from featurepipe.dsl.loader import Definitions, load_definitions
+from featurepipe.dsl.loader import Definitions
 from featurepipe.errors import DataError
 from featurepipe.ir import nodes as ir
 from featurepipe.ir.types import DType
@@ -116,6 +117,7 @@ def fit(
     if not defs_path.is_absolute():
         defs_path = root / defs_path
     reg_path = Path(registry) if registry else root / ".featurepipe" / "registry"
+    reg = Registry(reg_path)
     defs = load_definitions(defs_path, registry=reg_path, fitting=True)
     report = FitReport()
     cache: dict[str, pl.LazyFrame] = {}
@@ -137,14 +139,14 @@ def fit(
         )
     fitted = {"start": start, "end": end, "at": datetime.now(UTC).isoformat()}
     for view_name, arts in by_view.items():
-        path = defs.registry.save_artifacts(view_name, arts, {k: str(v) for k, v in fitted.items()})
+        path = reg.save_artifacts(view_name, arts, {k: str(v) for k, v in fitted.items()})
         report.views.setdefault(view_name, {})["artifacts"] = str(path)
         report.views[view_name]["fitted"] = {k: _short(v) for k, v in arts.items()}
     # rebuild with the frozen artifacts, then baselines of the views as they will be served
     final = load_definitions(defs_path, registry=reg_path)
     for view_name, view in final.views.items():
         base = baseline(final, view_name, events_of(view.source.name))
-        path = final.registry.save_baseline(view_name, view.fingerprint, base)
+        path = reg.save_baseline(view_name, view.fingerprint, base)
         report.views.setdefault(view_name, {}).update(
             fingerprint=view.fingerprint, baseline=str(path), points=base["points"]
         )

@@ -6,7 +6,13 @@ Layout under ``.featurepipe/registry/<view>/``::
     baseline-<fingerprint>.json   per-feature distribution of the fitted view
     current.json            {"artifacts": "artifacts-<hash>.json", "history": [...]}
 
-Files are never rewritten; ``current.json`` points at the version in force.
+An artifacts file is named by the hash of its content and never rewritten: fitting the same
+values again reuses it. ``current.json`` is rewritten by every fit to point at the version in
+force (earlier versions stay listed in its history), and a baseline file is rewritten when the
+same fingerprint is fitted again.
+
+``load_definitions`` here is how everything above the definitions layer loads a definitions
+package: it reads the artifacts in force and hands them to ``featurepipe.dsl.loader``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any
+
+from featurepipe.dsl import loader
+from featurepipe.dsl.loader import Definitions
 
 
 class Registry:
@@ -66,3 +75,26 @@ class Registry:
             return None
         out: dict[str, Any] = json.loads(target.read_text())
         return out
+
+
+def default_path(definitions: str | Path) -> Path:
+    """Where ``featurepipe fit`` keeps the registry of a definitions package: ``.featurepipe/
+    registry`` beside it."""
+    return Path(definitions).resolve().parent / ".featurepipe" / "registry"
+
+
+def load_definitions(
+    path: str | Path,
+    *,
+    registry: str | Path | None = None,
+    fitting: bool = False,
+) -> Definitions:
+    """Load a definitions package with the fitted artifacts in force in its registry.
+
+    ``registry``: where ``featurepipe fit`` froze fitted artifacts (default: ``default_path``,
+    used when it exists). ``fitting=True`` lets views with unfitted ops build with
+    placeholders and records what needs fitting in ``defs.fit_requests``.
+    """
+    reg = Registry(Path(registry) if registry is not None else default_path(path))
+    artifacts = {} if fitting else reg.current_artifacts()
+    return loader.load_definitions(path, artifacts=artifacts, fitting=fitting)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import glob
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,10 @@ import polars as pl
 from featurepipe.compile.polars_aggs import SEQ, TS
 from featurepipe.dsl.definitions import Source
 from featurepipe.errors import DataError
+from featurepipe.ir.timebase import MAX_US, MIN_US, as_utc, to_epoch_us
 from featurepipe.ir.types import DType
-from featurepipe.stream.validate import MAX_TIME, MIN_TIME
 
 ROW = "__row"
-_MIN_US = (MIN_TIME - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-_MAX_US = (MAX_TIME - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 FILE = "__file"
 REASON = "__reason"
 
@@ -61,12 +59,18 @@ class SourceReport:
 
 
 def resolve_files(path: str | Path, root: str | Path = ".") -> list[Path]:
+    """The Parquet files of a source path: a file, a directory (recursively), or a glob.
+
+    A relative path resolves against ``root``; only ``path`` is a pattern, ``root`` is taken
+    literally even if its name holds glob characters.
+    """
     p = Path(path)
     if not p.is_absolute():
         p = Path(root) / p
-    text = str(p)
-    if any(ch in text for ch in "*?["):
-        files = sorted(Path(f) for f in glob.glob(text, recursive=True))
+    if any(ch in str(path) for ch in "*?["):
+        # the root is a directory, not a pattern: escape its glob characters
+        pattern = str(p) if Path(path).is_absolute() else str(Path(glob.escape(str(root))) / path)
+        files = sorted(Path(f) for f in glob.glob(pattern, recursive=True))
     elif p.is_dir():
         files = sorted(p.rglob("*.parquet"))
     elif p.exists():
@@ -94,7 +98,7 @@ def _prune(files: list[Path], start: datetime | None, end: datetime | None) -> l
             kept.append(f)
             continue
         try:
-            d = datetime.fromisoformat(day[:10]).replace(tzinfo=UTC)
+            d = as_utc(datetime.fromisoformat(day[:10]))
         except ValueError:
             kept.append(f)
             continue
@@ -136,7 +140,7 @@ def _column(name: str, dtype: DType, actual: pl.DataType) -> tuple[pl.Expr, pl.E
             parsed = col.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
         value = parsed.dt.replace_time_zone(None).cast(pl.Int64)
         # the accepted range is the stream path's too: a 1900 or 2200 timestamp is bad input
-        in_range = (value >= _MIN_US) & (value < _MAX_US)
+        in_range = (value >= MIN_US) & (value < MAX_US)
         reason = (
             pl.when(col.is_not_null() & value.is_null())
             .then(pl.lit(f"{name}: not a valid datetime"))
@@ -291,4 +295,4 @@ def in_arrival_order(events: pl.LazyFrame, source: Source) -> pl.LazyFrame:
 def _us(t: datetime) -> int:
     if t.tzinfo is None:
         raise DataError(f"time bound {t} must be timezone-aware (UTC)")
-    return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    return to_epoch_us(t)

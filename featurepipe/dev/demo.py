@@ -23,6 +23,9 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
     from featurepipe.batch.sources import read_events
     from featurepipe.dev import infra
     from featurepipe.dev.datagen import generate_transactions
+    from featurepipe.errors import FeaturepipeError
+    from featurepipe.ir.timebase import to_epoch_us
+    from featurepipe.online.layout import OnlineStoreLayout
     from featurepipe.online.materialize import materialize
     from featurepipe.online.redis_conn import connect
     from featurepipe.parity.e2e import run_e2e
@@ -166,7 +169,9 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
     )
 
     t = step(9, "drift: the last 3 days against the frozen baseline")
-    base = store.definitions.registry.baseline("user_spend", view.fingerprint)
+    base = store.registry.baseline("user_spend", view.fingerprint)
+    if base is None:  # step 3 fitted this very version
+        raise FeaturepipeError(f"no baseline for user_spend {view.fingerprint} in the registry")
     history, _ = read_events(view.source, root=workdir)
     since = START + timedelta(days=DAYS - 3)
     current = baseline(
@@ -174,7 +179,7 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
         "user_spend",
         history.collect().lazy(),
         max_points=20_000,
-        points_from_us=(since - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1),
+        points_from_us=to_epoch_us(since),
     )
     drifts = drift(base, current)
     for d in drifts[:12]:
@@ -188,7 +193,7 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
         f"{parity.mismatches} differing values; the null 'country' bug and the new segment show up "
         f"as drift. Total {time.perf_counter() - t_all:.0f}s."
     )
-    for k in client.scan_iter(match=f"{prefix}:*", count=5000):
+    for k in client.scan_iter(match=OnlineStoreLayout(prefix).key_pattern(), count=5000):
         client.delete(k)
     console.print(
         f"the embedded services keep running for `featurepipe get`, `stream`, `parity --e2e` "

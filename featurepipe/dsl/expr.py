@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from featurepipe.errors import DefinitionError
+from featurepipe.ir.timebase import duration_us
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -202,7 +203,7 @@ class Expr:
 
     def truncate(self, every: str | timedelta) -> Expr:
         if isinstance(every, timedelta):
-            every = f"{every // timedelta(microseconds=1)}us"
+            every = _td(every)
         return self._call("truncate", every=every)
 
 
@@ -327,7 +328,7 @@ def _agg(
 
 
 def _td(td: timedelta) -> str:
-    return f"{td // timedelta(microseconds=1)}us"
+    return f"{duration_us(td)}us"
 
 
 def count(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ class Definitions:
     sources: dict[str, Source] = field(default_factory=dict)
     entities: dict[str, Entity] = field(default_factory=dict)
     fit_requests: list[Any] = field(default_factory=list)
-    registry: Any = None
 
     def add(self, name: str, obj: object, origin: str) -> None:
         if isinstance(obj, FeatureView):
@@ -54,30 +54,25 @@ class Definitions:
 def load_definitions(
     path: str | Path,
     *,
-    registry: str | Path | None = None,
+    artifacts: Mapping[str, Mapping[str, Any]] | None = None,
     fitting: bool = False,
 ) -> Definitions:
     """Import every module of a definitions directory (or a single file) and collect views.
 
-    ``registry``: where ``featurepipe fit`` froze fitted artifacts (default: ``.featurepipe/
-    registry`` next to the definitions, when it exists). ``fitting=True`` lets views with
-    unfitted ops build with placeholders and records what needs fitting in ``defs.fit_requests``.
+    ``artifacts``: the fitted values frozen by ``featurepipe fit`` (view -> artifact id ->
+    value); the caller reads them from the registry (``featurepipe.batch.registry.
+    load_definitions`` does both). ``fitting=True`` lets views with unfitted ops build with
+    placeholders and records what needs fitting in ``defs.fit_requests``; it starts from no
+    artifacts: every fitted op is fitted again.
     """
-    from featurepipe.batch.registry import Registry
     from featurepipe.dsl.artifacts import ArtifactContext, artifact_context
 
     root = Path(path)
-    reg = Registry(
-        Path(registry)
-        if registry is not None
-        else root.resolve().parent / ".featurepipe" / "registry"
-    )
-    # fitting starts from nothing: every fitted op is fitted again on the requested range
-    ctx = ArtifactContext(values={} if fitting else reg.current_artifacts(), fitting=fitting)
+    values = {} if fitting else {v: dict(a) for v, a in (artifacts or {}).items()}
+    ctx = ArtifactContext(values=values, fitting=fitting)
     with artifact_context(ctx):
         defs = _load(root, path)
     defs.fit_requests = ctx.requests
-    defs.registry = reg
     return defs
 
 

@@ -13,7 +13,8 @@ from featurepipe.ir import nodes as ir
 FORMAT_VERSION = 1  # bump when the meaning of the IR changes
 
 
-def _canonical(obj: Any) -> Any:
+def canonical(obj: Any) -> Any:
+    """The normalized, JSON-ready form of an IR object (what fingerprints and artifact ids hash)."""
     if isinstance(obj, ir.ViewIR):
         used = {n.name for f in obj.features for n in f.expr.walk() if isinstance(n, ir.Field)}
         used.add(obj.entity_key)
@@ -27,19 +28,19 @@ def _canonical(obj: Any) -> Any:
             "fields": [[k, str(t)] for k, t in obj.fields if k in used],
             # declaration order: it fixes the layout of the per-entity state (one slot per
             # aggregation), so reordering features is a new version
-            "features": [[f.name, _canonical(f.expr)] for f in obj.features],
+            "features": [[f.name, canonical(f.expr)] for f in obj.features],
             "lateness_us": obj.lateness_us,
-            "artifacts": _canonical(obj.artifacts),
+            "artifacts": canonical(obj.artifacts),
         }
     if is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {"node": type(obj).__name__}
         for f in fields(obj):
-            out[f.name] = _canonical(getattr(obj, f.name))
+            out[f.name] = canonical(getattr(obj, f.name))
         return out
     if isinstance(obj, enum.Enum):
         return str(obj.value)
     if isinstance(obj, tuple | list):
-        return [_canonical(x) for x in obj]
+        return [canonical(x) for x in obj]
     if isinstance(obj, float):
         return {"f": obj.hex()}  # exact and NaN/inf safe
     if isinstance(obj, bool | int | str) or obj is None:
@@ -49,5 +50,5 @@ def _canonical(obj: Any) -> Any:
 
 def fingerprint(view: ir.ViewIR) -> str:
     """sha256 of the canonical JSON of the view (16 hex digits)."""
-    blob = json.dumps(_canonical(view), sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(canonical(view), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -8,8 +8,9 @@ an ``Agg``.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from featurepipe.ir.types import DType
@@ -17,9 +18,35 @@ from featurepipe.ir.types import DType
 Param = tuple[str, Hashable]
 
 
-@dataclass(frozen=True, slots=True)
+def _exact(v: Any) -> Any:
+    """A comparison key that tells apart what ``==`` merges: -0.0 and 0.0, NaN payloads (and
+    makes NaN equal to itself), True and 1."""
+    if isinstance(v, float):
+        return ("float", struct.pack(">d", v))
+    if isinstance(v, bool):
+        return ("bool", v)
+    if isinstance(v, tuple):
+        return tuple(_exact(x) for x in v)
+    return v
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class Node:
+    """Nodes compare bit-exactly: two literals are one node only if both compilers would emit
+    the same value for them (``0.0`` and ``-0.0`` are different nodes)."""
+
     dtype: DType
+
+    def _key(self) -> tuple[Any, ...]:
+        return (type(self), *(_exact(getattr(self, f.name)) for f in fields(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Node):
+            return NotImplemented
+        return self is other or self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
     def children(self) -> tuple[Node, ...]:
         return ()
@@ -30,19 +57,19 @@ class Node:
             yield from child.walk()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Field(Node):
     """A field of the source event, as declared in its pydantic contract."""
 
     name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Literal(Node):
     value: Any = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Call(Node):
     """A row-level operation; ``op`` names an entry of ``featurepipe.ir.ops.OPS``."""
 
@@ -60,7 +87,7 @@ class Call(Node):
         raise KeyError(name)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Agg(Node):
     """A per-entity aggregation evaluated at query time T over events with T - window <= ts < T.
 
@@ -78,7 +105,7 @@ class Agg(Node):
         return tuple(n for n in (self.arg, self.where) if n is not None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class FeatureRef(Node):
     """A reference, from a derived feature, to another feature of the same view."""
 

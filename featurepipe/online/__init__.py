@@ -1,8 +1,9 @@
-"""The online store: per-entity state in Redis, its key layout, and bulk loading from Parquet.
+"""The online store: per-entity state in Redis, read and written through one owner.
 
-``layout`` states the keys and fields (shared by ``materialize`` and the stream worker),
-``redis_conn`` opens a checked connection, ``materialize`` bootstraps the store from the
-batch log up to a cut-over instant. See docs/online-store.md.
+``state_store.StateStore`` is the only reader and writer of the store's keys (named in its
+private helper ``layout``); ``redis_conn`` opens a checked connection, ``materialize``
+bootstraps the store from the batch log up to a cut-over instant, ``lookup`` reads features.
+See docs/online-store.md.
 """
 
 from featurepipe.online.errors import OnlineStoreError
@@ -13,11 +14,14 @@ from featurepipe.online.layout import (
     meta_key,
     state_key,
 )
+from featurepipe.online.state_store import StateStore, StateWrite
 
 __all__ = [
     "DEFAULT_PREFIX",
     "OnlineStoreError",
     "OnlineStoreLayout",
+    "StateStore",
+    "StateWrite",
     "encode_entity",
     "meta_key",
     "state_key",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -13,6 +13,7 @@ from rich.progress import (
 )
 
 from featurepipe.errors import FeaturepipeError
+from featurepipe.ir.timebase import parse_instant
 from featurepipe.online.layout import DEFAULT_PREFIX
 from featurepipe.online.redis_conn import redact, resolve_url
 from featurepipe.progress import progress_bar
@@ -20,13 +21,7 @@ from featurepipe.progress import progress_bar
 
 def parse_until(text: str) -> datetime:
     """ISO-8601 date or date-time; naive means UTC. Returned timezone-aware (UTC)."""
-    try:
-        t = datetime.fromisoformat(text.strip())
-    except ValueError as e:
-        raise FeaturepipeError(
-            f"--until {text!r} is not an ISO-8601 date-time (e.g. 2026-01-15T00:00:00Z)"
-        ) from e
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    return parse_instant(text, "--until")
 
 
 def materialize_command(
@@ -46,7 +41,7 @@ def materialize_command(
     0 on success; 2 on any FeaturepipeError (bad arguments, unreachable Redis, bad data), with a
     one-line message. ``events`` overrides the source's Parquet path (one view only).
     """
-    from featurepipe.dsl.loader import load_definitions
+    from featurepipe.batch.registry import load_definitions
     from featurepipe.online.materialize import materialize
     from featurepipe.online.redis_conn import connect
 

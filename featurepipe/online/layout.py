@@ -1,13 +1,15 @@
-"""The Redis layout of the online store: the one place that says which key holds what.
+"""The Redis layout of the online store: the one place that names keys and hash fields.
 
-Shared by ``featurepipe.online.materialize`` (bulk load from Parquet) and the stream worker.
-Documented for people in docs/online-store.md.
+Private to ``featurepipe.online.state_store``, the only module that reads or writes them (the
+stream worker, lookups and ``materialize`` go through its ``StateStore``). Documented for people
+in docs/online-store.md.
 
 Keys (``fp`` is the default, configurable prefix)::
 
     fp:{<entity>}:<view>          HASH  s = state bytes (ViewProgram.dumps), f = view fingerprint
     fp:meta:<view>                HASH  ViewMeta: what was materialized, up to when
-    fp:meta:<view>:materialize    HASH  progress of a materialize run (deleted when it completes)
+    fp:meta:<view>:materialize    HASH  MaterializeProgress (deleted when the run completes)
+    fp:offsets:<group>            HASH  <topic>:<partition> -> next offset of a worker group
 
 ``{<entity>}`` is a Redis Cluster hash tag: only the text between the braces is hashed, so
 every key of one entity (one per view) lives in the same slot and one node can update or read
@@ -23,6 +25,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from redis.typing import EncodableT, FieldT
@@ -34,6 +37,7 @@ DEFAULT_PREFIX = "fp"
 # fields of a state hash
 STATE_FIELD = "s"
 FINGERPRINT_FIELD = "f"
+STATE_FIELDS = [STATE_FIELD, FINGERPRINT_FIELD]
 
 # values of ViewMeta.cutover_basis
 CUTOVER_EVENT_TIME = "event_time"
@@ -106,6 +110,17 @@ class OnlineStoreLayout:
     def progress_key(self, view: ViewLike) -> str:
         return f"{self.prefix}:meta:{view_name(view)}:materialize"
 
+    def offsets_key(self, group: str) -> str:
+        return f"{self.prefix}:offsets:{group}"
+
+    def offsets_key_pattern(self) -> str:
+        """SCAN MATCH pattern of the offsets hash of every worker group."""
+        return f"{_glob_escape(self.prefix)}:offsets:*"
+
+    def key_pattern(self) -> str:
+        """SCAN MATCH pattern of every key under the prefix."""
+        return f"{_glob_escape(self.prefix)}:*"
+
     def state_key_pattern(self, view: ViewLike) -> str:
         """SCAN MATCH pattern of every state key of ``view`` (glob characters escaped)."""
         return f"{_glob_escape(self.prefix)}:{{*}}:{_glob_escape(view_name(view))}"
@@ -122,6 +137,16 @@ class OnlineStoreLayout:
 
 def _glob_escape(text: str) -> str:
     return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def offset_field(topic: str, partition: int) -> str:
+    """The field of a partition in an offsets hash: ``<topic>:<partition>``."""
+    return f"{topic}:{partition}"
+
+
+def parse_offset_field(text: str) -> tuple[str, int]:
+    topic, _, partition = text.rpartition(":")
+    return topic, int(partition)
 
 
 def state_key(view: ViewLike, entity: Entity, prefix: str = DEFAULT_PREFIX) -> str:
@@ -184,6 +209,51 @@ class ViewMeta:
             )
         except (KeyError, ValueError) as e:
             raise OnlineStoreError(f"malformed view metadata {h!r}: {e}") from e
+
+
+@dataclass(frozen=True)
+class MaterializeProgress:
+    """Contents of ``<prefix>:meta:<view>:materialize``: how far an unfinished run got.
+
+    ``run`` identifies the inputs (fingerprint, cut-over, files); a rerun with the same ``run``,
+    ``until`` and ``fingerprint`` continues after ``last_entity``.
+    """
+
+    run: str
+    until: int  # epoch micros
+    fingerprint: str
+    last_entity: Entity | None
+    entities: int
+    events: int
+    updated_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def to_hash(self) -> HashMapping:
+        return {
+            "run": self.run,
+            "until": str(self.until),
+            "fingerprint": self.fingerprint,
+            "last_entity": json.dumps(self.last_entity),
+            "entities": str(self.entities),
+            "events": str(self.events),
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[Any, Any]) -> MaterializeProgress | None:
+        """Parse HGETALL output; None when absent or unreadable (a rerun then starts over)."""
+        h = {_text(k): _text(v) for k, v in raw.items()}
+        try:
+            return cls(
+                run=h["run"],
+                until=int(h["until"]),
+                fingerprint=h["fingerprint"],
+                last_entity=json.loads(h["last_entity"]),
+                entities=int(h["entities"]),
+                events=int(h["events"]),
+                updated_at=h.get("updated_at", ""),
+            )
+        except (KeyError, ValueError):
+            return None
 
 
 def _text(v: Any) -> str:

@@ -7,14 +7,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import polars as pl
-import redis
 
 from featurepipe.compile.polars_rows import PL_TYPES
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import FeaturepipeError
 from featurepipe.ir.types import DType
-from featurepipe.online.layout import DEFAULT_PREFIX, OnlineStoreLayout
+from featurepipe.online.state_store import DEFAULT_PREFIX, Client, StateStore
 
 FOUND = "_found"  # per view: whether the entity had any online state
 
@@ -27,10 +26,10 @@ class OnlineReader:
     """Reads features of many entities of several views in one Redis round trip."""
 
     def __init__(
-        self, client: redis.Redis, views: Sequence[FeatureView], prefix: str = DEFAULT_PREFIX
+        self, client: Client, views: Sequence[FeatureView], prefix: str = DEFAULT_PREFIX
     ) -> None:
         self.client = client
-        self.layout = OnlineStoreLayout(prefix)
+        self.store = StateStore(client, prefix)
         self.views = {v.name: v for v in views}
         self.programs = {v.name: ViewProgram(v.ir) for v in views}
 
@@ -44,22 +43,16 @@ class OnlineReader:
     ) -> list[dict[str, Any]]:
         """One dict per entity: requested features (and ``<view>_found``), as of ``at_us``."""
         t = at_us if at_us is not None else time.time_ns() // 1000
-        pipe = self.client.pipeline(transaction=False)
-        order: list[tuple[str, Any]] = []
-        for name in wanted:
-            view = self.views[name]
-            for e in entities:
-                pipe.hmget(self.layout.state_key(view, e), ["s", "f"])
-                order.append((name, e))
-        raw = pipe.execute()
+        order = [(name, e) for name in wanted for e in entities]
+        stored = self.store.read_states((self.views[name], e) for name, e in order)
         rows: list[dict[str, Any]] = [{} for _ in entities]
         index: dict[Any, list[int]] = {}
         for i, e in enumerate(entities):
             index.setdefault(e, []).append(i)
-        for (name, e), (blob, fp) in zip(order, raw, strict=True):
+        for (name, e), got in zip(order, stored, strict=True):
             view = self.views[name]
             prog = self.programs[name]
-            served = (fp.decode() if isinstance(fp, bytes) else fp) if fp is not None else None
+            served = got.fingerprint if got is not None else None
             if served is not None and served != view.fingerprint:
                 raise VersionMismatchError(
                     f"view '{name}': the online store serves version {served} for entity {e!r}, "
@@ -70,7 +63,7 @@ class OnlineReader:
                 raise VersionMismatchError(
                     f"view '{name}': version {pinned} was requested but {view.fingerprint} is served"
                 )
-            state = prog.loads(blob) if blob is not None else None
+            state = prog.loads(got.state) if got is not None else None
             # a read further than the view's lateness behind the entity's newest event raises
             # StateError (naming the view and the times) rather than answering another instant
             values = prog.query(state, t)
@@ -79,7 +72,7 @@ class OnlineReader:
                 row = rows[pos]
                 for f in wanted[name]:
                     row[f] = feats[f]
-                row[f"{name}{FOUND}"] = blob is not None
+                row[f"{name}{FOUND}"] = got is not None
         return rows
 
     def frame(

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +35,20 @@ from featurepipe.batch.sources import SourceReport, read_events
 from featurepipe.compile.polars_aggs import SEQ
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView
+from featurepipe.ir.timebase import as_utc, to_epoch_us
 from featurepipe.ir.types import DType
 from featurepipe.online.errors import OnlineStoreError
-from featurepipe.online.layout import (
+from featurepipe.online.state_store import (
     CUTOVER_EVENT_TIME,
     DEFAULT_PREFIX,
+    Client,
     Entity,
-    HashMapping,
-    OnlineStoreLayout,
+    MaterializeProgress,
+    StateStore,
     ViewMeta,
-    encode_entity,
-    state_fields,
 )
 
 Progress = Callable[[int, int], None]
-Client = redis.Redis | redis.RedisCluster
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_SWEEP_BATCH = 1000
 
 
 @dataclass
@@ -70,13 +66,6 @@ class MaterializeReport:
     skipped: int = 0  # events without an entity key or timestamp (not stored)
     quarantined: int = 0  # rows that broke the source contract (see read_events)
     stale_deleted: int = 0  # state keys of entities absent from this materialization, removed
-
-
-def to_micros(t: datetime) -> int:
-    """Epoch microseconds of ``t``; a naive datetime is taken as UTC."""
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return (t - _EPOCH) // timedelta(microseconds=1)
 
 
 def materialize(
@@ -99,7 +88,7 @@ def materialize(
     t0 = time.perf_counter()
     if batch_size < 1:
         raise OnlineStoreError(f"batch_size must be >= 1, got {batch_size}")
-    layout = OnlineStoreLayout(prefix)
+    store = StateStore(client, prefix)
     key = view.entity.key
     key_type = view.source.fields[key][0]
     if key_type not in (DType.STR, DType.INT):
@@ -107,39 +96,27 @@ def materialize(
             f"view '{view.name}': entity key '{key}' is {key_type}; the online store keys "
             "entities by str or int"
         )
-    until_dt = until if until.tzinfo is not None else until.replace(tzinfo=UTC)
-    until_us = to_micros(until_dt)
+    until_dt = as_utc(until)
+    until_us = to_epoch_us(until_dt)
     fingerprint = view.fingerprint
     lf, report = read_events(view.source, root=root, path=path, end=until_dt)
     run_id = _run_identity(fingerprint, until_us, report)
-    prog_key = layout.progress_key(view)
-    meta_key = layout.meta_key(view)
-    cluster = isinstance(client, redis.RedisCluster)
 
     try:
-        saved = _decode(client.hgetall(prog_key))
+        saved = store.read_progress(view)
         if (
             resume
-            and saved.get("run") == run_id
-            and saved.get("until") == str(until_us)
-            and saved.get("fingerprint") == fingerprint
+            and saved is not None
+            and (saved.run, saved.until, saved.fingerprint) == (run_id, until_us, fingerprint)
         ):
-            last: Entity | None = json.loads(saved["last_entity"])
-            done_entities, done_events = int(saved["entities"]), int(saved["events"])
+            last = saved.last_entity
+            done_entities, done_events = saved.entities, saved.events
         else:
             last, done_entities, done_events = None, 0, 0
-            pipe = client.pipeline(transaction=False)
-            pipe.delete(meta_key)  # no meta key: the store is not complete
-            pipe.delete(prog_key)
-            # stream workers' stored offsets belong to the states being replaced: drop them, so
-            # that workers re-read their topics from the start and skip up to the new cut-over
-            for offsets in client.scan_iter(match=f"{_glob(layout.prefix)}:offsets:*", count=1000):
-                pipe.delete(offsets)
-            pipe.hset(
-                prog_key,
-                mapping=_progress_fields(run_id, until_us, fingerprint, None, 0, 0),
+            # no meta key while running: a worker cannot mistake a partial store for a complete one
+            store.start_materialization(
+                view, MaterializeProgress(run_id, until_us, fingerprint, None, 0, 0)
             )
-            pipe.execute()
     except redis.exceptions.RedisError as e:
         raise OnlineStoreError(f"view '{view.name}': cannot read or reset progress: {e}") from e
     resumed_from = last
@@ -165,7 +142,7 @@ def materialize(
         if len(batch) < batch_size:
             continue
         done_entities, done_events = _write_batch(
-            client, layout, view, batch, run_id, until_us, done_entities, done_events, cluster
+            store, view, batch, run_id, until_us, done_entities, done_events
         )
         batches += 1
         batch = []
@@ -173,7 +150,7 @@ def materialize(
             progress(done_entities, total_entities)
     if batch:
         done_entities, done_events = _write_batch(
-            client, layout, view, batch, run_id, until_us, done_entities, done_events, cluster
+            store, view, batch, run_id, until_us, done_entities, done_events
         )
         batches += 1
         if progress is not None:
@@ -184,9 +161,8 @@ def materialize(
             f"view '{view.name}': wrote {done_entities} entities but the log holds "
             f"{total_entities}; rerun with resume disabled"
         )
-    current = {encode_entity(e) for e in entities_df[key]}
     try:
-        stale = _sweep(client, layout, view, current)
+        stale = store.delete_states_except(view, entities_df[key])
         meta = ViewMeta(
             fingerprint=fingerprint,
             materialized_until=until_us,
@@ -196,10 +172,7 @@ def materialize(
             events=done_events,
             source_files=[_file_entry(f) for f in report.files],
         )
-        pipe = client.pipeline(transaction=False)
-        pipe.hset(meta_key, mapping=meta.to_hash())
-        pipe.delete(prog_key)
-        pipe.execute()
+        store.finish_materialization(view, meta)
     except redis.exceptions.RedisError as e:
         raise OnlineStoreError(
             f"view '{view.name}': Redis error while finishing ({e}); rerun to finish"
@@ -227,7 +200,7 @@ def _entity_states(
     n = len(fields)
     previous: Any = last
     current: Any = None
-    state: list[Any] | None = None
+    state: Any = None  # ViewProgram state, opaque here
     count = 0
     for row in todo.iter_rows():
         entity = row[ki]
@@ -247,7 +220,7 @@ def _entity_states(
         yield current, _dump(prog, state, current), count
 
 
-def _dump(prog: ViewProgram, state: list[Any], entity: Entity) -> bytes:
+def _dump(prog: ViewProgram, state: Any, entity: Entity) -> bytes:
     try:
         return prog.dumps(state)
     except (OverflowError, TypeError, ValueError) as e:  # e.g. an int beyond msgpack's 64 bits
@@ -258,81 +231,30 @@ def _dump(prog: ViewProgram, state: list[Any], entity: Entity) -> bytes:
 
 
 def _write_batch(
-    client: Client,
-    layout: OnlineStoreLayout,
+    store: StateStore,
     view: FeatureView,
     batch: list[tuple[Entity, bytes, int]],
     run_id: str,
     until_us: int,
     done_entities: int,
     done_events: int,
-    cluster: bool,
 ) -> tuple[int, int]:
-    """One round trip: HSET each state, then the progress record (same connection, in order)."""
-    fingerprint = view.fingerprint
+    """One round trip: the batch's states, then the progress record claiming them."""
     done_entities += len(batch)
     done_events += sum(b[2] for b in batch)
-    record = _progress_fields(
-        run_id, until_us, fingerprint, batch[-1][0], done_entities, done_events
+    record = MaterializeProgress(
+        run_id, until_us, view.fingerprint, batch[-1][0], done_entities, done_events
     )
-    prog_key = layout.progress_key(view)
     try:
-        pipe = client.pipeline(transaction=False)
-        for entity, blob, _ in batch:
-            pipe.hset(layout.state_key(view, entity), mapping=state_fields(blob, fingerprint))
-        if not cluster:
-            pipe.hset(prog_key, mapping=record)
-        pipe.execute()
-        if cluster:  # a cluster pipeline spans nodes without ordering: record progress after
-            client.hset(prog_key, mapping=record)
+        store.write_states_with_progress(
+            view, view.fingerprint, [(entity, blob) for entity, blob, _ in batch], record
+        )
     except redis.exceptions.RedisError as e:
         raise OnlineStoreError(
             f"view '{view.name}': Redis error writing entities {batch[0][0]!r}..{batch[-1][0]!r} "
             f"({e}); rerun to resume"
         ) from e
     return done_entities, done_events
-
-
-def _sweep(client: Client, layout: OnlineStoreLayout, view: FeatureView, current: set[str]) -> int:
-    """Delete state keys of ``view`` whose entity is not in ``current`` (encoded)."""
-    stale: list[bytes | str] = []
-    deleted = 0
-    for k in client.scan_iter(match=layout.state_key_pattern(view), count=_SWEEP_BATCH):
-        text = layout.entity_text(k, view)
-        if text is not None and text not in current:
-            stale.append(k)
-            if len(stale) >= _SWEEP_BATCH:
-                deleted += _delete(client, stale)
-                stale = []
-    if stale:
-        deleted += _delete(client, stale)
-    return deleted
-
-
-def _delete(client: Client, keys: list[bytes | str]) -> int:
-    pipe = client.pipeline(transaction=False)
-    for k in keys:  # one DEL per key: keys of different entities may be in different slots
-        pipe.delete(k)
-    return sum(int(n) for n in pipe.execute())
-
-
-def _progress_fields(
-    run_id: str,
-    until_us: int,
-    fingerprint: str,
-    last: Entity | None,
-    entities: int,
-    events: int,
-) -> HashMapping:
-    return {
-        "run": run_id,
-        "until": str(until_us),
-        "fingerprint": fingerprint,
-        "last_entity": json.dumps(last),
-        "entities": str(entities),
-        "events": str(events),
-        "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
 
 
 def _file_entry(f: dict[str, Any]) -> dict[str, Any]:
@@ -353,17 +275,4 @@ def _run_identity(fingerprint: str, until_us: int, report: SourceReport) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _decode(raw: Any) -> dict[str, str]:
-    return {
-        (k.decode() if isinstance(k, bytes) else str(k)): (
-            v.decode() if isinstance(v, bytes) else str(v)
-        )
-        for k, v in dict(raw).items()
-    }
-
-
-__all__ = ["MaterializeReport", "materialize", "to_micros"]
-
-
-def _glob(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[]\\" else c for c in text)
+__all__ = ["MaterializeReport", "materialize"]

@@ -13,6 +13,7 @@ from featurepipe.compile.polars_aggs import ARRIVED, TS, BatchProgram
 from featurepipe.dsl.loader import Definitions
 from featurepipe.online.lookup import OnlineReader
 from featurepipe.online.redis_conn import connect
+from featurepipe.online.state_store import StateStore
 from featurepipe.parity.harness import ParityReport, compare, normalize_events
 from featurepipe.stream.produce import ensure_topics, produce_frame
 from featurepipe.stream.worker import StreamWorker, WorkerConfig
@@ -97,11 +98,5 @@ def run_e2e(
     )
     report.features = compare(view, batch, expected, q_key, q_ts, [ev.height] * len(q_ts))
     if not keep:
-        _cleanup(client, prefix)
+        StateStore(client, prefix).clear()
     return report
-
-
-def _cleanup(client: Any, prefix: str) -> None:
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    for i in range(0, len(keys), 1000):
-        client.delete(*keys[i : i + 1000])

@@ -20,7 +20,7 @@ import polars.selectors as cs
 
 from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
 from featurepipe.compile.polars_rows import PL_TYPES
-from featurepipe.compile.python_state import ViewProgram
+from featurepipe.compile.python_state import State, ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import DataError
 from featurepipe.ir.types import DType
@@ -107,7 +107,7 @@ def run_parity(
     key = view.entity.key
     ts_col = view.source.timestamp
     names = list(view.source.fields)
-    states: dict[Any, list[Any]] = {}
+    states: dict[Any, State] = {}
     last_ts: dict[Any, int] = {}
     q_key: list[Any] = []
     q_ts: list[int] = []

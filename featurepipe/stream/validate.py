@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pydantic
 from pydantic import BaseModel, ConfigDict
 
 from featurepipe.dsl.definitions import Source
+from featurepipe.ir.timebase import MAX_US, MIN_US, as_utc, to_epoch_us
 from featurepipe.ir.types import DType
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Accepted event times, the same on both paths: anything outside is bad input, not data.
-MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
-MAX_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 MAX_EVENT_BYTES = 256 * 1024
 
 
@@ -65,12 +61,11 @@ class EventValidator:
             value = event[name]
             if value is None:
                 continue
-            if value.tzinfo is None:
-                value = value.replace(tzinfo=UTC)
-            if not MIN_TIME <= value < MAX_TIME:
+            us = to_epoch_us(value)
+            # the accepted range is the batch path's too (featurepipe.ir.timebase)
+            if not MIN_US <= us < MAX_US:
                 raise Invalid(
-                    f"{name}: {value.isoformat()} outside the accepted range [1970, 2100)"
+                    f"{name}: {as_utc(value).isoformat()} outside the accepted range [1970, 2100)"
                 )
-            delta = value - _EPOCH
-            event[name] = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+            event[name] = us
         return event

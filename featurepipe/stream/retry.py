@@ -1,0 +1,53 @@
+"""Riding out online-store and network outages: retry with capped exponential backoff."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+
+from featurepipe.stream.errors import StreamError
+
+log = logging.getLogger("featurepipe.stream")
+T = TypeVar("T")
+
+# a paused or restarting Redis must not kill the worker: it waits, then resumes the batch
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class Backoff:
+    """Calls an operation until it stops failing with a transient error.
+
+    Delays double from ``first`` up to ``cap`` seconds. A stop request turns the next failure
+    into ``StreamError`` so that SIGTERM is not blocked by an outage.
+    """
+
+    def __init__(
+        self,
+        stop: threading.Event,
+        on_retry: Callable[[], None] = lambda: None,
+        *,
+        first: float = 0.1,
+        cap: float = 5.0,
+    ) -> None:
+        self.stop = stop
+        self.on_retry = on_retry
+        self.first = first
+        self.cap = cap
+
+    def __call__(self, fn: Callable[[], T]) -> T:
+        delay = self.first
+        while True:
+            try:
+                return fn()
+            except TRANSIENT as e:
+                self.on_retry()
+                log.warning("online store unavailable (%s); retrying in %.1fs", e, delay)
+                if self.stop.is_set():
+                    raise StreamError(f"stopped while the online store was unavailable: {e}") from e
+                time.sleep(delay)
+                delay = min(delay * 2, self.cap)
