@@ -124,7 +124,16 @@ def test_load_example_definitions() -> None:
         "count", "sum", "mean", "min", "max", "var", "std", "first", "last", "count_distinct"
     }
     assert len(v.feature_names) >= 15
-    assert Ev.model_fields  # the shared test contract is importable
+
+
+def test_source_fields_follow_the_contract() -> None:
+    """Every field of the pydantic contract, in order, with its type; ``T | None`` is nullable."""
+    fields = {name: (dtype.value, nullable) for name, (dtype, nullable) in source.fields.items()}
+    assert list(fields) == list(Ev.model_fields)
+    assert fields == {
+        "k": ("str", False), "x": ("float", True), "n": ("int", True), "s": ("str", True),
+        "b": ("bool", True), "ts": ("datetime", False),
+    }
 
 
 # ---- fingerprints ------------------------------------------------------------------------------

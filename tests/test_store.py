@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,20 +12,14 @@ import pytest
 from featurepipe.dev.datagen import generate_transactions
 from featurepipe.errors import DataError
 from featurepipe.store import FeatureStore, read_lineage, write_training_set
+from tests.schema import PAY_SCHEMA, TX_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
 DEFS = '''
-from datetime import datetime
-from pydantic import BaseModel
 import featurepipe as fp
-
-class Pay(BaseModel):
-    user_id: str
-    amount: float | None
-    ts: datetime
-    arrived: datetime
+from tests.schema import Pay
 
 user = fp.Entity("user", key="user_id")
 pays = fp.Source("pays", schema=Pay, timestamp="ts", arrival="arrived",
@@ -49,8 +42,7 @@ def _repo(tmp_path: Path, rows: list[dict[str, object]]) -> FeatureStore:
     (tmp_path / "data" / "pays").mkdir(parents=True)
     pl.DataFrame(
         rows,
-        schema={"user_id": pl.String, "amount": pl.Float64, "ts": pl.Datetime("us", "UTC"),
-                "arrived": pl.Datetime("us", "UTC")},
+        schema=PAY_SCHEMA,
     ).write_parquet(tmp_path / "data" / "pays" / "part-0.parquet")
     return FeatureStore(tmp_path)
 
@@ -173,7 +165,13 @@ def test_entity_frame_errors(tmp_path: Path) -> None:
         store.get_historical_features(pl.DataFrame({"user_id": ["a"]}), ["bitemporal:n"])
     with pytest.raises(DataError, match="lacks column 'user_id'"):
         store.get_historical_features(pl.DataFrame({"uid": ["a"], "event_timestamp": [_at(1)]}), ["bitemporal:n"])
-    assert math.isfinite(1.0)
+    with pytest.raises(DataError, match="entity frame of type list is not supported"):
+        store.get_historical_features([{"user_id": "a", "event_timestamp": _at(1)}], ["bitemporal:n"])
+    # the same row under a named timestamp column is answered
+    ok = store.get_historical_features(
+        pl.DataFrame({"user_id": ["a"], "at": [_at(1)]}), ["bitemporal:n"], timestamp="at"
+    )
+    assert ok["n"].to_list() == [1]
 
 
 def test_partitioned_run_equals_in_memory_run(tmp_path: Path) -> None:
@@ -206,15 +204,8 @@ def test_out_of_range_timestamps_are_quarantined_like_on_the_stream(tmp_path: Pa
 
 
 TWO_ENTITIES = """
-from datetime import datetime
-from pydantic import BaseModel
 import featurepipe as fp
-
-class Tx(BaseModel):
-    user_id: str
-    merchant_id: str
-    amount: float
-    ts: datetime
+from tests.schema import Tx
 
 src = fp.Source("tx", schema=Tx, timestamp="ts", batch=fp.ParquetSource("data/tx/*.parquet"))
 
@@ -232,12 +223,10 @@ def test_several_entities_in_one_call_from_a_glob(tmp_path: Path) -> None:
     (tmp_path / "feature_defs").mkdir()
     (tmp_path / "feature_defs" / "tx.py").write_text(TWO_ENTITIES)
     (tmp_path / "data" / "tx").mkdir(parents=True)
-    schema = {"user_id": pl.String, "merchant_id": pl.String, "amount": pl.Float64,
-              "ts": pl.Datetime("us", "UTC")}
     pl.DataFrame({"user_id": ["a", "b"], "merchant_id": ["m", "m"], "amount": [1.0, 5.0],
-                  "ts": [_at(0), _at(10)]}, schema=schema).write_parquet(tmp_path / "data" / "tx" / "1.parquet")
+                  "ts": [_at(0), _at(10)]}, schema=TX_SCHEMA).write_parquet(tmp_path / "data" / "tx" / "1.parquet")
     pl.DataFrame({"user_id": ["a"], "merchant_id": ["z"], "amount": [2.0], "ts": [_at(20)]},
-                 schema=schema).write_parquet(tmp_path / "data" / "tx" / "2.parquet")
+                 schema=TX_SCHEMA).write_parquet(tmp_path / "data" / "tx" / "2.parquet")
     store = FeatureStore(tmp_path)
     labels = pl.DataFrame({"user_id": ["a", "b"], "merchant_id": ["m", "z"],
                            "event_timestamp": [_at(30), _at(30)]})
@@ -258,9 +247,7 @@ def test_hive_partitions_outside_the_range_are_not_read(tmp_path: Path) -> None:
         d.mkdir(parents=True)
         t = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(hours=1)
         pl.DataFrame({"user_id": ["a"], "amount": [1.0], "ts": [t], "arrived": [t]},
-                     schema={"user_id": pl.String, "amount": pl.Float64,
-                             "ts": pl.Datetime("us", "UTC"), "arrived": pl.Datetime("us", "UTC")}
-                     ).write_parquet(d / "p.parquet")
+                     schema=PAY_SCHEMA).write_parquet(d / "p.parquet")
     # a corrupt file in a pruned partition proves it is never opened
     (tmp_path / "data" / "pays" / "date=2026-05-02" / "zz.parquet").write_bytes(b"not parquet")
     src = store.definitions.sources["pays"]

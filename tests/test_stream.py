@@ -201,4 +201,7 @@ def test_lookups_defaults_version_pins_and_metrics(services: infra.DevServices) 
     assert row[1] == {"txn_count_total": 0, "amount_sum_24h": 0.0, "user_spend_found": False}
     with pytest.raises(VersionMismatchError, match="requested"):
         reader.read([user], {"user_spend": ["txn_count_total"]}, fingerprints={"user_spend": "0" * 16})
-    assert datetime.now(UTC)
+    # read at the current time (no at_us), over a day after the log: lifetime kept, 24h window empty
+    assert datetime.now(UTC).timestamp() * 1e6 > at + 86_400e6
+    now = reader.read([user], {"user_spend": ["txn_count_total", "amount_sum_24h"]})
+    assert now[0]["txn_count_total"] == row[0]["txn_count_total"] and now[0]["amount_sum_24h"] == 0.0
