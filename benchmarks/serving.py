@@ -42,6 +42,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 import numpy as np
@@ -366,7 +367,10 @@ def run_feast(
     batches: dict[str, Any],
     workdir: Path,
 ) -> dict[str, Any]:
-    hostport = redis_url.split("://", 1)[1].split("/", 1)[0]
+    parts = urlsplit(redis_url)
+    hostport = f"{parts.hostname}:{parts.port or 6379}"
+    if parts.password:  # Feast's connection string: host:port[,password=...]
+        hostport += f",password={unquote(parts.password)}"
     spec = {
         "redis": hostport,
         "features": [[f, view.ir.feature(f).expr.dtype.name] for f in view.feature_names],
@@ -414,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     from featurepipe.online.layout import OnlineStoreLayout
     from featurepipe.online.lookup import OnlineReader
     from featurepipe.online.redis_conn import connect
+    from featurepipe.settings import redact_url
     from featurepipe.stream.produce import ensure_topics, produce_frame
 
     rev0 = revision()
@@ -434,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         prefix = f"bench-{run_id}"
         try:
             client = connect(svc.redis_url)
-            print(f"kafka (tansu) {svc.kafka_bootstrap}, valkey {svc.redis_url}")
+            print(f"kafka (tansu) {svc.kafka_bootstrap}, valkey {redact_url(svc.redis_url)}")
 
             # 1. throughput -------------------------------------------------------------------
             log = generate_transactions(args.events, seed=11)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -241,6 +242,10 @@ def materialize(
     ] = None,
     prefix: Annotated[str, typer.Option(help="Key prefix in Redis.")] = "fp",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = True,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(help="Accept input without any usable event (replaces states by nothing)."),
+    ] = False,
 ) -> None:
     """Bulk-load every entity's online state as of UNTIL from Parquet into Redis."""
     from featurepipe.online.cli_materialize import materialize_command
@@ -254,6 +259,7 @@ def materialize(
         events=events,
         prefix=prefix,
         resume=resume,
+        allow_empty=allow_empty,
         console=console,
     )
     if code:
@@ -311,6 +317,71 @@ def _parity_e2e(
         )
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def recover(
+    until: Annotated[
+        str,
+        typer.Option(
+            help="Cut-over, ISO-8601 (UTC if naive): Parquet holds every event before it, the topic every event from it."
+        ),
+    ],
+    defs: DefsOpt = Path("feature_defs"),
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(help="Kafka bootstrap servers (else $KAFKA_BOOTSTRAP_SERVERS, dev up)."),
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Online store URL (else $REDIS_URL, dev up).")
+    ] = None,
+    group: Annotated[str, typer.Option(help="The stream workers' consumer group.")] = "featurepipe",
+    prefix: Annotated[str, typer.Option(help="Key prefix in Redis.")] = "fp",
+    allow_empty: Annotated[
+        bool, typer.Option(help="Accept a view without any event before the cut-over.")
+    ] = False,
+) -> None:
+    """Rebuild the online store from Parquet up to UNTIL and reset the stream positions to match
+    (after Redis was emptied or rolled back, or the broker reset). Then (re)start the workers."""
+    from featurepipe.batch.registry import load_definitions
+    from featurepipe.ir.timebase import parse_instant
+    from featurepipe.online.redis_conn import connect
+    from featurepipe.settings import kafka_bootstrap
+    from featurepipe.stream.recover import recover as run_recover
+
+    until_dt = parse_instant(until, "--until")
+    d = load_definitions(defs)
+    views = list(d.views.values())
+    client = connect(redis_url)
+    try:
+        with progress_bar(console, "recover") as bar:
+
+            def bar_for(name: str) -> Callable[[int, int], None]:
+                task = bar.add_task(f"{name} entities", total=None)
+                return lambda done, total: bar.update(task, completed=done, total=total)
+
+            report = run_recover(
+                views,
+                until_dt,
+                client,
+                kafka_bootstrap(bootstrap),
+                group=group,
+                prefix=prefix,
+                allow_empty=allow_empty,
+                progress=bar_for,
+            )
+    finally:
+        client.close()
+    for r in report.views:
+        console.print(
+            f"view [bold]{escape(r.view)}[/]: {r.entities:,} entities, {r.events:,} events before "
+            f"{until_dt.isoformat()} ({r.quarantined:,} rows quarantined)"
+        )
+    console.print(
+        f"store generation {report.generation}; group {escape(group)} resumes "
+        f"{len(report.positions)} partition(s) from their first offset and ingests events from "
+        f"{until_dt.isoformat()} on. Start (or restart) `featurepipe stream --group {escape(group)}`."
+    )
 
 
 @app.command()
@@ -416,11 +487,15 @@ app.add_typer(dev_app, name="dev")
 def dev_up() -> None:
     """Start (or find) the embedded broker and store on free loopback ports."""
     from featurepipe.dev import infra
+    from featurepipe.settings import redact_url
 
     s = infra.up()
     console.print(f"kafka  {s.kafka_bootstrap}  (pid {s.kafka_pid})")
-    console.print(f"redis  {s.redis_url}  (pid {s.redis_pid})")
-    console.print("recorded in .featurepipe/dev.json; other commands find them there")
+    console.print(f"redis  {redact_url(s.redis_url)}  (pid {s.redis_pid})")
+    console.print(
+        "recorded in .featurepipe/dev.json (mode 0600, with the store's password); "
+        "other commands find them there"
+    )
 
 
 @dev_app.command("down")

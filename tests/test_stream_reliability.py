@@ -44,7 +44,9 @@ def _snapshot(client: redis.Redis, prefix: str) -> dict[bytes, tuple[bytes, byte
 
 
 def _consumed(client: redis.Redis, prefix: str) -> int:
-    return sum(int(v) for v in client.hgetall(f"{prefix}:offsets:{prefix}").values())
+    # documented value: <next offset>[:<digest of the message before it>]
+    raw = client.hgetall(f"{prefix}:offsets:{prefix}").values()
+    return sum(int(v.split(b":")[0]) for v in raw)
 
 
 def _runner(s: infra.DevServices, redis_url: str, topic: str, prefix: str) -> subprocess.Popen[str]:

@@ -6,13 +6,21 @@ coerced: they are counted, reported with examples and written to a quarantine fi
 lazy frame in the shape the batch compiler reads: datetimes as int64 epoch microseconds,
 ``__ts`` (event time) and ``__seq`` (arrival order: the arrival column if the source declares
 one, else file order then row order).
+
+The rules are the stream's, with the same reason texts (``featurepipe.ir.contract``): text that
+reads as a non-finite or out-of-range number (``NaN``, ``inf``, ``1e400``) where a number is
+expected; a column name given twice (every row of that file); a number, or text that reads as
+one, for a datetime; an event time outside [1970, 2100) or more than the future tolerance past
+the wall clock of the run (settings: ``FEATUREPIPE_FUTURE_TOLERANCE``, default one day). A NaN
+or infinity stored in a float column is a float value, not text, and is kept.
 """
 
 from __future__ import annotations
 
 import glob
+from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +29,23 @@ import polars as pl
 from featurepipe.compile.polars_aggs import SEQ, TS
 from featurepipe.dsl.definitions import Source
 from featurepipe.errors import DataError
+from featurepipe.ir.contract import (
+    DATETIME_NUMBER,
+    DUPLICATE_KEY,
+    NON_FINITE,
+    NOT_DATETIME,
+    NOT_INT64,
+    NULL_REQUIRED,
+    NUMBER_TEXT,
+    OUT_OF_RANGE,
+    future_limit_us,
+    in_future,
+    not_valid,
+    reason,
+)
 from featurepipe.ir.timebase import MAX_US, MIN_US, as_utc, to_epoch_us
 from featurepipe.ir.types import DType
+from featurepipe.settings import future_tolerance as configured_tolerance
 
 ROW = "__row"
 FILE = "__file"
@@ -35,11 +58,31 @@ _COMPATIBLE: dict[DType, tuple[type[pl.DataType], ...]] = {
     DType.STR: (pl.String, pl.Categorical, pl.Enum),
     DType.DATETIME: (pl.Datetime, pl.Date, pl.String),
 }
+_NUMBERS = (
+    pl.Int8,
+    pl.Int16,
+    pl.Int32,
+    pl.Int64,
+    pl.UInt8,
+    pl.UInt16,
+    pl.UInt32,
+    pl.UInt64,
+    pl.Float32,
+    pl.Float64,
+)
 # read as text and checked row by row: a bad value is quarantined, not a failed job
 _CHECKED_ROWS: dict[DType, tuple[type[pl.DataType], ...]] = {
     DType.INT: (pl.String, pl.Float64, pl.Float32, pl.UInt64),
     DType.FLOAT: (pl.String,),
     DType.BOOL: (pl.String,),
+    DType.DATETIME: _NUMBERS,  # never a datetime: every value is quarantined, as on the stream
+}
+_TARGET: dict[DType, pl.DataType] = {
+    DType.INT: pl.Int64(),
+    DType.FLOAT: pl.Float64(),
+    DType.BOOL: pl.Boolean(),
+    DType.STR: pl.String(),
+    DType.DATETIME: pl.Int64(),  # epoch microseconds
 }
 
 
@@ -126,10 +169,21 @@ def check_schema(source: Source, file: Path, schema: pl.Schema) -> None:
             )
 
 
-def _column(name: str, dtype: DType, actual: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
-    """(typed value, reason the row is bad or null) for one contract field."""
+def _column(
+    name: str, dtype: DType, actual: pl.DataType, future: tuple[int, str] | None = None
+) -> tuple[pl.Expr, pl.Expr]:
+    """(typed value, reason the row is bad or null) for one contract field.
+
+    ``future``: for the event time, the latest accepted value (epoch micros: the wall clock of
+    the run plus the tolerance) and the reason text of a later one.
+    """
     col = pl.col(name)
+    target = _TARGET[dtype]
     if dtype is DType.DATETIME:
+        if isinstance(actual, _NUMBERS):  # epoch numbers are ambiguous and refused
+            return pl.lit(None, target), pl.when(col.is_not_null()).then(
+                pl.lit(reason(name, DATETIME_NUMBER))
+            )
         if isinstance(actual, pl.String):
             parsed = col.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
         elif isinstance(actual, pl.Date):
@@ -141,31 +195,77 @@ def _column(name: str, dtype: DType, actual: pl.DataType) -> tuple[pl.Expr, pl.E
         value = parsed.dt.replace_time_zone(None).cast(pl.Int64)
         # the accepted range is the stream path's too: a 1900 or 2200 timestamp is bad input
         in_range = (value >= MIN_US) & (value < MAX_US)
-        reason = (
-            pl.when(col.is_not_null() & value.is_null())
-            .then(pl.lit(f"{name}: not a valid datetime"))
-            .when(value.is_not_null() & ~in_range)
-            .then(pl.lit(f"{name}: outside the accepted range [1970, 2100)"))
+        number_text = (
+            col.str.contains(f"^(?:{NUMBER_TEXT})$")
+            if isinstance(actual, pl.String)
+            else pl.lit(False)
         )
-        return pl.when(in_range).then(value), reason
-    target = {
-        DType.INT: pl.Int64,
-        DType.FLOAT: pl.Float64,
-        DType.BOOL: pl.Boolean,
-        DType.STR: pl.String,
-    }[dtype]
+        why = (
+            pl.when(col.is_not_null() & number_text)
+            .then(pl.lit(reason(name, DATETIME_NUMBER)))
+            .when(col.is_not_null() & value.is_null())
+            .then(pl.lit(reason(name, NOT_DATETIME)))
+            .when(value.is_not_null() & ~in_range)
+            .then(pl.lit(reason(name, OUT_OF_RANGE)))
+        )
+        if future is not None:
+            why = why.when(value > future[0]).then(pl.lit(future[1]))
+        return pl.when(in_range & ~number_text).then(value), why
     if isinstance(actual, _CHECKED_ROWS.get(dtype, ())):
         if dtype is DType.INT and isinstance(actual, pl.Float64 | pl.Float32):
-            value = pl.when(col == col.round(0)).then(col.cast(pl.Int64, strict=False))
+            integral = col == col.round(0)
+            value = pl.when(integral).then(col.cast(pl.Int64, strict=False))
+            non_finite = col.is_nan() | col.is_infinite()
+            too_large = integral & ~non_finite & value.is_null()
+        elif dtype is DType.INT and isinstance(actual, pl.UInt64):
+            value = col.cast(pl.Int64, strict=False)
+            non_finite, too_large = pl.lit(False), value.is_null()
         elif dtype is DType.BOOL:
             low = col.str.to_lowercase()
             value = pl.when(low == "true").then(True).when(low == "false").then(False)
-        else:
+            non_finite = too_large = pl.lit(False)
+        else:  # text for a number: the stream's JSON numbers, with the same refusals
             value = col.cast(target, strict=False)
-        return value, pl.when(col.is_not_null() & value.is_null()).then(
-            pl.lit(f"{name}: not a valid {dtype}")
+            as_float = col.cast(pl.Float64, strict=False)
+            non_finite = as_float.is_nan() | as_float.is_infinite()
+            too_large = (
+                col.str.contains(r"^[+-]?[0-9]+$") & value.is_null()
+                if dtype is DType.INT
+                else pl.lit(False)
+            )
+        why = (
+            pl.when(col.is_not_null() & non_finite)
+            .then(pl.lit(reason(name, NON_FINITE)))
+            .when(col.is_not_null() & too_large)
+            .then(pl.lit(reason(name, NOT_INT64)))
+            .when(col.is_not_null() & value.is_null())
+            .then(pl.lit(reason(name, not_valid(dtype))))
         )
+        return pl.when(~(col.is_not_null() & non_finite)).then(value), why
     return col.cast(target), pl.lit(None, pl.String)
+
+
+def _duplicated(file: Path) -> list[str]:
+    """Column names that ``file`` holds more than once (Polars cannot read such a file)."""
+    import pyarrow.parquet as pq
+
+    names = Counter(pq.read_schema(file).names)
+    return sorted(n for n, count in names.items() if count > 1)
+
+
+def _whole_file_refused(file: Path, i: int, source: Source, why: str) -> pl.LazyFrame:
+    """Every row of ``file`` quarantined for ``why`` (a file Polars cannot read as a table)."""
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(file).metadata.num_rows
+    return pl.LazyFrame().select(
+        pl.int_range(0, rows, dtype=pl.get_index_type()).alias(ROW),
+        pl.lit(str(file)).alias(FILE),
+        pl.lit(i, pl.Int64).alias("__file_no"),
+        *[pl.lit(None, _TARGET[dtype]).alias(n) for n, (dtype, _) in source.fields.items()],
+        pl.lit(why).alias(REASON),
+        pl.lit(True).alias("__bad"),
+    )
 
 
 def read_events(
@@ -177,12 +277,18 @@ def read_events(
     end: datetime | None = None,
     quarantine_dir: str | Path | None = None,
     ordered: bool = True,
+    future_tolerance: timedelta | None = None,
+    now: datetime | None = None,
 ) -> tuple[pl.LazyFrame, SourceReport]:
     """Events of ``source`` with ``start <= ts < end``, validated, in arrival order.
 
     ``ordered=False`` skips the arrival ordering (and ``__seq``) so that a caller can first
     split the events into entity partitions in one streaming pass and order each partition
     with ``in_arrival_order``: arrival order only matters within an entity.
+
+    Event times later than ``now`` (default: the wall clock when the read starts) plus
+    ``future_tolerance`` (default: the setting, ``featurepipe.settings.future_tolerance``) are
+    quarantined, as the stream refuses them.
     """
     if path is None:
         if source.batch is None:
@@ -190,21 +296,34 @@ def read_events(
         path = source.batch.path
     files = _prune(resolve_files(path, root), start, end)
     report = SourceReport(source=source.name)
+    tolerance = future_tolerance if future_tolerance is not None else configured_tolerance()
+    now_us = to_epoch_us(now if now is not None else datetime.now(UTC))
+    future = (future_limit_us(now_us, tolerance), reason(source.timestamp, in_future(tolerance)))
     frames: list[pl.LazyFrame] = []
     for i, file in enumerate(files):
-        schema = pl.read_parquet_schema(file)
+        try:
+            schema = pl.read_parquet_schema(file)
+        except pl.exceptions.DuplicateError:
+            twice = _duplicated(file)
+            if not twice:
+                raise
+            why = "; ".join(reason(n, DUPLICATE_KEY) for n in twice)
+            frames.append(_whole_file_refused(file, i, source, why))
+            continue
         check_schema(source, file, pl.Schema(schema))
         cols: list[pl.Expr] = []
         bad: list[pl.Expr] = []
         reasons: list[pl.Expr] = []
         for name, (dtype, nullable) in source.fields.items():
-            value, reason = _column(name, dtype, schema[name])
+            value, why_not = _column(
+                name, dtype, schema[name], future if name == source.timestamp else None
+            )
             cols.append(value.alias(name))
-            reasons.append(reason)
-            bad.append(reason.is_not_null())
+            reasons.append(why_not)
+            bad.append(why_not.is_not_null())
             if not nullable:
                 missing = pl.col(name).is_null()
-                reasons.append(pl.when(missing).then(pl.lit(f"{name}: null in a required field")))
+                reasons.append(pl.when(missing).then(pl.lit(reason(name, NULL_REQUIRED))))
                 bad.append(missing)
         lf = (
             pl.scan_parquet(file)

@@ -29,6 +29,7 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
     from featurepipe.online.materialize import materialize
     from featurepipe.online.redis_conn import connect
     from featurepipe.parity.e2e import run_e2e
+    from featurepipe.settings import redact_url
     from featurepipe.store import FeatureStore, read_lineage, write_training_set
     from featurepipe.stream.produce import encode_event, ensure_topics, produce_frame, produce_raw
     from featurepipe.stream.worker import StreamWorker, WorkerConfig
@@ -49,7 +50,8 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
     t = step(1, "embedded Kafka-compatible broker and Redis-compatible server")
     services = infra.up()
     console.print(
-        f"kafka {services.kafka_bootstrap}, redis {services.redis_url}  ({time.perf_counter() - t:.1f}s)"
+        f"kafka {services.kafka_bootstrap}, redis {redact_url(services.redis_url)}  "
+        f"({time.perf_counter() - t:.1f}s)"
     )
 
     t = step(2, f"generate {DAYS} days of transactions")

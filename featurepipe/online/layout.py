@@ -10,6 +10,8 @@ Keys (``fp`` is the default, configurable prefix)::
     fp:meta:<view>                HASH  ViewMeta: what was materialized, up to when
     fp:meta:<view>:materialize    HASH  MaterializeProgress (deleted when the run completes)
     fp:offsets:<group>            HASH  <topic>:<partition> -> next offset of a worker group
+                                        [":" digest of the message before it]
+    fp:generation                 HASH  Generation: which epoch of the store this is
 
 ``{<entity>}`` is a Redis Cluster hash tag: only the text between the braces is hashed, so
 every key of one entity (one per view) lives in the same slot and one node can update or read
@@ -37,7 +39,8 @@ DEFAULT_PREFIX = "fp"
 # fields of a state hash
 STATE_FIELD = "s"
 FINGERPRINT_FIELD = "f"
-STATE_FIELDS = [STATE_FIELD, FINGERPRINT_FIELD]
+QUARANTINE_FIELD = "q"  # why the entity's state cannot be served (replaces ``s``)
+STATE_FIELDS = [STATE_FIELD, FINGERPRINT_FIELD, QUARANTINE_FIELD]
 
 # values of ViewMeta.cutover_basis
 CUTOVER_EVENT_TIME = "event_time"
@@ -113,6 +116,9 @@ class OnlineStoreLayout:
     def offsets_key(self, group: str) -> str:
         return f"{self.prefix}:offsets:{group}"
 
+    def generation_key(self) -> str:
+        return f"{self.prefix}:generation"
+
     def offsets_key_pattern(self) -> str:
         """SCAN MATCH pattern of the offsets hash of every worker group."""
         return f"{_glob_escape(self.prefix)}:offsets:*"
@@ -149,6 +155,48 @@ def parse_offset_field(text: str) -> tuple[str, int]:
     return topic, int(partition)
 
 
+def position_value(offset: int, digest: str | None) -> str:
+    """The value of a partition in an offsets hash: ``<next offset>[:<digest>]``, the digest
+    being that of the message just before ``offset`` (what a restart checks the topic against)."""
+    return str(offset) if digest is None else f"{offset}:{digest}"
+
+
+def parse_position_value(text: str) -> tuple[int, str | None]:
+    offset, _, digest = text.partition(":")
+    return int(offset), digest or None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Contents of ``<prefix>:generation``: the epoch of the store.
+
+    Created by ``materialize``/``recover`` (a new epoch each time) or by the first stream worker
+    of an empty store. A Redis that restarted empty has none: readers and workers refuse it.
+    Workers check, in every commit, that the epoch is still the one they started in.
+    """
+
+    id: str
+    basis: str  # "materialize", "recover" or "stream"
+    created_at: str  # ISO-8601 UTC
+    views: dict[str, str]  # view name -> fingerprint the epoch was built for
+
+    def to_hash(self) -> HashMapping:
+        return {
+            "id": self.id,
+            "basis": self.basis,
+            "created_at": self.created_at,
+            "views": json.dumps(self.views, sort_keys=True),
+        }
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[Any, Any]) -> Generation:
+        h = {_text(k): _text(v) for k, v in raw.items()}
+        try:
+            return cls(h["id"], h["basis"], h["created_at"], json.loads(h["views"]))
+        except (KeyError, ValueError) as e:
+            raise OnlineStoreError(f"malformed store generation record {h!r}: {e}") from e
+
+
 def state_key(view: ViewLike, entity: Entity, prefix: str = DEFAULT_PREFIX) -> str:
     """``<prefix>:{<entity>}:<view>``: the HASH holding one entity's state for one view."""
     return OnlineStoreLayout(prefix).state_key(view, entity)
@@ -162,6 +210,11 @@ def meta_key(view: ViewLike, prefix: str = DEFAULT_PREFIX) -> str:
 def state_fields(state: bytes, fingerprint: str) -> HashMapping:
     """The fields of a state hash: ``s`` = ``ViewProgram.dumps(state)``, ``f`` = fingerprint."""
     return {STATE_FIELD: state, FINGERPRINT_FIELD: fingerprint}
+
+
+def quarantine_fields(reason: str, fingerprint: str) -> HashMapping:
+    """The fields of a quarantined entity: ``q`` = the reason (``s`` is deleted)."""
+    return {QUARANTINE_FIELD: reason, FINGERPRINT_FIELD: fingerprint}
 
 
 @dataclass(frozen=True)

@@ -79,11 +79,18 @@ def materialize(
     prefix: str = DEFAULT_PREFIX,
     progress: Progress | None = None,
     resume: bool = True,
+    allow_empty: bool = False,
+    basis: str = "materialize",
 ) -> MaterializeReport:
     """Write every entity's state after the events with ``ts < until`` to the online store.
 
     ``progress(done, total)`` is called once before the first batch and after each batch
     (entities). An exception it raises stops the run, which a later call resumes.
+
+    Input without a single usable event (empty, filtered out, or entirely quarantined) is
+    refused before anything in the store changes, unless ``allow_empty``: replacing every live
+    state by nothing is almost always a wrong path or a broken export, not an intent.
+    A fresh (not resumed) run starts a new store generation (``basis``).
     """
     t0 = time.perf_counter()
     if batch_size < 1:
@@ -101,6 +108,17 @@ def materialize(
     fingerprint = view.fingerprint
     lf, report = read_events(view.source, root=root, path=path, end=until_dt)
     run_id = _run_identity(fingerprint, until_us, report)
+    fields = list(view.source.fields)
+    ts_col = view.source.timestamp
+    usable = pl.col(key).is_not_null() & pl.col(ts_col).is_not_null()
+    entities_df = lf.filter(usable).select(pl.col(key).unique()).collect()
+    if entities_df.height == 0 and not allow_empty:
+        files = len(report.files)
+        raise OnlineStoreError(
+            f"view '{view.name}': no usable event before {until_dt.isoformat()} in {files} "
+            f"file(s) ({report.quarantined:,} rows quarantined); refusing to replace the online "
+            "state by nothing. Check the source path and the cut-over, or pass --allow-empty"
+        )
 
     try:
         saved = store.read_progress(view)
@@ -113,6 +131,7 @@ def materialize(
             done_entities, done_events = saved.entities, saved.events
         else:
             last, done_entities, done_events = None, 0, 0
+            store.new_generation(basis, {view.name: fingerprint})
             # no meta key while running: a worker cannot mistake a partial store for a complete one
             store.start_materialization(
                 view, MaterializeProgress(run_id, until_us, fingerprint, None, 0, 0)
@@ -121,14 +140,10 @@ def materialize(
         raise OnlineStoreError(f"view '{view.name}': cannot read or reset progress: {e}") from e
     resumed_from = last
 
-    fields = list(view.source.fields)
-    ts_col = view.source.timestamp
-    usable = pl.col(key).is_not_null() & pl.col(ts_col).is_not_null()
     todo_filter = usable if last is None else usable & (pl.col(key) > pl.lit(last))
     todo_q = lf.filter(todo_filter).select(*fields, SEQ).sort(key, SEQ)
     skipped_q = lf.select((~usable).sum().alias("skipped"))
-    entities_q = lf.filter(usable).select(pl.col(key).unique())
-    todo, skipped_df, entities_df = pl.collect_all([todo_q, skipped_q, entities_q])
+    todo, skipped_df = pl.collect_all([todo_q, skipped_q])
     total_entities = entities_df.height
     skipped = int(skipped_df["skipped"][0])
 

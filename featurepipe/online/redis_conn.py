@@ -9,17 +9,20 @@ Where the URL comes from, first match wins:
 
 URLs are handed to redis-py as they are: ``rediss://`` for TLS (``?ssl_cert_reqs=...`` and the
 other query options apply), ``redis://user:password@host:port/db`` for AUTH/ACL,
-``unix:///path/to/socket``. Passwords are masked in every message.
+``unix:///path/to/socket``. Passwords are masked in every message, in every form (as written,
+percent-encoded or decoded); a password holding an unencoded ``/``, ``?`` or ``#`` is refused
+before any client sees it (a URL parser would take part of it for the host or the path, and
+print it), with a message saying to percent-encode it.
 """
 
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from featurepipe.online.errors import OnlineStoreError
+from featurepipe.settings import redact_url, scrub, unencoded_credentials
 
 ENV_VAR = "REDIS_URL"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -47,18 +50,8 @@ def resolve_url(url: str | None = None) -> tuple[str, str]:
 
 
 def redact(url: str) -> str:
-    """The URL with its password (if any) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        return "<unparsable URL>"
+    """The URL with its password and secret query options replaced by ``***``."""
+    return redact_url(url)
 
 
 def connect(url: str | None = None, *, timeout: float = 5.0) -> redis.Redis:
@@ -68,11 +61,17 @@ def connect(url: str | None = None, *, timeout: float = 5.0) -> redis.Redis:
     """
     resolved, origin = resolve_url(url)
     shown = redact(resolved)
-    scheme = urlsplit(resolved).scheme if "://" in resolved else ""
+    scheme = resolved.partition("://")[0].lower() if "://" in resolved else ""
     if scheme not in SCHEMES:
         raise OnlineStoreError(
             f"online store URL {shown!r} ({origin}) is not a Redis URL: use "
             "redis://host:port/db, rediss://... (TLS) or unix:///path"
+        )
+    if unencoded_credentials(resolved):
+        raise OnlineStoreError(
+            f"online store URL {shown!r} ({origin}): the user name or password holds an "
+            "unencoded '/', '?' or '#' (or an '@' follows the host): percent-encode them "
+            "('/' as %2F, '?' as %3F, '#' as %23, '@' as %40, '%' as %25)"
         )
     try:
         client = redis.Redis.from_url(
@@ -82,13 +81,19 @@ def connect(url: str | None = None, *, timeout: float = 5.0) -> redis.Redis:
             decode_responses=False,
         )
     except ValueError as e:
-        raise OnlineStoreError(f"invalid online store URL {shown!r} ({origin}): {e}") from e
+        raise OnlineStoreError(
+            f"invalid online store URL {shown!r} ({origin}): {scrub(str(e), resolved)}"
+        ) from None
     try:
         client.ping()
     except redis.exceptions.AuthenticationError as e:
         client.close()
-        raise OnlineStoreError(f"Redis at {shown} ({origin}) refused the credentials: {e}") from e
+        raise OnlineStoreError(
+            f"Redis at {shown} ({origin}) refused the credentials: {scrub(str(e), resolved)}"
+        ) from e
     except redis.exceptions.RedisError as e:
         client.close()
-        raise OnlineStoreError(f"cannot reach Redis at {shown} ({origin}): {e}") from e
+        raise OnlineStoreError(
+            f"cannot reach Redis at {shown} ({origin}): {scrub(str(e), resolved)}"
+        ) from e
     return client

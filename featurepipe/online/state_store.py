@@ -11,16 +11,22 @@ Redis errors propagate unchanged: callers decide whether to retry (the worker) o
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import redis
 
+from featurepipe.online.errors import OnlineStoreError
 from featurepipe.online.layout import (
     CUTOVER_EVENT_TIME,
     DEFAULT_PREFIX,
+    QUARANTINE_FIELD,
+    STATE_FIELD,
     STATE_FIELDS,
     Entity,
+    Generation,
     HashMapping,
     MaterializeProgress,
     OnlineStoreLayout,
@@ -29,18 +35,27 @@ from featurepipe.online.layout import (
     encode_entity,
     offset_field,
     parse_offset_field,
+    parse_position_value,
+    position_value,
+    quarantine_fields,
     state_fields,
+    view_name,
 )
 
 __all__ = [
     "CUTOVER_EVENT_TIME",
     "DEFAULT_PREFIX",
+    "MAX_STATE_BYTES",
     "Client",
     "Entity",
+    "Generation",
     "MaterializeProgress",
     "Partition",
+    "Position",
     "StateStore",
     "StateWrite",
+    "StoreIdentityError",
+    "StoreNotInitializedError",
     "StoredState",
     "ViewMeta",
 ]
@@ -48,24 +63,49 @@ __all__ = [
 Client = redis.Redis | redis.RedisCluster
 Partition = tuple[str, int]  # (topic, partition); kafka's TopicPartition is such a tuple
 
+# The largest state blob a worker writes or a reader decodes: beyond it the entity is
+# quarantined (workers) or refused (readers), so one entity cannot exhaust a process's memory.
+MAX_STATE_BYTES = 8 << 20
 _SCAN_COUNT = 1000
 _DELETE_BATCH = 1000
+
+
+class StoreIdentityError(OnlineStoreError):
+    """The store is not the one this process started with (re-materialized, emptied, rolled
+    back) or does not fit the broker: continuing would serve or write wrong values."""
+
+
+class StoreNotInitializedError(StoreIdentityError):
+    """The store holds no generation: never materialized or streamed into, or emptied."""
+
+
+class Position(NamedTuple):
+    """Where a worker group resumes a partition, and what the topic must hold just before."""
+
+    offset: int  # the next offset to read
+    digest: str | None  # digest of the message at offset - 1, when one was read
 
 
 class StoredState(NamedTuple):
     """One entity's state for one view, as stored."""
 
-    state: bytes  # ViewProgram.dumps
+    state: bytes | None  # ViewProgram.dumps; None when quarantined
     fingerprint: str | None  # of the view definition that wrote it
+    quarantine: str | None = None  # why the state cannot be served, if it cannot
 
 
 class StateWrite(NamedTuple):
-    """A state to store: absolute bytes, so writing it twice is harmless."""
+    """A state to store: absolute bytes, so writing it twice is harmless.
+
+    With ``quarantine`` set, the entity's state is dropped and replaced by that reason: readers
+    then refuse the entity (a clear error) instead of serving a partial value.
+    """
 
     view: ViewLike
     entity: Entity
     state: bytes
     fingerprint: str
+    quarantine: str | None = None
 
 
 class StateStore:
@@ -74,6 +114,8 @@ class StateStore:
     def __init__(self, client: Client, prefix: str = DEFAULT_PREFIX) -> None:
         self.client = client
         self.layout = OnlineStoreLayout(prefix)
+        # when bound (``bind``), every commit first checks the store is still this generation
+        self.generation: str | None = None
         # a cluster pipeline spans nodes without ordering
         self.cluster = isinstance(client, redis.RedisCluster)
 
@@ -87,10 +129,7 @@ class StateStore:
         pipe = self.client.pipeline(transaction=False)
         for view, entity in wanted:
             pipe.hmget(self.layout.state_key(view, entity), STATE_FIELDS)
-        return [
-            None if blob is None else StoredState(blob, None if fp is None else _text(fp))
-            for blob, fp in pipe.execute()
-        ]
+        return [_stored(row) for row in pipe.execute()]
 
     def write_states_with_progress(
         self,
@@ -108,7 +147,9 @@ class StateStore:
         record = progress.to_hash()
         pipe = self.client.pipeline(transaction=False)
         for entity, blob in states:
-            pipe.hset(self.layout.state_key(view, entity), mapping=state_fields(blob, fingerprint))
+            key = self.layout.state_key(view, entity)
+            pipe.hdel(key, QUARANTINE_FIELD)  # a rebuilt state lifts a quarantine
+            pipe.hset(key, mapping=state_fields(blob, fingerprint))
         if not self.cluster:
             pipe.hset(progress_key, mapping=record)
         pipe.execute()
@@ -169,11 +210,148 @@ class StateStore:
         pipe.delete(self.layout.progress_key(view))
         pipe.execute()
 
+    # -- generation: which epoch of the store this is -----------------------------------------
+    def read_generation(self) -> Generation | None:
+        raw = self.client.hgetall(self.layout.generation_key())
+        return Generation.from_hash(raw) if raw else None
+
+    def new_generation(self, basis: str, views: Mapping[str, str]) -> Generation:
+        """Start a new epoch (materialize, recover); views of the previous epoch are kept."""
+        previous = self.read_generation()
+        merged = {**(previous.views if previous else {}), **views}
+        generation = Generation(uuid.uuid4().hex, basis, _now(), merged)
+        key = self.layout.generation_key()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.hset(key, mapping=generation.to_hash())
+        pipe.execute()
+        return generation
+
+    def create_generation(self, basis: str, views: Mapping[str, str]) -> tuple[Generation, bool]:
+        """The current generation, creating it if there is none; True when created here."""
+        key = self.layout.generation_key()
+        candidate = Generation(uuid.uuid4().hex, basis, _now(), dict(views))
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.hgetall(key)
+                    if raw:
+                        return Generation.from_hash(raw), False
+                    pipe.multi()
+                    pipe.hset(key, mapping=candidate.to_hash())
+                    pipe.execute()
+                    return candidate, True
+                except redis.WatchError:
+                    continue
+
+    def bind(self, generation: str) -> None:
+        """Refuse every later commit unless the store is still ``generation``."""
+        self.generation = generation
+
+    def require_generation(self, expected: str | None = None) -> Generation:
+        """The current generation; ``StoreNotInitializedError`` if there is none,
+        ``StoreIdentityError`` if it is not ``expected``."""
+        generation = self.read_generation()
+        _check_generation(
+            None if generation is None else generation.id, expected, self.layout.prefix
+        )
+        assert generation is not None
+        return generation
+
+    def read_states_in_generation(
+        self,
+        wanted: Sequence[tuple[ViewLike, Entity]],
+        expected: str | None = None,
+    ) -> list[StoredState | None]:
+        """``read_states`` with the store's checks in the same round trip: a reader never
+        answers from a store that was emptied, is not the generation it expects, or holds a
+        view whose materialization has not completed (its missing entities are not absent,
+        only not written yet)."""
+        views = list(dict.fromkeys(view_name(v) for v, _ in wanted))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self.layout.generation_key(), "id")
+        for name in views:
+            pipe.exists(self.layout.progress_key(name))
+        for view, entity in wanted:
+            pipe.hmget(self.layout.state_key(view, entity), STATE_FIELDS)
+        generation, *rest = pipe.execute()
+        _check_generation(
+            None if generation is None else _text(generation), expected, self.layout.prefix
+        )
+        for name, running in zip(views, rest[: len(views)], strict=True):
+            if running:
+                raise StoreIdentityError(
+                    f"view '{name}': a materialization is running or was interrupted; its "
+                    "entities are not all written. Rerun `featurepipe materialize` to finish"
+                )
+        return [_stored(row) for row in rest[len(views) :]]
+
+    def has_states(self, view: ViewLike) -> bool:
+        """Whether any entity of ``view`` has a state (a bounded SCAN; for start-up checks)."""
+        pattern = self.layout.state_key_pattern(view)
+        return next(iter(self.client.scan_iter(match=pattern, count=_SCAN_COUNT)), None) is not None
+
     # -- stream offsets and the atomic commit -------------------------------------------------
     def read_offsets(self, group: str) -> dict[Partition, int]:
         """The next offset to read of every partition ``group`` has committed."""
+        return {tp: p.offset for tp, p in self.read_positions(group).items()}
+
+    def read_positions(self, group: str) -> dict[Partition, Position]:
+        """Where ``group`` resumes every partition it has a position for."""
         raw = self.client.hgetall(self.layout.offsets_key(group))
-        return {parse_offset_field(_text(k)): int(v) for k, v in raw.items()}
+        return {
+            parse_offset_field(_text(k)): Position(*parse_position_value(_text(v)))
+            for k, v in raw.items()
+        }
+
+    def init_positions(self, group: str, positions: Mapping[Partition, int]) -> bool:
+        """Record starting positions for partitions that have none, all or nothing: False
+        (nothing written) when any of them already has one (another worker was first)."""
+        key = self.layout.offsets_key(group)
+        fields = [offset_field(t, p) for t, p in positions]
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key, self.layout.generation_key())
+                    if any(v is not None for v in pipe.hmget(key, fields)):
+                        return False
+                    self._check_bound(pipe)
+                    pipe.multi()
+                    pipe.hset(
+                        key,
+                        mapping={
+                            offset_field(t, p): position_value(o, None)
+                            for (t, p), o in positions.items()
+                        },
+                    )
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue
+
+    def reset_positions(self, group: str, positions: Mapping[Partition, int]) -> None:
+        """Replace ``group``'s positions (``recover``): these partitions, these offsets."""
+        key = self.layout.offsets_key(group)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(key)
+        if positions:
+            pipe.hset(
+                key,
+                mapping={
+                    offset_field(t, p): position_value(o, None) for (t, p), o in positions.items()
+                },
+            )
+        pipe.execute()
+
+    def _check_bound(self, pipe: Any) -> None:
+        """Inside WATCH: raise if the store is no longer the bound generation."""
+        if self.generation is None:
+            return
+        current = pipe.hget(self.layout.generation_key(), "id")
+        _check_generation(
+            None if current is None else _text(current), self.generation, self.layout.prefix
+        )
 
     def commit(
         self,
@@ -181,6 +359,7 @@ class StateStore:
         writes: Iterable[StateWrite],
         offsets: Mapping[Partition, int],
         expected: Mapping[Partition, int],
+        digests: Mapping[Partition, str] | None = None,
     ) -> bool:
         """Write ``writes`` and ``group``'s next ``offsets`` in one MULTI/EXEC transaction.
 
@@ -188,25 +367,45 @@ class StateStore:
         expected one (where the batch started), checked under WATCH of the offsets hash, so a
         worker that stalled past a rebalance cannot overwrite its successor. Returns False,
         writing nothing, when a stored offset has moved. Needs a single Redis (not a cluster).
+
+        ``digests`` (of the last message read per partition) are stored with the offsets so a
+        restart can check that the topic still holds that message. When the store is bound to
+        a generation, a different or missing one raises ``StoreIdentityError``: the store was
+        emptied or replaced under the worker, and writing on would mix two epochs.
         """
         key = self.layout.offsets_key(group)
-        new: HashMapping = {offset_field(t, p): str(o) for (t, p), o in offsets.items()}
+        digests = digests or {}
+        new: HashMapping = {
+            offset_field(t, p): position_value(o, digests.get((t, p)))
+            for (t, p), o in offsets.items()
+        }
         fields = [offset_field(t, p) for t, p in expected]
         starts = list(expected.values())
         hashes = [
-            (self.layout.state_key(w.view, w.entity), state_fields(w.state, w.fingerprint))
+            (
+                self.layout.state_key(w.view, w.entity),
+                state_fields(w.state, w.fingerprint)
+                if w.quarantine is None
+                else quarantine_fields(w.quarantine, w.fingerprint),
+                w.quarantine is not None,
+            )
             for w in writes
         ]
         with self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(key)
+                    pipe.watch(key, self.layout.generation_key())
+                    self._check_bound(pipe)
                     stored = pipe.hmget(key, fields) if fields else []
                     for start, have in zip(starts, stored, strict=True):
-                        if have is not None and int(have) != start:
+                        if have is None and self.generation is not None:
+                            return False  # a position this worker resumed from has vanished
+                        if have is not None and parse_position_value(_text(have))[0] != start:
                             return False
                     pipe.multi()
-                    for state_key, mapping in hashes:
+                    for state_key, mapping, quarantined in hashes:
+                        if quarantined:
+                            pipe.hdel(state_key, STATE_FIELD)
                         pipe.hset(state_key, mapping=mapping)
                     if new:
                         pipe.hset(key, mapping=new)
@@ -232,3 +431,34 @@ class StateStore:
 
 def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _stored(row: Sequence[Any]) -> StoredState | None:
+    blob, fingerprint, quarantine = row
+    if blob is None and quarantine is None:
+        return None
+    return StoredState(
+        blob,
+        None if fingerprint is None else _text(fingerprint),
+        None if quarantine is None else _text(quarantine),
+    )
+
+
+def _check_generation(current: str | None, expected: str | None, prefix: str) -> None:
+    if current is None:
+        raise StoreNotInitializedError(
+            f"the online store under prefix '{prefix}' holds no generation: it was never "
+            "materialized or streamed into, or it was emptied (a Redis restart without "
+            "persistence, FLUSHALL). Nothing it holds can be served; rebuild it with "
+            "`featurepipe recover --until <cut-over>`"
+        )
+    if expected is not None and current != expected:
+        raise StoreIdentityError(
+            f"the online store under prefix '{prefix}' is generation {current}, not {expected}: "
+            "it was re-materialized or recovered since this process started. Restart it "
+            "(a worker resumes from the new generation's positions)"
+        )

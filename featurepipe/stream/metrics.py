@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
@@ -20,6 +19,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 # end-to-end delay (Kafka message timestamp to commit): milliseconds to minutes
 FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _KEEP_SAMPLES = 50_000  # freshness samples kept in Counters for reports and benchmarks
+# distinct labels kept per labelled counter; the worker counts categories (a fixed set plus the
+# source's declared fields), so this only guards against a bug that would count free text
+MAX_LABELS = 256
+OTHER = "other"
 
 
 @dataclass
@@ -35,7 +38,23 @@ class Counters:
     started: float = field(default_factory=time.time)
     lag: int = 0
     freshness_ms: list[float] = field(default_factory=list)  # recent samples, newest last
-    reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    reasons: dict[str, int] = field(default_factory=dict)  # dead letters per reason category
+    quarantined: dict[str, int] = field(default_factory=dict)  # entities, per reason category
+    cache_entities: int = 0  # entity states cached in memory
+    cache_bytes: int = 0  # their estimated size in memory
+    cache_evictions: int = 0  # least recently used states dropped from the cache
+
+    def count_reason(self, category: str, n: int = 1) -> None:
+        _count(self.reasons, category, n)
+
+    def count_quarantined(self, category: str, n: int = 1) -> None:
+        _count(self.quarantined, category, n)
+
+
+def _count(counts: dict[str, int], label: str, n: int) -> None:
+    if label not in counts and len(counts) >= MAX_LABELS:
+        label = OTHER
+    counts[label] = counts.get(label, 0) + n
 
 
 class _CountersCollector:
@@ -56,9 +75,39 @@ class _CountersCollector:
             ("featurepipe_events_null_entity", "Events without an entity key.", c.null_entity),
             ("featurepipe_batches", "Poll batches committed.", c.batches),
             ("featurepipe_flush_retries", "Retries while Redis was unavailable.", c.flush_retries),
+            (
+                "featurepipe_cache_evictions",
+                "Entity states dropped from the worker's cache (least recently used).",
+                c.cache_evictions,
+            ),
         ]
         for name, doc, value in counts:
             yield CounterMetricFamily(name, doc, value=value)
+        labelled = [
+            (
+                "featurepipe_dead_letters",
+                "Messages sent to the dead-letter topic, per reason category.",
+                c.reasons,
+            ),
+            (
+                "featurepipe_entities_quarantined",
+                "Entities this worker quarantined (lookups refuse them), per reason category.",
+                c.quarantined,
+            ),
+        ]
+        for name, doc, values in labelled:
+            family = CounterMetricFamily(name, doc, labels=["reason"])
+            for label, n in sorted(values.items()):
+                family.add_metric([label], n)
+            yield family
+        yield GaugeMetricFamily(
+            "featurepipe_cache_entities", "Entity states cached in memory.", c.cache_entities
+        )
+        yield GaugeMetricFamily(
+            "featurepipe_cache_bytes",
+            "Estimated memory of the cached entity states.",
+            c.cache_bytes,
+        )
         rate = c.valid / max(time.time() - c.started, 1e-9)
         yield GaugeMetricFamily(
             "featurepipe_last_flush_timestamp_seconds",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.dsl.loader import Definitions
+from featurepipe.stream.dead_letters import KEY_MISMATCH, NOT_KEYED, Refused, categorize
 from featurepipe.stream.errors import StreamError
 from featurepipe.stream.validate import EventValidator, Invalid
 
@@ -25,17 +26,40 @@ class TopicPlan:
     topic: str
     validator: EventValidator
     views: list[ViewPlan]
+    fields: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fields = frozenset(self.validator.source.fields)
 
     def check_key(self, key: bytes | None, event: dict[str, Any]) -> None:
-        """Per-entity order and single ownership need messages keyed by the entity."""
-        if key is None or not self.views:
+        """Per-entity order and single ownership need messages keyed by the entity.
+
+        A message without a key is refused, not repartitioned: the producer's partitioner would
+        have spread its entity over partitions, hence over workers, each holding part of the
+        entity's events. (An event without an entity is not attributed to any: the caller
+        counts it, as the batch path drops it.)"""
+        if not self.views:
             return
-        entity = event[self.views[0].key]
-        if entity is not None and key != str(entity).encode():
-            raise Invalid(
-                f"message key {key[:64]!r} is not the entity '{self.views[0].key}' = {entity!r}: "
-                "the topic must be keyed by the entity"
+        name = self.views[0].key
+        entity = event[name]
+        if entity is None:
+            return
+        if key is None:
+            raise Refused(
+                NOT_KEYED,
+                f"{NOT_KEYED}: the message has no key; the topic must be keyed by "
+                f"'{name}' (here {str(entity)[:64]!r}) so that one worker owns each entity",
             )
+        if key != str(entity).encode():
+            raise Refused(
+                KEY_MISMATCH,
+                f"message key {key[:64]!r} is not the entity '{name}' = {str(entity)[:64]!r}: "
+                "the topic must be keyed by the entity",
+            )
+
+    def category(self, error: Invalid) -> str:
+        """The bounded category of a refused message (``dead_letters.categorize``)."""
+        return categorize(error, self.fields)
 
 
 def plan_topics(

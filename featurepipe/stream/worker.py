@@ -29,16 +29,26 @@ from typing import Any
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import OffsetOutOfRangeError
 from kafka.structs import OffsetAndMetadata
 
 from featurepipe.dsl.loader import Definitions
 from featurepipe.online.state_store import DEFAULT_PREFIX, Partition, StateStore
 from featurepipe.settings import kafka_security
-from featurepipe.stream.checkpoint import Checkpoint, EntityKey
-from featurepipe.stream.dead_letters import DeadLetter, DeadLetterPublisher
+from featurepipe.stream.checkpoint import Checkpoint, EntityKey, Quarantine
+from featurepipe.stream.dead_letters import (
+    INGEST_ERROR,
+    MAX_DEAD_LETTER_BYTES,
+    QUARANTINED,
+    STATE_TOO_LARGE,
+    UNEXPECTED,
+    DeadLetter,
+    DeadLetterPublisher,
+)
 from featurepipe.stream.errors import StreamError
 from featurepipe.stream.metrics import Counters, WorkerMetrics
 from featurepipe.stream.plans import TopicPlan, ViewPlan, plan_topics
+from featurepipe.stream.positions import RECOVER, StartPositions, message_digest
 from featurepipe.stream.retry import Backoff
 from featurepipe.stream.validate import MAX_EVENT_BYTES, Invalid
 
@@ -61,7 +71,8 @@ class WorkerConfig:
     metrics_port: int | None = None
     idle_exit_s: float | None = None  # stop after this long without messages (demo, tests)
     max_events: int | None = None  # stop after this many messages (tests)
-    start_from: str = "earliest"  # where a partition without stored offset starts
+    start_from: str = "earliest"  # where a group reading a topic for the first time starts
+    verify_timeout_s: float = 15.0  # to read back the message before a stored position
 
 
 class StreamWorker:
@@ -85,10 +96,16 @@ class StreamWorker:
         self.metrics = WorkerMetrics(self.counters)
         self.stop_requested = threading.Event()
         self.retry = Backoff(self.stop_requested, self._count_retry)
-        self.checkpoint = Checkpoint(StateStore(client, config.prefix), config.group_id, self.retry)
+        store = StateStore(client, config.prefix)
+        self.checkpoint = Checkpoint(store, config.group_id, self.retry)
+        self.positions = StartPositions(
+            store, config.group_id, self.plans, config.start_from, config.verify_timeout_s
+        )
         self.consumer: KafkaConsumer | None = None
         self.dead_letters: DeadLetterPublisher | None = None
         self.assigned_once = False
+        self.pending: set[TopicPartition] = set()  # assigned, not yet checked and positioned
+        self.digests: dict[Partition, str] = {}  # last message read per partition, this batch
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -96,7 +113,9 @@ class StreamWorker:
         self.consumer = KafkaConsumer(
             group_id=self.config.group_id,
             enable_auto_commit=False,
-            auto_offset_reset=self.config.start_from,
+            # never reset a position silently: every partition is positioned from the store,
+            # and a position the broker no longer holds raises (OffsetOutOfRangeError)
+            auto_offset_reset="none",
             max_poll_records=self.config.max_batch,
             fetch_max_bytes=64 << 20,
             max_partition_fetch_bytes=8 << 20,
@@ -104,9 +123,9 @@ class StreamWorker:
             heartbeat_interval_ms=1000,
             **common,
         )
-        producer = KafkaProducer(
-            max_request_size=self.config.max_event_bytes * 8 + (4 << 20), linger_ms=5, **common
-        )
+        # dead letters: Kafka's default size limit, which a default broker accepts; larger
+        # payloads are truncated to fit (dead_letters), so no message size stops a partition
+        producer = KafkaProducer(max_request_size=MAX_DEAD_LETTER_BYTES, linger_ms=5, **common)
         self.dead_letters = DeadLetterPublisher(producer, self.retry)
         self.consumer.subscribe(list(self.plans), listener=_Rebalance(self))
 
@@ -127,14 +146,28 @@ class StreamWorker:
         last_lag = 0.0
         try:
             while not self.stop_requested.is_set():
-                polled = self.consumer.poll(
-                    timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_batch
-                )
+                try:
+                    polled = self.consumer.poll(
+                        timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_batch
+                    )
+                except OffsetOutOfRangeError as e:
+                    raise StreamError(
+                        f"a stored position is outside the partition on the broker ({e}): the "
+                        f"topic was recreated, the broker reset, or retention deleted events "
+                        f"before they were applied; {RECOVER}"
+                    ) from None
+                if self.pending:  # outside the rebalance callback: checks may talk to Kafka
+                    polled = self._position(polled)
+                polled = self.positions.check(polled)
                 now = time.monotonic()
                 got_messages = any(polled.values())
-                if got_messages or not self.assigned_once:
-                    idle_since = now  # idle time counts only once partitions are assigned
+                if got_messages or not self.assigned_once or self.positions.expect:
+                    # idle time counts once partitions are assigned and positions verified
+                    idle_since = now
                 if got_messages:
+                    self.digests = {
+                        tp: message_digest(msgs[-1]) for tp, msgs in polled.items() if msgs
+                    }
                     self.process(polled)
                 elif (
                     self.config.idle_exit_s is not None
@@ -179,14 +212,19 @@ class StreamWorker:
                     event = plan.validator.parse(m.value)
                     plan.check_key(m.key, event)
                 except Invalid as e:
-                    dead.append(DeadLetter(tp.topic, m, e.reason))
+                    dead.append(DeadLetter(tp.topic, m, e.reason, plan.category(e)))
+                    continue
+                except Exception as e:  # an input the contract check did not foresee
+                    dead.append(DeadLetter(tp.topic, m, f"{type(e).__name__}: {e}", UNEXPECTED))
                     continue
                 valid.append((plan, m, event))
         self._load_states(valid)
-        cache = self.checkpoint.cache
+        checkpoint = self.checkpoint
+        cache = checkpoint.cache
         touched: dict[EntityKey, ViewPlan] = {}
-        failed = 0
+        refused = 0  # valid events dead-lettered after all (quarantined entity, ingest error)
         for plan, m, event in valid:
+            failed = False
             for vp in plan.views:
                 entity = event[vp.key]
                 if entity is None:  # cannot be attributed; the batch path drops it too
@@ -197,27 +235,87 @@ class StreamWorker:
                     c.before_cutover += 1
                     continue
                 ck = (vp.view.name, entity)
+                state = cache.get(ck)
+                if state is None:  # quarantined: its state cannot be continued
+                    reason = checkpoint.quarantined[ck]
+                    dead.append(
+                        DeadLetter(
+                            plan.topic,
+                            m,
+                            f"{QUARANTINED}: view '{vp.view.name}', entity {entity!r}: {reason}",
+                            QUARANTINED,
+                        )
+                    )
+                    failed = True
+                    continue
                 try:
-                    vp.program.ingest(cache[ck], event, m.offset)
+                    vp.program.ingest(state, event, m.offset)
                 except Exception as e:
                     # the row stage raises before the state changes: dead-letter it
                     dead.append(
-                        DeadLetter(plan.topic, m, f"view '{vp.view.name}': {type(e).__name__}: {e}")
+                        DeadLetter(
+                            plan.topic,
+                            m,
+                            f"view '{vp.view.name}': {type(e).__name__}: {e}",
+                            INGEST_ERROR,
+                        )
                     )
-                    failed += 1
+                    failed = True
                     continue
                 touched[ck] = vp
+            refused += failed
+        over = checkpoint.prepare(touched)  # serializes; quarantines states over the cap
+        if over:
+            refused += self._dead_letter_over_cap(valid, over, dead)
+        quarantines = [why.category for _, why in checkpoint.new_quarantines.values()]
         if dead:
             self._dead_letter(dead)
         if not self._commit(touched, first_offsets, next_offsets):
             return  # another worker owns these partitions now: nothing of this batch counts
-        c.valid += len(valid) - failed
+        c.valid += len(valid) - refused
         c.invalid += len(dead)
         c.batches += 1
+        for d in dead:
+            c.count_reason(d.category)
+        for category in quarantines:
+            c.count_quarantined(category)
+        c.cache_entities = len(cache)
+        c.cache_bytes = checkpoint.cache_bytes
+        c.cache_evictions = checkpoint.evictions
         now_ms = time.time() * 1000
         self.metrics.record_freshness(
             now_ms - m.timestamp for _, m, _ in valid[-_FRESHNESS_SAMPLES:] if m.timestamp
         )
+
+    def _dead_letter_over_cap(
+        self,
+        valid: list[tuple[TopicPlan, Any, dict[str, Any]]],
+        over: Mapping[EntityKey, Quarantine],
+        dead: list[DeadLetter],
+    ) -> int:
+        """Dead-letter the batch's events of the entities quarantined by ``prepare`` (their
+        state outgrew the cap: the store will not hold them). Returns how many messages."""
+        n = 0
+        for plan, m, event in valid:
+            for vp in plan.views:
+                entity = event[vp.key]
+                ck = (vp.view.name, entity)
+                if ck not in over or (
+                    vp.cutover is not None and event[vp.view.source.timestamp] < vp.cutover
+                ):
+                    continue
+                dead.append(
+                    DeadLetter(
+                        plan.topic,
+                        m,
+                        f"{STATE_TOO_LARGE}: view '{vp.view.name}', entity {entity!r}: "
+                        f"{over[ck].reason}; the entity is quarantined",
+                        STATE_TOO_LARGE,
+                    )
+                )
+                n += 1
+                break
+        return n
 
     def _load_states(self, valid: list[tuple[TopicPlan, Any, dict[str, Any]]]) -> None:
         """Cache the state of every (view, entity) the batch's valid events touch."""
@@ -230,9 +328,8 @@ class StreamWorker:
         self.checkpoint.load(wanted)
 
     def _dead_letter(self, dead: list[DeadLetter]) -> None:
+        """Publish (reasons are counted once the batch commits: ``process``)."""
         assert self.dead_letters is not None
-        for d in dead:
-            self.counters.reasons[d.kind] += 1
         self.dead_letters.publish(dead)
 
     def _commit(
@@ -242,7 +339,7 @@ class StreamWorker:
         offsets: dict[Partition, int],
     ) -> bool:
         """Commit through the checkpoint; on success mirror the offsets to Kafka (advisory)."""
-        if not self.checkpoint.commit(touched, first, offsets):
+        if not self.checkpoint.commit(touched, first, offsets, digests=self.digests):
             self._lost_ownership(offsets)
             return False
         self.counters.last_flush = time.time()
@@ -256,37 +353,54 @@ class StreamWorker:
         return True
 
     def _lost_ownership(self, offsets: dict[Partition, int]) -> None:
-        log.warning("stored offsets moved past this batch: another worker owns %s", list(offsets))
-        stored = self.checkpoint.offsets()
+        """The stored positions are not where this batch started: another worker moved them
+        (a rebalance), or the store was rolled back. Nothing of the batch was written and the
+        cache is dropped; every partition still owned is positioned again from the store,
+        with the same checks as at assignment (which refuse a store that lost positions)."""
+        log.warning("stored positions moved under this batch (%s): repositioning", list(offsets))
         if self.consumer is None:
             return
-        for tp in offsets:
-            off = stored.get(tp)
-            if off is not None:
-                try:
-                    self.consumer.seek(tp, off)
-                except Exception as e:  # the partition may be gone already
-                    log.debug("seek after lost ownership failed: %s", e)
+        owned = [tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) in offsets]
+        self.pending.update(owned)
+        self.consumer.pause(*owned)
 
     def _count_retry(self) -> None:
         self.counters.flush_retries += 1
 
     # -- offsets and cut-over ----------------------------------------------------------------
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        """Hold new partitions until the run loop has checked and positioned them."""
         assert self.consumer is not None
-        stored = self.checkpoint.offsets()
-        for tp in partitions:
-            off = stored.get(tp)
-            if off is not None:
-                self.consumer.seek(tp, off)
-            elif self.config.start_from == "earliest":
-                self.consumer.seek_to_beginning(tp)
+        self.pending.update(partitions)
+        if partitions:
+            # a provisional position (no fetch happens while paused); the run loop checks and
+            # seeks each partition before resuming it
+            self.consumer.seek_to_beginning(*partitions)
+            self.consumer.pause(*partitions)
         self.assigned_once = True
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
         # another worker may own these entities next: never serve from a stale cache
         self.checkpoint.drop_cache()
+        self.pending.difference_update(partitions)
+
+    def _position(
+        self, polled: Mapping[TopicPartition, list[Any]]
+    ) -> dict[TopicPartition, list[Any]]:
+        """Check and seek the pending partitions (``positions``); records polled for them
+        before that are dropped (the seek rewinds to what the store says)."""
+        assert self.consumer is not None
+        owned = self.consumer.assignment()
+        pending = sorted(tp for tp in self.pending if tp in owned)
+        self.pending.clear()
+        if pending:
+            self.positions.bind_generation(self.consumer, pending)
+            for tp, offset in self.positions.prepare(self.consumer, pending).items():
+                self.consumer.seek(tp, offset)
+            self.consumer.resume(*pending)
+        dropped = set(pending)
+        return {tp: msgs for tp, msgs in polled.items() if tp not in dropped}
 
     def _load_cutovers(self) -> None:
         for plan in self.plans.values():
