@@ -72,24 +72,31 @@ def _produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, byte
 
 
 def _dead_letters(bootstrap: str, topic: str, n: int) -> list[Any]:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=16 * MiB,
-        fetch_max_bytes=64 * MiB,
-    )
-    tp = TopicPartition(topic + ".dlq", 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    out: list[Any] = []
-    deadline = time.monotonic() + 30
-    while len(out) < n and time.monotonic() < deadline:
+    """Every message of the dead-letter topic, by offset. Read again from the beginning with a
+    fresh consumer if a pass comes up short: under load the embedded broker has been seen to
+    answer a fetch from offset 0 with later batches only."""
+    by_offset: dict[int, Any] = {}
+    for _ in range(3):
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=16 * MiB,
+            fetch_max_bytes=64 * MiB,
+        )
+        tp = TopicPartition(topic + ".dlq", 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        deadline = time.monotonic() + 30
+        while len(by_offset) < n and time.monotonic() < deadline:
+            for msgs in consumer.poll(timeout_ms=1000).values():
+                by_offset.update((m.offset, m) for m in msgs)
+        # nothing more than expected
         for msgs in consumer.poll(timeout_ms=1000).values():
-            out.extend(msgs)
-    # nothing more than expected
-    out.extend(m for msgs in consumer.poll(timeout_ms=1000).values() for m in msgs)
-    consumer.close()
-    return out
+            by_offset.update((m.offset, m) for m in msgs)
+        consumer.close()
+        if len(by_offset) >= n:
+            break
+    return [by_offset[o] for o in sorted(by_offset)]
 
 
 def _headers(m: Any) -> dict[str, str]:
