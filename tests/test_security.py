@@ -212,6 +212,12 @@ def _stale_record(
 def sleeper() -> subprocess.Popen[bytes]:
     """An unrelated process: what a reused PID points at."""
     proc = subprocess.Popen(["sleep", "300"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until the child has exec'd: identity reads its program
+        found = infra.identity(proc.pid)
+        if found is not None and found["program"] == "sleep":
+            break
+        time.sleep(0.01)
     yield proc
     if proc.poll() is None:
         proc.kill()
