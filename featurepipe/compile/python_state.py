@@ -26,7 +26,7 @@ from featurepipe import kernels as k
 from featurepipe.compile.python_rows import CodeGen
 from featurepipe.errors import StateError
 from featurepipe.ir import nodes as ir
-from featurepipe.ir.aggs import KINDS
+from featurepipe.ir.aggs import KINDS, AggKind
 from featurepipe.ir.timebase import format_us
 from featurepipe.ir.types import DType
 
@@ -102,6 +102,20 @@ class ViewProgram:
         self.feature_names = [f.name for f in view.features]
         self._float_outputs = [
             j for j, f in enumerate(view.features) if f.expr.dtype is DType.FLOAT
+        ]
+        # generated: one list literal of empty accumulators (a fresh entity per new key)
+        empties = ", ".join(repr(k.empty(a)) for a, k in zip(self.aggs, self.kinds, strict=True))
+        self._empty_compacted = eval(f"lambda: [{empties}]")  # reprs of ints, lists, sets
+        # only the kinds whose wire form differs from the accumulator are converted
+        self._to_wire = [
+            (i, k.to_wire)
+            for i, k in enumerate(self.kinds)
+            if type(k).to_wire is not AggKind.to_wire
+        ]
+        self._from_wire = [
+            (i, k.from_wire)
+            for i, k in enumerate(self.kinds)
+            if type(k).from_wire is not AggKind.from_wire
         ]
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ext_hook=_from_ext)
@@ -195,9 +209,7 @@ class ViewProgram:
 
     # -- state -----------------------------------------------------------------------------
     def new_state(self) -> State:
-        return State(
-            NO_TS, NO_TS, [], [kind.empty(a) for a, kind in zip(self.aggs, self.kinds, strict=True)]
-        )
+        return State(NO_TS, NO_TS, [], self._empty_compacted())
 
     def ingest(self, state: State, event: Mapping[str, Any], seq: int) -> None:
         """Fold one event (datetimes as epoch micros) into the entity's state."""
@@ -259,7 +271,9 @@ class ViewProgram:
 
         Exact fixed-point sums can exceed 64 bits; such integers travel as msgpack extension
         type 1 (big-endian two's complement)."""
-        compacted = [kind.to_wire(a) for kind, a in zip(self.kinds, state.compacted, strict=True)]
+        compacted = list(state.compacted)
+        for i, to_wire in self._to_wire:
+            compacted[i] = to_wire(compacted[i])
         body = [state.horizon, state.max_ts, state.buffer, compacted]
         try:
             return self._encoder.encode(body)
@@ -268,7 +282,10 @@ class ViewProgram:
 
     def loads(self, blob: bytes) -> State:
         horizon, max_ts, buffer, compacted = self._decoder.decode(blob)
-        compacted = [kind.from_wire(a) for kind, a in zip(self.kinds, compacted, strict=True)]
+        if len(compacted) != len(self.kinds):
+            raise ValueError(f"state has {len(compacted)} accumulators, the view {len(self.kinds)}")
+        for i, from_wire in self._from_wire:
+            compacted[i] = from_wire(compacted[i])
         return State(horizon, max_ts, buffer, compacted)
 
 
