@@ -14,18 +14,16 @@ slower).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from ab import ROOT, export  # same directory: the one export of a base revision
 
 CHILD = r"""
 import json, sys, time
@@ -57,15 +55,6 @@ assert c.events == n, (c.events, n)
 # the idle exit adds its wait after the last batch: measure up to the last commit instead
 print(json.dumps({"seconds": c.last_flush - (time.time() - (time.perf_counter() - first[0]))}))
 """
-
-
-def export(rev: str, dest: Path) -> str:
-    git = ["git", "-C", str(ROOT)]
-    sha = subprocess.run([*git, "rev-parse", "--short", rev], capture_output=True, text=True)
-    tar = subprocess.run([*git, "archive", "--format=tar", rev], capture_output=True, check=True)
-    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
-        archive.extractall(dest, filter="data")
-    return sha.stdout.strip()
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ import pytest
 import redis
 
 from featurepipe import load_definitions
-from featurepipe.compile.polars_aggs import TS, BatchProgram
 from featurepipe.dev import infra
 from featurepipe.dev.datagen import generate_transactions
 from featurepipe.errors import FeaturepipeError
@@ -36,11 +35,11 @@ from featurepipe.online.state_store import (
     StoreIdentityError,
     StoreNotInitializedError,
 )
-from featurepipe.parity.harness import compare, normalize_events
 from featurepipe.stream.errors import StreamError
 from featurepipe.stream.produce import ensure_topics, produce_frame
 from featurepipe.stream.recover import recover
 from featurepipe.stream.worker import StreamWorker, WorkerConfig
+from tests.online_check import online_vs_batch
 from tests.services import services, unique
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,23 +68,9 @@ def _worker(
 def _mismatches(client: redis.Redis, prefix: str, log: pl.DataFrame) -> int:
     """Online lookups of every entity, at its newest event and a day later, vs the batch plan
     over ``log``, bit for bit. Raises whatever the lookup raises."""
-    view = _defs().view(VIEW)
-    ev = normalize_events(view, log)
-    last = ev.group_by("user_id").agg(pl.col(TS).max()).sort("user_id")
-    keys: list[Any] = []
-    times: list[int] = []
-    for e, t in last.iter_rows():
-        for off in (1, 86_400_000_000):
-            keys.append(e)
-            times.append(t + off)
-    reader = OnlineReader(client, [view], prefix)
-    got = []
-    for e, t in zip(keys, times, strict=True):
-        row = reader.read([e], {VIEW: view.feature_names}, at_us=t)[0]
-        assert row[f"{VIEW}_found"], e  # every entity of the log has events
-        got.append(tuple(row[n] for n in view.feature_names))
-    batch = BatchProgram(view.ir).features(ev.lazy(), pl.DataFrame({"user_id": keys, TS: times}))
-    return sum(r.mismatched for r in compare(view, batch, got, keys, times, [0] * len(keys)))
+    return online_vs_batch(
+        _defs().view(VIEW), client, prefix, log, offsets=(1, 86_400_000_000), require_found=True
+    )
 
 
 def _log(n: int, seed: int) -> pl.DataFrame:

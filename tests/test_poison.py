@@ -21,13 +21,11 @@ from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from kafka.future import Future
 
 from featurepipe import load_definitions
-from featurepipe.compile.polars_aggs import TS, BatchProgram
 from featurepipe.dev import infra
 from featurepipe.dev.datagen import generate_transactions
 from featurepipe.online.lookup import OnlineReader, UnservableEntityError
 from featurepipe.online.redis_conn import connect
 from featurepipe.online.state_store import MAX_STATE_BYTES, StateStore, StateWrite
-from featurepipe.parity.harness import compare, normalize_events
 from featurepipe.stream import dead_letters
 from featurepipe.stream.dead_letters import (
     INGEST_ERROR,
@@ -43,6 +41,7 @@ from featurepipe.stream.errors import StreamError
 from featurepipe.stream.produce import encode_event, ensure_topics
 from featurepipe.stream.retry import Backoff
 from featurepipe.stream.worker import StreamWorker, WorkerConfig
+from tests.online_check import online_vs_batch
 from tests.services import services, unique
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,22 +110,9 @@ def _mismatches(
     skip: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> int:
     """Online values at several times per entity vs the batch plan over ``good``."""
-    view = defs.view("user_spend")
-    ev = normalize_events(view, good)
-    last = ev.group_by("user_id").agg(pl.col(TS).max()).filter(~pl.col("user_id").is_in(skip))
-    keys, times = [], []
-    for e, t in last.iter_rows():
-        for off in (0, 3_600_000_000, 8 * 86_400_000_000):
-            keys.append(e)
-            times.append(t + off)
-    reader = OnlineReader(client, [view], prefix)
-    got = []
-    for e, t in zip(keys, times, strict=True):
-        row = reader.read([e], {"user_spend": view.feature_names}, at_us=t)[0]
-        assert row["user_spend_found"] is True, e
-        got.append(tuple(row[n] for n in view.feature_names))
-    batch = BatchProgram(view.ir).features(ev.lazy(), pl.DataFrame({"user_id": keys, TS: times}))
-    return sum(r.mismatched for r in compare(view, batch, got, keys, times, [0] * len(keys)))
+    return online_vs_batch(
+        defs.view("user_spend"), client, prefix, good, skip=skip, require_found=True
+    )
 
 
 def _worker(

@@ -13,16 +13,15 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from featurepipe import load_definitions
-from featurepipe.compile.polars_aggs import TS, BatchProgram
 from featurepipe.dev import infra
 from featurepipe.dev.datagen import generate_transactions
 from featurepipe.online.lookup import OnlineReader, VersionMismatchError
 from featurepipe.online.materialize import materialize
 from featurepipe.online.redis_conn import connect
 from featurepipe.parity.e2e import run_e2e
-from featurepipe.parity.harness import compare, normalize_events
 from featurepipe.stream.produce import encode_event, ensure_topics, produce_frame, produce_raw
 from featurepipe.stream.worker import StreamWorker, WorkerConfig
+from tests.online_check import online_vs_batch
 from tests.services import services, unique
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,22 +34,7 @@ def _defs() -> Any:
 
 def _final_compare(defs: Any, client: Any, prefix: str, good: pl.DataFrame) -> int:
     """Online values at several times per entity vs the batch plan over ``good``."""
-    view = defs.view("user_spend")
-    ev = normalize_events(view, good)
-    last = ev.group_by("user_id").agg(pl.col(TS).max())
-    keys, times = [], []
-    for e, t in last.iter_rows():
-        for off in (0, 3_600_000_000, 8 * 86_400_000_000):
-            keys.append(e)
-            times.append(t + off)
-    reader = OnlineReader(client, [view], prefix)
-    expected = []
-    for e, t in zip(keys, times, strict=True):
-        row = reader.read([e], {"user_spend": view.feature_names}, at_us=t)[0]
-        expected.append(tuple(row[n] for n in view.feature_names))
-    batch = BatchProgram(view.ir).features(ev.lazy(), pl.DataFrame({"user_id": keys, TS: times}))
-    results = compare(view, batch, expected, keys, times, [0] * len(keys))
-    return sum(r.mismatched for r in results)
+    return online_vs_batch(defs.view("user_spend"), client, prefix, good)
 
 
 def test_end_to_end_parity(services: infra.DevServices) -> None:

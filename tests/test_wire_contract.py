@@ -25,16 +25,14 @@ from kafka import KafkaConsumer, TopicPartition
 import featurepipe as fp
 from featurepipe import load_definitions
 from featurepipe.batch.sources import FILE, REASON, ROW, read_events
-from featurepipe.compile.polars_aggs import TS, BatchProgram
 from featurepipe.dev import infra
 from featurepipe.dev.datagen import generate_transactions
 from featurepipe.errors import FeaturepipeError
-from featurepipe.online.lookup import OnlineReader
 from featurepipe.online.redis_conn import connect
-from featurepipe.parity.harness import compare, normalize_events
 from featurepipe.stream.produce import encode_event, ensure_topics, produce_raw
 from featurepipe.stream.validate import EventValidator, Invalid
 from featurepipe.stream.worker import StreamWorker, WorkerConfig
+from tests.online_check import online_vs_batch
 from tests.schema import Ev, polars_schema
 from tests.services import services, unique
 
@@ -351,21 +349,7 @@ def _poison(row: dict[str, Any]) -> list[tuple[bytes, str]]:
 def _online_vs_batch(defs: Any, client: Any, prefix: str, good: pl.DataFrame) -> int:
     """Mismatches between online lookups and the batch plan over ``good`` (several times per
     entity, the last event's time onwards)."""
-    view = defs.view("user_spend")
-    ev = normalize_events(view, good)
-    last = ev.group_by("user_id").agg(pl.col(TS).max())
-    keys, times = [], []
-    for e, t in last.iter_rows():
-        for off in (0, 3_600_000_000, 8 * 86_400_000_000):
-            keys.append(e)
-            times.append(t + off)
-    reader = OnlineReader(client, [view], prefix)
-    online = []
-    for e, t in zip(keys, times, strict=True):
-        got = reader.read([e], {"user_spend": view.feature_names}, at_us=t)[0]
-        online.append(tuple(got[n] for n in view.feature_names))
-    batch = BatchProgram(view.ir).features(ev.lazy(), pl.DataFrame({"user_id": keys, TS: times}))
-    return sum(r.mismatched for r in compare(view, batch, online, keys, times, [0] * len(keys)))
+    return online_vs_batch(defs.view("user_spend"), client, prefix, good)
 
 
 def test_poison_json_goes_to_the_dead_letter_topic_and_neighbours_are_applied(
