@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from featurepipe.errors import FeaturepipeError
+from featurepipe.project import active_project
 
 KAFKA_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 DEFAULT_KAFKA = "127.0.0.1:9092"
@@ -63,8 +64,14 @@ class DevServices:
         )
 
 
-def load_dev_services(state_file: Path = DEV_STATE_FILE) -> DevServices | None:
-    """The recorded embedded services, or None when there is no (readable) record."""
+def load_dev_services(state_file: Path | None = None) -> DevServices | None:
+    """The recorded embedded services, or None when there is no (readable) record.
+
+    The record is looked for in the working directory, then under the project root."""
+    if state_file is None:
+        state_file = DEV_STATE_FILE
+        if not state_file.exists():
+            state_file = active_project().root / DEV_STATE_FILE
     if not state_file.exists():
         return None
     try:
@@ -79,6 +86,9 @@ def kafka_bootstrap(explicit: str | None = None) -> str:
     env = os.environ.get(KAFKA_ENV)
     if env:
         return env
+    configured = active_project().kafka_bootstrap
+    if configured:
+        return configured
     dev = load_dev_services()
     return dev.kafka_bootstrap if dev is not None else DEFAULT_KAFKA
 
@@ -108,6 +118,11 @@ def kafka_security() -> dict[str, Any]:
         for env, kw in table.items()
         if os.environ.get(env)
     }
+
+
+def configured_redis_url() -> str | None:
+    """The project's ``redis_url`` (featurepipe.toml / [tool.featurepipe]), if set."""
+    return active_project().redis_url
 
 
 def dev_redis_url() -> str | None:

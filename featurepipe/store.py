@@ -7,6 +7,7 @@ lookups to the online store (``featurepipe.online.lookup.OnlineReader``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -16,12 +17,13 @@ import polars as pl
 
 from featurepipe.batch.engine import BatchEngine
 from featurepipe.batch.lineage import Lineage, read_lineage, write_training_set
-from featurepipe.batch.registry import Registry, default_path, load_definitions
+from featurepipe.batch.registry import Registry, load_definitions
 from featurepipe.batch.sources import SourceReport
 from featurepipe.compile.polars_aggs import Engine
 from featurepipe.dsl.loader import Definitions
 from featurepipe.errors import DataError, DefinitionError
 from featurepipe.ir.timebase import to_epoch_us
+from featurepipe.project import load_project
 
 DEFAULT_TIMESTAMP = "event_timestamp"
 
@@ -32,31 +34,36 @@ class FeatureStore:
     Parameters
     ----------
     repo_path:
-        The repository root; relative source paths resolve against it.
+        The project root. Its ``featurepipe.toml`` (or ``[tool.featurepipe]`` in
+        ``pyproject.toml``), when present, sets the definitions path, the data root against
+        which relative source paths resolve, the Redis URL and the key prefix.
     definitions:
-        The definitions package, relative to ``repo_path`` (default ``feature_defs``).
+        The definitions package, relative to ``repo_path`` (default: the project's
+        ``definitions``, else ``feature_defs``).
     """
 
     def __init__(
         self,
         repo_path: str | Path = ".",
-        definitions: str | Path = "feature_defs",
+        definitions: str | Path | None = None,
         *,
         quarantine_dir: str | Path | None = None,
         redis_url: str | None = None,
-        prefix: str = "fp",
+        prefix: str | None = None,
     ) -> None:
-        self.redis_url = redis_url
-        self.prefix = prefix
+        project = load_project(repo_path).with_definitions(definitions)
+        self.project = project
+        # argument, then $REDIS_URL (resolved at connect), then the project file, then dev up
+        self.redis_url = redis_url or (None if os.environ.get("REDIS_URL") else project.redis_url)
+        self.prefix = prefix if prefix is not None else project.prefix
         self._reader: Any = None
-        self.root = Path(repo_path)
-        defs_path = Path(definitions)
-        if not defs_path.is_absolute():
-            defs_path = self.root / defs_path
-        self.registry = Registry(default_path(defs_path))
-        self.definitions: Definitions = load_definitions(defs_path, registry=self.registry.path)
+        self.root = project.data_root
+        self.registry = Registry(project.state_dir / "registry")
+        self.definitions: Definitions = load_definitions(
+            project.definitions, registry=self.registry.path
+        )
         self.quarantine_dir = (
-            Path(quarantine_dir) if quarantine_dir else self.root / ".featurepipe" / "quarantine"
+            Path(quarantine_dir) if quarantine_dir else project.state_dir / "quarantine"
         )
         self.last_lineage: Lineage | None = None
         self.source_reports: dict[str, SourceReport] = {}

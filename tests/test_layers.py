@@ -3,8 +3,8 @@
 Every module under ``featurepipe/`` is parsed with ``ast``; every import counts, including the
 ones inside functions and under ``TYPE_CHECKING``. The layers, lowest first:
 
-    foundation  errors, kernels (scalar semantics), progress (a rich progress bar), settings
-                (configuration: where the services are)
+    foundation  errors, kernels (scalar semantics), progress (a rich progress bar), project
+                (the project root and its configuration file), settings (where the services are)
     ir          types, timebase, nodes, ops, fingerprint, describe, fold, ...
     definitions dsl: entities, sources, feature views, the loader
     compilers   compile: IR -> Polars plan, IR -> per-event Python
@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "featurepipe.errors",
             "featurepipe.kernels",
             "featurepipe.progress",
+            "featurepipe.project",
             "featurepipe.settings",
         ),
     ),

@@ -35,12 +35,15 @@ def materialize_command(
     prefix: str = DEFAULT_PREFIX,
     resume: bool = True,
     allow_empty: bool = False,
+    root: Path = Path("."),
+    registry: Path | None = None,
     console: Console | None = None,
 ) -> int:
     """Materialize one view (or every view of ``defs``) up to ``until``; returns the exit code.
 
     0 on success; 2 on any FeaturepipeError (bad arguments, unreachable Redis, bad data), with a
-    one-line message. ``events`` overrides the source's Parquet path (one view only).
+    one-line message. ``events`` overrides the source's Parquet path (one view only);
+    relative source paths resolve against ``root``.
     """
     from featurepipe.batch.registry import load_definitions
     from featurepipe.online.materialize import materialize
@@ -49,7 +52,7 @@ def materialize_command(
     console = console or Console()
     try:
         until_dt = parse_until(until)
-        d = load_definitions(defs)
+        d = load_definitions(defs, registry=registry)
         if view is not None and view not in d.views:
             raise FeaturepipeError(
                 f"no view '{view}' in {defs} (views: {', '.join(sorted(d.views)) or 'none'})"
@@ -73,6 +76,7 @@ def materialize_command(
                         v,
                         until_dt,
                         client,
+                        root=root,
                         path=events,
                         batch_size=batch_size,
                         prefix=prefix,

@@ -22,7 +22,7 @@ import os
 import redis
 
 from featurepipe.online.errors import OnlineStoreError
-from featurepipe.settings import redact_url, scrub, unencoded_credentials
+from featurepipe.settings import configured_redis_url, redact_url, scrub, unencoded_credentials
 
 ENV_VAR = "REDIS_URL"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -43,6 +43,9 @@ def resolve_url(url: str | None = None) -> tuple[str, str]:
     env = os.environ.get(ENV_VAR)
     if env:
         return env, f"${ENV_VAR}"
+    configured = configured_redis_url()
+    if configured:
+        return configured, "project configuration"
     dev = dev_server_url()
     if dev:
         return dev, "featurepipe dev up"

@@ -83,6 +83,7 @@ def recover(
     prefix: str = DEFAULT_PREFIX,
     topics: dict[str, str] | None = None,
     paths: dict[str, Path] | None = None,
+    root: str | Path = ".",
     allow_empty: bool = False,
     progress: Callable[[str], Progress | None] | None = None,
 ) -> RecoverReport:
@@ -99,6 +100,7 @@ def recover(
                 v,
                 until,
                 client,
+                root=root,
                 path=(paths or {}).get(v.name),
                 prefix=prefix,
                 resume=False,

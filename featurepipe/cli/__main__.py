@@ -1,0 +1,5 @@
+"""``python -m featurepipe.cli``."""
+
+from featurepipe.cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""What every command shares: the console, the project options, time and output helpers."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from featurepipe.project import Project, load_project, use_project
+
+console = Console()
+
+RepoOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--repo",
+        help="Project root (default: the nearest directory upwards with featurepipe.toml or "
+        "[tool.featurepipe] in pyproject.toml, else the working directory).",
+    ),
+]
+DefsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--defs",
+        help="Definitions package or file, relative to the project root "
+        "(default: the project's 'definitions', else feature_defs).",
+    ),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON (for scripts) instead of tables.")
+]
+
+
+def project_for(repo: Path | None, defs: str | None) -> Project:
+    """The project of this command (``--repo``, ``--defs``), made the one settings come from."""
+    project = load_project(repo).with_definitions(defs)
+    use_project(project)
+    return project
+
+
+def load_defs(project: Project, *, fitting: bool = False) -> Any:
+    """The project's definitions with the fitted artifacts in force (its registry)."""
+    from featurepipe.batch.registry import load_definitions
+
+    return load_definitions(
+        project.definitions, registry=project.state_dir / "registry", fitting=fitting
+    )
+
+
+def when(text: str | None, option: str) -> datetime | None:
+    """An optional time option; a bad value is a FeaturepipeError naming the option."""
+    from featurepipe.ir.timebase import parse_instant
+
+    return None if text is None else parse_instant(text, option)
+
+
+def print_json(value: Any) -> None:
+    """``value`` as JSON on stdout (datetimes as ISO text; floats exactly as Python prints them)."""
+    typer.echo(json.dumps(value, default=_json_default, ensure_ascii=False))
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.isoformat()
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"{type(v).__name__} is not JSON serializable")
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    """A table that wraps long cells instead of cutting them off."""
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    return t

@@ -1,0 +1,246 @@
+"""Online commands: materialize, recover, stream, get."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from featurepipe.cli.app import app
+from featurepipe.cli.common import (
+    DefsOpt,
+    RepoOpt,
+    console,
+    load_defs,
+    project_for,
+    table,
+    when,
+)
+from featurepipe.errors import FeaturepipeError
+from featurepipe.progress import progress_bar
+
+
+@app.command()
+def materialize(
+    until: Annotated[str, typer.Option(help="Cut-over time, ISO-8601 (UTC if naive).")],
+    defs: DefsOpt = None,
+    repo: RepoOpt = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Online store URL (else $REDIS_URL).")
+    ] = None,
+    view: Annotated[str | None, typer.Option(help="Only this view.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Entities per pipelined round trip.")] = 1000,
+    events: Annotated[
+        Path | None, typer.Option(help="Parquet path instead of the source's.")
+    ] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="Key prefix in Redis (default: the project's, else fp).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = True,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(help="Accept input without any usable event (replaces states by nothing)."),
+    ] = False,
+) -> None:
+    """Bulk-load every entity's online state as of UNTIL from Parquet into Redis."""
+    from featurepipe.online.cli_materialize import materialize_command
+
+    project = project_for(repo, defs)
+    code = materialize_command(
+        project.definitions,
+        until,
+        redis_url,
+        view,
+        batch_size,
+        events=project.path(events) if events is not None else None,
+        prefix=prefix or project.prefix,
+        root=project.data_root,
+        registry=project.state_dir / "registry",
+        resume=resume,
+        allow_empty=allow_empty,
+        console=console,
+    )
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def recover(
+    until: Annotated[
+        str,
+        typer.Option(
+            help="Cut-over, ISO-8601 (UTC if naive): Parquet holds every event before it, the topic every event from it."
+        ),
+    ],
+    defs: DefsOpt = None,
+    repo: RepoOpt = None,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(help="Kafka bootstrap servers (else $KAFKA_BOOTSTRAP_SERVERS, dev up)."),
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Online store URL (else $REDIS_URL, dev up).")
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="The stream workers' consumer group (default: the project's, else featurepipe)."
+        ),
+    ] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="Key prefix in Redis (default: the project's, else fp).")
+    ] = None,
+    allow_empty: Annotated[
+        bool, typer.Option(help="Accept a view without any event before the cut-over.")
+    ] = False,
+) -> None:
+    """Rebuild the online store from Parquet up to UNTIL and reset the stream positions to match
+    (after Redis was emptied or rolled back, or the broker reset). Then (re)start the workers."""
+    from featurepipe.ir.timebase import parse_instant
+    from featurepipe.online.redis_conn import connect
+    from featurepipe.settings import kafka_bootstrap
+    from featurepipe.stream.recover import recover as run_recover
+
+    project = project_for(repo, defs)
+    group = group or project.group
+    until_dt = parse_instant(until, "--until")
+    d = load_defs(project)
+    views = list(d.views.values())
+    client = connect(redis_url)
+    try:
+        with progress_bar(console, "recover") as bar:
+
+            def bar_for(name: str) -> Callable[[int, int], None]:
+                task = bar.add_task(f"{name} entities", total=None)
+                return lambda done, total: bar.update(task, completed=done, total=total)
+
+            report = run_recover(
+                views,
+                until_dt,
+                client,
+                kafka_bootstrap(bootstrap),
+                group=group,
+                prefix=prefix or project.prefix,
+                root=project.data_root,
+                allow_empty=allow_empty,
+                progress=bar_for,
+            )
+    finally:
+        client.close()
+    for r in report.views:
+        console.print(
+            f"view [bold]{escape(r.view)}[/]: {r.entities:,} entities, {r.events:,} events before "
+            f"{until_dt.isoformat()} ({r.quarantined:,} rows quarantined)"
+        )
+    console.print(
+        f"store generation {report.generation}; group {escape(group)} resumes "
+        f"{len(report.positions)} partition(s) from their first offset and ingests events from "
+        f"{until_dt.isoformat()} on. Start (or restart) `featurepipe stream --group {escape(group)}`."
+    )
+
+
+@app.command()
+def stream(
+    defs: DefsOpt = None,
+    repo: RepoOpt = None,
+    bootstrap: Annotated[
+        str | None,
+        typer.Option(
+            help="Kafka bootstrap servers (else $KAFKA_BOOTSTRAP_SERVERS, dev up, 127.0.0.1:9092)."
+        ),
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Online store URL (else $REDIS_URL, dev up).")
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="Kafka consumer group; scale out by starting more workers "
+            "(default: the project's, else featurepipe)."
+        ),
+    ] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="Key prefix in Redis (default: the project's, else fp).")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Events per poll / Redis transaction.")] = 5000,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="Exit after this many idle seconds.")
+    ] = None,
+    view: Annotated[list[str] | None, typer.Option(help="Only these views.")] = None,
+) -> None:
+    """Kafka -> Redis worker: validate, dead-letter, ingest, commit state and offsets atomically."""
+    import logging
+
+    from featurepipe.online.redis_conn import connect
+    from featurepipe.settings import kafka_bootstrap
+    from featurepipe.stream.worker import StreamWorker, WorkerConfig
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    project = project_for(repo, defs)
+    group = group or project.group
+    d = load_defs(project)
+    config = WorkerConfig(
+        bootstrap=kafka_bootstrap(bootstrap),
+        group_id=group,
+        prefix=prefix or project.prefix,
+        max_batch=max_batch,
+        metrics_port=metrics_port,
+        idle_exit_s=idle_exit,
+    )
+    worker = StreamWorker(d, config, connect(redis_url), views=view or None)
+    worker.install_signal_handlers()
+    console.print(
+        f"streaming {', '.join(worker.plans)} from {config.bootstrap} (group {group}) into Redis"
+    )
+    c = worker.run()
+    console.print(
+        f"stopped: {c.events:,} events, {c.valid:,} valid, {c.invalid:,} to the dead-letter topic, "
+        f"{c.before_cutover:,} before the materialize cut-over, {c.batches:,} batches"
+    )
+
+
+@app.command()
+def get(
+    entity: Annotated[list[str], typer.Option(help="key=value, repeatable (e.g. user_id=u1).")],
+    features: Annotated[str, typer.Option(help="Comma-separated 'view:feature' or 'view'.")],
+    repo: RepoOpt = None,
+    defs: DefsOpt = None,
+    redis_url: Annotated[str | None, typer.Option(help="Online store URL.")] = None,
+    at: Annotated[str | None, typer.Option(help="Read as of this time (ISO; default now).")] = None,
+    fingerprint: Annotated[list[str] | None, typer.Option(help="view=fingerprint to pin.")] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="Key prefix in Redis (default: the project's, else fp).")
+    ] = None,
+) -> None:
+    """Online lookup of features for some entities."""
+    from featurepipe.store import FeatureStore
+
+    keys: dict[str, list[str]] = {}
+    for item in entity:
+        k, _, v = item.partition("=")
+        if not v:
+            raise FeaturepipeError(f"--entity {item!r}: expected key=value")
+        keys.setdefault(k, []).append(v)
+    pins: dict[str, str] = {}
+    for pin in fingerprint or []:
+        name, _, value = pin.partition("=")
+        if not value:
+            raise FeaturepipeError(f"--fingerprint {pin!r}: expected view=fingerprint")
+        pins[name] = value
+    at_time = when(at, "--at")
+    project = project_for(repo, defs)
+    store = FeatureStore(project.root, project.definitions, redis_url=redis_url, prefix=prefix)
+    refs = [f.strip() for f in features.split(",") if f.strip()]
+    df = store.get_online_features(keys, refs, at=at_time, fingerprints=pins)
+    out = table(*df.columns)
+    for row in df.iter_rows():
+        out.add_row(*[repr(v) if isinstance(v, float) else str(v) for v in row])
+    console.print(out)
