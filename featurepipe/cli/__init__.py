@@ -19,4 +19,3 @@ def main() -> None:
     except FeaturepipeError as e:
         console.print(f"[red]error:[/] {escape(str(e))}")
         sys.exit(2)
-
