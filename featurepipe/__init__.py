@@ -1,4 +1,10 @@
-"""featurepipe: declare features once; run them in batch (Polars) and per event, identically."""
+"""featurepipe: declare features once; run them in batch (Polars) and per event, identically.
+
+``fp.FeatureStore(".")`` is the Python API over a project; ``fp.testing.assert_parity`` the
+check for users' own test suites (imported on first use).
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from featurepipe.batch.registry import load_definitions
 from featurepipe.dsl.definitions import (
@@ -38,19 +44,36 @@ from featurepipe.errors import (
     StateError,
     UnsupportedOperationError,
 )
+from featurepipe.project import Project, load_project
+from featurepipe.store import FeatureStore
+
+if TYPE_CHECKING:
+    from featurepipe import testing
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # ``featurepipe.testing`` without its own import statement, loaded only when used
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module("featurepipe.testing")
+    raise AttributeError(f"module 'featurepipe' has no attribute {name!r}")
+
 
 __all__ = [
     "DataError",
     "DefinitionError",
     "Definitions",
     "Entity",
+    "FeatureStore",
     "FeatureView",
     "FeaturepipeError",
     "KafkaSource",
     "ParityError",
     "ParquetSource",
+    "Project",
     "Source",
     "StateError",
     "UnsupportedOperationError",
@@ -67,12 +90,14 @@ __all__ = [
     "last",
     "lit",
     "load_definitions",
+    "load_project",
     "max",
     "mean",
     "min",
     "standardize",
     "std",
     "sum",
+    "testing",
     "var",
     "when",
 ]
