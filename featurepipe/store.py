@@ -80,33 +80,41 @@ class FeatureStore:
     ) -> Any:
         """Features of many entities from the online store, in one Redis round trip.
 
-        ``entities``: ``{"user_id": ["u1", "u2"]}`` (or a list of dicts with the key). Windows
-        are finalized at ``at`` (default: now), so values never go stale. Pin versions with
-        ``fingerprints={"view": "<fingerprint>"}`` (e.g. from a training set's lineage): a
-        different served version raises ``VersionMismatchError``. Entities without online
-        state get the declared defaults and ``<view>_found = False``.
+        ``entities`` holds one request row per position, as parallel columns of entity keys
+        (``{"user_id": ["u1", "u2"]}``), a DataFrame, or a list of dicts, one per row
+        (``[{"user_id": "u1"}, ...]``). It must give exactly the entity keys of the requested
+        views, each with one value per row, of the key's declared type (an int key takes
+        ints, not "42"); anything else raises ``DataError`` naming the key. Views of
+        different entities join row by row, each looked up with its own key's column::
+
+            store.get_online_features(
+                {"user_id": ["u1", "u2"], "merchant_id": ["m1", "m1"]},
+                ["user_spend:amount_sum_24h", "merchant_stats:txn_count_1h"],
+            )
+
+        returns a Polars DataFrame with one row per request row, in request order: the entity
+        key columns (in the order the requested views use them), then for each view (in
+        request order) its requested features and ``<view>_found``. ``as_dicts=True`` returns
+        the same rows as dicts of features and ``<view>_found`` only (without the keys).
+
+        Windows are finalized at ``at`` (default: now), so values never go stale. Pin versions
+        with ``fingerprints={"view": "<fingerprint>"}`` (e.g. from a training set's lineage):
+        a different served version raises ``VersionMismatchError``. Entities without online
+        state get the declared defaults and ``<view>_found = False``. A feature name requested
+        from two views raises ``DataError`` (request them in separate lookups).
         """
-        from featurepipe.online.lookup import OnlineReader
+        from featurepipe.online.lookup import OnlineReader, entity_columns
         from featurepipe.online.redis_conn import connect
 
         wanted = self.resolve(features)
         views = [self.definitions.view(v) for v in wanted]
-        keys = {v.entity.key for v in views}
-        if len(keys) != 1:
-            raise DataError(f"one lookup serves one entity key; these views use {sorted(keys)}")
-        key = keys.pop()
-        if isinstance(entities, dict):
-            if key not in entities:
-                raise DataError(f"entities lack '{key}' (got {sorted(entities)})")
-            values = list(entities[key])
-        else:
-            values = [row[key] for row in entities]
+        keys = entity_columns(entities)
         if self._reader is None or set(self._reader.views) != {v.name for v in views}:
             self._reader = OnlineReader(connect(self.redis_url), views, self.prefix)
         at_us = None if at is None else to_epoch_us(at)
         if as_dicts:
-            return self._reader.read(values, wanted, at_us=at_us, fingerprints=fingerprints)
-        return self._reader.frame(key, values, wanted, at_us=at_us, fingerprints=fingerprints)
+            return self._reader.read_keyed(keys, wanted, at_us=at_us, fingerprints=fingerprints)
+        return self._reader.frame(keys, wanted, at_us=at_us, fingerprints=fingerprints)
 
     # -- references --------------------------------------------------------------------------
     def resolve(self, features: Sequence[str]) -> dict[str, list[str]]:
@@ -146,6 +154,12 @@ class FeatureStore:
         column, only events that had arrived before T. Rows keep their order and their other
         columns (labels). ``partitions > 1`` processes entities in hash partitions, one at a
         time, to bound memory.
+
+        Before any data is read, each view's entity key column and the timestamp column are
+        checked: a missing column, or one whose type is not the contract's (text keys for an
+        int key, text times), raises ``DataError`` naming the column, its type and the
+        expected one; nothing is converted across types. ``featurepipe.batch.sources.
+        read_table`` reads label files (Parquet, CSV, Arrow IPC), parsing text times.
         """
         frame = _to_polars(entity_df)
         if timestamp not in frame.columns:

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import polars as pl
 
-from featurepipe.batch.lineage import Lineage
+from featurepipe.batch.lineage import Lineage, source_lineage
 from featurepipe.batch.sources import SourceReport, in_arrival_order, read_events
 from featurepipe.compile.polars_aggs import ARRIVED, TS, BatchProgram, Engine
+from featurepipe.compile.polars_rows import PL_TYPES
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import DataError
-from featurepipe.ir.timebase import from_epoch_us
+from featurepipe.ir.timebase import format_us, from_epoch_us
 from featurepipe.ir.types import DType
 
 ROW_ID = "__row_id"
@@ -38,18 +39,106 @@ class TrainingSet:
 def query_times(frame: pl.DataFrame, name: str) -> pl.Series:
     """The entity frame's timestamp column as int64 epoch microseconds (UTC; naive means UTC)."""
     col = frame[name]
-    if isinstance(col.dtype, pl.Datetime):
-        if col.dtype.time_zone is None:
-            col = col.dt.replace_time_zone("UTC")
-        return (
-            col.dt.convert_time_zone("UTC")
-            .dt.cast_time_unit("us")
-            .dt.replace_time_zone(None)
-            .cast(pl.Int64)
-        )
+    if isinstance(col.dtype, pl.Datetime | pl.Date):
+        return _epoch_us(col)
+    hint = (
+        " (parse it first, e.g. pl.col(...).str.to_datetime(); `featurepipe training-set` "
+        "parses ISO-8601 text itself)"
+        if isinstance(col.dtype, pl.String)
+        else " (epoch numbers are ambiguous: seconds? microseconds?)"
+        if col.dtype.is_numeric()
+        else ""
+    )
+    raise DataError(
+        f"entity frame timestamp column '{name}' has type {col.dtype}; expected Datetime "
+        f"(or Date){hint}"
+    )
+
+
+def _epoch_us(col: pl.Series) -> pl.Series:
+    """A Datetime or Date series as int64 epoch microseconds (UTC; naive means UTC)."""
     if isinstance(col.dtype, pl.Date):
         return col.cast(pl.Datetime("us")).cast(pl.Int64)
-    raise DataError(f"entity frame column '{name}' must be a datetime, got {col.dtype}")
+    assert isinstance(col.dtype, pl.Datetime)
+    if col.dtype.time_zone is None:
+        col = col.dt.replace_time_zone("UTC")
+    return (
+        col.dt.convert_time_zone("UTC")
+        .dt.cast_time_unit("us")
+        .dt.replace_time_zone(None)
+        .cast(pl.Int64)
+    )
+
+
+# entity frame column types that hold each contract type's values exactly
+_INTS = (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
+_KEY_TYPES: dict[DType, tuple[type[pl.DataType], ...]] = {
+    DType.STR: (pl.String, pl.Categorical, pl.Enum),
+    DType.INT: _INTS,
+    DType.FLOAT: (pl.Float32, pl.Float64),
+    DType.BOOL: (pl.Boolean,),
+    DType.DATETIME: (pl.Datetime, pl.Date),
+}
+_KEY_NAMES = {
+    DType.STR: "String (the contract's str)",
+    DType.INT: "Int64 or another integer type (the contract's int)",
+    DType.FLOAT: "Float64 (the contract's float)",
+    DType.BOOL: "Boolean (the contract's bool)",
+    DType.DATETIME: "Datetime (the contract's datetime)",
+}
+
+
+def entity_key(frame: pl.DataFrame, view: FeatureView) -> pl.Series:
+    """The entity frame's key column for ``view``, checked against the contract's key type and
+    widened to the events' representation (int64, string, epoch microseconds).
+
+    Types are never converted across kinds: text keys for an int entity (or the reverse) are a
+    ``DataError`` naming the column, its type and the expected one.
+    """
+    key = view.entity.key
+    if key not in frame.columns:
+        raise DataError(
+            f"entity frame lacks column '{key}', the key of entity '{view.entity.name}' "
+            f"needed by view '{view.name}' (frame has: {', '.join(frame.columns)})"
+        )
+    col = frame[key]
+    expected = view.source.fields[key][0]
+    if isinstance(col.dtype, pl.Null):
+        return col.cast(PL_TYPES[expected])
+    if not isinstance(col.dtype, _KEY_TYPES[expected]):
+        raise DataError(
+            f"entity frame column '{key}' has type {col.dtype}; expected {_KEY_NAMES[expected]}, "
+            f"the type of the key of entity '{view.entity.name}' (field '{key}' of source "
+            f"'{view.source.name}', used by view '{view.name}'){_cast_hint(col, expected)}"
+        )
+    if expected is DType.DATETIME:
+        return _epoch_us(col).alias(key)
+    if expected is DType.INT and isinstance(col.dtype, pl.UInt64):
+        wide = col.cast(pl.Int64, strict=False)
+        if (wide.is_null() & col.is_not_null()).any():
+            raise DataError(f"entity frame column '{key}' holds values beyond int64")
+        return wide
+    return col.cast(PL_TYPES[expected])
+
+
+def _cast_hint(col: pl.Series, expected: DType) -> str:
+    """Say so when every value would convert exactly (featurepipe never converts it itself)."""
+    if expected is DType.INT and isinstance(col.dtype, pl.String):
+        values = col.drop_nulls()
+        exact = values.str.contains(r"^-?[1-9][0-9]*$|^0$").all() and (
+            values.cast(pl.Int64, strict=False).null_count() == 0
+        )
+        if exact:
+            return (
+                f"; its values are all integers written as text: convert the column if they "
+                f"are the same keys (pl.col('{col.name}').cast(pl.Int64))"
+            )
+    if expected is DType.STR and col.dtype.is_integer():
+        return (
+            f"; convert the column if the keys are the same text "
+            f"(pl.col('{col.name}').cast(pl.String)); note that text such as '007' is not 7"
+        )
+    return ""
 
 
 class BatchEngine:
@@ -84,13 +173,8 @@ class BatchEngine:
         t_us = query_times(frame, timestamp)
         if t_us.null_count():
             raise DataError(f"entity frame: {t_us.null_count()} row(s) with a null '{timestamp}'")
-        for view, _ in requests:
-            key = view.entity.key
-            if key not in frame.columns:
-                raise DataError(
-                    f"entity frame lacks column '{key}', the key of entity '{view.entity.name}' "
-                    f"needed by view '{view.name}'"
-                )
+        # every key checked before any data is read: one clear error, not a failed join later
+        keys = {view.name: entity_key(frame, view) for view, _ in requests}
         lineage = Lineage(
             featurepipe_version=self.featurepipe_version,
             created_at=datetime.now(UTC).isoformat(),
@@ -101,7 +185,8 @@ class BatchEngine:
         events_cache: dict[str, tuple[pl.LazyFrame, SourceReport]] = {}
         # no row sees an event at or after the last query time: read no further, unless the
         # source has an arrival column (arrival ranks count every event, so all are read)
-        end = from_epoch_us(int(t_us.max() or 0) + 1)  # type: ignore[arg-type]
+        last_label = int(t_us.max() or 0)  # type: ignore[arg-type]
+        end = from_epoch_us(last_label + 1)
         taken: set[str] = set()
         for view, names in requests:
             src = view.source
@@ -115,15 +200,9 @@ class BatchEngine:
                 )
             events, report = events_cache[src.name]
             out.reports[src.name] = report
-            lineage.sources[src.name] = {
-                "files": report.files,
-                "rows": report.rows,
-                "quarantined": report.quarantined,
-                "min_ts": report.min_ts,
-                "max_ts": report.max_ts,
-            }
+            lineage.sources[src.name] = source_lineage(report, format_us(last_label))
             lineage.views[view.name] = {"fingerprint": view.fingerprint, "features": names}
-            values = self._view_features(view, frame, t_us, events, partitions, engine)
+            values = self._view_features(view, keys[view.name], t_us, events, partitions, engine)
             for n in names:
                 out_name = f"{view.name}__{n}" if full_feature_names else n
                 if out_name in out.frame.columns or out_name in taken:
@@ -141,14 +220,14 @@ class BatchEngine:
     def _view_features(
         self,
         view: FeatureView,
-        frame: pl.DataFrame,
+        keys: pl.Series,
         t_us: pl.Series,
         events: pl.LazyFrame,
         partitions: int,
         engine: Engine,
     ) -> pl.DataFrame:
         key = view.entity.key
-        queries = pl.DataFrame({key: frame[key], TS: t_us}).with_row_index(ROW_ID)
+        queries = pl.DataFrame({key: keys, TS: t_us}).with_row_index(ROW_ID)
         program = BatchProgram(view.ir)
         if partitions <= 1:
             return _partition_features(program, view, queries, events, engine)

@@ -1,24 +1,33 @@
 """Reading a source's events from Parquet: files, globs and hive-partitioned directories.
 
-The Parquet schema is checked against the pydantic contract per file. Rows that break the
-contract (null in a required field, unparsable timestamp, value of the wrong type) are never
-coerced: they are counted, reported with examples and written to a quarantine file. Output is a
-lazy frame in the shape the batch compiler reads: datetimes as int64 epoch microseconds,
-``__ts`` (event time) and ``__seq`` (arrival order: the arrival column if the source declares
-one, else file order then row order).
+The Parquet schema is checked against the pydantic contract per file. A contract field with a
+default may be absent from a file (an older file written before the field existed): it reads as
+that default, as the stream fills it in a message that omits it; any other absent field stops
+the read, naming the file and the column. Rows that break the contract (null in a required
+field, unparsable timestamp, value of the wrong type) are never coerced: they are counted,
+reported with examples and written to a quarantine file that keeps each field's original value
+as text (datetimes as ISO-8601), with the file, the row number in it (0-based) and the reason.
+Output is a lazy frame in the shape the batch compiler reads: datetimes as int64 epoch
+microseconds, ``__ts`` (event time) and ``__seq`` (arrival order: the arrival column if the
+source declares one, else file order then row order).
 
 The rules are the stream's, with the same reason texts (``featurepipe.ir.contract``): text that
 reads as a non-finite or out-of-range number (``NaN``, ``inf``, ``1e400``) where a number is
 expected; a column name given twice (every row of that file); a number, or text that reads as
 one, for a datetime; an event time outside [1970, 2100) or more than the future tolerance past
 the wall clock of the run (settings: ``FEATUREPIPE_FUTURE_TOLERANCE``, default one day). A NaN
-or infinity stored in a float column is a float value, not text, and is kept.
+or infinity stored in a float column is a float value, not text, and is kept. An int field
+takes a float (or text) that is integral and within int64 (``1.0`` reads as 1), as the stream
+takes the JSON number ``1.0``; ``1.5`` is not a valid int on either path.
+
+``read_table`` reads a table a user hands in (label rows): Parquet, CSV or Arrow IPC by extension.
 """
 
 from __future__ import annotations
 
 import glob
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +37,7 @@ import polars as pl
 
 from featurepipe.compile.polars_aggs import SEQ, TS
 from featurepipe.dsl.definitions import Source
-from featurepipe.errors import DataError
+from featurepipe.errors import DataError, FeaturepipeError
 from featurepipe.ir.contract import (
     DATETIME_NUMBER,
     DUPLICATE_KEY,
@@ -43,13 +52,14 @@ from featurepipe.ir.contract import (
     not_valid,
     reason,
 )
-from featurepipe.ir.timebase import MAX_US, MIN_US, as_utc, to_epoch_us
+from featurepipe.ir.timebase import MAX_US, MIN_US, as_utc, parse_instant, to_epoch_us
 from featurepipe.ir.types import DType
 from featurepipe.settings import future_tolerance as configured_tolerance
 
 ROW = "__row"
 FILE = "__file"
 REASON = "__reason"
+_ISO = "%Y-%m-%dT%H:%M:%S%.f"  # as Python's isoformat: no fraction when it is zero
 
 _COMPATIBLE: dict[DType, tuple[type[pl.DataType], ...]] = {
     DType.INT: (pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32),
@@ -88,11 +98,21 @@ _TARGET: dict[DType, pl.DataType] = {
 
 @dataclass
 class SourceReport:
-    """What a read found: files, rows kept, rows quarantined (with examples), time range."""
+    """What a read found: files, rows kept, rows quarantined (with examples), time range.
+
+    Every row of the files read is counted once: ``rows_in_files == rows + quarantined +
+    outside_range``. ``rows``: events kept (they passed the contract and lie in the time range
+    asked for); ``quarantined``: rows that broke the contract; ``outside_range``: rows dated
+    outside the range, skipped (neither used nor checked further). Each entry of ``files`` counts the same per file
+    (``rows_in_file``, ``rows``, ``quarantined``) and names the optional columns the file
+    lacks (``absent``, read as their defaults).
+    """
 
     source: str
     files: list[dict[str, Any]] = field(default_factory=list)
     rows: int = 0
+    rows_in_files: int = 0
+    outside_range: int = 0
     quarantined: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
@@ -154,11 +174,24 @@ def _prune(files: list[Path], start: datetime | None, end: datetime | None) -> l
 
 
 def check_schema(source: Source, file: Path, schema: pl.Schema) -> None:
-    for name, (dtype, _nullable) in source.fields.items():
+    """Refuse a file that lacks a required column or holds a column of an incompatible type.
+
+    A field with a default in the contract may be absent (see ``absent_defaults``).
+    """
+    defaults = absent_defaults(source, schema)
+    for name, (dtype, nullable) in source.fields.items():
+        if name in defaults:
+            continue
         if name not in schema:
+            hint = (
+                f"; to let files omit it, give the field a default in {source.schema.__name__} "
+                "(e.g. '= None')"
+                if nullable
+                else ""
+            )
             raise DataError(
                 f"{file}: column '{name}' of source '{source.name}' is missing "
-                f"(file has: {', '.join(schema.names())})"
+                f"(file has: {', '.join(schema.names())}){hint}"
             )
         actual = schema[name]
         ok = _COMPATIBLE[dtype] + _CHECKED_ROWS.get(dtype, ())
@@ -167,6 +200,64 @@ def check_schema(source: Source, file: Path, schema: pl.Schema) -> None:
                 f"{file}: column '{name}' has type {actual}, incompatible with the contract's "
                 f"{dtype} (source '{source.name}')"
             )
+
+
+_RAW: dict[DType, pl.DataType] = {
+    DType.INT: pl.Int64(),
+    DType.FLOAT: pl.Float64(),
+    DType.BOOL: pl.Boolean(),
+    DType.STR: pl.String(),
+    DType.DATETIME: pl.Datetime("us", "UTC"),
+}
+
+
+def absent_defaults(source: Source, schema: pl.Schema) -> dict[str, pl.Expr]:
+    """The contract fields with a default that ``schema`` lacks, each as a literal column.
+
+    The stream fills a field that a message omits with the field's default (pydantic), so a
+    Parquet file that lacks the column reads the same (typically ``None``: a null typed per the
+    contract). A field without a default has no such reading: ``check_schema`` refuses the file.
+    """
+    out: dict[str, pl.Expr] = {}
+    for name, (dtype, _nullable) in source.fields.items():
+        info = source.schema.model_fields[name]
+        if name in schema or info.is_required():
+            continue
+        value = info.get_default(call_default_factory=True)
+        if isinstance(value, datetime) and dtype is DType.DATETIME:
+            value = as_utc(value)
+        try:
+            out[name] = pl.lit(value, _RAW[dtype])
+        except (TypeError, ValueError, pl.exceptions.PolarsError) as e:
+            raise DataError(
+                f"source '{source.name}': the default {value!r} of field '{name}' is not a "
+                f"{dtype} ({e})"
+            ) from None
+    return out
+
+
+def _original_text(name: str, actual: pl.DataType) -> pl.Expr:
+    """A field's value as the file holds it, as text: what the quarantine file shows."""
+    col = pl.col(name)
+    if isinstance(actual, pl.Datetime):
+        return col.dt.to_string(_ISO if actual.time_zone is None else _ISO + "%:z")
+    if isinstance(actual, pl.Date):
+        return col.dt.to_string("%Y-%m-%d")
+    return col.cast(pl.String)
+
+
+def _int_from_text(col: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """(value, non-finite, beyond int64) of text for an int field, as the stream reads a JSON
+    number: an integer literal, or a float literal that is integral (``1.0``, ``1e3``)."""
+    integer_text = col.str.contains(r"^[+-]?[0-9]+$")
+    as_int = col.cast(pl.Int64, strict=False)
+    as_float = col.cast(pl.Float64, strict=False)
+    non_finite = as_float.is_nan() | as_float.is_infinite()
+    integral = ~integer_text & ~non_finite & (as_float == as_float.round(0))
+    from_float = as_float.cast(pl.Int64, strict=False)
+    value = pl.when(integer_text).then(as_int).when(integral).then(from_float)
+    too_large = (integer_text & as_int.is_null()) | (integral & from_float.is_null())
+    return value, non_finite, too_large
 
 
 def _column(
@@ -224,15 +315,12 @@ def _column(
             low = col.str.to_lowercase()
             value = pl.when(low == "true").then(True).when(low == "false").then(False)
             non_finite = too_large = pl.lit(False)
-        else:  # text for a number: the stream's JSON numbers, with the same refusals
+        elif dtype is DType.INT:  # text for an int: the stream's JSON numbers, same refusals
+            value, non_finite, too_large = _int_from_text(col)
+        else:  # text for a float: the stream's JSON numbers, with the same refusals
             value = col.cast(target, strict=False)
-            as_float = col.cast(pl.Float64, strict=False)
-            non_finite = as_float.is_nan() | as_float.is_infinite()
-            too_large = (
-                col.str.contains(r"^[+-]?[0-9]+$") & value.is_null()
-                if dtype is DType.INT
-                else pl.lit(False)
-            )
+            non_finite = value.is_nan() | value.is_infinite()
+            too_large = pl.lit(False)
         why = (
             pl.when(col.is_not_null() & non_finite)
             .then(pl.lit(reason(name, NON_FINITE)))
@@ -255,16 +343,63 @@ def _duplicated(file: Path) -> list[str]:
 
 def _whole_file_refused(file: Path, i: int, source: Source, why: str) -> pl.LazyFrame:
     """Every row of ``file`` quarantined for ``why`` (a file Polars cannot read as a table)."""
-    import pyarrow.parquet as pq
-
-    rows = pq.ParquetFile(file).metadata.num_rows
     return pl.LazyFrame().select(
-        pl.int_range(0, rows, dtype=pl.get_index_type()).alias(ROW),
+        pl.int_range(0, _rows_in(file), dtype=pl.get_index_type()).alias(ROW),
         pl.lit(str(file)).alias(FILE),
         pl.lit(i, pl.Int64).alias("__file_no"),
         *[pl.lit(None, _TARGET[dtype]).alias(n) for n, (dtype, _) in source.fields.items()],
         pl.lit(why).alias(REASON),
         pl.lit(True).alias("__bad"),
+    )
+
+
+def _rows_in(file: Path) -> int:
+    """Rows of a Parquet file, from its footer (nothing else is read)."""
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(file).metadata.num_rows)
+
+
+@dataclass
+class _Read:
+    """How one file was read: its columns' types and the absent ones read as defaults; or, for a
+    file refused whole, the column names it holds ``twice``."""
+
+    file: Path
+    schema: dict[str, pl.DataType]
+    defaults: dict[str, pl.Expr]
+    twice: list[str] = field(default_factory=list)
+
+
+def _originals(read: _Read, source: Source, rows: pl.Series) -> pl.DataFrame:
+    """``ROW`` and each contract field's value as the file holds it, as text, for ``rows``.
+
+    Read again, for the refused rows only: a clean file costs nothing. A column the file lacks
+    (read as its default) or holds twice (no one value) is null.
+    """
+    if read.twice:  # Polars cannot read the file: only its columns held once are rendered
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(read.file).names
+        once = [n for n in source.fields if n not in read.twice and n in names]
+        table = pl.from_arrow(pq.read_table(read.file, columns=once)) if once else None
+        assert table is None or isinstance(table, pl.DataFrame)
+        frame = pl.DataFrame({ROW: pl.int_range(0, _rows_in(read.file), eager=True)})
+        if table is not None:
+            frame = frame.hstack(table)
+        lf = frame.lazy().with_columns(pl.col(ROW).cast(rows.dtype))
+        schema = {n: table.schema[n] for n in once} if table is not None else {}
+    else:
+        lf = pl.scan_parquet(read.file).with_row_index(ROW)
+        schema = {n: t for n, t in read.schema.items() if n not in read.defaults}
+    texts = [
+        (_original_text(n, schema[n]) if n in schema else pl.lit(None, pl.String)).alias(n)
+        for n in source.fields
+    ]
+    return (
+        lf.filter(pl.col(ROW).is_in(rows.implode()))
+        .select(pl.col(ROW), *texts)
+        .collect(engine="streaming")
     )
 
 
@@ -289,6 +424,11 @@ def read_events(
     Event times later than ``now`` (default: the wall clock when the read starts) plus
     ``future_tolerance`` (default: the setting, ``featurepipe.settings.future_tolerance``) are
     quarantined, as the stream refuses them.
+
+    The quarantine file (``<quarantine_dir>/<source>.quarantine.parquet``) has one row per
+    refused row: ``__row`` (its 0-based row number in its file), ``__file``, one text column per
+    contract field holding the value as the file holds it (datetimes in ISO-8601; null where
+    the file holds a null or lacks the column) and ``__reason``.
     """
     if path is None:
         if source.batch is None:
@@ -300,6 +440,7 @@ def read_events(
     now_us = to_epoch_us(now if now is not None else datetime.now(UTC))
     future = (future_limit_us(now_us, tolerance), reason(source.timestamp, in_future(tolerance)))
     frames: list[pl.LazyFrame] = []
+    reads: list[_Read] = []
     for i, file in enumerate(files):
         try:
             schema = pl.read_parquet_schema(file)
@@ -309,8 +450,13 @@ def read_events(
                 raise
             why = "; ".join(reason(n, DUPLICATE_KEY) for n in twice)
             frames.append(_whole_file_refused(file, i, source, why))
+            reads.append(_Read(file, {}, {}, twice))
             continue
         check_schema(source, file, pl.Schema(schema))
+        defaults = absent_defaults(source, pl.Schema(schema))
+        reads.append(_Read(file, dict(schema), defaults))
+        for name in defaults:
+            schema[name] = _RAW[source.fields[name][0]]
         cols: list[pl.Expr] = []
         bad: list[pl.Expr] = []
         reasons: list[pl.Expr] = []
@@ -327,6 +473,7 @@ def read_events(
                 bad.append(missing)
         lf = (
             pl.scan_parquet(file)
+            .with_columns(**defaults)
             .with_row_index(ROW)
             .select(
                 pl.col(ROW),
@@ -349,29 +496,37 @@ def read_events(
 
     frames = [window(f) for f in frames]
     allrows = pl.concat(frames, how="vertical")
-    # bad rows, one file at a time on the streaming engine: memory stays flat
-    flagged = pl.concat(
-        [f.filter(pl.col("__bad")).collect(engine="streaming") for f in frames], how="vertical"
-    )
-    if flagged.height:
-        report.quarantined = flagged.height
-        for reason_list in flagged[REASON].to_list():
+    # bad rows, one file at a time on the streaming engine: memory stays flat. The quarantine
+    # keeps each field as the file holds it, as text: the typed value of a refused row is often
+    # null (text "four" for a float), and datetimes read as ISO-8601, not epoch micros.
+    refused: list[pl.DataFrame] = []
+    for read, f in zip(reads, frames, strict=True):
+        flagged = f.filter(pl.col("__bad")).select(ROW, FILE, REASON).collect(engine="streaming")
+        if flagged.height:
+            originals = _originals(read, source, flagged[ROW])
+            refused.append(
+                flagged.join(originals, on=ROW, how="left", maintain_order="left").select(
+                    ROW, FILE, *source.fields, REASON
+                )
+            )
+    quarantined_in: dict[str, int] = {}
+    if refused:
+        quarantine = pl.concat(refused, how="vertical")
+        report.quarantined = quarantine.height
+        quarantined_in = {str(q[FILE][0]): q.height for q in refused}
+        for reason_list in quarantine[REASON].to_list():
             for why in str(reason_list).split("; "):
                 report.reasons[why] = report.reasons.get(why, 0) + 1
-        report.examples = flagged.head(5).drop("__bad", "__file_no").to_dicts()
+        report.examples = quarantine.head(5).to_dicts()
         if quarantine_dir is not None:
             qdir = Path(quarantine_dir)
             qdir.mkdir(parents=True, exist_ok=True)
             qfile = qdir / f"{source.name}.quarantine.parquet"
-            flagged.drop("__bad", "__file_no").write_parquet(qfile)
+            quarantine.write_parquet(qfile)
             report.quarantine_file = str(qfile)
-    good = allrows.filter(~pl.col("__bad"))
-    events = (
-        in_arrival_order(good.drop("__bad", REASON), source)
-        if ordered
-        else good.drop("__bad", REASON)
-    )
-    for file, frame in zip(files, frames, strict=True):
+    good = allrows.filter(~pl.col("__bad")).drop("__bad", REASON)
+    events = in_arrival_order(good, source) if ordered else good
+    for read, frame in zip(reads, frames, strict=True):
         # one streaming aggregate per file: memory stays flat however many files there are
         r = (
             frame.filter(~pl.col("__bad"))
@@ -383,15 +538,20 @@ def read_events(
             .collect(engine="streaming")
             .row(0, named=True)
         )
-        report.files.append(
-            {
-                "path": str(file),
-                "rows": int(r["rows"]),
-                "min_ts": r["min_ts"],
-                "max_ts": r["max_ts"],
-            }
-        )
+        entry: dict[str, Any] = {
+            "path": str(read.file),
+            "rows": int(r["rows"]),
+            "rows_in_file": _rows_in(read.file),
+            "quarantined": quarantined_in.get(str(read.file), 0),
+            "min_ts": r["min_ts"],
+            "max_ts": r["max_ts"],
+        }
+        if read.defaults:
+            entry["absent"] = sorted(read.defaults)
+        report.files.append(entry)
     report.rows = sum(f["rows"] for f in report.files)
+    report.rows_in_files = sum(f["rows_in_file"] for f in report.files)
+    report.outside_range = report.rows_in_files - report.rows - report.quarantined
     mins = [f["min_ts"] for f in report.files if f["min_ts"] is not None]
     maxs = [f["max_ts"] for f in report.files if f["max_ts"] is not None]
     report.min_ts = min(mins) if mins else None
@@ -415,3 +575,76 @@ def _us(t: datetime) -> int:
     if t.tzinfo is None:
         raise DataError(f"time bound {t} must be timezone-aware (UTC)")
     return to_epoch_us(t)
+
+
+# -- tables a user hands in (label rows) ----------------------------------------------------------
+TABLE_FORMATS: dict[str, str] = {
+    ".parquet": "Parquet",
+    ".csv": "CSV",
+    ".arrow": "Arrow IPC",
+    ".ipc": "Arrow IPC",
+    ".feather": "Arrow IPC",
+}
+ACCEPTED_TABLES = "Parquet (.parquet), CSV (.csv) or Arrow IPC (.arrow, .ipc, .feather)"
+
+
+def read_table(
+    path: str | Path, *, timestamp: str | None = None, text_columns: Sequence[str] = ()
+) -> pl.DataFrame:
+    """A table file, by its extension: Parquet, CSV or Arrow IPC (``TABLE_FORMATS``).
+
+    ``timestamp``: the column of that name, when it holds text (always in a CSV whose times
+    Polars cannot read as one format), is parsed as ISO-8601 instants as
+    ``featurepipe.ir.timebase.parse_instant`` reads them (naive means UTC); a value that does
+    not parse is a ``DataError`` naming the column, the row and the value. ``text_columns``: in
+    a CSV, columns read as text whatever they look like (an entity key ``007`` stays ``007``).
+    A file that does not exist, has another extension or does not read as its format is a
+    ``DataError`` naming the file and the accepted formats.
+    """
+    p = Path(path)
+    kind = TABLE_FORMATS.get(p.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"{p}: unsupported table format '{p.suffix or p.name}' (accepted: {ACCEPTED_TABLES}, "
+            "chosen by the file's extension)"
+        )
+    if not p.is_file():
+        raise DataError(f"{p}: no such file ({kind} expected)")
+    try:
+        if kind == "CSV":
+            frame = pl.read_csv(
+                p, try_parse_dates=True, schema_overrides={c: pl.String for c in text_columns}
+            )
+        elif kind == "Parquet":
+            frame = pl.read_parquet(p)
+        else:
+            frame = pl.read_ipc(p)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise DataError(
+            f"{p}: cannot be read as {kind} ({type(e).__name__}: {e}); accepted: "
+            f"{ACCEPTED_TABLES}, chosen by the file's extension"
+        ) from None
+    if timestamp in frame.columns and isinstance(frame.schema[timestamp], pl.String):
+        frame = frame.with_columns(_parse_instants(frame[timestamp], p))
+    return frame
+
+
+def _parse_instants(text: pl.Series, file: Path) -> pl.Series:
+    """ISO-8601 text as UTC datetimes (microseconds); naive means UTC, a date is midnight."""
+    parsed = text.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
+    if not (parsed.is_null() & text.is_not_null()).any():
+        return parsed
+    # Polars reads one format per column: mixed forms ("...Z" and "... 02:00") read one by one
+    values: list[datetime | None] = []
+    for row, value in enumerate(text.to_list()):
+        if value is None:
+            values.append(None)
+            continue
+        try:
+            values.append(parse_instant(value, f"column '{text.name}'"))
+        except FeaturepipeError:
+            raise DataError(
+                f"{file}: column '{text.name}', row {row + 1}: {value!r} is not an ISO-8601 date "
+                "or date-time (e.g. 2026-01-15 or 2026-01-15T08:30:00Z; naive times are UTC)"
+            ) from None
+    return pl.Series(text.name, values, dtype=pl.Datetime("us", "UTC"))

@@ -8,14 +8,17 @@ from typing import Annotated, Any
 
 import polars as pl
 import typer
+from rich.markup import escape
 from rich.progress import Progress, TaskID
 
 from featurepipe.cli.app import app
 from featurepipe.cli.common import (
     DefsOpt,
+    JsonOpt,
     RepoOpt,
     console,
     load_defs,
+    print_json,
     project_for,
     table,
     when,
@@ -30,26 +33,62 @@ def plan(
     defs: DefsOpt = None,
     repo: RepoOpt = None,
     view: Annotated[str | None, typer.Option(help="Only this view.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Load definitions, check them, show each view's fingerprint and both compiled plans."""
+    """Load definitions, check them, show each view's fingerprint and both compiled plans.
+
+    Before `featurepipe fit`, views with fitted transforms are shown with their artifacts
+    marked "not fitted yet" (the plans hold placeholders for them)."""
     from featurepipe.compile.polars_aggs import BatchProgram
     from featurepipe.compile.python_state import ViewProgram
     from featurepipe.ir.aggs import KINDS
     from featurepipe.ir.describe import describe
 
-    d = load_defs(project_for(repo, defs))
-    for v in d.views.values():
-        if view and v.name != view:
-            continue
-        console.rule(f"[bold]{v.name}[/]  fingerprint {v.fingerprint}")
+    d, artifacts = _plan_definitions(project_for(repo, defs))
+    views = [d.view(view)] if view else list(d.views.values())
+    if as_json:
+        print_json(
+            {
+                "fitted": all(a["fitted"] for a in artifacts),
+                "views": [
+                    _plan_json(v, [a for a in artifacts if a["view"] == v.name]) for v in views
+                ],
+            }
+        )
+        return
+    for v in views:
+        # artifacts are listed only when some are not fitted yet: then every fitted op of
+        # every view is built with a placeholder, and those views' fingerprints are not final
+        mine = [a for a in artifacts if a["view"] == v.name]
+        console.rule(
+            f"[bold]{escape(v.name)}[/]  "
+            + ("fingerprint not final (not fitted yet)" if mine else f"fingerprint {v.fingerprint}")
+        )
         console.print(
-            f"entity [cyan]{v.entity.name}[/] (key {v.entity.key}), source [cyan]{v.source.name}[/], "
+            f"entity [cyan]{escape(v.entity.name)}[/] (key {escape(v.entity.key)}), "
+            f"source [cyan]{escape(v.source.name)}[/], "
             f"{len(v.ir.features)} features, {len(v.ir.aggs)} aggregations, "
             f"lateness {v.ir.lateness_us // 1_000_000}s"
         )
+        if mine:
+            console.print("fitted artifacts:")
+            for a in mine:
+                where = ", ".join(a["features"]) or "(no feature found)"
+                status = "in the registry" if a["fitted"] else "[yellow]not fitted yet[/]"
+                console.print(f"  {escape(where)}: {escape(a['op'])} {a['artifact']} {status}")
+            console.print(
+                "[yellow]the plans below hold placeholders[/] for fitted values (empty "
+                "vocabularies, mean 0 and std 1, one bucket boundary at 0): run `featurepipe fit "
+                "--start ... --end ...` to fit them; training-set, materialize, stream, get and "
+                "parity need them fitted"
+            )
+        unfitted = {f for a in mine if not a["fitted"] for f in a["features"]}
         features = table("feature", "type", "definition")
         for f in v.ir.features:
-            features.add_row(f.name, str(f.expr.dtype), describe(f.expr))
+            text = escape(describe(f.expr))
+            if f.name in unfitted:
+                text += "  [yellow](not fitted yet: placeholder)[/]"
+            features.add_row(escape(f.name), str(f.expr.dtype), text)
         console.print(features)
         prog = ViewProgram(v.ir)
         console.print("[bold]per-event plan[/] (generated Python):")
@@ -66,6 +105,111 @@ def plan(
         for i, agg in enumerate(v.ir.aggs):
             w = "lifetime" if agg.window_us is None else f"{agg.window_us // 1_000_000}s"
             console.print(f"  agg{i}: {agg.kind} over {w} -> {KINDS[agg.kind].plan}")
+
+
+_FITTED_OP = {"encode": "encode", "standardize": "standardize", "quantiles": "bucketize"}
+
+
+def _plan_definitions(project: Project) -> tuple[Any, list[dict[str, Any]]]:
+    """The definitions to plan, and each fitted artifact they use with whether it is fitted.
+
+    With every artifact in the registry: the definitions as every other command loads them,
+    and no artifacts listed. Otherwise (before `featurepipe fit`, or after a fitted op was
+    added): loaded in fitting mode, where every fitted op is built with a placeholder, and
+    each artifact listed with whether the registry holds it."""
+    from featurepipe.batch.registry import Registry
+    from featurepipe.errors import UnsupportedOperationError
+    from featurepipe.ir.describe import describe
+
+    try:
+        return load_defs(project), []
+    except UnsupportedOperationError as refused:
+        d = load_defs(project, fitting=True)
+        if not d.fit_requests:
+            raise refused from None
+    in_force = Registry(project.state_dir / "registry").current_artifacts()
+    artifacts: list[dict[str, Any]] = []
+    seen: set[tuple[str, str]] = set()
+    for req in d.fit_requests:
+        if (req.view, req.artifact_id) in seen:
+            continue
+        seen.add((req.view, req.artifact_id))
+        args = [describe(req.arg), *(f"{k}={v!r}" for k, v in req.params)]
+        artifacts.append(
+            {
+                "view": req.view,
+                "artifact": req.artifact_id,
+                "kind": req.kind,
+                "op": f"{_FITTED_OP.get(req.kind, req.kind)}({', '.join(args)})",
+                "features": _features_using(d.view(req.view), req),
+                "fitted": req.artifact_id in in_force.get(req.view, {}),
+            }
+        )
+    return d, artifacts
+
+
+def _features_using(view: Any, req: Any) -> list[str]:
+    """The features whose expression holds the placeholder built for fit request ``req``."""
+    from featurepipe.ir import nodes as ir
+
+    def holds_arg(n: ir.Node) -> bool:
+        return n == req.arg or (isinstance(n, ir.Call) and n.op == "cast" and n.args[0] == req.arg)
+
+    def is_placeholder(n: ir.Node) -> bool:
+        if not isinstance(n, ir.Call) or not n.args:
+            return False
+        if req.kind == "encode":
+            return n.op == "encode" and n.args[0] == req.arg and n.param("vocabulary") == ()
+        if req.kind == "quantiles":
+            return n.op == "bucketize" and holds_arg(n.args[0]) and n.param("boundaries") == (0.0,)
+        if req.kind == "standardize":
+            inner = n.args[0]
+            return (
+                n.op == "truediv"
+                and isinstance(inner, ir.Call)
+                and inner.op == "sub"
+                and holds_arg(inner.args[0])
+            )
+        return False
+
+    return [f.name for f in view.ir.features if any(is_placeholder(n) for n in f.expr.walk())]
+
+
+def _plan_json(v: Any, artifacts: list[dict[str, Any]]) -> dict[str, Any]:
+    from featurepipe.ir.aggs import KINDS
+    from featurepipe.ir.describe import describe
+
+    src = v.source
+    return {
+        "name": v.name,
+        "fingerprint": None if artifacts else v.fingerprint,  # placeholders: not final
+        "fitted": all(a["fitted"] for a in artifacts),
+        "entity": v.entity.name,
+        "key": v.entity.key,
+        "source": {
+            "name": src.name,
+            "timestamp": src.timestamp,
+            "batch": None if src.batch is None else str(src.batch.path),
+            "stream": None if src.stream is None else src.stream.topic,
+        },
+        "lateness_s": v.ir.lateness_us // 1_000_000,
+        "features": [
+            {"name": f.name, "type": str(f.expr.dtype), "definition": describe(f.expr)}
+            for f in v.ir.features
+        ],
+        "aggregations": [
+            {
+                "kind": agg.kind,
+                "window_s": None if agg.window_us is None else agg.window_us // 1_000_000,
+                "definition": describe(agg),
+                "batch_kernel": KINDS[agg.kind].plan,
+            }
+            for agg in v.ir.aggs
+        ],
+        "fitted_artifacts": [
+            {k: a[k] for k in ("artifact", "kind", "op", "features", "fitted")} for a in artifacts
+        ],
+    }
 
 
 def _pl_type(t: object) -> pl.DataType:
@@ -102,8 +246,13 @@ def parity(
     defs: DefsOpt = None,
     repo: RepoOpt = None,
     events: Annotated[
-        Path, typer.Option(help="Event log (Parquet; row order = arrival order).")
-    ] = Path("data/transactions/part-0.parquet"),
+        Path | None,
+        typer.Option(
+            help="Event log instead of each view's own source (Parquet file or directory, "
+            "relative to the project root; row order = arrival order). For one view, or views "
+            "of one source."
+        ),
+    ] = None,
     view: Annotated[str | None, typer.Option(help="Only this view.")] = None,
     sample: Annotated[float, typer.Option(help="Fraction of events that get query points.")] = 1.0,
     seed: int = 0,
@@ -112,29 +261,37 @@ def parity(
     ] = False,
     bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap (with --e2e).")] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL (with --e2e).")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Replay events through the per-event path, compare with the batch path bit for bit."""
+    """Replay events through the per-event path, compare with the batch path bit for bit.
+
+    By default each view replays its own source's Parquet events (under the project's data
+    root), contract-checked and in arrival order, as training sets and materialize read them."""
     project = project_for(repo, defs)
+    d = load_defs(project)
+    views = [d.view(view)] if view else list(d.views.values())
     if e2e:
-        _parity_e2e(project, events, view, bootstrap, redis_url)
+        _parity_e2e(project, d, views, events, bootstrap, redis_url, as_json)
         return
     from featurepipe.parity.harness import run_parity
 
-    d = load_defs(project)
-    if not events.exists():
-        raise FeaturepipeError(f"event log '{events}' does not exist (try `featurepipe generate`)")
-    log = pl.read_parquet(events)
     failed = False
-    for v in d.views.values():
-        if view and v.name != view:
+    out: list[dict[str, Any]] = []
+    for v, log, source in _parity_logs(project, views, events, quiet=as_json):
+        if as_json:
+            report = run_parity(v, log, sample=sample, seed=seed)
+        else:
+            with progress_bar(console, f"{v.name} replay") as bar:
+                task = bar.add_task("replay", total=log.height)
+
+                def advance(i: int, bar: Progress = bar, task: TaskID = task) -> None:
+                    bar.update(task, completed=i)
+
+                report = run_parity(v, log, sample=sample, seed=seed, progress=advance)
+        failed |= not report.ok
+        if as_json:
+            out.append({**report.as_dict(), "mode": "in-process", "source": source})
             continue
-        with progress_bar(console, f"{v.name} replay") as bar:
-            task = bar.add_task("replay", total=log.height)
-
-            def advance(i: int, bar: Progress = bar, task: TaskID = task) -> None:
-                bar.update(task, completed=i)
-
-            report = run_parity(v, log, sample=sample, seed=seed, progress=advance)
         console.print(
             f"{report.events:,} events replayed in {report.seconds_stream:.1f}s "
             f"({report.events / max(report.seconds_stream, 1e-9):,.0f} events/s per-event path, with queries); "
@@ -143,9 +300,77 @@ def parity(
             f"{report.skipped_null_entity:,} events without an entity key skipped."
         )
         _report_table(report, f"parity: view {v.name} (fingerprint {v.fingerprint})")
-        failed |= not report.ok
+    if as_json:
+        print_json({"ok": not failed, "views": out})
     if failed:
         raise typer.Exit(1)
+
+
+def _parity_logs(
+    project: Project, views: list[Any], events: Path | None, *, quiet: bool
+) -> list[tuple[Any, pl.DataFrame, dict[str, Any]]]:
+    """Each view with the event log it replays and where that came from.
+
+    Default: the view's own source as the batch path reads it (``source_log``: its Parquet
+    files under the data root, contract-checked, in arrival order), read once per source.
+    ``events`` replaces the source's log as it is (row order = arrival order): it belongs to
+    one source, so the views must share one."""
+    from featurepipe.batch.sources import resolve_files
+    from featurepipe.parity.harness import source_log
+
+    if events is not None:
+        sources = sorted({v.source.name for v in views})
+        if len(sources) > 1:
+            listed = ", ".join(f"'{v.name}' (source '{v.source.name}')" for v in views)
+            raise FeaturepipeError(
+                f"--events replaces the events of one source, and these views read different "
+                f"sources: {listed}; pass --view, or leave --events out to replay each view's "
+                "own source"
+            )
+        path = project.path(events)
+        if not any(ch in str(events) for ch in "*?[") and not path.exists():
+            raise FeaturepipeError(
+                f"event log '{events}' does not exist (try `featurepipe generate`)"
+            )
+        files = resolve_files(path)
+        log = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+        info = {"name": sources[0] if sources else None, "events": str(events)}
+        info |= {"files": [str(f) for f in files], "rows": log.height, "quarantined": 0}
+        if not quiet:
+            console.print(f"event log {escape(str(events))}: {log.height:,} events")
+        return [(v, log, info) for v in views]
+    logs: dict[str, tuple[pl.DataFrame, dict[str, Any]]] = {}
+    out = []
+    for v in views:
+        src = v.source
+        if src.name not in logs:
+            if src.batch is None:
+                raise FeaturepipeError(
+                    f"view '{v.name}': source '{src.name}' declares no ParquetSource: pass --events"
+                )
+            log, rep = source_log(src, root=project.data_root)
+            info = {
+                "name": src.name,
+                "path": str(src.batch.path),
+                "files": [f["path"] for f in rep.files],
+                "rows": rep.rows,
+                "quarantined": rep.quarantined,
+            }
+            logs[src.name] = (log, info)
+            if not quiet:
+                console.print(
+                    f"source [cyan]{escape(src.name)}[/]: {rep.rows:,} events from "
+                    f"{len(rep.files)} file(s) under {escape(str(src.batch.path))}, in arrival "
+                    "order"
+                    + (
+                        f"; [yellow]{rep.quarantined:,} rows breaking the contract left out[/]"
+                        if rep.quarantined
+                        else ""
+                    )
+                )
+        log, info = logs[src.name]
+        out.append((v, log, info))
+    return out
 
 
 @app.command()
@@ -180,7 +405,14 @@ def fit(
 
 @app.command("training-set")
 def training_set(
-    entities: Annotated[Path, typer.Option(help="Label rows: entity keys, a timestamp, labels.")],
+    entities: Annotated[
+        Path,
+        typer.Option(
+            help="Label rows (entity keys, a timestamp, labels) as Parquet (.parquet), CSV "
+            "(.csv) or Arrow IPC (.arrow, .ipc, .feather), by extension. Timestamps given as "
+            "text (a CSV's) are read as ISO-8601, naive meaning UTC."
+        ),
+    ],
     features: Annotated[str, typer.Option(help="Comma-separated 'view:feature' or 'view'.")],
     out: Annotated[Path, typer.Option(help="Parquet file to write.")],
     repo: RepoOpt = None,
@@ -190,23 +422,35 @@ def training_set(
     ] = "event_timestamp",
     partitions: Annotated[int, typer.Option(help="Entity hash partitions (bounds memory).")] = 1,
 ) -> None:
-    """Point-in-time-correct training set from Parquet, with lineage in the file's metadata."""
+    """Point-in-time-correct training set for label rows (Parquet, CSV or Arrow IPC) from the
+    sources' Parquet data, with lineage in the written Parquet file's metadata."""
+    from featurepipe.batch.sources import read_table
+    from featurepipe.ir.types import DType
     from featurepipe.store import FeatureStore, write_training_set
 
     t = time.perf_counter()
     project = project_for(repo, defs)
     store = FeatureStore(project.root, project.definitions)
-    labels = pl.read_parquet(entities)
     refs = [f.strip() for f in features.split(",") if f.strip()]
+    views = [store.definitions.view(v) for v in store.resolve(refs)]
+    # a text key stays text in a CSV ("007" is not 7); other types are checked, not converted
+    text_keys = [v.entity.key for v in views if v.source.fields[v.entity.key][0] is DType.STR]
+    labels = read_table(entities, timestamp=timestamp, text_columns=text_keys)
     df = store.get_historical_features(labels, refs, timestamp=timestamp, partitions=partitions)
     assert store.last_lineage is not None
     write_training_set(df, out, store.last_lineage)
     for name, rep in store.source_reports.items():
         console.print(
-            f"source [cyan]{name}[/]: {rep.rows:,} events from {len(rep.files)} file(s)"
+            f"source [cyan]{name}[/]: {rep.rows_in_files:,} rows in {len(rep.files)} file(s): "
+            f"{rep.rows:,} events used"
             + (
                 f", [yellow]{rep.quarantined:,} quarantined[/] ({rep.quarantine_file})"
                 if rep.quarantined
+                else ""
+            )
+            + (
+                f", {rep.outside_range:,} dated after the last label (not needed)"
+                if rep.outside_range
                 else ""
             )
         )
@@ -222,18 +466,21 @@ def training_set(
 
 
 def _report_table(report: Any, title: str) -> bool:
+    from featurepipe.parity.harness import show_first
+
     out = table("feature", "type", "compared", "mismatched", "first difference", title=title)
     for f in report.features:
-        first = (
-            ""
-            if f.first is None
-            else (
-                f"entity={f.first['entity']} t={f.first['time_us']} batch={f.first['batch']} "
-                f"stream={f.first['stream']}"
+        first = ""
+        if f.first is not None:
+            shown = show_first(f.first)
+            first = (
+                f"entity={shown['entity']} t={shown['time']} batch={shown['batch']} "
+                f"stream={shown['stream']}"
             )
-        )
         style = "red" if f.mismatched else "green"
-        out.add_row(f.name, str(f.dtype), f"{f.compared:,}", f"[{style}]{f.mismatched:,}[/]", first)
+        out.add_row(
+            f.name, str(f.dtype), f"{f.compared:,}", f"[{style}]{f.mismatched:,}[/]", escape(first)
+        )
     console.print(out)
     verdict = "[green]0 mismatches[/]" if report.ok else f"[red]{report.mismatches:,} mismatches[/]"
     console.print(
@@ -243,18 +490,30 @@ def _report_table(report: Any, title: str) -> bool:
 
 
 def _parity_e2e(
-    project: Project, events: Path, view: str | None, bootstrap: str | None, redis_url: str | None
+    project: Project,
+    d: Any,
+    views: list[Any],
+    events: Path | None,
+    bootstrap: str | None,
+    redis_url: str | None,
+    as_json: bool = False,
 ) -> None:
     from featurepipe.parity.e2e import run_e2e
     from featurepipe.settings import kafka_bootstrap
 
-    d = load_defs(project)
-    if not events.exists():
-        raise FeaturepipeError(f"event log '{events}' does not exist (try `featurepipe generate`)")
-    log = pl.read_parquet(events)
+    streamed = [v for v in views if v.source.stream is not None]
+    for v in views:
+        if v.source.stream is None and not as_json:
+            console.print(f"view {escape(v.name)}: its source declares no KafkaSource, skipped")
     ok = True
-    for v in d.views.values():
-        if (view and v.name != view) or v.source.stream is None:
+    out: list[dict[str, Any]] = []
+    for v, log, source in _parity_logs(project, streamed, events, quiet=as_json):
+        if as_json:
+            report = run_e2e(
+                d, v.name, log, bootstrap=kafka_bootstrap(bootstrap), redis_url=redis_url
+            )
+            ok &= report.ok
+            out.append({**report.as_dict(), "mode": "e2e", "source": source})
             continue
         with console.status(f"{v.name}: producing {log.height:,} events, streaming into Redis ..."):
             report = run_e2e(
@@ -267,5 +526,7 @@ def _parity_e2e(
         ok &= _report_table(
             report, f"end-to-end parity: view {v.name} (fingerprint {v.fingerprint})"
         )
+    if as_json:
+        print_json({"ok": ok, "views": out})
     if not ok:
         raise typer.Exit(1)

@@ -20,7 +20,7 @@ RepoOpt = Annotated[
     typer.Option(
         "--repo",
         help="Project root (default: the nearest directory upwards with featurepipe.toml or "
-        "[tool.featurepipe] in pyproject.toml, else the working directory).",
+        "\\[tool.featurepipe] in pyproject.toml, else the working directory).",
     ),
 ]
 DefsOpt = Annotated[

@@ -15,12 +15,22 @@ app.add_typer(dev_app, name="dev")
 
 
 @dev_app.command("up")
-def dev_up() -> None:
-    """Start (or find) the embedded broker and store on free loopback ports."""
+def dev_up(
+    kafka_port: Annotated[
+        int,
+        typer.Option(min=0, max=65535, help="The broker's port on 127.0.0.1 (0: a free port)."),
+    ] = 0,
+    redis_port: Annotated[
+        int,
+        typer.Option(min=0, max=65535, help="The store's port on 127.0.0.1 (0: a free port)."),
+    ] = 0,
+) -> None:
+    """Start (or find) the embedded broker and store on loopback ports (free ones unless given;
+    a port in use is an error naming it)."""
     from featurepipe.dev import infra
     from featurepipe.settings import redact_url
 
-    s = infra.up()
+    s = infra.up(kafka_port=kafka_port or None, redis_port=redis_port or None)
     console.print(f"kafka  {s.kafka_bootstrap}  (pid {s.kafka_pid})")
     console.print(f"redis  {redact_url(s.redis_url)}  (pid {s.redis_pid})")
     console.print(

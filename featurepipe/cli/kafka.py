@@ -2,4 +2,492 @@
 
 from __future__ import annotations
 
-from featurepipe.cli.app import app  # noqa: F401
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+
+from featurepipe.cli.app import app
+from featurepipe.cli.common import (
+    DefsOpt,
+    JsonOpt,
+    RepoOpt,
+    console,
+    load_defs,
+    print_json,
+    project_for,
+    table,
+)
+from featurepipe.errors import FeaturepipeError
+from featurepipe.project import Project
+
+if TYPE_CHECKING:
+    from featurepipe.dsl.definitions import Source
+
+BootstrapOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Kafka bootstrap servers (else $KAFKA_BOOTSTRAP_SERVERS, the project's "
+        "kafka_bootstrap, dev up, 127.0.0.1:9092)."
+    ),
+]
+TopicViewOpt = Annotated[
+    str | None,
+    typer.Option("--view", help="The view whose source's topic this is about."),
+]
+
+
+def _stream_views(project: Project) -> dict[str, tuple[str, str, Source]]:
+    """topic -> (a view reading it, its entity key, its source) for every stream source."""
+    d = load_defs(project)
+    out: dict[str, tuple[str, str, Source]] = {}
+    for v in d.views.values():
+        if v.source.stream is not None:
+            out.setdefault(v.source.stream.topic, (v.name, v.entity.key, v.source))
+    return out
+
+
+def _view_topic(project: Project, view: str) -> tuple[str, str, Source]:
+    """(topic, entity key, source) of ``view``."""
+    v = load_defs(project).view(view)
+    if v.source.stream is None:
+        raise FeaturepipeError(
+            f"view '{view}': its source '{v.source.name}' has no KafkaSource (no topic); "
+            "pass --topic"
+        )
+    return v.source.stream.topic, v.entity.key, v.source
+
+
+def _only_topic(project: Project, what: str) -> str:
+    topics = sorted(_stream_views(project))
+    if not topics:
+        raise FeaturepipeError(f"no feature view has a KafkaSource: pass --topic ({what})")
+    if len(topics) > 1:
+        raise FeaturepipeError(
+            f"the definitions read several topics ({', '.join(topics)}): pass --view or --topic"
+        )
+    return topics[0]
+
+
+# -- produce ---------------------------------------------------------------------------------
+def _produce_target(
+    project: Project, view: str | None, topic: str | None, key: str | None
+) -> tuple[str, str, Source | None]:
+    """(topic, key, the contract if known) from --view / --topic / --key / the definitions."""
+    if view is not None:
+        v_topic, v_key, source = _view_topic(project, view)
+        return topic or v_topic, key or v_key, source
+    if topic is not None and key is not None:
+        if not project.definitions.exists():
+            return topic, key, None
+        found = _stream_views(project).get(topic)
+        return topic, key, None if found is None else found[2]
+    if topic is None:
+        topic = _only_topic(project, "and --key")
+    found = _stream_views(project).get(topic)
+    if found is None:
+        if key is None:
+            raise FeaturepipeError(
+                f"no feature view reads topic '{topic}': pass --key (the entity key column)"
+            )
+        return topic, key, None
+    return topic, key or found[1], found[2]
+
+
+PRODUCE_HELP = (
+    "Send an event log to a Kafka topic, in file order, keyed by the entity key.\n\n"
+    "Each row is encoded as the stream worker reads it: a JSON object, datetimes as ISO-8601 "
+    "UTC text. CSV timestamps are parsed as datetimes; columns the contract declares as text "
+    "stay text. JSON lines are sent as they are. The topic (and its dead-letter topic "
+    "<topic>.dlq) is created when missing.\n\n"
+    "Rows that break the source's contract are sent all the same, never dropped here: the "
+    "stream worker dead-letters them to <topic>.dlq with the reason (see `featurepipe dlq "
+    "list`). When the contract is known (a view reads the topic), every row is checked with the "
+    "worker's own validator and the summary says how many will be dead-lettered and why. With "
+    "--strict such a file is refused before anything is sent (exit 2)."
+)
+
+
+@app.command(help=PRODUCE_HELP)
+def produce(
+    events: Annotated[
+        Path,
+        typer.Argument(
+            help="Event log, by extension: Parquet (.parquet, .pq), CSV (.csv) or JSON lines "
+            "(.jsonl, .ndjson); relative to the working directory.",
+            show_default=False,
+        ),
+    ],
+    view: Annotated[
+        str | None,
+        typer.Option(
+            help="Send to this view's source topic, keyed by its entity key, checked against "
+            "its contract (required when the definitions read several topics)."
+        ),
+    ] = None,
+    topic: Annotated[
+        str | None, typer.Option(help="Topic to send to (instead of the view's).")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="Column to key the messages by (default: the entity key).")
+    ] = None,
+    bootstrap: BootstrapOpt = None,
+    rate: Annotated[
+        float,
+        typer.Option(min=0.0, help="At most this many events per second (0: as fast as it goes)."),
+    ] = 0.0,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N events (file order).")
+    ] = None,
+    partitions: Annotated[
+        int, typer.Option(min=1, help="Partitions of the topic if it is created.")
+    ] = 4,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Check every event against the contract first and send nothing if one fails.",
+        ),
+    ] = False,
+    repo: RepoOpt = None,
+    defs: DefsOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Send an event log to a Kafka topic, in file order, keyed by the entity key."""
+    from featurepipe.progress import progress_bar
+    from featurepipe.settings import kafka_bootstrap
+    from featurepipe.stream.dead_letters import DLQ_SUFFIX
+    from featurepipe.stream.kafka_conn import require_broker
+    from featurepipe.stream.produce import (
+        ProduceError,
+        check_messages,
+        checker,
+        ensure_topics,
+        event_format,
+        produce_messages,
+        read_event_log,
+    )
+
+    event_format(events)  # a clear error for an unknown extension before anything else
+    if not events.is_file():
+        raise ProduceError(f"event log '{events}' does not exist")
+    project = project_for(repo, defs)
+    topic, key, source = _produce_target(project, view, topic, key)
+    if strict and source is None:
+        raise FeaturepipeError(
+            f"--strict needs the contract: no view reads topic '{topic}' (pass --view)"
+        )
+    server = kafka_bootstrap(bootstrap)
+    require_broker(server, "produce")
+    log = read_event_log(events, key, source=source, limit=limit)
+    check = checker(source) if source is not None else None
+    if strict and check is not None:
+        found = check_messages(log.messages(), check)
+        if found.refused:
+            raise ProduceError(
+                f"--strict: {found.refused:,} of {log.count:,} events in '{events}' break the "
+                f"contract of source '{source.name if source else ''}', nothing sent: "
+                + "; ".join(f"event #{i}: {why}" for i, why in found.examples)
+            )
+        if log.non_finite:
+            raise ProduceError(
+                f"--strict: {log.non_finite:,} float values of '{events}' are NaN or infinite, "
+                "which JSON cannot carry (they would be sent as null); nothing sent"
+            )
+        check = None  # checked already
+    ensure_topics(server, {topic: partitions, topic + DLQ_SUFFIX: 1})
+    with progress_bar(console, f"produce {topic}") as bar:
+        bar.disable = json  # stdout is the JSON document only
+        task = bar.add_task("events", total=log.count)
+        report = produce_messages(
+            log.messages(),
+            topic,
+            server,
+            rate=rate or None,
+            check=check,
+            progress=lambda n: bar.update(task, completed=n),
+        )
+    refused = report.check.refused if report.check is not None else (0 if strict else None)
+    if json:
+        print_json(
+            {
+                "events": report.sent,
+                "failed": report.failed,
+                "topic": topic,
+                "partitions": report.partitions,
+                "seconds": round(report.seconds, 3),
+                "events_per_second": round(report.rate, 1),
+                "key": key,
+                "format": log.format,
+                "contract_refused": refused,
+                "contract_examples": [
+                    {"event": i, "reason": why}
+                    for i, why in (report.check.examples if report.check else [])
+                ],
+                "non_finite_as_null": log.non_finite,
+            }
+        )
+    else:
+        console.print(
+            f"sent {report.sent:,} events from {escape(str(events))} to topic "
+            f"[bold]{escape(topic)}[/] ({report.partitions} partitions, keyed by "
+            f"{escape(key)}) in {report.seconds:.1f}s ({report.rate:,.0f} events/s)"
+        )
+        if report.check is not None and report.check.refused:
+            console.print(
+                f"[yellow]{report.check.refused:,} of them break the contract[/]: the stream "
+                f"worker will dead-letter them to {escape(topic + DLQ_SUFFIX)} "
+                f"(`featurepipe dlq list --topic {escape(topic)}`): "
+                + escape("; ".join(f"event #{i}: {why}" for i, why in report.check.examples[:3]))
+            )
+        elif source is None:
+            console.print(f"no view reads topic {escape(topic)}: events not checked")
+        if log.non_finite:
+            console.print(
+                f"[yellow]{log.non_finite:,} float values are NaN or infinite[/]: JSON cannot "
+                "carry them, they were sent as null"
+            )
+    if report.failed:
+        raise ProduceError(
+            f"{report.failed:,} of {report.sent + report.failed:,} events were not delivered to "
+            f"{topic}: {report.first_error}"
+        )
+
+
+# -- dlq -------------------------------------------------------------------------------------
+dlq_app = typer.Typer(
+    help="Dead letters: the messages the stream worker could not apply, in <topic>.dlq, with "
+    "the reason in their headers.",
+    no_args_is_help=True,
+)
+app.add_typer(dlq_app, name="dlq")
+
+DlqTopicOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--topic", help="The topic whose dead letters these are (or its <topic>.dlq itself)."
+    ),
+]
+ReasonOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Only dead letters whose category is this, or whose reason contains it (ignoring "
+        "case), e.g. 'invalid field amount' or 'in the future'."
+    ),
+]
+
+
+def _dlq_topics(
+    project: Project, topic: str | None, view: str | None, *, several: bool
+) -> list[str]:
+    from featurepipe.stream.dlq import dlq_topic
+
+    if topic is not None:
+        return [dlq_topic(topic)]
+    if view is not None:
+        return [dlq_topic(_view_topic(project, view)[0])]
+    if several:
+        topics = sorted(_stream_views(project))
+        if not topics:
+            raise FeaturepipeError("no feature view has a KafkaSource: pass --topic")
+        return [dlq_topic(t) for t in topics]
+    return [dlq_topic(_only_topic(project, "whose dead letters"))]
+
+
+def _broker(bootstrap: str | None, purpose: str) -> str:
+    from featurepipe.settings import kafka_bootstrap
+    from featurepipe.stream.kafka_conn import require_broker
+
+    server = kafka_bootstrap(bootstrap)
+    require_broker(server, purpose)
+    return server
+
+
+def _pos(x: tuple[int, int] | None) -> str:
+    return "" if x is None else f"{x[0]}/{x[1]}"
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: DlqTopicOpt = None,
+    view: TopicViewOpt = None,
+    bootstrap: BootstrapOpt = None,
+    repo: RepoOpt = None,
+    defs: DefsOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Count dead letters by category, with the first and last partition/offset of each and how
+    many were replayed (every stream topic of the definitions unless --topic or --view)."""
+    from featurepipe.stream.dlq import summarize
+
+    project = project_for(repo, defs)
+    topics = _dlq_topics(project, topic, view, several=True)
+    server = _broker(bootstrap, "dlq list")
+    summaries = [summarize(server, t) for t in topics]
+    if json:
+        print_json([s.to_json() for s in summaries])
+        return
+    for s in summaries:
+        if not s.exists:
+            console.print(f"{escape(s.topic)}: no dead letters (the topic does not exist yet)")
+            continue
+        parts = ", ".join(f"partition {p}: {a}..{b}" for p, (a, b) in sorted(s.partitions.items()))
+        out = table(
+            "category",
+            "dead letters",
+            "replayed",
+            "not replayable",
+            "first (partition/offset)",
+            "last",
+            title=f"{s.topic}: {s.letters:,} dead letters" + (f" ({parts})" if parts else ""),
+        )
+        for c in sorted(s.categories.values(), key=lambda c: (-c.count, c.category)):
+            out.add_row(
+                escape(c.category),
+                f"{c.count:,}",
+                f"{c.replayed:,}",
+                f"{c.not_replayable:,}",
+                _pos(c.first),
+                _pos(c.last),
+            )
+        console.print(out)
+        for g in s.gaps:
+            console.print(f"[yellow]warning:[/] {escape(s.topic)} {escape(str(g))}")
+
+
+@dlq_app.command("show")
+def dlq_show(
+    topic: DlqTopicOpt = None,
+    view: TopicViewOpt = None,
+    reason: ReasonOpt = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many dead letters.")] = 20,
+    max_chars: Annotated[
+        int, typer.Option(min=0, help="Payload characters shown in the table (not in --json).")
+    ] = 300,
+    bootstrap: BootstrapOpt = None,
+    repo: RepoOpt = None,
+    defs: DefsOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Dead letters (oldest first): payload, key, reason and category, where the original was,
+    whether it was cut to fit and whether it was replayed."""
+    from featurepipe.stream.dlq import show
+
+    project = project_for(repo, defs)
+    (dlq,) = _dlq_topics(project, topic, view, several=False)
+    server = _broker(bootstrap, "dlq show")
+    shown = show(server, dlq, reason=reason, limit=limit)
+    if json:
+        print_json(
+            {
+                "topic": dlq,
+                "matched": shown.matched,
+                "letters": [x.to_json(replayed=r) for x, r in shown.letters],
+                "unread": [str(g) for g in shown.gaps],
+            }
+        )
+        return
+    if not shown.exists:
+        console.print(f"{escape(dlq)}: no dead letters (the topic does not exist yet)")
+        return
+    out = table(
+        "partition/offset",
+        "key",
+        "category",
+        "reason",
+        "original",
+        "payload",
+        title=f"{dlq}: {len(shown.letters):,} of {shown.matched:,} dead letters"
+        + (f" matching {reason!r}" if reason else ""),
+    )
+    for x, replayed in shown.letters:
+        text = x.to_json()["value"]
+        payload = "(no value)" if text is None else text
+        if len(payload) > max_chars:
+            payload = payload[:max_chars] + f"… ({len(x.value or b''):,} bytes)"
+        if x.truncated:
+            payload += f" [cut: original {x.original_size:,} bytes]"
+        key_text = "(none)" if x.key is None else x.key.decode("utf-8", errors="replace")[:64]
+        out.add_row(
+            f"{x.partition}/{x.offset}" + (" replayed" if replayed else ""),
+            escape(key_text),
+            escape(x.category),
+            escape(x.reason),
+            escape(x.source or ""),
+            escape(payload),
+        )
+    console.print(out)
+    for g in shown.gaps:
+        console.print(f"[yellow]warning:[/] {escape(dlq)} {escape(str(g))}")
+
+
+REPLAY_HELP = (
+    "Send dead letters again to the topic each came from, keyed as it was (after the producer "
+    "or the contract was fixed), each at most once.\n\n"
+    "Replays are recorded in <topic>.dlq.replays: a dead letter a replay sent (or one it "
+    "matched but could not send: cut to fit the dead-letter topic, or without a value) is never "
+    "sent again, whatever --reason later runs use. An interrupted replay is completed by the "
+    "next one, which sends only what the broker does not have yet. Run one replay of a topic at "
+    "a time. The worker dead-letters a replayed message again if it still breaks the contract "
+    "(a new dead letter, which a later replay sends again)."
+)
+
+
+@dlq_app.command("replay", help=REPLAY_HELP)
+def dlq_replay(
+    topic: DlqTopicOpt = None,
+    view: TopicViewOpt = None,
+    reason: ReasonOpt = None,
+    bootstrap: BootstrapOpt = None,
+    repo: RepoOpt = None,
+    defs: DefsOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Send dead letters again to the topic each came from, keyed as it was."""
+    from featurepipe.stream.dlq import replay
+
+    project = project_for(repo, defs)
+    (dlq,) = _dlq_topics(project, topic, view, several=False)
+    server = _broker(bootstrap, "dlq replay")
+    with console.status(f"replaying {dlq} ..."):
+        r = replay(server, dlq, reason=reason)
+    if json:
+        print_json(
+            {
+                "topic": dlq,
+                "replayed": r.total,
+                "by_category": dict(r.replayed),
+                "completed_interrupted": r.resumed,
+                "replayed_before": r.already,
+                "not_replayable": dict(r.not_replayable),
+                "not_matching": r.not_matching,
+                "to": sorted(r.targets),
+                "seconds": round(r.seconds, 3),
+                "unread": [str(g) for g in r.gaps],
+            }
+        )
+        return
+    to = ", ".join(sorted(r.targets)) or "-"
+    by = ", ".join(f"{escape(c)}: {n:,}" for c, n in sorted(r.replayed.items()))
+    console.print(
+        f"replayed {r.total:,} dead letters of {escape(dlq)} to {escape(to)}"
+        + (f" ({by})" if by else "")
+        + f" in {r.seconds:.1f}s"
+    )
+    details: list[str] = []
+    if r.resumed:
+        details.append(f"{r.resumed:,} of them completed an interrupted replay")
+    if r.already:
+        details.append(f"{r.already:,} replayed before (not sent again)")
+    for why, n in r.not_replayable.items():
+        details.append(f"{n:,} not replayable: {why}")
+    if reason is not None:
+        details.append(f"{r.not_matching:,} not matching --reason")
+    for d in details:
+        console.print(f"  {escape(d)}")
+    for g in r.gaps:
+        console.print(
+            f"[yellow]warning:[/] {escape(dlq)} {escape(str(g))}: the replay stopped before it; "
+            "run it again"
+        )

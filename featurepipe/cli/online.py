@@ -12,9 +12,11 @@ from rich.markup import escape
 from featurepipe.cli.app import app
 from featurepipe.cli.common import (
     DefsOpt,
+    JsonOpt,
     RepoOpt,
     console,
     load_defs,
+    print_json,
     project_for,
     table,
     when,
@@ -55,7 +57,7 @@ def materialize(
         redis_url,
         view,
         batch_size,
-        events=project.path(events) if events is not None else None,
+        events=events,
         prefix=prefix or project.prefix,
         root=project.data_root,
         registry=project.state_dir / "registry",
@@ -177,6 +179,7 @@ def stream(
     """Kafka -> Redis worker: validate, dead-letter, ingest, commit state and offsets atomically."""
     import logging
 
+    from featurepipe.dev.demo import quiet_kafka_logging
     from featurepipe.online.redis_conn import connect
     from featurepipe.settings import kafka_bootstrap
     from featurepipe.stream.worker import StreamWorker, WorkerConfig
@@ -184,6 +187,7 @@ def stream(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_kafka_logging()  # featurepipe's INFO stays; kafka-python's INFO and false alarms go
     project = project_for(repo, defs)
     group = group or project.group
     d = load_defs(project)
@@ -209,7 +213,16 @@ def stream(
 
 @app.command()
 def get(
-    entity: Annotated[list[str], typer.Option(help="key=value, repeatable (e.g. user_id=u1).")],
+    entity: Annotated[
+        list[str],
+        typer.Option(
+            help="key=value, repeatable; the value is read as the key's declared type (an int "
+            "key takes 42). One request row per position: --entity user_id=u1 --entity "
+            "user_id=u2 asks two rows; with views of several entities give every key the same "
+            "number of times, the n-th values forming the n-th row (--entity user_id=u1 "
+            "--entity merchant_id=m1)."
+        ),
+    ],
     features: Annotated[str, typer.Option(help="Comma-separated 'view:feature' or 'view'.")],
     repo: RepoOpt = None,
     defs: DefsOpt = None,
@@ -219,16 +232,20 @@ def get(
     prefix: Annotated[
         str | None, typer.Option(help="Key prefix in Redis (default: the project's, else fp).")
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Online lookup of features for some entities."""
+    """Online lookup of features for some entities: one row per request row, with the entity
+    keys, the features and <view>_found (False: no online state, the declared defaults)."""
+    from featurepipe.errors import DataError
+    from featurepipe.online.lookup import parse_entity
     from featurepipe.store import FeatureStore
 
-    keys: dict[str, list[str]] = {}
+    texts: dict[str, list[str]] = {}
     for item in entity:
         k, _, v = item.partition("=")
-        if not v:
+        if not k or not v:
             raise FeaturepipeError(f"--entity {item!r}: expected key=value")
-        keys.setdefault(k, []).append(v)
+        texts.setdefault(k, []).append(v)
     pins: dict[str, str] = {}
     for pin in fingerprint or []:
         name, _, value = pin.partition("=")
@@ -239,7 +256,21 @@ def get(
     project = project_for(repo, defs)
     store = FeatureStore(project.root, project.definitions, redis_url=redis_url, prefix=prefix)
     refs = [f.strip() for f in features.split(",") if f.strip()]
+    # each key's text as its declared type; a key no requested view uses is refused by the store
+    views = [store.definitions.view(name) for name in store.resolve(refs)]
+    by_key = {v.entity.key: v for v in reversed(views)}
+    keys: dict[str, list[object]] = {}
+    for k, values in texts.items():
+        keys[k] = []
+        for v in values:
+            try:
+                keys[k].append(parse_entity(by_key[k], v) if k in by_key else v)
+            except DataError as e:
+                raise DataError(f"--entity {k}={v}: {e}") from None
     df = store.get_online_features(keys, refs, at=at_time, fingerprints=pins)
+    if as_json:
+        print_json(df.to_dicts())
+        return
     out = table(*df.columns)
     for row in df.iter_rows():
         out.add_row(*[repr(v) if isinstance(v, float) else str(v) for v in row])

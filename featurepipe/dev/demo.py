@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 import uuid
@@ -10,15 +11,49 @@ from pathlib import Path
 
 import polars as pl
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 DAYS = 30
 SHIFT_DAY, BUG_DAY, FIT_END_DAY, CUTOVER_DAY = 20, 27, 18, 24
+DRIFTS_SHOWN = 12
+
+
+class _SlowStepFilter(logging.Filter):
+    """Drops kafka-python's "Task ... ran for 0.1xxs ... It is blocking the event loop" warning.
+
+    kafka-python 3 runs its network I/O as tasks on its own event loop and times each task
+    step by the wall clock, warning past ``slow_task_threshold_secs`` (0.1 s). In a process that
+    evaluates features, the loop's thread waits for the GIL while the main thread runs long
+    C calls (msgpack, Polars, Redis replies), so the clock runs on while the step itself does
+    nothing slow: a false alarm, one line per stall. Every other kafka warning is kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "blocking the event loop" not in record.getMessage()
+
+
+def quiet_kafka_logging() -> None:
+    """kafka-python's loggers at WARNING (its INFO narrates every connection, metadata refresh
+    and group rejoin), without its GIL-stall false alarm; featurepipe's own loggers unchanged."""
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    selector = logging.getLogger("kafka.net.selector")
+    if not any(isinstance(f, _SlowStepFilter) for f in selector.filters):
+        selector.addFilter(_SlowStepFilter())
+
+
+def _fitting_table(*columns: str) -> Table:
+    """A table that wraps cells (headers included) instead of cutting them with an ellipsis."""
+    t = Table()
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    return t
 
 
 def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data/demo")) -> bool:
     from featurepipe.batch.drift import compare as drift
+    from featurepipe.batch.drift import ranked
     from featurepipe.batch.fit import baseline, fit
     from featurepipe.batch.sources import read_events
     from featurepipe.dev import infra
@@ -34,6 +69,7 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
     from featurepipe.stream.produce import encode_event, ensure_topics, produce_frame, produce_raw
     from featurepipe.stream.worker import StreamWorker, WorkerConfig
 
+    quiet_kafka_logging()
     t_all = time.perf_counter()
     defs_src = Path(__file__).resolve().parents[2] / "feature_defs"
     if workdir.exists():
@@ -44,7 +80,12 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
     )
 
     def step(n: int, text: str) -> float:
-        console.rule(f"[bold]{n}. {text}")
+        title = f"{n}. {text}"
+        if len(title) + 6 <= console.width:
+            console.rule(f"[bold]{escape(title)}")
+        else:  # a rule cuts a long title with an ellipsis: the title wraps below it instead
+            console.rule()
+            console.print(f"[bold]{escape(title)}")
         return time.perf_counter()
 
     t = step(1, "embedded Kafka-compatible broker and Redis-compatible server")
@@ -151,9 +192,13 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
         at=now,
         fingerprints={"user_spend": pinned},
     )
-    table = Table(*online.columns)
-    for row in online.iter_rows():
-        table.add_row(*[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row])
+    # one column per entity, one row per feature: fits a narrow terminal, nothing cut
+    key = view.entity.key
+    names = [c for c in online.columns if c != key]
+    table = _fitting_table(key, *[str(v) for v in online[key]])
+    for name in names:
+        values = online[name].to_list()
+        table.add_row(name, *[f"{v:.2f}" if isinstance(v, float) else str(v) for v in values])
     console.print(table)
     console.print(f"({time.perf_counter() - t:.2f}s)")
 
@@ -183,10 +228,15 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
         max_points=20_000,
         points_from_us=to_epoch_us(since),
     )
-    drifts = drift(base, current)
-    for d in drifts[:12]:
-        console.print(f"  [yellow]drift[/] {d.text}")
-    console.print(f"{len(drifts)} drifting feature statistics  ({time.perf_counter() - t:.1f}s)")
+    drifts = ranked(drift(base, current))
+    for d in drifts[:DRIFTS_SHOWN]:
+        console.print(f"  [yellow]drift[/] {escape(d.text)}")
+    shown = (
+        f"showing {DRIFTS_SHOWN} of {len(drifts)} drifting feature statistics (largest first)"
+        if len(drifts) > DRIFTS_SHOWN
+        else f"{len(drifts)} drifting feature statistics"
+    )
+    console.print(f"{shown}  ({time.perf_counter() - t:.1f}s)")
 
     console.rule("[bold]summary")
     console.print(

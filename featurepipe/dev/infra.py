@@ -55,6 +55,27 @@ def _free_port() -> int:
         return port
 
 
+def _port(requested: int | None, name: str, option: str) -> int:
+    """``requested`` if it is free on 127.0.0.1 (else ``DevInfraError`` naming it); a free port
+    when it is None or 0."""
+    if not requested:
+        return _free_port()
+    if not 0 < requested < 65536:
+        raise DevInfraError(f"{option} {requested}: not a port number (1-65535)")
+    with socket.socket() as s:
+        # as a server binds: a port held only by connections in TIME_WAIT counts as free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", requested))
+        except OSError as e:
+            raise DevInfraError(
+                f"{option} {requested}: port {requested} on 127.0.0.1 is already in use "
+                f"({e.strerror or e}); the {name} cannot listen there. Pick another port, or "
+                "leave the option out for a free one"
+            ) from None
+    return requested
+
+
 def _wait_port(port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -212,14 +233,46 @@ def load(state_file: Path = STATE_FILE) -> DevServices | None:
     return load_dev_services(state_file)
 
 
-def up(workdir: Path = Path(".featurepipe"), timeout: float = 15.0) -> DevServices:
-    """Start both services (or return the running ones) and record them."""
+def _ports(services: DevServices) -> tuple[int, int]:
+    """The (kafka, redis) ports of recorded services."""
+    kport = int(services.kafka_bootstrap.rsplit(":", 1)[1])
+    rport = int(services.redis_url.rsplit(":", 1)[1].split("/")[0])
+    return kport, rport
+
+
+def up(
+    workdir: Path = Path(".featurepipe"),
+    timeout: float = 15.0,
+    *,
+    kafka_port: int | None = None,
+    redis_port: int | None = None,
+) -> DevServices:
+    """Start both services (or return the running ones) and record them.
+
+    ``kafka_port``/``redis_port``: where they listen on 127.0.0.1 (None or 0: a free port). A
+    port in use is a ``DevInfraError`` naming it, before anything starts; so is asking for
+    other ports than those of services already running."""
     state_file = workdir / "dev.json"
     running = load(state_file)
     if running is not None:
         if _ours(running.kafka_pid, running.kafka_identity) and _ours(
             running.redis_pid, running.redis_identity
         ):
+            kport, rport = _ports(running)
+            wrong = [
+                f"{option} {want} (running on {have})"
+                for option, want, have in (
+                    ("--kafka-port", kafka_port, kport),
+                    ("--redis-port", redis_port, rport),
+                )
+                if want and want != have
+            ]
+            if wrong:
+                raise DevInfraError(
+                    "the embedded services already run on other ports: "
+                    + ", ".join(wrong)
+                    + "; stop them first (featurepipe dev down)"
+                )
             return running
         # half running: stop what is still ours before starting both again
         for pid, recorded in (
@@ -227,10 +280,17 @@ def up(workdir: Path = Path(".featurepipe"), timeout: float = 15.0) -> DevServic
             (running.redis_pid, running.redis_identity),
         ):
             _stop(pid, recorded)
+    if kafka_port and kafka_port == redis_port:
+        raise DevInfraError(
+            f"--kafka-port and --redis-port are both {kafka_port}: each service needs its own"
+        )
+    kport = _port(kafka_port, "Kafka-compatible broker", "--kafka-port")
+    rport = _port(redis_port, "Redis-compatible store", "--redis-port")
+    while rport == kport:  # two free ports asked for at once may coincide
+        rport = _free_port()
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    kport, rport = _free_port(), _free_port()
     password = secrets.token_urlsafe(24)  # URL-safe: no percent-encoding needed
     broker = start_broker(kport, logs / "kafka.log")
     try:
@@ -243,10 +303,19 @@ def up(workdir: Path = Path(".featurepipe"), timeout: float = 15.0) -> DevServic
             p.kill()
         raise DevInfraError(f"embedded services did not start within {timeout}s (logs in {logs})")
     kafka_id, redis_id = identity(broker.pid), identity(store.pid)
-    if kafka_id is None or redis_id is None:
+    if (
+        kafka_id is None
+        or redis_id is None
+        or broker.poll() is not None
+        or store.poll() is not None
+    ):
+        # e.g. another process took a port between the check and the start
         for p in (broker, store):
             p.kill()
-        raise DevInfraError(f"embedded services exited right after starting (logs in {logs})")
+        raise DevInfraError(
+            f"embedded services exited right after starting (ports {kport}, {rport}; "
+            f"logs in {logs})"
+        )
     services = DevServices(
         kafka_bootstrap=f"127.0.0.1:{kport}",
         redis_url=f"redis://:{password}@127.0.0.1:{rport}/0",
@@ -331,8 +400,7 @@ def status(workdir: Path = Path(".featurepipe")) -> dict[str, Any]:
     services = load(workdir / "dev.json")
     if services is None:
         return {"running": False}
-    kport = int(services.kafka_bootstrap.rsplit(":", 1)[1])
-    rport = int(services.redis_url.rsplit(":", 1)[1].split("/")[0])
+    kport, rport = _ports(services)
     return {
         "running": True,
         "kafka": {

@@ -148,6 +148,11 @@ class FeatureView:
     def feature_names(self) -> list[str]:
         return [f.name for f in self.ir.features]
 
+    @property
+    def entity_dtype(self) -> DType:
+        """The declared type of the entity key: its field's type in the source's schema."""
+        return self.source.fields[self.entity.key][0]
+
     def __repr__(self) -> str:
         return f"FeatureView({self.name!r}, features={len(self.ir.features)})"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,4 +105,30 @@ def _load(root: Path, path: str | Path) -> Definitions:
                 defs.add(name, obj, str(file.name))
     if not defs.views:
         raise DefinitionError(f"no feature views found under '{path}'")
+    check_topics(defs.views.values())
     return defs
+
+
+def check_topics(views: Iterable[FeatureView]) -> None:
+    """One Kafka topic feeds views of one entity key.
+
+    The stream worker relies on each message being keyed by its entity, so that all events of
+    an entity land in one partition and one worker owns the entity's state (per-entity arrival
+    order, single ownership). A message has one key, so the views a topic feeds must share the
+    entity key; views keyed otherwise need their own topic, keyed by their entity. Checked when
+    the definitions load, so ``plan`` refuses what ``stream`` could not run.
+    """
+    by_topic: dict[str, list[FeatureView]] = {}
+    for view in views:
+        if view.source.stream is not None:
+            by_topic.setdefault(view.source.stream.topic, []).append(view)
+    for topic, fed in by_topic.items():
+        keys = {v.entity.key for v in fed}
+        if len(keys) > 1:
+            listed = ", ".join(f"'{v.name}' (key '{v.entity.key}')" for v in fed)
+            raise DefinitionError(
+                f"Kafka topic '{topic}' feeds views with different entity keys: {listed}. "
+                "A topic's messages are keyed (and partitioned) by one entity key, so that one "
+                "stream worker owns each entity: give the views of each other key a topic of "
+                "their own, produced keyed by that key"
+            )

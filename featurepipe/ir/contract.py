@@ -11,6 +11,7 @@ docs/semantics.md ("Bad input, on both paths") states the rules.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
@@ -56,6 +57,21 @@ def format_tolerance(tolerance: timedelta) -> str:
         if us % (size * 1_000_000) == 0:
             return f"{us // (size * 1_000_000)}{unit}"
     return f"{us}us"
+
+
+def integral_float(value: float) -> int | str:
+    """The rule for a float where an int is expected, the same on both paths: the integer it
+    equals when it is integral and within int64 (``1.0`` is 1, ``-0.0`` is 0), else the reason
+    it is refused (``1.5`` is not a valid int; ``2.0**63`` does not fit in int64). The stream
+    validator applies it to JSON floats; the batch reader applies the same rule, vectorized, to
+    Parquet float columns and number text (``featurepipe.batch.sources``)."""
+    if not math.isfinite(value):
+        return NON_FINITE
+    if not value.is_integer():
+        return not_valid(DType.INT)
+    if not -(2.0**63) <= value < 2.0**63:
+        return NOT_INT64
+    return int(value)
 
 
 def is_number_text(text: str) -> bool:

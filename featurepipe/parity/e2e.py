@@ -15,6 +15,7 @@ from featurepipe.online.lookup import OnlineReader
 from featurepipe.online.redis_conn import connect
 from featurepipe.online.state_store import StateStore
 from featurepipe.parity.harness import ParityReport, compare, normalize_events
+from featurepipe.stream.kafka_conn import require_broker
 from featurepipe.stream.produce import ensure_topics, produce_frame
 from featurepipe.stream.worker import StreamWorker, WorkerConfig
 
@@ -34,6 +35,8 @@ def run_e2e(
     per entity: its newest event time, that time plus each window length (exact window edges),
     and a day past the longest window."""
     view = defs.view(view_name)
+    # an unreachable broker is one clear error within seconds, before anything is produced
+    require_broker(bootstrap, "end-to-end parity")
     key = view.entity.key
     run = uuid.uuid4().hex[:8]
     topic = f"{view.source.stream.topic if view.source.stream else view.source.name}.parity-{run}"

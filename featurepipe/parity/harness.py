@@ -12,17 +12,20 @@ import random
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import polars.selectors as cs
 
+from featurepipe.batch.sources import SourceReport, read_events
 from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
 from featurepipe.compile.polars_rows import PL_TYPES
 from featurepipe.compile.python_state import State, ViewProgram
-from featurepipe.dsl.definitions import FeatureView
+from featurepipe.dsl.definitions import FeatureView, Source
 from featurepipe.errors import DataError
+from featurepipe.ir.timebase import format_us
 from featurepipe.ir.types import DType
 
 
@@ -54,6 +57,60 @@ class ParityReport:
     @property
     def ok(self) -> bool:
         return self.mismatches == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready values (``featurepipe parity --json``); the time of a
+        first difference as ISO text (``time``) and epoch microseconds (``time_us``)."""
+        return {
+            "view": self.view,
+            "fingerprint": self.fingerprint,
+            "ok": self.ok,
+            "events": self.events,
+            "queries": self.queries,
+            "values": self.queries * len(self.features),
+            "mismatches": self.mismatches,
+            "skipped_beyond_lateness": self.skipped_beyond_lateness,
+            "skipped_null_entity": self.skipped_null_entity,
+            "seconds_stream": self.seconds_stream,
+            "seconds_batch": self.seconds_batch,
+            "features": [
+                {
+                    "name": f.name,
+                    "type": str(f.dtype),
+                    "compared": f.compared,
+                    "mismatched": f.mismatched,
+                    "first_difference": None if f.first is None else show_first(f.first),
+                }
+                for f in self.features
+            ],
+        }
+
+
+def show_first(first: dict[str, Any]) -> dict[str, Any]:
+    """A first difference with its query time as ISO text too (``time``)."""
+    return {
+        "entity": first["entity"],
+        "time": format_us(first["time_us"]),
+        "time_us": first["time_us"],
+        "arrived": first["arrived"],
+        "batch": first["batch"],
+        "stream": first["stream"],
+    }
+
+
+def source_log(
+    source: Source, *, root: str | Path = ".", path: str | Path | None = None
+) -> tuple[pl.DataFrame, SourceReport]:
+    """The event log of ``source`` as the batch path reads it: its Parquet files (a file, a
+    directory, a glob; relative to ``root``), contract-checked (rows breaking the contract are
+    left out and counted in the report), in arrival order (the arrival column, else file then
+    row order). Returned as an event log: the contract's fields only, datetimes as UTC
+    datetimes, row order = arrival order, ready for ``run_parity`` or a Kafka topic."""
+    lf, report = read_events(source, root=root, path=path)
+    fields = list(source.fields)
+    log = lf.select(fields).collect()
+    datetimes = [n for n, (dtype, _) in source.fields.items() if dtype is DType.DATETIME]
+    return log.with_columns(pl.col(n).cast(pl.Datetime("us", "UTC")) for n in datetimes), report
 
 
 def normalize_events(view: FeatureView, events: pl.DataFrame) -> pl.DataFrame:

@@ -29,6 +29,7 @@ from featurepipe.online.materialize import MaterializeReport, Progress, material
 from featurepipe.online.state_store import DEFAULT_PREFIX, Client, StateStore
 from featurepipe.settings import kafka_security
 from featurepipe.stream.errors import StreamError
+from featurepipe.stream.kafka_conn import require_broker
 
 
 @dataclass
@@ -52,7 +53,10 @@ def stream_topics(views: Sequence[FeatureView], topics: dict[str, str] | None = 
 
 
 def partition_starts(bootstrap: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
-    """The first offset the broker holds for every partition of ``topics``."""
+    """The first offset the broker holds for every partition of ``topics``.
+
+    An unreachable broker raises ``BrokerUnreachableError`` within seconds."""
+    require_broker(bootstrap, "recover")
     try:
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, **kafka_security())
     except KafkaError as e:

@@ -7,6 +7,9 @@ The wire format is strict JSON (RFC 8259), one object per message:
 * a key given twice is refused (a parser would silently keep one of the two values);
 * a datetime is ISO-8601 text: neither a JSON number nor text that reads as a number (which
   pydantic would take for epoch seconds);
+* an int field takes a JSON number written with a fraction or an exponent when it is integral
+  and within int64 (``1.0``, ``1e3``: JSON producers often write every number as a float), as
+  the batch reader takes an integral float from Parquet; ``1.5`` is not a valid int;
 * the event time may lie at most the configured tolerance past the wall clock (settings:
   ``FEATUREPIPE_FUTURE_TOLERANCE``, default one day), besides the fixed range [1970, 2100).
 
@@ -44,6 +47,7 @@ from featurepipe.ir.contract import (
     OUT_OF_RANGE,
     future_limit_us,
     in_future,
+    integral_float,
     is_number_text,
     not_valid,
     reason,
@@ -81,6 +85,14 @@ class Invalid(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def int_of_float(name: str, value: float) -> int:
+    """A JSON float for the int field ``name``: the integer it equals, or ``Invalid``."""
+    verdict = integral_float(value)
+    if isinstance(verdict, str):
+        raise Invalid(reason(name, verdict))
+    return verdict
 
 
 class EventValidator:
@@ -129,6 +141,7 @@ class EventValidator:
         self.datetimes = [n for n, (t, _) in source.fields.items() if t is DType.DATETIME]
         self.datetime_keys = [(n, self.keys[n]) for n in self.datetimes]
         self.ints = [n for n, (t, _) in source.fields.items() if t is DType.INT]
+        self.int_keys = [(n, self.keys[n]) for n in self.ints]
 
     def parse(self, raw: bytes | None) -> dict[str, Any]:
         """The event as a dict with datetimes as epoch micros (UTC); raises ``Invalid``."""
@@ -158,6 +171,10 @@ class EventValidator:
                 raise Invalid(reason(name, DATETIME_NUMBER))
             else:
                 raise Invalid(reason(name, NOT_DATETIME))
+        for name, key in self.int_keys:
+            value = doc.get(key)
+            if type(value) is float:  # 1.0 is the int 1, as in Parquet (featurepipe.ir.contract)
+                doc[key] = int_of_float(name, value)
         try:
             obj = self._validate(doc)
         except pydantic.ValidationError as e:

@@ -109,6 +109,10 @@ class StreamWorker:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _connect(self) -> None:
+        from featurepipe.stream.kafka_conn import require_broker
+
+        # an unreachable broker is one clear error within seconds, not a client timing out
+        require_broker(self.config.bootstrap, "stream worker")
         common = {"bootstrap_servers": self.config.bootstrap, **kafka_security()}
         self.consumer = KafkaConsumer(
             group_id=self.config.group_id,

@@ -1,0 +1,110 @@
+"""The README's "Your first project", command by command, against the real embedded broker and
+Redis server: init, plan, training-set from CSV labels, materialize, get, parity, produce,
+stream, get again, dlq. Expected values are counted by hand from the sample files with plain
+Python (no featurepipe code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from featurepipe.dev import infra
+from tests.services import services, unique  # noqa: F401
+
+
+def _fp(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "featurepipe.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COLUMNS": "200", **env},
+    )
+    assert "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
+    return out
+
+
+def _ok(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    out = _fp(cwd, env, *args)
+    assert out.returncode == 0, f"{args}: {out.stdout}{out.stderr}"
+    return out
+
+
+def _us(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_readme_first_project(tmp_path: Path, services: infra.DevServices) -> None:  # noqa: F811
+    t0 = time.perf_counter()
+    env = {"REDIS_URL": services.redis_url, "KAFKA_BOOTSTRAP_SERVERS": services.kafka_bootstrap}
+    _ok(tmp_path, env, "init", "shop")
+    shop = tmp_path / "shop"
+    # this test shares the services with others: its own topic, key prefix and group
+    topic, prefix = unique("orders"), unique("shop")
+    defs = shop / "feature_defs" / "orders.py"
+    defs.write_text(defs.read_text().replace('topic="orders"', f'topic="{topic}"'))
+    cfg = shop / "featurepipe.toml"
+    cfg.write_text(
+        cfg.read_text()
+        .replace('prefix = "fp"', f'prefix = "{prefix}"')
+        .replace('group = "featurepipe"', f'group = "{prefix}"')
+    )
+
+    # the sample files, read without featurepipe
+    hist = pl.read_parquet(shop / "data" / "orders" / "part-0.parquet")
+    new = pl.read_csv(shop / "data" / "new_orders.csv")
+    labels = pl.read_csv(shop / "data" / "labels.csv")
+    hist_rows = [(c, t) for c, t in zip(hist["customer_id"], hist["ordered_at"], strict=True)]
+    new_rows = [(c, _us(t)) for c, t in zip(new["customer_id"], new["ordered_at"], strict=True)]
+    cutover = min(t for _, t in new_rows).date()
+
+    _ok(shop, env, "plan")
+
+    train = _ok(
+        shop, env, "training-set", "--entities", "data/labels.csv",
+        "--features", "customer_orders", "--out", "train.parquet",
+    )
+    got = pl.read_parquet(shop / "train.parquet")
+    assert got.height == labels.height, train.stdout
+    for row in got.head(40).iter_rows(named=True):
+        at = row["event_timestamp"]
+        want = sum(1 for c, t in hist_rows if c == row["customer_id"] and t < at)
+        assert row["orders_total"] == want, row
+
+    _ok(shop, env, "materialize", "--until", cutover.isoformat())
+    customer = "c0001"
+    before = sum(1 for c, _ in hist_rows if c == customer)
+    at = datetime(cutover.year, cutover.month, cutover.day, tzinfo=UTC) + timedelta(days=1)
+    get = _ok(
+        shop, env, "get", "--entity", f"customer_id={customer}",
+        "--features", "customer_orders", "--at", at.isoformat(), "--json",
+    )
+    [online] = json.loads(get.stdout)
+    assert online["customer_orders_found"] is True
+    assert online["orders_total"] == before
+    assert online["orders_24h"] == 0  # the last day is not in Parquet
+
+    parity = _ok(shop, env, "parity")
+    assert "0 mismatches" in parity.stdout
+
+    _ok(shop, env, "produce", "--view", "customer_orders", "--events", "data/new_orders.csv")
+    _ok(shop, env, "stream", "--idle-exit", "5")
+    get = _ok(
+        shop, env, "get", "--entity", f"customer_id={customer}",
+        "--features", "customer_orders", "--at", at.isoformat(), "--json",
+    )
+    [online] = json.loads(get.stdout)
+    new_count = sum(1 for c, _ in new_rows if c == customer)
+    assert new_count > 0
+    assert online["orders_total"] == before + new_count
+    assert online["orders_24h"] == new_count
+
+    dlq = _ok(shop, env, "dlq", "list")
+    assert "0" in dlq.stdout
+    # the whole README path, as a user would run it, stays well inside ten minutes
+    print(f"first-project flow: {time.perf_counter() - t0:.1f}s")
