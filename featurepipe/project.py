@@ -14,8 +14,10 @@ Every key is optional. The root is found from the working directory upwards (the
 directory with either file); without one, the working directory is the root and every
 setting has its default. ``--repo`` on any command names the root explicitly.
 
-One rule for paths: ``--defs``, ``data_root`` and the sources' relative Parquet paths are
-relative to the project root (absolute paths stay as they are).
+One rule for paths: every relative path, in this file or on the command line (``--defs``,
+``--events``, ``--entities``, ``--out``), and the sources' relative Parquet paths (through
+``data_root``) are relative to the project root, as with ``git -C``; absolute paths stay as
+they are. Run from the project root, that is simply the working directory.
 
 Where a setting comes from, first match wins: the command's argument, the environment
 (``REDIS_URL``, ``KAFKA_BOOTSTRAP_SERVERS``), this file, ``featurepipe dev up``'s record, the

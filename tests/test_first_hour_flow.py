@@ -92,7 +92,12 @@ def test_readme_first_project(tmp_path: Path, services: infra.DevServices) -> No
     parity = _ok(shop, env, "parity")
     assert "0 mismatches" in parity.stdout
 
-    _ok(shop, env, "produce", "--view", "customer_orders", "--events", "data/new_orders.csv")
+    # one broken row among the new orders: sent, dead-lettered by the worker, never counted
+    bad_time = max(t for _, t in new_rows).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    with (shop / "data" / "new_orders.csv").open("a") as f:
+        f.write(f"o999999,{customer},lots,US,{bad_time}\n")
+    sent = _ok(shop, env, "produce", "--view", "customer_orders", "--events", "data/new_orders.csv")
+    assert "amount" in sent.stdout  # the summary warns what the worker will refuse
     _ok(shop, env, "stream", "--idle-exit", "5")
     get = _ok(
         shop, env, "get", "--entity", f"customer_id={customer}",
@@ -104,7 +109,13 @@ def test_readme_first_project(tmp_path: Path, services: infra.DevServices) -> No
     assert online["orders_total"] == before + new_count
     assert online["orders_24h"] == new_count
 
-    dlq = _ok(shop, env, "dlq", "list")
-    assert "0" in dlq.stdout
+    dlq = _ok(shop, env, "dlq", "list", "--view", "customer_orders", "--json")
+    [summary] = json.loads(dlq.stdout)
+    assert summary["letters"] == 1
+    [category] = summary["categories"]
+    assert category["count"] == 1 and "amount" in category["category"]
+    shown = _ok(shop, env, "dlq", "show", "--view", "customer_orders", "--json")
+    [letter] = json.loads(shown.stdout)["letters"]
+    assert "o999999" in letter["value"] and "lots" in letter["value"]
     # the whole README path, as a user would run it, stays well inside ten minutes
     print(f"first-project flow: {time.perf_counter() - t0:.1f}s")

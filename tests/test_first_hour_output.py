@@ -365,10 +365,10 @@ def test_stream_logs_featurepipe_info_but_no_kafka_chatter(
 
 
 def test_quiet_kafka_logging_keeps_real_warnings() -> None:
-    from featurepipe.dev.demo import quiet_kafka_logging
+    from featurepipe.stream.logs import quiet_kafka_logging
 
     kafka, selector = logging.getLogger("kafka"), logging.getLogger("kafka.net.selector")
-    saved = (kafka.level, list(selector.filters))
+    saved = (kafka.level, list(selector.filters), list(kafka.handlers), kafka.propagate)
     try:
         quiet_kafka_logging()
         quiet_kafka_logging()  # idempotent: one filter
@@ -387,6 +387,8 @@ def test_quiet_kafka_logging_keeps_real_warnings() -> None:
     finally:
         kafka.setLevel(saved[0])
         selector.filters[:] = saved[1]
+        kafka.handlers[:] = saved[2]
+        kafka.propagate = saved[3]
 
 
 def test_drifts_rank_by_change_relative_to_threshold() -> None:

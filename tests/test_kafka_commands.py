@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -41,8 +42,19 @@ def _fp(
         timeout=timeout,
         env=full,
     )
-    assert "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
+    output = r.stdout + r.stderr
+    if args[0] == "stream":
+        # the worker logs kafka-python's own messages; kafka-python 3.0 logs a race of its
+        # socket handling at close (a read on a socket it already closed) with a traceback
+        output = _SOCKET_RACE.sub("", output)
+    assert "Traceback" not in output, r.stdout + r.stderr
     return r
+
+
+_SOCKET_RACE = re.compile(
+    r"Traceback \(most recent call last\):\n(?:[ ].*\n)+?"
+    r"AttributeError: 'NoneType' object has no attribute '(?:recv|send)'"
+)
 
 
 def _ok(r: subprocess.CompletedProcess[str]) -> str:
@@ -141,7 +153,9 @@ def test_produce_parquet_csv_and_jsonl(services: infra.DevServices, tmp_path: Pa
         }
     )
     frame.write_parquet(repo / "events.parquet")
-    out = _ok(_fp(repo, "produce", "events.parquet", "--view", "user_spend", "--bootstrap", b))
+    out = _ok(
+        _fp(repo, "produce", "--events", "events.parquet", "--view", "user_spend", "--bootstrap", b)
+    )
     assert f"sent 5 events from events.parquet to topic {topic} (4 partitions" in out
     assert "contract" not in out  # every event is valid
     assert {topic, topic + ".dlq"} <= _topics(b)
@@ -179,7 +193,17 @@ def test_produce_parquet_csv_and_jsonl(services: infra.DevServices, tmp_path: Pa
         "c3,u7,m8,,FR,retired,app,2026-01-06 12:00:00\n"
     )
     report = _json(
-        _fp(repo, "produce", "events.csv", "--view", "user_spend", "--bootstrap", b, "--json")
+        _fp(
+            repo,
+            "produce",
+            "--events",
+            "events.csv",
+            "--view",
+            "user_spend",
+            "--bootstrap",
+            b,
+            "--json",
+        )
     )
     assert report["events"] == 3 and report["failed"] == 0 and report["topic"] == topic
     assert report["partitions"] == 4 and report["format"] == "csv"
@@ -211,11 +235,12 @@ def test_produce_parquet_csv_and_jsonl(services: infra.DevServices, tmp_path: Pa
     r = _fp(
         repo,
         "produce",
+        "--events",
         "events.csv",
         "--view",
         "user_spend",
         "--topic",
-        strict_topic + "-x",
+        strict_topic,
         "--bootstrap",
         b,
         "--strict",
@@ -223,7 +248,7 @@ def test_produce_parquet_csv_and_jsonl(services: infra.DevServices, tmp_path: Pa
     assert r.returncode == 2
     assert "--strict: 1 of 3 events in 'events.csv' break the contract" in r.stdout
     assert "event #2: amount: not a valid float" in r.stdout and "nothing sent" in r.stdout
-    assert strict_topic + "-x" not in _topics(b)
+    assert strict_topic not in _topics(b)
 
     # JSON lines: sent as they are, keyed by their user_id; --limit and --rate
     lines = [
@@ -235,6 +260,7 @@ def test_produce_parquet_csv_and_jsonl(services: infra.DevServices, tmp_path: Pa
         _fp(
             repo,
             "produce",
+            "--events",
             "events.jsonl",
             "--topic",
             jtopic,
@@ -252,10 +278,7 @@ def test_produce_parquet_csv_and_jsonl(services: infra.DevServices, tmp_path: Pa
     assert report["events"] == 20 and report["contract_refused"] is None
     assert report["seconds"] >= 1.2  # 20 events at 16/s
     sent = _read_topic(b, jtopic, 20)
-    assert [
-        m.value.decode()
-        for m in sorted(sent, key=lambda m: json.loads(m.value)["transaction_id"][1:].zfill(3))
-    ] == lines[:20]
+    assert sorted(m.value.decode() for m in sent) == sorted(lines[:20])  # byte for byte
     assert {m.key for m in sent} == {b"u0", b"u1", b"u2"}
 
 
@@ -263,11 +286,11 @@ def test_produce_refusals_are_one_line(services: infra.DevServices, tmp_path: Pa
     topic = unique("tx-refuse")
     repo = _repo(tmp_path, topic)
     (repo / "events.txt").write_text("x")
-    r = _fp(repo, "produce", "events.txt", "--view", "user_spend")
+    r = _fp(repo, "produce", "--events", "events.txt", "--view", "user_spend")
     assert r.returncode == 2
     assert "cannot read events from 'events.txt': unknown extension '.txt'" in r.stdout
     assert "Parquet (.parquet, .pq), CSV (.csv), JSON lines (.jsonl, .ndjson)" in r.stdout
-    r = _fp(repo, "produce", "missing.parquet", "--view", "user_spend")
+    r = _fp(repo, "produce", "--events", "missing.parquet", "--view", "user_spend")
     assert r.returncode == 2 and "event log 'missing.parquet' does not exist" in r.stdout
     pl.DataFrame({"user_id": ["u1"]}).write_parquet(repo / "e.parquet")
     with socket.socket() as s:  # a port nothing listens on
@@ -275,13 +298,20 @@ def test_produce_refusals_are_one_line(services: infra.DevServices, tmp_path: Pa
         closed = s.getsockname()[1]
     t = time.monotonic()
     r = _fp(
-        repo, "produce", "e.parquet", "--view", "user_spend", "--bootstrap", f"127.0.0.1:{closed}"
+        repo,
+        "produce",
+        "--events",
+        "e.parquet",
+        "--view",
+        "user_spend",
+        "--bootstrap",
+        f"127.0.0.1:{closed}",
     )
     assert r.returncode == 2 and f"Kafka broker at 127.0.0.1:{closed} is unreachable" in r.stdout
     assert time.monotonic() - t < 30
-    r = _fp(repo, "produce", "e.parquet", "--view", "nope")
+    r = _fp(repo, "produce", "--events", "e.parquet", "--view", "nope")
     assert r.returncode == 2 and "no feature view named 'nope'" in r.stdout
-    r = _fp(repo, "produce", "e.parquet", "--topic", "elsewhere")
+    r = _fp(repo, "produce", "--events", "e.parquet", "--topic", "elsewhere")
     assert r.returncode == 2 and "pass --key" in r.stdout
 
 
@@ -297,13 +327,13 @@ def test_dlq_list_show_replay(services: infra.DevServices, tmp_path: Path) -> No
         [_event(f"g{i}", f"u{i % 4}", float(i), f"2026-01-05T{i:02d}:00:00Z") for i in range(12)]
     ).with_columns(pl.col("event_time").str.to_datetime(time_zone="UTC"))
     good.write_parquet(repo / "good.parquet")
-    _ok(_fp(repo, "produce", "good.parquet", "--bootstrap", b, "--partitions", "2"))
+    _ok(_fp(repo, "produce", "--events", "good.parquet", "--bootstrap", b, "--partitions", "2"))
     # three events dated 2099 (beyond the default one-day future tolerance), two with an amount
     # that is not a number, as JSON lines; one message without a key
     poison = [_event(f"f{i}", "future", 1.0, "2099-01-01T00:00:00+00:00") for i in range(3)]
     poison += [_event(f"a{i}", "u1", "lots", "2026-01-05T20:00:00+00:00") for i in range(2)]
     (repo / "poison.jsonl").write_text("\n".join(json.dumps(e) for e in poison))
-    report = _json(_fp(repo, "produce", "poison.jsonl", "--bootstrap", b, "--json"))
+    report = _json(_fp(repo, "produce", "--events", "poison.jsonl", "--bootstrap", b, "--json"))
     assert report["events"] == 5 and report["contract_refused"] == 5
     unkeyed = json.dumps(_event("n1", "u2", 2.0, "2026-01-05T21:00:00+00:00")).encode()
     produce_raw(topic, b, [(None, unkeyed)])

@@ -421,6 +421,7 @@ def training_set(
         str, typer.Option(help="Timestamp column of the label rows.")
     ] = "event_timestamp",
     partitions: Annotated[int, typer.Option(help="Entity hash partitions (bounds memory).")] = 1,
+    as_json: JsonOpt = False,
 ) -> None:
     """Point-in-time-correct training set for label rows (Parquet, CSV or Arrow IPC) from the
     sources' Parquet data, with lineage in the written Parquet file's metadata."""
@@ -435,10 +436,37 @@ def training_set(
     views = [store.definitions.view(v) for v in store.resolve(refs)]
     # a text key stays text in a CSV ("007" is not 7); other types are checked, not converted
     text_keys = [v.entity.key for v in views if v.source.fields[v.entity.key][0] is DType.STR]
-    labels = read_table(entities, timestamp=timestamp, text_columns=text_keys)
+    labels = read_table(project.path(entities), timestamp=timestamp, text_columns=text_keys)
     df = store.get_historical_features(labels, refs, timestamp=timestamp, partitions=partitions)
     assert store.last_lineage is not None
+    out = project.path(out)
     write_training_set(df, out, store.last_lineage)
+    if as_json:
+        print_json(
+            {
+                "out": out,
+                "rows": df.height,
+                "columns": df.columns,
+                "sources": {
+                    name: {
+                        "rows_in_files": rep.rows_in_files,
+                        "events_used": rep.rows,
+                        "quarantined": rep.quarantined,
+                        "outside_range": rep.outside_range,
+                        "quarantine_file": rep.quarantine_file,
+                        "reasons": rep.reasons,
+                        "files": len(rep.files),
+                    }
+                    for name, rep in store.source_reports.items()
+                },
+                "views": {
+                    view: {"fingerprint": info["fingerprint"], "features": info["features"]}
+                    for view, info in store.last_lineage.views.items()
+                },
+                "seconds": round(time.perf_counter() - t, 3),
+            }
+        )
+        return
     for name, rep in store.source_reports.items():
         console.print(
             f"source [cyan]{name}[/]: {rep.rows_in_files:,} rows in {len(rep.files)} file(s): "

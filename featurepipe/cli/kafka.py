@@ -21,9 +21,11 @@ from featurepipe.cli.common import (
 )
 from featurepipe.errors import FeaturepipeError
 from featurepipe.project import Project
+from featurepipe.stream.logs import quiet_kafka_logging
 
 if TYPE_CHECKING:
     from featurepipe.dsl.definitions import Source
+
 
 BootstrapOpt = Annotated[
     str | None,
@@ -113,9 +115,9 @@ PRODUCE_HELP = (
 def produce(
     events: Annotated[
         Path,
-        typer.Argument(
+        typer.Option(
             help="Event log, by extension: Parquet (.parquet, .pq), CSV (.csv) or JSON lines "
-            "(.jsonl, .ndjson); relative to the working directory.",
+            "(.jsonl, .ndjson); relative to the project root.",
             show_default=False,
         ),
     ],
@@ -155,6 +157,7 @@ def produce(
     json: JsonOpt = False,
 ) -> None:
     """Send an event log to a Kafka topic, in file order, keyed by the entity key."""
+    quiet_kafka_logging()
     from featurepipe.progress import progress_bar
     from featurepipe.settings import kafka_bootstrap
     from featurepipe.stream.dead_letters import DLQ_SUFFIX
@@ -170,9 +173,10 @@ def produce(
     )
 
     event_format(events)  # a clear error for an unknown extension before anything else
+    project = project_for(repo, defs)
+    events = project.path(events)
     if not events.is_file():
         raise ProduceError(f"event log '{events}' does not exist")
-    project = project_for(repo, defs)
     topic, key, source = _produce_target(project, view, topic, key)
     if strict and source is None:
         raise FeaturepipeError(
@@ -319,6 +323,7 @@ def dlq_list(
 ) -> None:
     """Count dead letters by category, with the first and last partition/offset of each and how
     many were replayed (every stream topic of the definitions unless --topic or --view)."""
+    quiet_kafka_logging()
     from featurepipe.stream.dlq import summarize
 
     project = project_for(repo, defs)
@@ -353,7 +358,7 @@ def dlq_list(
             )
         console.print(out)
         for g in s.gaps:
-            console.print(f"[yellow]warning:[/] {escape(s.topic)} {escape(str(g))}")
+            console.print(f"[yellow]warning:[/] {escape(str(g))}")
 
 
 @dlq_app.command("show")
@@ -372,6 +377,7 @@ def dlq_show(
 ) -> None:
     """Dead letters (oldest first): payload, key, reason and category, where the original was,
     whether it was cut to fit and whether it was replayed."""
+    quiet_kafka_logging()
     from featurepipe.stream.dlq import show
 
     project = project_for(repo, defs)
@@ -419,7 +425,7 @@ def dlq_show(
         )
     console.print(out)
     for g in shown.gaps:
-        console.print(f"[yellow]warning:[/] {escape(dlq)} {escape(str(g))}")
+        console.print(f"[yellow]warning:[/] {escape(str(g))}")
 
 
 REPLAY_HELP = (
@@ -445,6 +451,7 @@ def dlq_replay(
     json: JsonOpt = False,
 ) -> None:
     """Send dead letters again to the topic each came from, keyed as it was."""
+    quiet_kafka_logging()
     from featurepipe.stream.dlq import replay
 
     project = project_for(repo, defs)
@@ -488,6 +495,5 @@ def dlq_replay(
         console.print(f"  {escape(d)}")
     for g in r.gaps:
         console.print(
-            f"[yellow]warning:[/] {escape(dlq)} {escape(str(g))}: the replay stopped before it; "
-            "run it again"
+            f"[yellow]warning:[/] {escape(str(g))}: the replay stopped before it; run it again"
         )

@@ -57,7 +57,7 @@ def materialize(
         redis_url,
         view,
         batch_size,
-        events=events,
+        events=project.path(events) if events is not None else None,
         prefix=prefix or project.prefix,
         root=project.data_root,
         registry=project.state_dir / "registry",
@@ -179,9 +179,9 @@ def stream(
     """Kafka -> Redis worker: validate, dead-letter, ingest, commit state and offsets atomically."""
     import logging
 
-    from featurepipe.dev.demo import quiet_kafka_logging
     from featurepipe.online.redis_conn import connect
     from featurepipe.settings import kafka_bootstrap
+    from featurepipe.stream.logs import quiet_kafka_logging
     from featurepipe.stream.worker import StreamWorker, WorkerConfig
 
     logging.basicConfig(

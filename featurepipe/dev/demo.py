@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 import time
 import uuid
@@ -18,29 +17,6 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 DAYS = 30
 SHIFT_DAY, BUG_DAY, FIT_END_DAY, CUTOVER_DAY = 20, 27, 18, 24
 DRIFTS_SHOWN = 12
-
-
-class _SlowStepFilter(logging.Filter):
-    """Drops kafka-python's "Task ... ran for 0.1xxs ... It is blocking the event loop" warning.
-
-    kafka-python 3 runs its network I/O as tasks on its own event loop and times each task
-    step by the wall clock, warning past ``slow_task_threshold_secs`` (0.1 s). In a process that
-    evaluates features, the loop's thread waits for the GIL while the main thread runs long
-    C calls (msgpack, Polars, Redis replies), so the clock runs on while the step itself does
-    nothing slow: a false alarm, one line per stall. Every other kafka warning is kept.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "blocking the event loop" not in record.getMessage()
-
-
-def quiet_kafka_logging() -> None:
-    """kafka-python's loggers at WARNING (its INFO narrates every connection, metadata refresh
-    and group rejoin), without its GIL-stall false alarm; featurepipe's own loggers unchanged."""
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    selector = logging.getLogger("kafka.net.selector")
-    if not any(isinstance(f, _SlowStepFilter) for f in selector.filters):
-        selector.addFilter(_SlowStepFilter())
 
 
 def _fitting_table(*columns: str) -> Table:
@@ -66,6 +42,7 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
     from featurepipe.parity.e2e import run_e2e
     from featurepipe.settings import redact_url
     from featurepipe.store import FeatureStore, read_lineage, write_training_set
+    from featurepipe.stream.logs import quiet_kafka_logging
     from featurepipe.stream.produce import encode_event, ensure_topics, produce_frame, produce_raw
     from featurepipe.stream.worker import StreamWorker, WorkerConfig
 

@@ -43,8 +43,8 @@ class Order(BaseModel):
 
     order_id: str
     customer_id: str
-    amount: float | None      # optional: may be null, or absent from older files
-    country: str | None
+    amount: float | None      # may be null (present in every file and message)
+    country: str | None = None  # optional: may also be absent from older files and messages
     ordered_at: datetime
 
 

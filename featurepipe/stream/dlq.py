@@ -5,11 +5,15 @@ reason, its category and the original position (``dead_letters``). This module r
 (``read_letters``, ``summarize``, ``show``) and sends them again (``replay``) once the producer
 or the contract is fixed.
 
-Reading stops at the end of the topic: a poll that returns nothing after ``IDLE_MS`` with every
-partition read up to its reported end. Reported ends are only a lower bound (some brokers, the
-embedded one among them, report less than they hold), and a fetch may return later batches
-without earlier ones: a reader that sees an offset jump seeks back to the first missing offset
-and reads again (``GAP_RETRIES`` times) before it takes the jump as a gap in the partition.
+Reading stops at the end of the topic: every partition read up to the end offset the broker
+reported when the reading began, then a poll that returns nothing for ``IDLE_MS``. A reported
+end is a lower bound on some brokers (the embedded one reports the first offset of the last
+batch plus one; a fetch returns that batch whole), hence the empty poll; what was written
+before the reading began is read whole. A fetch may also return later batches without earlier
+ones: a reader that sees an offset jump seeks back to the first missing offset and reads again
+(``GAP_RETRIES`` times) before it reports the jump as a gap (``Gap``): ``list`` and ``show``
+warn; ``replay`` stops that partition before it (the next run goes on from there), and refuses
+to run on a replay record (below) it cannot read whole.
 
 Replays are recorded in ``<topic>.dlq.replays`` (one partition, JSON records), so that running
 ``replay`` twice never sends a dead letter twice:
@@ -89,13 +93,17 @@ def ledger_topic(dlq: str) -> str:
 # -- reading a topic to its end --------------------------------------------------------------
 @dataclass
 class Gap:
+    topic: str
     partition: int
     missing_from: int
     resumed_at: int | None  # the offset the broker answered with; None: it sent nothing more
 
     def __str__(self) -> str:
         end = "the end" if self.resumed_at is None else f"{self.resumed_at - 1}"
-        return f"partition {self.partition}: offsets {self.missing_from}..{end} not received"
+        return (
+            f"{self.topic} partition {self.partition}: offsets {self.missing_from}..{end} "
+            "not received"
+        )
 
 
 class TopicReader:
@@ -174,7 +182,7 @@ class TopicReader:
                             consumer.seek(tp, self.next[p])
                             sought = True
                             break
-                        self.gaps.append(Gap(p, self.next[p], r.offset))
+                        self.gaps.append(Gap(self.topic, p, self.next[p], r.offset))
                         if self.stop_at_gaps:
                             stopped.add(p)
                             consumer.pause(tp)
@@ -190,7 +198,7 @@ class TopicReader:
             if not short:
                 return
             if time.monotonic() - last_progress > self.patience_s:
-                self.gaps.extend(Gap(p, self.next[p], None) for p in short)
+                self.gaps.extend(Gap(self.topic, p, self.next[p], None) for p in short)
                 return
             for p in short:  # the broker reported more than it sent: ask again
                 consumer.seek(tps[p], self.next[p])
@@ -334,6 +342,7 @@ class Ledger:
     filtered: dict[str, dict[int, int]] = field(default_factory=dict)  # filter -> partition -> ..
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> begin record
     records: int = 0
+    gaps: list[Gap] = field(default_factory=list)  # records the broker did not send
 
     def apply(self, rec: dict[str, Any]) -> None:
         self.records += 1
@@ -361,13 +370,27 @@ class Ledger:
 
 def read_ledger(bootstrap: str, dlq: str) -> Ledger:
     ledger = Ledger(dlq)
-    for r in TopicReader(bootstrap, ledger_topic(dlq)):
+    reader = TopicReader(bootstrap, ledger_topic(dlq))
+    for r in reader:
         try:
             rec = json.loads(r.value)
         except (TypeError, ValueError):
             continue
         if isinstance(rec, dict):
             ledger.apply(rec)
+    ledger.gaps = reader.gaps
+    return ledger
+
+
+def _whole(ledger: Ledger) -> Ledger:
+    """``ledger``, refused if part of it could not be read (a replay would then send again
+    dead letters that a missing record says were sent)."""
+    if ledger.gaps:
+        raise DeadLetterError(
+            f"could not read all of {ledger_topic(ledger.dlq)} ("
+            + "; ".join(str(g) for g in ledger.gaps)
+            + "): nothing replayed, as the missing records may say what was replayed; try again"
+        )
     return ledger
 
 
@@ -439,7 +462,7 @@ def summarize(bootstrap: str, dlq: str) -> Summary:
             c.first = (p, o)
         c.last = (p, o)
     summary.exists = reader.exists
-    summary.gaps = reader.gaps
+    summary.gaps = reader.gaps + ledger.gaps
     return summary
 
 
@@ -467,7 +490,10 @@ def show(bootstrap: str, dlq: str, *, reason: str | None = None, limit: int = 20
             part.append(letter)
     ordered = sorted((x for part in kept.values() for x in part), key=lambda x: x.partition)
     return Shown(
-        [(x, ledger.handled(x)) for x in ordered[:limit]], matched, reader.exists, reader.gaps
+        [(x, ledger.handled(x)) for x in ordered[:limit]],
+        matched,
+        reader.exists,
+        reader.gaps + ledger.gaps,
     )
 
 
@@ -530,7 +556,13 @@ class _Sender:
                 )
             except KafkaError as e:
                 raise DeadLetterError(f"could not replay {x.position()}: {e}") from None
-        self.producer.flush(timeout=60)
+        try:
+            self.producer.flush(timeout=60)
+        except KafkaError as e:
+            raise DeadLetterError(
+                f"replayed dead letters not acknowledged within 60s ({e}); the round stays "
+                "open: run `replay` again to send the missing ones"
+            ) from None
         failed = [f for f in futures if not f.succeeded()]
         if failed:
             raise DeadLetterError(
@@ -567,10 +599,18 @@ def _sent_by(bootstrap: str, begin: dict[str, Any]) -> set[str]:
     found: set[str] = set()
     for topic, ends in (begin.get("targets") or {}).items():
         start = {int(p): int(o) for p, o in ends.items()}
-        for r in TopicReader(bootstrap, topic, start):
+        reader = TopicReader(bootstrap, topic, start)
+        for r in reader:
             headers = dict(r.headers or ())
             if headers.get(REPLAY_ID_HEADER) == rid:
                 found.add(headers.get(REPLAY_OF_HEADER, b"").decode())
+        if reader.gaps:
+            raise DeadLetterError(
+                f"an interrupted replay (round {begin['id']}) cannot be completed: part of "
+                f"{topic} could not be read ("
+                + "; ".join(str(g) for g in reader.gaps)
+                + "), so what it sent is not known; nothing replayed, try again"
+            )
     return found
 
 
@@ -597,7 +637,7 @@ def replay(
     t0 = time.perf_counter()
     report = ReplayReport(dlq)
     ensure_topics(bootstrap, {ledger_topic(dlq): 1})
-    ledger = read_ledger(bootstrap, dlq)
+    ledger = _whole(read_ledger(bootstrap, dlq))
     sender = _Sender(bootstrap, dlq)
     sent_total = 0
     try:

@@ -392,11 +392,14 @@ def produce_messages(
     producer goes), each delivery confirmed; ``check`` counts the ones the contract refuses
     (they are sent all the same). The topic must exist."""
     report = ProduceReport(check=ContractCheck() if check is not None else None)
+    # idempotent (acks from all replicas): a retried send is never written twice, which the
+    # worker would count twice
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
         linger_ms=20,
         batch_size=1 << 20,
-        acks=1,
+        acks="all",
+        enable_idempotence=True,
         max_request_size=8 << 20,
         **kafka_security(),
     )
