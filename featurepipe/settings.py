@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from featurepipe.errors import FeaturepipeError
-from featurepipe.project import active_project
+from featurepipe.project import Project, active_project
 
 KAFKA_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 DEFAULT_KAFKA = "127.0.0.1:9092"
@@ -64,14 +64,15 @@ class DevServices:
         )
 
 
-def load_dev_services(state_file: Path | None = None) -> DevServices | None:
+def load_dev_services(
+    state_file: Path | None = None, project: Project | None = None
+) -> DevServices | None:
     """The recorded embedded services, or None when there is no (readable) record.
 
-    The record is looked for in the working directory, then under the project root."""
+    The record is the project's (``.featurepipe/dev.json`` under its root; ``project``
+    defaults to the active one)."""
     if state_file is None:
-        state_file = DEV_STATE_FILE
-        if not state_file.exists():
-            state_file = active_project().root / DEV_STATE_FILE
+        state_file = (project or active_project()).root / DEV_STATE_FILE
     if not state_file.exists():
         return None
     try:
@@ -80,16 +81,18 @@ def load_dev_services(state_file: Path | None = None) -> DevServices | None:
         return None
 
 
-def kafka_bootstrap(explicit: str | None = None) -> str:
+def kafka_bootstrap(explicit: str | None = None, project: Project | None = None) -> str:
+    """The broker: ``explicit``, else $KAFKA_BOOTSTRAP_SERVERS, else the project's
+    ``kafka_bootstrap``, else its ``dev up`` record, else 127.0.0.1:9092."""
     if explicit:
         return explicit
     env = os.environ.get(KAFKA_ENV)
     if env:
         return env
-    configured = active_project().kafka_bootstrap
-    if configured:
-        return configured
-    dev = load_dev_services()
+    project = project or active_project()
+    if project.kafka_bootstrap:
+        return project.kafka_bootstrap
+    dev = load_dev_services(project=project)
     return dev.kafka_bootstrap if dev is not None else DEFAULT_KAFKA
 
 
@@ -120,13 +123,13 @@ def kafka_security() -> dict[str, Any]:
     }
 
 
-def configured_redis_url() -> str | None:
+def configured_redis_url(project: Project | None = None) -> str | None:
     """The project's ``redis_url`` (featurepipe.toml / [tool.featurepipe]), if set."""
-    return active_project().redis_url
+    return (project or active_project()).redis_url
 
 
-def dev_redis_url() -> str | None:
-    dev = load_dev_services()
+def dev_redis_url(project: Project | None = None) -> str | None:
+    dev = load_dev_services(project=project)
     return dev.redis_url if dev is not None else None
 
 

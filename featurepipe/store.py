@@ -7,7 +7,6 @@ lookups to the online store (``featurepipe.online.lookup.OnlineReader``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -53,8 +52,8 @@ class FeatureStore:
     ) -> None:
         project = load_project(repo_path).with_definitions(definitions)
         self.project = project
-        # argument, then $REDIS_URL (resolved at connect), then the project file, then dev up
-        self.redis_url = redis_url or (None if os.environ.get("REDIS_URL") else project.redis_url)
+        # argument, else $REDIS_URL, this project's file, its dev up record (at connect)
+        self.redis_url = redis_url
         self.prefix = prefix if prefix is not None else project.prefix
         self._reader: Any = None
         self.root = project.data_root
@@ -110,7 +109,9 @@ class FeatureStore:
         views = [self.definitions.view(v) for v in wanted]
         keys = entity_columns(entities)
         if self._reader is None or set(self._reader.views) != {v.name for v in views}:
-            self._reader = OnlineReader(connect(self.redis_url), views, self.prefix)
+            self._reader = OnlineReader(
+                connect(self.redis_url, project=self.project), views, self.prefix
+            )
         at_us = None if at is None else to_epoch_us(at)
         if as_dicts:
             return self._reader.read_keyed(keys, wanted, at_us=at_us, fingerprints=fingerprints)

@@ -1,7 +1,8 @@
-"""The README's "Your first project", command by command, against the real embedded broker and
-Redis server: init, plan, training-set from CSV labels, materialize, get, parity, produce,
-stream, get again, dlq. Expected values are counted by hand from the sample files with plain
-Python (no featurepipe code)."""
+"""The README's "Your first project", command by command, as a user runs it: init, plan,
+training-set from CSV labels, dev up (the project's own embedded broker and Redis server, found
+by every later command through the project's record, also from a subdirectory), materialize,
+get, parity, produce, stream, get again, dlq, dev down. Expected values are counted by hand
+from the sample files with plain Python (no featurepipe code)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,21 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 
-from featurepipe.dev import infra
-from tests.services import services, unique  # noqa: F401
+from tests.services import unique
 
 
 def _fp(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "COLUMNS": "200", **env}
+    for var in ("REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+        full.pop(var, None)  # the project's `dev up` record is what the commands must find
     out = subprocess.run(
         [sys.executable, "-m", "featurepipe.cli", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "COLUMNS": "200", **env},
+        cwd=cwd, capture_output=True, text=True, timeout=300, env=full,
     )
     assert "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
     return out
@@ -39,12 +41,11 @@ def _us(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def test_readme_first_project(tmp_path: Path, services: infra.DevServices) -> None:  # noqa: F811
+def test_readme_first_project(tmp_path: Path) -> None:
     t0 = time.perf_counter()
-    env = {"REDIS_URL": services.redis_url, "KAFKA_BOOTSTRAP_SERVERS": services.kafka_bootstrap}
+    env: dict[str, str] = {}
     _ok(tmp_path, env, "init", "shop")
     shop = tmp_path / "shop"
-    # this test shares the services with others: its own topic, key prefix and group
     topic, prefix = unique("orders"), unique("shop")
     defs = shop / "feature_defs" / "orders.py"
     defs.write_text(defs.read_text().replace('topic="orders"', f'topic="{topic}"'))
@@ -76,12 +77,30 @@ def test_readme_first_project(tmp_path: Path, services: infra.DevServices) -> No
         want = sum(1 for c, t in hist_rows if c == row["customer_id"] and t < at)
         assert row["orders_total"] == want, row
 
+    _ok(shop, env, "dev", "up")
+    try:
+        _flow_on_services(shop, env, hist_rows, new_rows, cutover)
+    finally:
+        _ok(shop, env, "dev", "down")
+    # the whole README path, as a user would run it, stays well inside ten minutes
+    print(f"first-project flow: {time.perf_counter() - t0:.1f}s")
+
+
+def _flow_on_services(
+    shop: Path,
+    env: dict[str, str],
+    hist_rows: list[tuple[str, datetime]],
+    new_rows: list[tuple[str, datetime]],
+    cutover: date,
+) -> None:
+    status = _ok(shop / "data", env, "dev", "status")  # found from a subdirectory
+    assert "up" in status.stdout
     _ok(shop, env, "materialize", "--until", cutover.isoformat())
     customer = "c0001"
     before = sum(1 for c, _ in hist_rows if c == customer)
     at = datetime(cutover.year, cutover.month, cutover.day, tzinfo=UTC) + timedelta(days=1)
     get = _ok(
-        shop, env, "get", "--entity", f"customer_id={customer}",
+        shop / "data", env, "get", "--entity", f"customer_id={customer}",
         "--features", "customer_orders", "--at", at.isoformat(), "--json",
     )
     [online] = json.loads(get.stdout)
@@ -117,5 +136,3 @@ def test_readme_first_project(tmp_path: Path, services: infra.DevServices) -> No
     shown = _ok(shop, env, "dlq", "show", "--view", "customer_orders", "--json")
     [letter] = json.loads(shown.stdout)["letters"]
     assert "o999999" in letter["value"] and "lots" in letter["value"]
-    # the whole README path, as a user would run it, stays well inside ten minutes
-    print(f"first-project flow: {time.perf_counter() - t0:.1f}s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -189,3 +190,79 @@ def test_every_time_option_is_one_parser_with_one_message(tmp_path: Path, args: 
     assert out.returncode == 2, out.stdout + out.stderr
     assert "'yesterday' is not an ISO-8601 date or date-time" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_feature_store_takes_its_settings_from_its_own_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``FeatureStore(repo)`` run from inside another project reads ``repo``'s configuration,
+    not the working directory's (closed loopback ports: the error names the URL and origin)."""
+    import featurepipe as fp
+    from featurepipe.errors import FeaturepipeError
+
+    root = Path(__file__).resolve().parents[1]
+    shop, here = tmp_path / "shop", tmp_path / "here"
+    for p, port in ((shop, 1), (here, 2)):
+        (p / "feature_defs").mkdir(parents=True)
+        (p / "feature_defs" / "fraud.py").write_text(
+            (root / "feature_defs" / "fraud.py").read_text()
+        )
+        (p / "featurepipe.toml").write_text(f'redis_url = "redis://127.0.0.1:{port}/0"\n')
+    monkeypatch.chdir(here)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    store = fp.FeatureStore(shop)
+    with pytest.raises(FeaturepipeError) as e:
+        store.get_online_features({"user_id": ["u1"]}, ["user_spend:txn_count_1h"])
+    assert "redis://127.0.0.1:1/0 (project configuration)" in str(e.value)
+
+
+def _dev_record(state_dir: Path, redis_port: int) -> None:
+    state_dir.mkdir(parents=True)
+    (state_dir / "dev.json").write_text(
+        json.dumps(
+            {
+                "kafka_bootstrap": "127.0.0.1:1",
+                "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+                "kafka_pid": 0,
+                "redis_pid": 0,
+                "workdir": str(state_dir),
+            }
+        )
+    )
+
+
+def test_the_dev_record_is_the_projects_not_the_working_directorys(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    shop, elsewhere = tmp_path / "shop", tmp_path / "elsewhere"
+    (shop / "feature_defs").mkdir(parents=True)
+    (shop / "feature_defs" / "fraud.py").write_text((root / "feature_defs" / "fraud.py").read_text())
+    (shop / "featurepipe.toml").write_text("")
+    _dev_record(shop / ".featurepipe", 3)
+    _dev_record(elsewhere / ".featurepipe", 4)
+    args = ("get", "--entity", "user_id=u1", "--features", "user_spend")
+    # from elsewhere, naming the project
+    out = _fp(elsewhere, *args, "--repo", str(shop))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "redis://127.0.0.1:3/0 (featurepipe dev up)" in out.stdout
+    # from a subdirectory of the project: found upwards
+    (shop / "data").mkdir()
+    out = _fp(shop / "data", *args)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "redis://127.0.0.1:3/0 (featurepipe dev up)" in out.stdout
+
+
+def test_outside_any_project_every_command_says_what_to_do(tmp_path: Path) -> None:
+    for args in (
+        ("plan",),
+        ("get", "--entity", "user_id=u1", "--features", "user_spend"),
+        ("training-set", "--entities", "l.csv", "--features", "v", "--out", "o.parquet"),
+        ("materialize", "--until", "2026-01-02"),
+    ):
+        out = _fp(tmp_path, *args)
+        assert out.returncode == 2, out.stdout + out.stderr
+        text = " ".join(out.stdout.split())
+        assert "no featurepipe project here" in text and "featurepipe init" in text, text
+        assert "Traceback" not in out.stdout + out.stderr
+    out = _fp(tmp_path, "plan", "--defs", "nope")
+    assert out.returncode == 2
+    assert "--defs nope: no such file or directory" in " ".join(out.stdout.split())

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from featurepipe.project import Project, load_project, use_project
+from featurepipe.project import Project, ProjectConfigError, load_project, use_project
 
 console = Console()
 
@@ -36,11 +36,35 @@ JsonOpt = Annotated[
 ]
 
 
-def project_for(repo: Path | None, defs: str | None) -> Project:
-    """The project of this command (``--repo``, ``--defs``), made the one settings come from."""
+def project_for(repo: Path | None, defs: str | None, *, definitions: bool = True) -> Project:
+    """The project of this command (``--repo``, ``--defs``), made the one settings come from.
+
+    With ``definitions`` (every command but ``dev``), missing definitions are refused here
+    with what to do: outside any project, `featurepipe init` or ``--repo``."""
     project = load_project(repo).with_definitions(defs)
     use_project(project)
+    if definitions:
+        _check_definitions(project, defs)
     return project
+
+
+def _check_definitions(project: Project, given: str | None) -> None:
+    if not project.definitions.exists():
+        if given is not None:
+            raise ProjectConfigError(
+                f"--defs {given}: no such file or directory ({project.definitions}; relative "
+                f"paths resolve against the project root {project.root})"
+            )
+        if project.config_file is None:
+            raise ProjectConfigError(
+                f"no featurepipe project here: no featurepipe.toml (or [tool.featurepipe] in "
+                f"pyproject.toml) in {project.root} or above it, and no feature_defs/ in it. "
+                "Create one with `featurepipe init`, or name it with --repo (or --defs)."
+            )
+        raise ProjectConfigError(
+            f"definitions {project.definitions} do not exist (from 'definitions' in "
+            f"{project.config_file}, or its default feature_defs)"
+        )
 
 
 def load_defs(project: Project, *, fitting: bool = False) -> Any:

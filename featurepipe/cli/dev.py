@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from featurepipe.cli.app import app
-from featurepipe.cli.common import console
+from featurepipe.cli.common import RepoOpt, console, project_for
 
 dev_app = typer.Typer(help="Embedded Kafka-compatible broker and Redis-compatible server.")
 app.add_typer(dev_app, name="dev")
@@ -24,35 +25,42 @@ def dev_up(
         int,
         typer.Option(min=0, max=65535, help="The store's port on 127.0.0.1 (0: a free port)."),
     ] = 0,
+    repo: RepoOpt = None,
 ) -> None:
     """Start (or find) the embedded broker and store on loopback ports (free ones unless given;
     a port in use is an error naming it)."""
     from featurepipe.dev import infra
     from featurepipe.settings import redact_url
 
-    s = infra.up(kafka_port=kafka_port or None, redis_port=redis_port or None)
+    project = project_for(repo, None, definitions=False)
+    s = infra.up(
+        workdir=project.state_dir, kafka_port=kafka_port or None, redis_port=redis_port or None
+    )
     console.print(f"kafka  {s.kafka_bootstrap}  (pid {s.kafka_pid})")
     console.print(f"redis  {redact_url(s.redis_url)}  (pid {s.redis_pid})")
     console.print(
-        "recorded in .featurepipe/dev.json (mode 0600, with the store's password); "
-        "other commands find them there"
+        f"recorded in {escape(str(project.state_dir / 'dev.json'))} (mode 0600, with the "
+        "store's password); the project's commands find them there",
+        soft_wrap=True,
     )
 
 
 @dev_app.command("down")
-def dev_down() -> None:
-    """Stop the embedded services."""
+def dev_down(repo: RepoOpt = None) -> None:
+    """Stop the project's embedded services."""
     from featurepipe.dev import infra
 
-    console.print("stopped" if infra.down() else "nothing was running")
+    project = project_for(repo, None, definitions=False)
+    console.print("stopped" if infra.down(workdir=project.state_dir) else "nothing was running")
 
 
 @dev_app.command("status")
-def dev_status() -> None:
-    """Show whether the embedded services run and answer."""
+def dev_status(repo: RepoOpt = None) -> None:
+    """Show whether the project's embedded services run and answer."""
     from featurepipe.dev import infra
 
-    st = infra.status()
+    project = project_for(repo, None, definitions=False)
+    st = infra.status(workdir=project.state_dir)
     if not st["running"]:
         console.print("not running (featurepipe dev up)")
         raise typer.Exit(1)

@@ -22,6 +22,7 @@ import os
 import redis
 
 from featurepipe.online.errors import OnlineStoreError
+from featurepipe.project import Project
 from featurepipe.settings import configured_redis_url, redact_url, scrub, unencoded_credentials
 
 ENV_VAR = "REDIS_URL"
@@ -29,24 +30,25 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 SCHEMES = ("redis", "rediss", "unix")
 
 
-def dev_server_url() -> str | None:
+def dev_server_url(project: Project | None = None) -> str | None:
     """URL of the embedded server started by ``featurepipe dev up``, if one is recorded."""
     from featurepipe.settings import dev_redis_url
 
-    return dev_redis_url()
+    return dev_redis_url(project)
 
 
-def resolve_url(url: str | None = None) -> tuple[str, str]:
-    """(URL, where it came from)."""
+def resolve_url(url: str | None = None, project: Project | None = None) -> tuple[str, str]:
+    """(URL, where it came from): ``url``, else $REDIS_URL, else the project's ``redis_url``,
+    else its ``dev up`` record, else the default. ``project`` defaults to the active one."""
     if url:
         return url, "argument"
     env = os.environ.get(ENV_VAR)
     if env:
         return env, f"${ENV_VAR}"
-    configured = configured_redis_url()
+    configured = configured_redis_url(project)
     if configured:
         return configured, "project configuration"
-    dev = dev_server_url()
+    dev = dev_server_url(project)
     if dev:
         return dev, "featurepipe dev up"
     return DEFAULT_URL, "default"
@@ -57,12 +59,15 @@ def redact(url: str) -> str:
     return redact_url(url)
 
 
-def connect(url: str | None = None, *, timeout: float = 5.0) -> redis.Redis:
+def connect(
+    url: str | None = None, *, timeout: float = 5.0, project: Project | None = None
+) -> redis.Redis:
     """A client for the online store, checked with PING; raises OnlineStoreError naming the URL.
 
-    The client returns bytes (``decode_responses=False``): state values are binary.
+    The client returns bytes (``decode_responses=False``): state values are binary. Without
+    ``url`` the URL comes from ``resolve_url`` for ``project``.
     """
-    resolved, origin = resolve_url(url)
+    resolved, origin = resolve_url(url, project)
     shown = redact(resolved)
     scheme = resolved.partition("://")[0].lower() if "://" in resolved else ""
     if scheme not in SCHEMES:
