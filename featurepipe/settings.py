@@ -1,8 +1,9 @@
-"""Where the services are: arguments, then environment, then ``featurepipe dev up``, then defaults.
+"""Where the services are: arguments, then environment, then the project's configuration file
+(``featurepipe.project``), then the project's ``featurepipe dev up`` record, then defaults.
 
 ``featurepipe dev up`` (``featurepipe.dev.infra``) records the embedded services it started in
-``.featurepipe/dev.json``; the record and its reader live here, so configuration depends on no
-dev tooling.
+``.featurepipe/dev.json`` under the project root; the record and its reader live here, so
+configuration depends on no dev tooling.
 
 Credentials never reach a message: ``redact_url`` masks the password of a URL (as written,
 percent-encoded or not) and secret query options, ``scrub`` removes a URL's secrets from any

@@ -26,6 +26,7 @@ takes the JSON number ``1.0``; ``1.5`` is not a valid int on either path.
 from __future__ import annotations
 
 import glob
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -130,19 +131,31 @@ def resolve_files(path: str | Path, root: str | Path = ".") -> list[Path]:
     p = Path(path)
     if not p.is_absolute():
         p = Path(root) / p
-    if any(ch in str(path) for ch in "*?["):
+    pattern = any(ch in str(path) for ch in "*?[")
+    if pattern:
         # the root is a directory, not a pattern: escape its glob characters
-        pattern = str(p) if Path(path).is_absolute() else str(Path(glob.escape(str(root))) / path)
-        files = sorted(Path(f) for f in glob.glob(pattern, recursive=True))
+        pattern_text = (
+            str(p) if Path(path).is_absolute() else str(Path(glob.escape(str(root))) / path)
+        )
+        files = sorted(Path(f) for f in glob.glob(pattern_text, recursive=True))
     elif p.is_dir():
         files = sorted(p.rglob("*.parquet"))
     elif p.exists():
         files = [p]
     else:
-        raise DataError(f"Parquet source path '{path}' does not exist")
+        raise DataError(f"Parquet source path '{path}' does not exist{_resolved(path, root)}")
     if not files:
-        raise DataError(f"Parquet source path '{path}' holds no .parquet files")
+        what = "matches no files" if pattern else "holds no .parquet files"
+        raise DataError(f"Parquet source path '{path}' {what}{_resolved(path, root)}")
     return files
+
+
+def _resolved(path: str | Path, root: str | Path) -> str:
+    """Where a relative source path was looked for, for a message ("" for an absolute one)."""
+    if Path(path).is_absolute():
+        return ""
+    base = Path(root).resolve()
+    return f" (resolved against data_root {base}: {os.path.join(base, path)})"
 
 
 def _hive_values(file: Path) -> dict[str, str]:
@@ -589,7 +602,11 @@ ACCEPTED_TABLES = "Parquet (.parquet), CSV (.csv) or Arrow IPC (.arrow, .ipc, .f
 
 
 def read_table(
-    path: str | Path, *, timestamp: str | None = None, text_columns: Sequence[str] = ()
+    path: str | Path,
+    *,
+    timestamp: str | None = None,
+    text_columns: Sequence[str] = (),
+    name: str | None = None,
 ) -> pl.DataFrame:
     """A table file, by its extension: Parquet, CSV or Arrow IPC (``TABLE_FORMATS``).
 
@@ -599,17 +616,19 @@ def read_table(
     not parse is a ``DataError`` naming the column, the row and the value. ``text_columns``: in
     a CSV, columns read as text whatever they look like (an entity key ``007`` stays ``007``).
     A file that does not exist, has another extension or does not read as its format is a
-    ``DataError`` naming the file and the accepted formats.
+    ``DataError`` naming the file (as ``name`` when given, e.g. the path as a user typed it)
+    and the accepted formats.
     """
     p = Path(path)
+    shown = str(p) if name is None else name
     kind = TABLE_FORMATS.get(p.suffix.lower())
     if kind is None:
         raise DataError(
-            f"{p}: unsupported table format '{p.suffix or p.name}' (accepted: {ACCEPTED_TABLES}, "
-            "chosen by the file's extension)"
+            f"{shown}: unsupported table format '{p.suffix or p.name}' (accepted: "
+            f"{ACCEPTED_TABLES}, chosen by the file's extension)"
         )
     if not p.is_file():
-        raise DataError(f"{p}: no such file ({kind} expected)")
+        raise DataError(f"{shown}: no such file ({kind} expected)")
     try:
         if kind == "CSV":
             frame = pl.read_csv(
@@ -621,15 +640,15 @@ def read_table(
             frame = pl.read_ipc(p)
     except (OSError, pl.exceptions.PolarsError) as e:
         raise DataError(
-            f"{p}: cannot be read as {kind} ({type(e).__name__}: {e}); accepted: "
+            f"{shown}: cannot be read as {kind} ({type(e).__name__}: {e}); accepted: "
             f"{ACCEPTED_TABLES}, chosen by the file's extension"
         ) from None
     if timestamp in frame.columns and isinstance(frame.schema[timestamp], pl.String):
-        frame = frame.with_columns(_parse_instants(frame[timestamp], p))
+        frame = frame.with_columns(_parse_instants(frame[timestamp], shown))
     return frame
 
 
-def _parse_instants(text: pl.Series, file: Path) -> pl.Series:
+def _parse_instants(text: pl.Series, file: str) -> pl.Series:
     """ISO-8601 text as UTC datetimes (microseconds); naive means UTC, a date is midnight."""
     parsed = text.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
     if not (parsed.is_null() & text.is_not_null()).any():

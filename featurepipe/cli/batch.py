@@ -248,13 +248,21 @@ def parity(
     events: Annotated[
         Path | None,
         typer.Option(
-            help="Event log instead of each view's own source (Parquet file or directory, "
-            "relative to the project root; row order = arrival order). For one view, or views "
-            "of one source."
+            help="Event log instead of each view's own source: a Parquet (.parquet, .pq), CSV "
+            "(.csv) or JSON lines (.jsonl, .ndjson) file, or a directory or glob of Parquet "
+            "files (name order), relative to the project root; row order = arrival order. For "
+            "one view, or views of one source."
         ),
     ] = None,
     view: Annotated[str | None, typer.Option(help="Only this view.")] = None,
-    sample: Annotated[float, typer.Option(help="Fraction of events that get query points.")] = 1.0,
+    sample: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Fraction of events that get query points (more than 0, at most 1).",
+        ),
+    ] = 1.0,
     seed: int = 0,
     e2e: Annotated[
         bool, typer.Option("--e2e", help="Through a real Kafka topic, the worker and Redis.")
@@ -267,6 +275,11 @@ def parity(
 
     By default each view replays its own source's Parquet events (under the project's data
     root), contract-checked and in arrival order, as training sets and materialize read them."""
+    if sample <= 0:
+        raise FeaturepipeError(
+            f"--sample {sample}: must be more than 0 (the fraction of events that get query "
+            "points, at most 1)"
+        )
     project = project_for(repo, defs)
     d = load_defs(project)
     views = [d.view(view)] if view else list(d.views.values())
@@ -313,9 +326,9 @@ def _parity_logs(
 
     Default: the view's own source as the batch path reads it (``source_log``: its Parquet
     files under the data root, contract-checked, in arrival order), read once per source.
-    ``events`` replaces the source's log as it is (row order = arrival order): it belongs to
-    one source, so the views must share one."""
-    from featurepipe.batch.sources import resolve_files
+    ``events`` replaces the source's log as it is (row order = arrival order; a CSV or JSON
+    lines file read with the contract's types, as the Parquet files are): it belongs to one
+    source, so the views must share one."""
     from featurepipe.parity.harness import source_log
 
     if events is not None:
@@ -327,17 +340,12 @@ def _parity_logs(
                 f"sources: {listed}; pass --view, or leave --events out to replay each view's "
                 "own source"
             )
-        path = project.path(events)
-        if not any(ch in str(events) for ch in "*?[") and not path.exists():
-            raise FeaturepipeError(
-                f"event log '{events}' does not exist (try `featurepipe generate`)"
-            )
-        files = resolve_files(path)
-        log = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed")
+        log, files = read_event_log_frame(project, events, views[0].source if views else None)
         info = {"name": sources[0] if sources else None, "events": str(events)}
         info |= {"files": [str(f) for f in files], "rows": log.height, "quarantined": 0}
         if not quiet:
-            console.print(f"event log {escape(str(events))}: {log.height:,} events")
+            shown = typed_and_resolved(project, events)
+            console.print(f"event log {escape(shown)}: {log.height:,} events")
         return [(v, log, info) for v in views]
     logs: dict[str, tuple[pl.DataFrame, dict[str, Any]]] = {}
     out = []
@@ -371,6 +379,174 @@ def _parity_logs(
         log, info = logs[src.name]
         out.append((v, log, info))
     return out
+
+
+EVENT_LOGS = (
+    "a Parquet (.parquet, .pq), CSV (.csv) or JSON lines (.jsonl, .ndjson) file, or a directory "
+    "or glob of Parquet files"
+)
+_EVENT_FORMATS = {
+    ".parquet": "Parquet",
+    ".pq": "Parquet",
+    ".csv": "CSV",
+    ".jsonl": "JSON lines",
+    ".ndjson": "JSON lines",
+}
+
+
+def typed_path(project: Project, typed: str | Path) -> tuple[str, str]:
+    """A path option as the user typed it, and a note saying where it resolves when that is
+    not where the working directory would put it (else ""): relative paths on the command line
+    resolve against the project root."""
+    q = Path(typed).expanduser()
+    if q.is_absolute() or project.path(typed).resolve() == q.resolve():
+        return str(typed), ""
+    return str(typed), f" (relative paths resolve against the project root {project.root})"
+
+
+def typed_and_resolved(project: Project, typed: str | Path) -> str:
+    """A path option as the user typed it, with the path it resolves to when that is not
+    where the working directory would put it (for a summary line)."""
+    shown, note = typed_path(project, typed)
+    return f"{shown} ({project.path(typed)})" if note else shown
+
+
+def event_log_files(project: Project, events: Path) -> list[Path]:
+    """The files of an ``--events`` option: the file itself, or the Parquet files of a
+    directory (recursively) or a glob, in name order; relative to the project root."""
+    from featurepipe.batch.sources import resolve_files
+    from featurepipe.errors import DataError
+
+    shown, note = typed_path(project, events)
+    glob = any(ch in str(events) for ch in "*?[")
+    path = project.path(events)
+    if not glob and not path.exists():
+        raise FeaturepipeError(f"event log '{shown}' does not exist{note}")
+    if not glob and not path.is_dir():
+        return [path]
+    try:
+        return resolve_files(Path(events).expanduser(), project.root)
+    except DataError:
+        what = "matches no .parquet files" if glob else "is a directory without .parquet files"
+        raise FeaturepipeError(f"event log '{shown}' {what}{note}") from None
+
+
+def read_event_log_frame(
+    project: Project, events: Path, source: Any
+) -> tuple[pl.DataFrame, list[Path]]:
+    """The events of ``--events`` as one frame in file then row order, and its files.
+
+    Parquet is read as stored; CSV and JSON lines with the contract's types (``source``, when
+    known), as a Parquet file written from the same events holds them: text fields stay text
+    (``"007"`` is not 7), datetimes are UTC datetimes (ISO-8601 text, naive meaning UTC)."""
+    files = event_log_files(project, events)
+    shown, note = typed_path(project, events)
+    single = len(files) == 1 and files[0] == project.path(events)
+    frames = []
+    for file in files:
+        label = f"'{shown}'{note}" if single else f"'{file}'"
+        frames.append(_read_event_file(file, label, source))
+    return pl.concat(frames, how="vertical_relaxed"), files
+
+
+def _read_event_file(file: Path, label: str, source: Any) -> pl.DataFrame:
+    from featurepipe.batch.sources import read_table
+    from featurepipe.errors import DataError
+    from featurepipe.ir.types import DType
+
+    kind = _EVENT_FORMATS.get(file.suffix.lower())
+    if kind is None:
+        raise FeaturepipeError(
+            f"event log {label}: unknown extension '{file.suffix or '(none)'}'; accepted: "
+            f"{EVENT_LOGS}"
+        )
+    fields = {} if source is None else dict(source.fields)
+    try:
+        if kind == "Parquet":
+            return pl.read_parquet(file)
+        if kind == "CSV":
+            text = [n for n, (t, _) in fields.items() if t is DType.STR]
+            ts = None if source is None else source.timestamp
+            frame = read_table(file, timestamp=ts, text_columns=text, name=f"event log {label}")
+        else:
+            frame = pl.read_ndjson(file)
+    except DataError:
+        raise
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise FeaturepipeError(
+            f"event log {label} cannot be read as {kind} ({type(e).__name__}: {e}); accepted: "
+            f"{EVENT_LOGS}, chosen by the file's extension"
+        ) from None
+    return frame if source is None else _as_contract(frame, source, label)
+
+
+def _as_contract(frame: pl.DataFrame, source: Any, label: str) -> pl.DataFrame:
+    """The contract's fields of a CSV or JSON lines frame in the types the Parquet files hold:
+    a value of another type is a ``DataError`` naming the file, the column and the value."""
+    from featurepipe.compile.polars_rows import PL_TYPES
+    from featurepipe.errors import DataError
+    from featurepipe.ir.types import DType
+
+    cols = []
+    for name, (dtype, _) in source.fields.items():
+        if name not in frame.columns:
+            continue  # the replay names the fields the log lacks
+        col = frame[name]
+        if dtype is DType.DATETIME:
+            cols.append(_instants(col, label))
+            continue
+        target = PL_TYPES[dtype]
+        if col.dtype == target:
+            continue
+        if dtype is DType.BOOL and col.dtype == pl.String:
+            low = col.str.strip_chars().str.to_lowercase()
+            value = pl.select(
+                pl.when(low == "true").then(True).when(low == "false").then(False)
+            ).to_series()
+        else:
+            value = col.cast(target, strict=False)
+        bad = col.is_not_null() & value.is_null()
+        if dtype is DType.INT and col.dtype.is_float():
+            bad |= (col != col.round(0)).fill_null(False)
+        if bad.any():
+            row = int(bad.arg_true()[0])
+            raise DataError(
+                f"event log {label}: column '{name}', row {row + 1}: {col[row]!r} is not a "
+                f"{dtype} (field '{name}' of source '{source.name}')"
+            )
+        cols.append(value.alias(name))
+    return frame.with_columns(cols) if cols else frame
+
+
+def _instants(col: pl.Series, label: str) -> pl.Series:
+    """A datetime field as UTC datetimes in microseconds (text: ISO-8601, naive meaning UTC)."""
+    from featurepipe.errors import DataError
+    from featurepipe.ir.timebase import parse_instant
+
+    utc = pl.Datetime("us", "UTC")
+    if isinstance(col.dtype, pl.Datetime):
+        zoned = col.dt.replace_time_zone("UTC") if col.dtype.time_zone is None else col
+        return zoned.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+    if isinstance(col.dtype, pl.Date | pl.Null):
+        return col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    if col.dtype != pl.String:
+        raise DataError(
+            f"event log {label}: column '{col.name}' holds {col.dtype} values, not date-times "
+            "(epoch numbers are ambiguous: write ISO-8601 text)"
+        )
+    parsed = col.str.to_datetime(time_zone="UTC", strict=False, time_unit="us")
+    if not (parsed.is_null() & col.is_not_null()).any():
+        return parsed
+    values = []
+    for row, text in enumerate(col.to_list()):
+        try:
+            values.append(None if text is None else parse_instant(text, f"column '{col.name}'"))
+        except FeaturepipeError:
+            raise DataError(
+                f"event log {label}: column '{col.name}', row {row + 1}: {text!r} is not an "
+                "ISO-8601 date or date-time (e.g. 2026-01-15T08:30:00Z; naive times are UTC)"
+            ) from None
+    return pl.Series(col.name, values, dtype=utc)
 
 
 @app.command()
@@ -414,13 +590,17 @@ def training_set(
         ),
     ],
     features: Annotated[str, typer.Option(help="Comma-separated 'view:feature' or 'view'.")],
-    out: Annotated[Path, typer.Option(help="Parquet file to write.")],
+    out: Annotated[
+        Path, typer.Option(help="Parquet file to write (.parquet), relative to the project root.")
+    ],
     repo: RepoOpt = None,
     defs: DefsOpt = None,
     timestamp: Annotated[
         str, typer.Option(help="Timestamp column of the label rows.")
     ] = "event_timestamp",
-    partitions: Annotated[int, typer.Option(help="Entity hash partitions (bounds memory).")] = 1,
+    partitions: Annotated[
+        int, typer.Option(min=1, help="Entity hash partitions (bounds memory).")
+    ] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Point-in-time-correct training set for label rows (Parquet, CSV or Arrow IPC) from the
@@ -429,16 +609,31 @@ def training_set(
     from featurepipe.ir.types import DType
     from featurepipe.store import FeatureStore, write_training_set
 
+    if out.suffix.lower() != ".parquet":
+        raise FeaturepipeError(
+            f"--out {out}: a training set is written as Parquet, with its lineage in the file's "
+            f"metadata; name the file with a .parquet extension (e.g. --out "
+            f"{out.with_suffix('.parquet')})"
+        )
     t = time.perf_counter()
     project = project_for(repo, defs)
     store = FeatureStore(project.root, project.definitions)
     refs = [f.strip() for f in features.split(",") if f.strip()]
-    views = [store.definitions.view(v) for v in store.resolve(refs)]
+    wanted = store.resolve(refs)
+    views = [store.definitions.view(v) for v in wanted]
     # a text key stays text in a CSV ("007" is not 7); other types are checked, not converted
     text_keys = [v.entity.key for v in views if v.source.fields[v.entity.key][0] is DType.STR]
-    labels = read_table(project.path(entities), timestamp=timestamp, text_columns=text_keys)
+    shown, note = typed_path(project, entities)
+    labels = read_table(
+        project.path(entities),
+        timestamp=timestamp,
+        text_columns=text_keys,
+        name=f"{shown}{note}",
+    )
+    _check_labels(labels, f"labels '{shown}'{note}", timestamp, views, wanted)
     df = store.get_historical_features(labels, refs, timestamp=timestamp, partitions=partitions)
     assert store.last_lineage is not None
+    out_shown = typed_and_resolved(project, out)
     out = project.path(out)
     write_training_set(df, out, store.last_lineage)
     if as_json:
@@ -489,8 +684,50 @@ def training_set(
             f"view [cyan]{view}[/] fingerprint {info['fingerprint']}: {len(info['features'])} feature(s)"
         )
     console.print(
-        f"wrote {df.height:,} rows x {df.width} columns to {out} in {time.perf_counter() - t:.1f}s"
+        f"wrote {df.height:,} rows x {df.width} columns to {escape(out_shown)} in "
+        f"{time.perf_counter() - t:.1f}s"
     )
+
+
+def _check_labels(
+    labels: pl.DataFrame,
+    what: str,
+    timestamp: str,
+    views: list[Any],
+    wanted: dict[str, list[str]],
+) -> None:
+    """The label rows' timestamp and key columns, checked as the batch engine checks them, with
+    the file (``what``) and the option to change named: a ``DataError``."""
+    from featurepipe.batch.engine import entity_key, query_times
+    from featurepipe.errors import DataError
+
+    columns = ", ".join(labels.columns)
+    if timestamp not in labels.columns:
+        raise DataError(
+            f"{what}: no timestamp column '{timestamp}' (columns: {columns}; choose one with "
+            "--timestamp)"
+        )
+    try:
+        times = query_times(labels, timestamp)
+        for v in views:
+            entity_key(labels, v)
+    except DataError as e:
+        # the engine speaks of the "entity frame" (the API's word): here it is the file
+        raise DataError(f"{what}: {str(e).removeprefix('entity frame ')}") from None
+    if times.null_count():
+        first = int(times.is_null().arg_true()[0])
+        raise DataError(
+            f"{what}: {times.null_count():,} row(s) without a time in the timestamp column "
+            f"'{timestamp}' (first: row {first + 1}); every label row needs one (--timestamp "
+            "names the column)"
+        )
+    for view, names in wanted.items():
+        for n in names:
+            if n in labels.columns:
+                raise DataError(
+                    f"{what}: column '{n}' has the name of feature '{view}:{n}', which the "
+                    "training set adds: rename the column or leave the feature out"
+                )
 
 
 def _report_table(report: Any, title: str) -> bool:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from featurepipe.cli.app import app
+from featurepipe.cli.batch import event_log_files, typed_and_resolved, typed_path
 from featurepipe.cli.common import (
     DefsOpt,
     JsonOpt,
@@ -17,7 +22,6 @@ from featurepipe.cli.common import (
     load_defs,
     print_json,
     project_for,
-    table,
 )
 from featurepipe.errors import FeaturepipeError
 from featurepipe.project import Project
@@ -25,6 +29,8 @@ from featurepipe.stream.logs import quiet_kafka_logging
 
 if TYPE_CHECKING:
     from featurepipe.dsl.definitions import Source
+    from featurepipe.stream.dlq import Letter, ReplayReport
+    from featurepipe.stream.produce import EventLog, Message
 
 
 BootstrapOpt = Annotated[
@@ -117,7 +123,8 @@ def produce(
         Path,
         typer.Option(
             help="Event log, by extension: Parquet (.parquet, .pq), CSV (.csv) or JSON lines "
-            "(.jsonl, .ndjson); relative to the project root.",
+            "(.jsonl, .ndjson); or a directory or glob of Parquet files (a source's own "
+            "directory), sent file after file in name order; relative to the project root.",
             show_default=False,
         ),
     ],
@@ -169,14 +176,15 @@ def produce(
         ensure_topics,
         event_format,
         produce_messages,
-        read_event_log,
     )
 
-    event_format(events)  # a clear error for an unknown extension before anything else
-    project = project_for(repo, defs)
-    events = project.path(events)
-    if not events.is_file():
-        raise ProduceError(f"event log '{events}' does not exist")
+    # with --topic and --key nothing needs the definitions (they check the events if present)
+    project = project_for(repo, defs, definitions=view is not None or topic is None or key is None)
+    shown, note = typed_path(project, events)
+    files = event_log_files(project, events)
+    single = files == [project.path(events)]
+    if single:
+        event_format(events)  # a clear error for an unknown extension before anything else
     topic, key, source = _produce_target(project, view, topic, key)
     if strict and source is None:
         raise FeaturepipeError(
@@ -184,19 +192,20 @@ def produce(
         )
     server = kafka_bootstrap(bootstrap)
     require_broker(server, "produce")
-    log = read_event_log(events, key, source=source, limit=limit)
+    named = f"'{shown}'{note}"
+    log = _read_logs(files, key, source, limit, named if single else None)
     check = checker(source) if source is not None else None
     if strict and check is not None:
         found = check_messages(log.messages(), check)
         if found.refused:
             raise ProduceError(
-                f"--strict: {found.refused:,} of {log.count:,} events in '{events}' break the "
+                f"--strict: {found.refused:,} of {log.count:,} events in {named} break the "
                 f"contract of source '{source.name if source else ''}', nothing sent: "
                 + "; ".join(f"event #{i}: {why}" for i, why in found.examples)
             )
         if log.non_finite:
             raise ProduceError(
-                f"--strict: {log.non_finite:,} float values of '{events}' are NaN or infinite, "
+                f"--strict: {log.non_finite:,} float values of {named} are NaN or infinite, "
                 "which JSON cannot carry (they would be sent as null); nothing sent"
             )
         check = None  # checked already
@@ -230,11 +239,14 @@ def produce(
                     for i, why in (report.check.examples if report.check else [])
                 ],
                 "non_finite_as_null": log.non_finite,
+                "files": len(files),
             }
         )
     else:
+        several = "" if single else f" ({len(files):,} files)"
         console.print(
-            f"sent {report.sent:,} events from {escape(str(events))} to topic "
+            f"sent {report.sent:,} events from {escape(typed_and_resolved(project, events))}"
+            f"{several} to topic "
             f"[bold]{escape(topic)}[/] ({report.partitions} partitions, keyed by "
             f"{escape(key)}) in {report.seconds:.1f}s ({report.rate:,.0f} events/s)"
         )
@@ -257,6 +269,49 @@ def produce(
             f"{report.failed:,} of {report.sent + report.failed:,} events were not delivered to "
             f"{topic}: {report.first_error}"
         )
+
+
+@dataclass
+class _Logs:
+    """The event logs of several files, sent one after the other (file order)."""
+
+    parts: list[EventLog]
+
+    @property
+    def count(self) -> int:
+        return sum(p.count for p in self.parts)
+
+    @property
+    def non_finite(self) -> int:
+        return sum(p.non_finite for p in self.parts)
+
+    @property
+    def format(self) -> str:
+        return self.parts[0].format if self.parts else "parquet"
+
+    def messages(self) -> Iterator[Message]:
+        return itertools.chain.from_iterable(p.messages() for p in self.parts)
+
+
+def _read_logs(
+    files: list[Path], key: str, source: Source | None, limit: int | None, shown: str | None
+) -> _Logs:
+    """The event logs of ``files``, the first ``limit`` events in all; errors about a single
+    file name it as the user typed it (``shown``: quoted, with where it resolves)."""
+    from featurepipe.stream.produce import ProduceError, read_event_log
+
+    parts: list[EventLog] = []
+    for file in files:
+        left = None if limit is None else limit - sum(p.count for p in parts)
+        if left == 0:
+            break
+        try:
+            parts.append(read_event_log(file, key, source=source, limit=left))
+        except ProduceError as e:
+            if shown is None:
+                raise
+            raise ProduceError(str(e).replace(f"'{file}'", shown)) from None
+    return _Logs(parts)
 
 
 # -- dlq -------------------------------------------------------------------------------------
@@ -299,6 +354,22 @@ def _dlq_topics(
     return [dlq_topic(_only_topic(project, "whose dead letters"))]
 
 
+def _unread_topic(project: Project, topic: str | None) -> str | None:
+    """When ``--topic`` names a topic no view reads: a sentence saying so and naming the topics
+    the views read; None when a view reads it, or without --topic or definitions to ask."""
+    from featurepipe.stream.dead_letters import DLQ_SUFFIX
+
+    if topic is None or not project.definitions.exists():
+        return None
+    base = topic.removesuffix(DLQ_SUFFIX)
+    d = load_defs(project, fitting=True)  # the topics do not depend on fitted artifacts
+    read = sorted({v.source.stream.topic for v in d.views.values() if v.source.stream})
+    if base in read:
+        return None
+    listed = ", ".join(f"'{t}'" for t in read) if read else "none (no view has a KafkaSource)"
+    return f"no view reads topic '{base}' (the views read: {listed})"
+
+
 def _broker(bootstrap: str | None, purpose: str) -> str:
     from featurepipe.settings import kafka_bootstrap
     from featurepipe.stream.kafka_conn import require_broker
@@ -326,27 +397,31 @@ def dlq_list(
     quiet_kafka_logging()
     from featurepipe.stream.dlq import summarize
 
-    project = project_for(repo, defs)
+    project = project_for(repo, defs, definitions=topic is None)  # --topic: none needed
     topics = _dlq_topics(project, topic, view, several=True)
+    unread = _unread_topic(project, topic) if view is None else None
     server = _broker(bootstrap, "dlq list")
     summaries = [summarize(server, t) for t in topics]
+    if unread is not None and not summaries[0].exists:
+        raise FeaturepipeError(f"{unread}, and {summaries[0].topic} does not exist")
     if json:
         print_json([s.to_json() for s in summaries])
         return
+    if unread is not None:
+        console.print(f"[yellow]note:[/] {escape(unread)}; its dead-letter topic exists:")
     for s in summaries:
         if not s.exists:
             console.print(f"{escape(s.topic)}: no dead letters (the topic does not exist yet)")
             continue
         parts = ", ".join(f"partition {p}: {a}..{b}" for p, (a, b) in sorted(s.partitions.items()))
-        out = table(
-            "category",
-            "dead letters",
-            "replayed",
-            "not replayable",
-            "first (partition/offset)",
-            "last",
-            title=f"{s.topic}: {s.letters:,} dead letters" + (f" ({parts})" if parts else ""),
+        out = Table(
+            title=f"{s.topic}: {s.letters:,} dead letters"
+            + (f" ({parts})" if parts else "")
+            + "; first and last of each category as partition/offset"
         )
+        out.add_column("category", overflow="fold")
+        for header in ("dead letters", "replayed", "not replayable", "first", "last"):
+            out.add_column(header, justify="right", overflow="fold")
         for c in sorted(s.categories.values(), key=lambda c: (-c.count, c.category)):
             out.add_row(
                 escape(c.category),
@@ -368,8 +443,13 @@ def dlq_show(
     reason: ReasonOpt = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many dead letters.")] = 20,
     max_chars: Annotated[
-        int, typer.Option(min=0, help="Payload characters shown in the table (not in --json).")
-    ] = 300,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Show at most this many characters of each payload, saying how many were cut "
+            "(default: the whole payload; --json always has it whole).",
+        ),
+    ] = None,
     bootstrap: BootstrapOpt = None,
     repo: RepoOpt = None,
     defs: DefsOpt = None,
@@ -380,10 +460,13 @@ def dlq_show(
     quiet_kafka_logging()
     from featurepipe.stream.dlq import show
 
-    project = project_for(repo, defs)
+    project = project_for(repo, defs, definitions=topic is None)  # --topic: none needed
     (dlq,) = _dlq_topics(project, topic, view, several=False)
+    unread = _unread_topic(project, topic) if view is None else None
     server = _broker(bootstrap, "dlq show")
     shown = show(server, dlq, reason=reason, limit=limit)
+    if unread is not None and not shown.exists:
+        raise FeaturepipeError(f"{unread}, and {dlq} does not exist")
     if json:
         print_json(
             {
@@ -394,38 +477,52 @@ def dlq_show(
             }
         )
         return
+    if unread is not None:
+        console.print(f"[yellow]note:[/] {escape(unread)}; its dead-letter topic exists:")
     if not shown.exists:
         console.print(f"{escape(dlq)}: no dead letters (the topic does not exist yet)")
         return
-    out = table(
-        "partition/offset",
-        "key",
-        "category",
-        "reason",
-        "original",
-        "payload",
-        title=f"{dlq}: {len(shown.letters):,} of {shown.matched:,} dead letters"
-        + (f" matching {reason!r}" if reason else ""),
+    console.print(
+        f"[bold]{escape(dlq)}[/]: {len(shown.letters):,} of {shown.matched:,} dead letters"
+        + (f" matching {escape(repr(reason))}" if reason else "")
+        + (" (oldest first)" if shown.letters else "")
     )
+    # one block of "field: value" lines per dead letter: the payload gets the whole width
     for x, replayed in shown.letters:
-        text = x.to_json()["value"]
-        payload = "(no value)" if text is None else text
-        if len(payload) > max_chars:
-            payload = payload[:max_chars] + f"… ({len(x.value or b''):,} bytes)"
-        if x.truncated:
-            payload += f" [cut: original {x.original_size:,} bytes]"
-        key_text = "(none)" if x.key is None else x.key.decode("utf-8", errors="replace")[:64]
-        out.add_row(
-            f"{x.partition}/{x.offset}" + (" replayed" if replayed else ""),
-            escape(key_text),
-            escape(x.category),
-            escape(x.reason),
-            escape(x.source or ""),
-            escape(payload),
+        console.print()
+        console.print(
+            f"[bold]{x.partition}/{x.offset}[/] (partition/offset)"
+            + (" [green]replayed[/]" if replayed else "")
         )
-    console.print(out)
+        key_text = "(none)" if x.key is None else x.key.decode("utf-8", errors="replace")
+        for label, value in (
+            ("key", key_text),
+            ("category", x.category),
+            ("reason", x.reason),
+            ("original", x.source or "(unknown)"),
+            ("payload", _payload(x, max_chars)),
+        ):
+            console.print(f"  {label + ':':<10}{escape(value)}", soft_wrap=True)
     for g in shown.gaps:
         console.print(f"[yellow]warning:[/] {escape(str(g))}")
+
+
+def _payload(letter: Letter, max_chars: int | None) -> str:
+    """A dead letter's payload as text: whole, or its first ``max_chars`` characters and how
+    many more there are; and whether the dead letter holds less than the original."""
+    text = letter.to_json()["value"]
+    if text is None:
+        payload = "(no value)"
+    elif max_chars is not None and len(text) > max_chars:
+        payload = f"{text[:max_chars]}… (+{len(text) - max_chars:,} chars)"
+    else:
+        payload = text
+    if letter.truncated:
+        payload += (
+            f" [cut to fit the dead-letter topic: {len(letter.value or b''):,} of "
+            f"{letter.original_size or 0:,} bytes kept]"
+        )
+    return str(payload)
 
 
 REPLAY_HELP = (
@@ -454,7 +551,7 @@ def dlq_replay(
     quiet_kafka_logging()
     from featurepipe.stream.dlq import replay
 
-    project = project_for(repo, defs)
+    project = project_for(repo, defs, definitions=topic is None)  # --topic: none needed
     (dlq,) = _dlq_topics(project, topic, view, several=False)
     server = _broker(bootstrap, "dlq replay")
     with console.status(f"replaying {dlq} ..."):
@@ -475,13 +572,16 @@ def dlq_replay(
             }
         )
         return
-    to = ", ".join(sorted(r.targets)) or "-"
-    by = ", ".join(f"{escape(c)}: {n:,}" for c, n in sorted(r.replayed.items()))
-    console.print(
-        f"replayed {r.total:,} dead letters of {escape(dlq)} to {escape(to)}"
-        + (f" ({by})" if by else "")
-        + f" in {r.seconds:.1f}s"
-    )
+    if r.total == 0:
+        console.print(f"nothing to replay in {escape(dlq)}: {escape(_nothing_why(r, reason))}")
+    else:
+        to = ", ".join(sorted(r.targets))
+        by = ", ".join(f"{escape(c)}: {n:,}" for c, n in sorted(r.replayed.items()))
+        console.print(
+            f"replayed {r.total:,} dead letters of {escape(dlq)} to {escape(to)}"
+            + (f" ({by})" if by else "")
+            + f" in {r.seconds:.1f}s"
+        )
     details: list[str] = []
     if r.resumed:
         details.append(f"{r.resumed:,} of them completed an interrupted replay")
@@ -497,3 +597,17 @@ def dlq_replay(
         console.print(
             f"[yellow]warning:[/] {escape(str(g))}: the replay stopped before it; run it again"
         )
+
+
+def _nothing_why(r: ReplayReport, reason: str | None) -> str:
+    """Why a replay sent nothing: no dead letters, none matching --reason, or every matching
+    one replayed before or not replayable."""
+    unsendable = sum(r.not_replayable.values())
+    if r.already + unsendable + r.not_matching == 0:
+        return "no dead letters"
+    if r.already + unsendable == 0:
+        return f"none of its {r.not_matching:,} dead letters matches --reason {reason!r}"
+    if unsendable == 0:
+        matching = "" if reason is None else f"matching --reason {reason!r} "
+        return f"all {r.already:,} dead letters {matching}were replayed already"
+    return "every one was replayed before or cannot be replayed"

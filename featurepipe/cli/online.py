@@ -31,7 +31,8 @@ def materialize(
     defs: DefsOpt = None,
     repo: RepoOpt = None,
     redis_url: Annotated[
-        str | None, typer.Option(help="Online store URL (else $REDIS_URL).")
+        str | None,
+        typer.Option(help="Online store URL (else $REDIS_URL, the project's redis_url, dev up)."),
     ] = None,
     view: Annotated[str | None, typer.Option(help="Only this view.")] = None,
     batch_size: Annotated[int, typer.Option(help="Entities per pipelined round trip.")] = 1000,
@@ -81,10 +82,14 @@ def recover(
     repo: RepoOpt = None,
     bootstrap: Annotated[
         str | None,
-        typer.Option(help="Kafka bootstrap servers (else $KAFKA_BOOTSTRAP_SERVERS, dev up)."),
+        typer.Option(
+            help="Kafka bootstrap servers (else $KAFKA_BOOTSTRAP_SERVERS, the project's "
+            "kafka_bootstrap, dev up)."
+        ),
     ] = None,
     redis_url: Annotated[
-        str | None, typer.Option(help="Online store URL (else $REDIS_URL, dev up).")
+        str | None,
+        typer.Option(help="Online store URL (else $REDIS_URL, the project's redis_url, dev up)."),
     ] = None,
     group: Annotated[
         str | None,
@@ -155,7 +160,8 @@ def stream(
         ),
     ] = None,
     redis_url: Annotated[
-        str | None, typer.Option(help="Online store URL (else $REDIS_URL, dev up).")
+        str | None,
+        typer.Option(help="Online store URL (else $REDIS_URL, the project's redis_url, dev up)."),
     ] = None,
     group: Annotated[
         str | None,
@@ -181,6 +187,7 @@ def stream(
 
     from featurepipe.online.redis_conn import connect
     from featurepipe.settings import kafka_bootstrap
+    from featurepipe.stream.kafka_conn import require_broker
     from featurepipe.stream.logs import quiet_kafka_logging
     from featurepipe.stream.worker import StreamWorker, WorkerConfig
 
@@ -200,6 +207,8 @@ def stream(
         idle_exit_s=idle_exit,
     )
     worker = StreamWorker(d, config, connect(redis_url), views=view or None)
+    # an unreachable broker is one line, before the worker announces anything
+    require_broker(config.bootstrap, "stream worker")
     worker.install_signal_handlers()
     console.print(
         f"streaming {', '.join(worker.plans)} from {config.bootstrap} (group {group}) into Redis"
@@ -236,6 +245,8 @@ def get(
 ) -> None:
     """Online lookup of features for some entities: one row per request row, with the entity
     keys, the features and <view>_found (False: no online state, the declared defaults)."""
+    from rich.cells import cell_len
+
     from featurepipe.errors import DataError
     from featurepipe.online.lookup import parse_entity
     from featurepipe.store import FeatureStore
@@ -271,7 +282,31 @@ def get(
     if as_json:
         print_json(df.to_dicts())
         return
-    out = table(*df.columns)
-    for row in df.iter_rows():
-        out.add_row(*[repr(v) if isinstance(v, float) else str(v) for v in row])
-    console.print(out)
+
+    def shown(v: object) -> str:
+        return repr(v) if isinstance(v, float) else str(v)
+
+    # one row per feature, one column per request row; side by side, at most 4 request rows
+    # and as many as fit the terminal, so that names and values keep their width
+    cells = [[shown(v) for v in row] for row in df.iter_rows()]
+    names = max(len("feature"), *(cell_len(c) for c in df.columns))
+    chunks: list[range] = []
+    start = 0
+    while start < len(cells):
+        end, width = start, names + 4  # a column's text, its padding and border: width + 3
+        while end < len(cells) and end - start < 4:
+            w = max(len(f"row {end + 1}"), *(cell_len(c) for c in cells[end])) + 3
+            if end > start and width + w > console.width:
+                break
+            end, width = end + 1, width + w
+        chunks.append(range(start, end))
+        start = end
+    for rows in chunks or [range(0)]:
+        title = None
+        if len(chunks) > 1:
+            span = f"row {rows[0] + 1}" if len(rows) == 1 else f"rows {rows[0] + 1}-{rows[-1] + 1}"
+            title = f"{span} of {len(cells)}"
+        out = table("feature", *(f"row {i + 1}" for i in rows), title=title)
+        for j, name in enumerate(df.columns):
+            out.add_row(escape(name), *(escape(cells[i][j]) for i in rows))
+        console.print(out)

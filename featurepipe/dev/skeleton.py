@@ -84,16 +84,21 @@ A featurepipe project: `feature_defs/orders.py` declares the features once; the 
 below run them in batch (training sets) and per event (Kafka -> Redis), identically.
 
 ```
-featurepipe plan                                   # check the definitions, see both plans
-featurepipe training-set --entities data/labels.csv --features customer_orders --out train.parquet
-featurepipe dev up                                 # embedded Kafka-protocol broker + Redis server
-featurepipe materialize --until {cutover}       # online state from Parquet up to the cut-over
-featurepipe get --entity customer_id=c0001 --features customer_orders
-featurepipe parity                                 # batch vs per-event, bit for bit
-featurepipe produce --view customer_orders --events data/new_orders.csv   # events to Kafka
-featurepipe stream --idle-exit 5                   # Kafka -> Redis (Ctrl-C to stop)
-featurepipe get --entity customer_id=c0001 --features customer_orders
-featurepipe dev down
+featurepipe plan                            # check the definitions, see both plans
+featurepipe training-set --entities data/labels.csv --features customer_orders \\
+    --out train.parquet                     # a point-in-time-correct training set
+featurepipe dev up                          # embedded Kafka-protocol broker + Redis server
+featurepipe materialize --until {cutover}  # online state from Parquet up to the cut-over
+featurepipe get --entity customer_id=c0001 \\
+    --features customer_orders              # online lookup
+featurepipe parity                          # batch vs per-event, bit for bit
+featurepipe produce --view customer_orders \\
+    --events data/new_orders.csv            # the last day's orders, to Kafka
+featurepipe stream --idle-exit 5            # Kafka -> Redis; stops after 5 idle seconds
+featurepipe dlq list                        # anything the worker refused, counted by reason
+featurepipe get --entity customer_id=c0001 \\
+    --features customer_orders              # again: the new orders are in
+featurepipe dev down                        # stop the broker and the server
 ```
 """
 

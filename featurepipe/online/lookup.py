@@ -278,6 +278,7 @@ class OnlineReader:
         """``per_view``: each view's entity of every request row (checked values)."""
         t = at_us if at_us is not None else time.time_ns() // 1000
         _check_columns([], wanted)
+        _check_pins(fingerprints or {}, wanted)
         for name in wanted:
             view = self.views[name]
             pinned = (fingerprints or {}).get(name)
@@ -299,7 +300,11 @@ class OnlineReader:
             if served is not None and served != view.fingerprint:
                 raise VersionMismatchError(
                     f"view '{name}': the online store serves version {served} for entity {e!r}, "
-                    f"the loaded definitions are {view.fingerprint}"
+                    f"the loaded definitions are {view.fingerprint}. To serve "
+                    f"{view.fingerprint}, run `featurepipe materialize --until <cut-over>` (or "
+                    "`featurepipe recover --until <cut-over>` when a stream worker feeds the "
+                    f"store); to keep serving {served}, look up with that version's definitions "
+                    "(`--defs`)"
                 )
             state = None if got is None else _decode(prog, name, e, got)
             # a read further than the view's lateness behind the entity's newest event raises
@@ -348,6 +353,19 @@ class OnlineReader:
                 if self.views[name].ir.feature(f).expr.dtype is DType.DATETIME:
                     df = df.with_columns(pl.col(f).cast(pl.Datetime("us", "UTC")))
         return df
+
+
+def _check_pins(pins: Mapping[str, str], wanted: Mapping[str, Sequence[str]]) -> None:
+    """Every pinned view is a requested one: a pin of another view (a typo, or a view left out
+    of the request) would otherwise pin nothing."""
+    stray = {name: fp for name, fp in pins.items() if name not in wanted}
+    if stray:
+        s = "s" if len(stray) > 1 else ""
+        raise DataError(
+            f"fingerprint pin{s} {', '.join(f'{k}={v}' for k, v in stray.items())}: no "
+            f"requested view of that name (the requested views are "
+            f"{', '.join(map(repr, wanted))}); pin one of them, or request the view"
+        )
 
 
 def _check_columns(keys: list[str], wanted: Mapping[str, Sequence[str]]) -> None:

@@ -12,7 +12,7 @@ Redis errors propagate unchanged: callers decide whether to retry (the worker) o
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -254,7 +254,10 @@ class StateStore:
         ``StoreIdentityError`` if it is not ``expected``."""
         generation = self.read_generation()
         _check_generation(
-            None if generation is None else generation.id, expected, self.layout.prefix
+            None if generation is None else generation.id,
+            expected,
+            self.layout.prefix,
+            self._holds_keys,
         )
         assert generation is not None
         return generation
@@ -277,7 +280,12 @@ class StateStore:
             pipe.hmget(self.layout.state_key(view, entity), STATE_FIELDS)
         generation, *rest = pipe.execute()
         _check_generation(
-            None if generation is None else _text(generation), expected, self.layout.prefix
+            None if generation is None else _text(generation),
+            expected,
+            self.layout.prefix,
+            lambda: (
+                any(v is not None for row in rest[len(views) :] for v in row) or self._holds_keys()
+            ),
         )
         for name, running in zip(views, rest[: len(views)], strict=True):
             if running:
@@ -286,6 +294,11 @@ class StateStore:
                     "entities are not all written. Rerun `featurepipe materialize` to finish"
                 )
         return [_stored(row) for row in rest[len(views) :]]
+
+    def _holds_keys(self) -> bool:
+        """Whether any key lives under the prefix (a SCAN: for error messages only)."""
+        pattern = self.layout.key_pattern()
+        return next(iter(self.client.scan_iter(match=pattern, count=_SCAN_COUNT)), None) is not None
 
     def has_states(self, view: ViewLike) -> bool:
         """Whether any entity of ``view`` has a state (a bounded SCAN; for start-up checks)."""
@@ -448,12 +461,30 @@ def _stored(row: Sequence[Any]) -> StoredState | None:
     )
 
 
-def _check_generation(current: str | None, expected: str | None, prefix: str) -> None:
+def _check_generation(
+    current: str | None,
+    expected: str | None,
+    prefix: str,
+    holds_keys: Callable[[], bool] | None = None,
+) -> None:
+    """Raise unless the store is generation ``expected`` (any generation when None).
+
+    Without a generation, ``holds_keys`` (whether any key lives under the prefix) tells a store
+    never written from one that was emptied or rolled back, for the message only: both are
+    refused. A process bound to a generation (``expected``) saw it vanish: emptied."""
     if current is None:
+        if expected is None and holds_keys is not None and not holds_keys():
+            raise StoreNotInitializedError(
+                f"the online store under prefix '{prefix}' holds no generation and no key: "
+                "nothing was materialized there. Run `featurepipe materialize --until "
+                "<cut-over>` first, or check the prefix (--prefix) and the Redis URL; if this "
+                "store was emptied (FLUSHALL, a Redis restart without persistence), "
+                "`featurepipe recover --until <cut-over>` rebuilds it"
+            )
         raise StoreNotInitializedError(
-            f"the online store under prefix '{prefix}' holds no generation: it was never "
-            "materialized or streamed into, or it was emptied (a Redis restart without "
-            "persistence, FLUSHALL). Nothing it holds can be served; rebuild it with "
+            f"the online store under prefix '{prefix}' holds no generation: it was emptied or "
+            "rolled back (a Redis restart without persistence, FLUSHALL, an older snapshot "
+            "restored). Nothing it holds can be served; rebuild it with "
             "`featurepipe recover --until <cut-over>`"
         )
     if expected is not None and current != expected:

@@ -242,9 +242,14 @@ class Checkpoint:
         if meta is None:
             return None
         if meta.fingerprint != vp.view.fingerprint:
+            # the definitions changed since the store was built: say how to go on
             raise StreamError(
                 f"view '{vp.view.name}': materialized version {meta.fingerprint} "
-                f"differs from this worker's {vp.view.fingerprint}"
+                f"differs from this worker's {vp.view.fingerprint}. To stream this version, "
+                "rebuild the store for it with `featurepipe recover --until <cut-over>` (or "
+                "`featurepipe materialize --until <cut-over>` when no stream worker feeds it), "
+                "then start the workers; to keep the materialized version, run the workers "
+                "with its definitions (`--defs`)"
             )
         return meta.materialized_until
 

@@ -205,7 +205,9 @@ class TopicReader:
 
 
 def topic_exists(bootstrap: str, topic: str) -> bool:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **kafka_security())
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **kafka_security()
+    )
     try:
         return topic in consumer.topics()
     finally:
@@ -574,7 +576,10 @@ class _Sender:
     def ends(self, topics: set[str]) -> dict[str, dict[str, int]]:
         """The end offsets of ``topics`` (a lower bound on some brokers: fine for a scan start)."""
         consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=None, **kafka_security()
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            **kafka_security(),
         )
         try:
             known = consumer.topics()

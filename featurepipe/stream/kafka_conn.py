@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
@@ -20,7 +22,14 @@ def require_broker(bootstrap: str, purpose: str, *, timeout_ms: int = CONNECT_TI
     """Raise ``BrokerUnreachableError`` naming ``bootstrap`` unless a broker answers there.
 
     ``purpose`` says what the command needed the broker for (e.g. "stream worker").
+
+    kafka-python logs every failed connection attempt of the probe (a dozen lines for one
+    unreachable address); the error raised here says it all, so its loggers are silenced for
+    the probe and restored after it.
     """
+    logger = logging.getLogger("kafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap,
@@ -37,4 +46,7 @@ def require_broker(bootstrap: str, purpose: str, *, timeout_ms: int = CONNECT_TI
             "in featurepipe.toml; for SASL/TLS, the KAFKA_SECURITY_PROTOCOL/KAFKA_SASL_*/"
             "KAFKA_SSL_* settings."
         ) from None
-    admin.close()
+    else:
+        admin.close()
+    finally:
+        logger.setLevel(level)

@@ -71,8 +71,12 @@ def plan_topics(
 ) -> dict[str, TopicPlan]:
     """The views (all, or ``views``) with a stream source, grouped by topic.
 
-    ``topics`` maps source names to the topic to read instead of the declared one.
+    ``topics`` maps source names to the topic to read instead of the declared one. A name of
+    ``views`` that is not a view with a stream source raises ``StreamError`` naming it and the
+    views that have one.
     """
+    if views:
+        _check_view_names(defs, views)
     plans: dict[str, TopicPlan] = {}
     for view in defs.views.values():
         if views and view.name not in views:
@@ -98,3 +102,31 @@ def plan_topics(
                 "partitioned by one entity key; give the other views their own topic"
             )
     return plans
+
+
+def _check_view_names(defs: Definitions, names: list[str]) -> None:
+    streamed = [v.name for v in defs.views.values() if v.source.stream is not None]
+    unknown = [n for n in dict.fromkeys(names) if n not in defs.views]
+    batch_only = [n for n in dict.fromkeys(names) if n in defs.views and n not in streamed]
+    if not unknown and not batch_only:
+        return
+    problems = []
+    if unknown:
+        problems.append(f"unknown view{_s(unknown)} {_quoted(unknown)}")
+    if batch_only:
+        verb = "have" if len(batch_only) > 1 else "has"
+        problems.append(f"view{_s(batch_only)} {_quoted(batch_only)} {verb} no stream source")
+    have = (
+        f"the views with a stream source are {_quoted(streamed)}"
+        if streamed
+        else "no view has a stream source (a KafkaSource)"
+    )
+    raise StreamError(f"{'; '.join(problems)}: {have}")
+
+
+def _s(names: list[str]) -> str:
+    return "s" if len(names) > 1 else ""
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names)

@@ -124,8 +124,15 @@ def produce_frame(
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Send each row as a JSON event keyed by ``key``, in row (arrival) order."""
+    # idempotent (acks from all replicas): a retried batch is written neither twice nor out of
+    # order, either of which the worker would apply as events (parity would count them)
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20, acks=1, **kafka_security()
+        bootstrap_servers=bootstrap,
+        linger_ms=20,
+        batch_size=1 << 20,
+        acks="all",
+        enable_idempotence=True,
+        **kafka_security(),
     )
     n = 0
     try:

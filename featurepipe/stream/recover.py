@@ -58,7 +58,9 @@ def partition_starts(bootstrap: str, topics: Sequence[str]) -> dict[tuple[str, i
     An unreachable broker raises ``BrokerUnreachableError`` within seconds."""
     require_broker(bootstrap, "recover")
     try:
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, **kafka_security())
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, **kafka_security()
+        )
     except KafkaError as e:
         raise StreamError(f"cannot reach Kafka at {bootstrap}: {type(e).__name__}: {e}") from e
     try:
