@@ -190,3 +190,13 @@ def test_fingerprint_independent_of_other_views(tmp_path: Path) -> None:
     d2 = fp.load_definitions(tmp_path / "two")
     assert d1.view("alpha").fingerprint == d2.view("alpha").fingerprint
     assert d1.view("beta").fingerprint == d2.view("beta").fingerprint
+
+
+@pytest.mark.parametrize(("key", "declared"), [("x", "float"), ("b", "bool"), ("ts", "datetime")])
+def test_an_entity_key_must_be_int_or_str(key: str, declared: str) -> None:
+    """Float, bool and datetime keys would be refused only at lookup; they fail at definition."""
+    bad = fp.Entity("thing", key=key)
+    with pytest.raises(DefinitionError) as e:
+        fp.feature_view(entity=bad, source=source, name="v")(lambda t: {"c": fp.count()})
+    assert f"key '{key}' is declared {declared} in source 'evs'" in str(e.value)
+    assert "an entity key must be int or str" in str(e.value)

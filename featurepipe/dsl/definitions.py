@@ -459,6 +459,14 @@ def build_view_ir(
             f"entity '{entity.name}' key '{entity.key}' is not a field of source '{source.name}'",
             view=name,
         )
+    key_type = source.fields[entity.key][0]
+    if key_type not in (DType.INT, DType.STR):
+        # keys name Redis entries, Kafka message keys and join columns: only exact types do
+        raise DefinitionError(
+            f"entity '{entity.name}' key '{entity.key}' is declared {key_type} in source "
+            f"'{source.name}'; an entity key must be int or str",
+            view=name,
+        )
     for fname in outputs:
         if not isinstance(fname, str) or not fname.isidentifier():
             raise DefinitionError(f"feature name {fname!r} is not an identifier", view=name)
