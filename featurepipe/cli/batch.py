@@ -17,10 +17,13 @@ from featurepipe.cli.common import (
     JsonOpt,
     RepoOpt,
     console,
+    event_log_files,
     load_defs,
     print_json,
     project_for,
     table,
+    typed_and_resolved,
+    typed_path,
     when,
 )
 from featurepipe.errors import FeaturepipeError
@@ -392,43 +395,6 @@ _EVENT_FORMATS = {
     ".jsonl": "JSON lines",
     ".ndjson": "JSON lines",
 }
-
-
-def typed_path(project: Project, typed: str | Path) -> tuple[str, str]:
-    """A path option as the user typed it, and a note saying where it resolves when that is
-    not where the working directory would put it (else ""): relative paths on the command line
-    resolve against the project root."""
-    q = Path(typed).expanduser()
-    if q.is_absolute() or project.path(typed).resolve() == q.resolve():
-        return str(typed), ""
-    return str(typed), f" (relative paths resolve against the project root {project.root})"
-
-
-def typed_and_resolved(project: Project, typed: str | Path) -> str:
-    """A path option as the user typed it, with the path it resolves to when that is not
-    where the working directory would put it (for a summary line)."""
-    shown, note = typed_path(project, typed)
-    return f"{shown} ({project.path(typed)})" if note else shown
-
-
-def event_log_files(project: Project, events: Path) -> list[Path]:
-    """The files of an ``--events`` option: the file itself, or the Parquet files of a
-    directory (recursively) or a glob, in name order; relative to the project root."""
-    from featurepipe.batch.sources import resolve_files
-    from featurepipe.errors import DataError
-
-    shown, note = typed_path(project, events)
-    glob = any(ch in str(events) for ch in "*?[")
-    path = project.path(events)
-    if not glob and not path.exists():
-        raise FeaturepipeError(f"event log '{shown}' does not exist{note}")
-    if not glob and not path.is_dir():
-        return [path]
-    try:
-        return resolve_files(Path(events).expanduser(), project.root)
-    except DataError:
-        what = "matches no .parquet files" if glob else "is a directory without .parquet files"
-        raise FeaturepipeError(f"event log '{shown}' {what}{note}") from None
 
 
 def read_event_log_frame(

@@ -13,15 +13,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from featurepipe.cli.app import app
-from featurepipe.cli.batch import event_log_files, typed_and_resolved, typed_path
 from featurepipe.cli.common import (
     DefsOpt,
     JsonOpt,
     RepoOpt,
     console,
+    event_log_files,
     load_defs,
     print_json,
     project_for,
+    typed_and_resolved,
+    typed_path,
 )
 from featurepipe.errors import FeaturepipeError
 from featurepipe.project import Project
