@@ -173,7 +173,7 @@ def stream(
     prefix: Annotated[
         str | None, typer.Option(help="Key prefix in Redis (default: the project's, else fp).")
     ] = None,
-    max_batch: Annotated[int, typer.Option(help="Events per poll / Redis transaction.")] = 5000,
+    max_batch: Annotated[int, typer.Option(help="Events per poll / Redis transaction.")] = 20000,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port.")
     ] = None,

@@ -65,7 +65,7 @@ class WorkerConfig:
     bootstrap: str
     group_id: str = "featurepipe"
     prefix: str = DEFAULT_PREFIX
-    max_batch: int = 5000
+    max_batch: int = 20000
     poll_timeout_ms: int = 200
     max_event_bytes: int = MAX_EVENT_BYTES
     metrics_port: int | None = None
