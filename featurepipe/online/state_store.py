@@ -11,6 +11,7 @@ Redis errors propagate unchanged: callers decide whether to retry (the worker) o
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -68,6 +69,33 @@ Partition = tuple[str, int]  # (topic, partition); kafka's TopicPartition is suc
 MAX_STATE_BYTES = 8 << 20
 _SCAN_COUNT = 1000
 _DELETE_BATCH = 1000
+_GENERATION_ID = "id"  # the generation hash field readers compare
+
+# One command reads a lookup's states with the store's checks (``fetch_states_in_generation``):
+# KEYS = the generation key, then ARGV[1] progress keys, then state keys; ARGV[2] = the
+# generation id field, ARGV[3..] = the state hash fields. Returns, flat: the generation id, one
+# EXISTS per progress key, then the state fields of every state key (nil where absent). Reads
+# only (flagged so: it runs on replicas and under maxmemory); a server that refuses it (ACL,
+# Redis before 7.0, scripting disabled) is read with the pipeline instead.
+_READ_SCRIPT = """#!lua flags=no-writes
+local nviews = tonumber(ARGV[1])
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+local width = #fields
+local out = {redis.call('HGET', KEYS[1], ARGV[2])}
+for i = 2, nviews + 1 do out[i] = redis.call('EXISTS', KEYS[i]) end
+local n = nviews + 1
+for i = nviews + 2, #KEYS do
+  local row = redis.call('HMGET', KEYS[i], unpack(fields))
+  for j = 1, width do out[n + j] = row[j] end
+  n = n + width
+end
+return out
+"""
+_READ_SHA = hashlib.sha1(_READ_SCRIPT.encode()).hexdigest()
+# states per script call: bounds how long one lookup holds the server (a larger request is
+# split; every part repeats the generation and progress checks)
+_SCRIPT_CHUNK = 1000
 
 
 class StoreIdentityError(OnlineStoreError):
@@ -118,6 +146,9 @@ class StateStore:
         self.generation: str | None = None
         # a cluster pipeline spans nodes without ordering
         self.cluster = isinstance(client, redis.RedisCluster)
+        # lookups read with one script call (not on a cluster: a script's keys share a slot);
+        # cleared for good when the server refuses scripts
+        self.scripted_reads = not self.cluster
 
     @property
     def prefix(self) -> str:
@@ -273,27 +304,80 @@ class StateStore:
         only not written yet)."""
         views = list(dict.fromkeys(view_name(v) for v, _ in wanted))
         pipe = self.client.pipeline(transaction=False)
-        pipe.hget(self.layout.generation_key(), "id")
+        pipe.hget(self.layout.generation_key(), _GENERATION_ID)
         for name in views:
             pipe.exists(self.layout.progress_key(name))
         for view, entity in wanted:
             pipe.hmget(self.layout.state_key(view, entity), STATE_FIELDS)
         generation, *rest = pipe.execute()
+        rows = rest[len(views) :]
+        self._check_read(views, generation, rest[: len(views)], rows, expected)
+        return [_stored(row) for row in rows]
+
+    def fetch_states_in_generation(
+        self,
+        wanted: Sequence[tuple[ViewLike, Entity]],
+        expected: str | None = None,
+    ) -> list[StoredState | None]:
+        """``read_states_in_generation`` in one server-side script call (per
+        ``_SCRIPT_CHUNK`` states) instead of one command per state: the same keys, answers and
+        checks, read atomically (a split request repeats the checks in every part, and its
+        parts must share one generation). Falls back to the pipeline on a cluster and on a
+        server that refuses scripts (then for good)."""
+        if not self.scripted_reads:
+            return self.read_states_in_generation(wanted, expected)
+        views = list(dict.fromkeys(view_name(v) for v, _ in wanted))
+        head = [self.layout.generation_key(), *(self.layout.progress_key(v) for v in views)]
+        args = [len(views), _GENERATION_ID, *STATE_FIELDS]
+        state_key = self.layout.state_key
+        out: list[StoredState | None] = []
+        width = len(STATE_FIELDS)
+        for start in range(0, max(len(wanted), 1), _SCRIPT_CHUNK):
+            keys = [*head, *(state_key(v, e) for v, e in wanted[start : start + _SCRIPT_CHUNK])]
+            try:
+                flat = self._run_read_script(keys, args)
+            except redis.exceptions.ResponseError:
+                # scripts refused (ACL, disabled) or a key of the wrong type: the pipeline
+                # answers or raises exactly as before; only its success disables scripts
+                got = self.read_states_in_generation(wanted, expected)
+                self.scripted_reads = False
+                return got
+            running = flat[1 : len(head)]
+            rows = [flat[i : i + width] for i in range(len(head), len(flat), width)]
+            self._check_read(views, flat[0], running, rows, expected)
+            expected = _text(flat[0])  # every part from the generation of the first
+            out += [_stored(row) for row in rows]
+        return out
+
+    def _run_read_script(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
+        try:
+            flat = self.client.evalsha(_READ_SHA, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:  # not cached yet (or flushed): send the text
+            flat = self.client.eval(_READ_SCRIPT, len(keys), *keys, *args)
+        return list(flat)
+
+    def _check_read(
+        self,
+        views: Sequence[str],
+        generation: Any,
+        running: Sequence[Any],
+        rows: Sequence[Sequence[Any]],
+        expected: str | None,
+    ) -> None:
+        """The checks of a read: the store holds generation ``expected`` (any when None) and
+        no view of ``views`` has a materialization running (``running``: EXISTS per view)."""
         _check_generation(
             None if generation is None else _text(generation),
             expected,
             self.layout.prefix,
-            lambda: (
-                any(v is not None for row in rest[len(views) :] for v in row) or self._holds_keys()
-            ),
+            lambda: any(v is not None for row in rows for v in row) or self._holds_keys(),
         )
-        for name, running in zip(views, rest[: len(views)], strict=True):
-            if running:
+        for name, busy in zip(views, running, strict=True):
+            if busy:
                 raise StoreIdentityError(
                     f"view '{name}': a materialization is running or was interrupted; its "
                     "entities are not all written. Rerun `featurepipe materialize` to finish"
                 )
-        return [_stored(row) for row in rest[len(views) :]]
 
     def _holds_keys(self) -> bool:
         """Whether any key lives under the prefix (a SCAN: for error messages only)."""
