@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping
+from operator import itemgetter
 from typing import Any
 
 import msgspec
@@ -68,11 +69,14 @@ class State:
 def _fold_block(agg: ir.Agg, i: int) -> list[str]:
     """Inline code folding record ``rec`` into accumulator ``a{i}`` when it passes the
     aggregation's ``where``: the one statement of the fold rules, shared by compaction and
-    queries."""
+    queries. Bit i of a record's mask is tested only when the aggregation has a ``where``:
+    without one, the row stage sets it on every record."""
     kind = KINDS[agg.kind]
     body = kind.fold_code(
         agg, f"a{i}", f"rec[{REC_INPUTS + i}]", f"rec[{REC_TS}]", f"rec[{REC_SEQ}]"
     )
+    if agg.where is None:
+        return list(body)
     return [f"if mask & {1 << i}:", *(f"    {line}" for line in body)]
 
 
@@ -147,7 +151,9 @@ class ViewProgram:
         """Straight-line code folding one retained event into the lifetime accumulators, with
         the fold rules the query path uses (``_fold_block``); generated because compaction runs
         for nearly every ingested event."""
-        lines = ["def compact(c, rec):", f"    mask = rec[{REC_MASK}]"]
+        lines = ["def compact(c, rec):"]
+        if any(self.aggs[i].where is not None for i in self.lifetime):
+            lines.append(f"    mask = rec[{REC_MASK}]")
         for i in self.lifetime:
             lines.append(f"    a{i} = c[{i}]")
             lines += [f"    {ln}" for ln in _fold_block(self.aggs[i], i)]
@@ -159,37 +165,55 @@ class ViewProgram:
         return src, namespace["compact"]
 
     def _compile_query(self) -> tuple[str, Callable[..., Any]]:
-        """Straight-line code computing every aggregation at T: one pass over the retained
-        events per distinct window (``_fold_block``), then each kind's finalizer."""
-        lines = [
-            "def aggregate(buf, compacted, t):",
-            "    hi = _bisect(buf, t, key=_ts)",
-            f"    out = [None] * {len(self.aggs)}",
-        ]
+        """Straight-line code computing every aggregation at T in one pass over the retained
+        events, then each kind's finalizer (and the declared default).
+
+        Windows nest: the events of a shorter window are the newest of a longer one's. Each
+        window's start is a bisection of the buffer, widest (lifetime: the whole buffer) first,
+        which cuts the visible events [0, hi) into segments; a segment's events are folded
+        (``_fold_block``) into the accumulators of every window that contains it, each event
+        read once."""
         windows: dict[int | None, list[int]] = {}
         for i, agg in enumerate(self.aggs):
             windows.setdefault(agg.window_us, []).append(i)
-        for w, idx in windows.items():
-            lo = "0" if w is None else f"_bisect(buf, t - {w}, 0, hi, key=_ts)"
-            lines.append(f"    lo = {lo}")
-            for i in idx:
-                agg = self.aggs[i]
-                empty = repr(self.kinds[i].empty(agg))
+        widest_first = sorted(windows, key=lambda w: (0, 0) if w is None else (1, -w))
+        lines = ["def aggregate(buf, compacted, t):", "    hi = _bisect(buf, t, key=_ts)"]
+        starts: list[str] = []
+        for n, w in enumerate(widest_first):
+            lo = (
+                "0"
+                if w is None
+                else f"_bisect(buf, t - {w}, {starts[-1] if starts else 0}, hi, key=_ts)"
+            )
+            lines.append(f"    lo{n} = {lo}")
+            starts.append(f"lo{n}")
+            for i in windows[w]:
+                empty = repr(self.kinds[i].empty(self.aggs[i]))
                 lines.append(f"    a{i} = " + (f"_copy{i}(compacted[{i}])" if w is None else empty))
-            lines.append("    for j in range(lo, hi):")
-            lines.append("        rec = buf[j]")
-            lines.append(f"        mask = rec[{REC_MASK}]")
-            for i in idx:
+        ends = [*starts[1:], "hi"]
+        active: list[int] = []
+        for n, w in enumerate(widest_first):
+            active += windows[w]  # the segment [lo{n}, next start) lies in windows 0..n
+            lines.append(f"    for rec in buf[{starts[n]}:{ends[n]}]:")
+            if any(self.aggs[i].where is not None for i in active):
+                lines.append(f"        mask = rec[{REC_MASK}]")
+            for i in active:
                 lines += [f"        {ln}" for ln in _fold_block(self.aggs[i], i)]
-            for i in idx:
-                lines.append(f"    out[{i}] = _finalize{i}(a{i})")
-        lines.append("    return out")
+        outs = []
+        for i, agg in enumerate(self.aggs):
+            if agg.default is None:
+                outs.append(f"_finalize{i}(a{i})")
+            else:
+                lines.append(f"    a{i} = _finalize{i}(a{i})")
+                outs.append(f"(_default{i} if a{i} is None else a{i})")
+        lines.append(f"    return [{', '.join(outs)}]")
         src = "\n".join(lines) + "\n"
         namespace = _namespace(self.aggs)
         namespace.update({"_bisect": bisect_left, "_ts": _ts})
         for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
             namespace[f"_copy{i}"] = kind.copy
-            namespace[f"_finalize{i}"] = _with_default(kind.finalizer(agg), agg.default)
+            namespace[f"_finalize{i}"] = kind.finalizer(agg)
+            namespace[f"_default{i}"] = agg.default
         exec(compile(src, "<featurepipe:aggregate>", "exec"), namespace)
         return src, namespace["aggregate"]
 
@@ -289,17 +313,6 @@ class ViewProgram:
         return State(horizon, max_ts, buffer, compacted)
 
 
-def _with_default(finish: Callable[[Any], Any], default: Any) -> Callable[[Any], Any]:
-    if default is None:
-        return finish
-
-    def finish_or_default(acc: Any) -> Any:
-        out = finish(acc)
-        return default if out is None else out
-
-    return finish_or_default
-
-
 _BIGINT = 1
 
 
@@ -321,5 +334,6 @@ def _from_ext(code: int, data: memoryview) -> int:
     return int.from_bytes(data, "big", signed=True)
 
 
-def _ts(rec: list[Any]) -> int:
-    return int(rec[REC_TS])
+# a record's timestamp, the key of the buffer's bisections (a C-level getter: bisection calls it
+# at every probe)
+_ts = itemgetter(REC_TS)

@@ -8,9 +8,11 @@ events are held to the bi-temporal rule.
 
 from __future__ import annotations
 
+import gc
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import polars.selectors as cs
 from featurepipe.batch.sources import SourceReport, read_events
 from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
 from featurepipe.compile.polars_rows import PL_TYPES
-from featurepipe.compile.python_state import State, ViewProgram
+from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView, Source
 from featurepipe.errors import DataError
 from featurepipe.ir.timebase import format_us
@@ -155,85 +157,194 @@ def run_parity(
     Query points: at each sampled event's own timestamp just before ingesting it, midway
     between that event and the entity's previous one, and after the log at the last event
     plus each window length (an exact window edge) and plus a day past the longest window.
-    """
+
+    The per-event side is the stream worker's and the lookups' own code: ``ViewProgram.ingest``
+    for every event, ``ViewProgram.query`` for every query point. Answers are collected as
+    columns and compared with the batch frame by Polars, one column per feature."""
     import time
 
-    rng = random.Random(seed)
     prog = ViewProgram(view.ir)
     ev = normalize_events(view, events)
-    key = view.entity.key
-    ts_col = view.source.timestamp
+    with _collector_paused():
+        t0 = time.perf_counter()
+        replay = _replay(view, prog, ev, sample=sample, seed=seed, progress=progress)
+        seconds_stream = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        key = view.entity.key
+        key_type = ev.schema[key]
+        queries = pl.DataFrame(
+            {
+                key: pl.Series(replay.keys, dtype=key_type),
+                TS: replay.times,
+                ARRIVED: replay.arrived,
+            },
+            schema={key: key_type, TS: pl.Int64, ARRIVED: pl.Int64},
+        )
+        batch = BatchProgram(view.ir).features(ev.lazy(), queries)
+        seconds_batch = time.perf_counter() - t1
+
+        report = ParityReport(
+            view=view.name,
+            fingerprint=view.fingerprint,
+            events=ev.height,
+            queries=len(replay.answers),
+            skipped_beyond_lateness=replay.skipped,
+            skipped_null_entity=replay.null_entity,
+            seconds_stream=seconds_stream,
+            seconds_batch=seconds_batch,
+        )
+        report.features = compare(
+            view, batch, replay.answers, replay.keys, replay.times, replay.arrived
+        )
+        del replay  # freed before the collector is back: it would scan every answer once
+    return report
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while parity runs. The replay allocates millions
+    of small containers (records, accumulators, answers) and forms no reference cycles; every
+    few hundred allocations the collector would scan the young ones, and every so often all
+    the states built so far (about a fifth of the replay's time on the 25-feature view)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@dataclass
+class _Replay:
+    """The query points of a replay (entity, T, arrival position) and the per-event answers,
+    in the order of an arrival-order replay (see ``_replay``)."""
+
+    keys: list[Any]
+    times: list[int]
+    arrived: list[int]
+    answers: list[tuple[Any, ...]]
+    skipped: int
+    null_entity: int
+
+
+def _replay(
+    view: FeatureView,
+    prog: ViewProgram,
+    ev: pl.DataFrame,
+    *,
+    sample: float,
+    seed: int,
+    progress: Callable[[int], None] | None,
+) -> _Replay:
+    """Every event through ``prog.ingest``, every query point through ``prog.query``, at the
+    point of the replay where it comes (see ``run_parity``).
+
+    Entities are independent: an entity's state sees its own events only, in arrival order,
+    each with its arrival position as ``seq``, exactly as in a replay of the whole log in
+    arrival order (the stream worker's order). So the replay runs entity by entity (entities in
+    order of first arrival, each one's events in arrival order, then its after-the-log points):
+    the state it works on stays in the processor's caches, about 1.6x faster on the 25-feature
+    view than hopping to another entity's state at every event. What an arrival-order replay
+    decides globally is computed first: which events get query points (one draw of
+    ``random.Random(seed)`` per event with an entity key, in arrival order). The query points are
+    then put back into arrival-order replay order: an event's own point, then its midpoint, event
+    by event, then the after-the-log points entity by entity."""
     names = list(view.source.fields)
-    states: dict[Any, State] = {}
-    last_ts: dict[Any, int] = {}
-    q_key: list[Any] = []
-    q_ts: list[int] = []
-    q_arr: list[int] = []
-    expected: list[tuple[Any, ...]] = []
-    skipped = 0
-    null_entity = 0
-
-    def ask(e: Any, t: int, arrived: int) -> None:
-        nonlocal skipped
-        st = states.get(e)
-        if st is not None and not prog.can_answer(st, t):
-            skipped += 1
-            return
-        q_key.append(e)
-        q_ts.append(t)
-        q_arr.append(arrived)
-        expected.append(prog.query(st, t))
-
-    t0 = time.perf_counter()
-    for seq, row in enumerate(ev.select(names).iter_rows()):
-        event = dict(zip(names, row, strict=True))
-        e = event[key]
-        if e is None:
-            null_entity += 1
-            continue
-        t = event[ts_col]
-        if rng.random() < sample:
-            ask(e, t, seq)
-            prev = last_ts.get(e)
-            if prev is not None and prev != t:
-                ask(e, (prev + t) // 2, seq)
-        st = states.get(e)
-        if st is None:
-            st = states[e] = prog.new_state()
-        prog.ingest(st, event, seq)
-        if t > last_ts.get(e, t - 1):
-            last_ts[e] = t
-        if progress is not None and seq % 10_000 == 0:
-            progress(seq)
+    key = view.entity.key
+    key_at = names.index(key)
+    ts_at = names.index(view.source.timestamp)
     n = ev.height
+    keyed = ev.select(*names, SEQ).filter(pl.col(key).is_not_null())
+    draw = random.Random(seed).random
+    sampled = pl.Series("__sampled", [draw() < sample for _ in range(keyed.height)])
+    # entity by entity (first arrival first), each entity's events in arrival order
+    by_entity = keyed.with_columns(sampled, pl.col(SEQ).min().over(key).alias("__first")).sort(
+        "__first", SEQ
+    )
     windows = sorted({a.window_us for a in view.ir.aggs if a.window_us is not None})
     tail = [*windows, view.ir.max_window_us + 86_400_000_000]
-    for e, t in last_ts.items():
-        for w in tail:
-            ask(e, t + w, n)
-    seconds_stream = time.perf_counter() - t0
 
-    t1 = time.perf_counter()
-    key_type = ev.schema[key]
-    queries = pl.DataFrame(
-        {key: pl.Series(q_key, dtype=key_type), TS: q_ts, ARRIVED: q_arr},
-        schema={key: key_type, TS: pl.Int64, ARRIVED: pl.Int64},
-    )
-    batch = BatchProgram(view.ir).features(ev.lazy(), queries)
-    seconds_batch = time.perf_counter() - t1
+    ingest, query, can_answer, new_state = prog.ingest, prog.query, prog.can_answer, prog.new_state
+    keys: list[Any] = []
+    times: list[int] = []
+    arrived: list[int] = []
+    answers: list[tuple[Any, ...]] = []
+    # where each point comes in an arrival-order replay: 2 * seq (+ 1 for a midpoint) during
+    # the log, 2 * n + entity * len(tail) + i after it
+    place: list[int] = []
+    skipped = 0
+    entity = -1
+    st: Any = None
+    e: Any = None
+    newest = 0
 
-    report = ParityReport(
-        view=view.name,
-        fingerprint=view.fingerprint,
-        events=n,
-        queries=len(expected),
-        skipped_beyond_lateness=skipped,
-        skipped_null_entity=null_entity,
-        seconds_stream=seconds_stream,
-        seconds_batch=seconds_batch,
+    def after_the_log() -> None:
+        nonlocal skipped
+        for i, w in enumerate(tail):
+            t = newest + w
+            if can_answer(st, t):
+                keys.append(e)
+                times.append(t)
+                arrived.append(n)
+                answers.append(query(st, t))
+                place.append(2 * n + entity * len(tail) + i)
+            else:
+                skipped += 1
+
+    rows = by_entity.select(names).iter_rows()
+    columns = (by_entity[SEQ].to_list(), by_entity["__sampled"].to_list())
+    for done, (row, seq, asked) in enumerate(zip(rows, *columns, strict=True)):
+        t = row[ts_at]
+        if st is None or row[key_at] != e:  # the next entity: its first event, no state yet
+            if st is not None:
+                after_the_log()
+            entity += 1
+            e = row[key_at]
+            if asked:
+                keys.append(e)
+                times.append(t)
+                arrived.append(seq)
+                answers.append(query(None, t))
+                place.append(2 * seq)
+            st = new_state()
+            newest = t
+        elif asked:
+            if can_answer(st, t):
+                keys.append(e)
+                times.append(t)
+                arrived.append(seq)
+                answers.append(query(st, t))
+                place.append(2 * seq)
+            else:
+                skipped += 1
+            if newest != t:
+                mid = (newest + t) // 2
+                if can_answer(st, mid):
+                    keys.append(e)
+                    times.append(mid)
+                    arrived.append(seq)
+                    answers.append(query(st, mid))
+                    place.append(2 * seq + 1)
+                else:
+                    skipped += 1
+        ingest(st, dict(zip(names, row, strict=True)), seq)
+        if t > newest:
+            newest = t
+        if progress is not None and done % 10_000 == 0:
+            progress(done)
+    if st is not None:
+        after_the_log()
+    order = np.argsort(np.array(place, dtype=np.int64), kind="stable").tolist()
+    return _Replay(
+        keys=[keys[i] for i in order],
+        times=[times[i] for i in order],
+        arrived=[arrived[i] for i in order],
+        answers=[answers[i] for i in order],
+        skipped=skipped,
+        null_entity=n - keyed.height,
     )
-    report.features = compare(view, batch, expected, q_key, q_ts, q_arr)
-    return report
 
 
 def compare(
@@ -244,13 +355,16 @@ def compare(
     q_ts: list[int],
     q_arr: list[int],
 ) -> list[FeatureResult]:
-    """Per feature: values from the per-event side vs the batch frame, bit for bit."""
+    """Per feature: values from the per-event side (one tuple per query) vs the batch frame,
+    bit for bit; the per-event answers are turned into columns once, compared by Polars."""
+    features = view.ir.features
+    columns: list[tuple[Any, ...]] = (
+        list(zip(*expected, strict=True)) if expected else [() for _ in features]
+    )
     results = []
-    for j, feat in enumerate(view.ir.features):
+    for j, feat in enumerate(features):
         dtype = feat.expr.dtype
-        stream_col = pl.Series(
-            feat.name, [r[j] for r in expected], dtype=PL_TYPES[dtype], strict=True
-        )
+        stream_col = pl.Series(feat.name, columns[j], dtype=PL_TYPES[dtype], strict=True)
         batch_col = batch[feat.name]
         if dtype is DType.FLOAT:
             same = _float_bits(batch_col).eq_missing(_float_bits(stream_col))
