@@ -31,6 +31,20 @@ DefsOpt = Annotated[
         "(default: the project's 'definitions', else feature_defs).",
     ),
 ]
+BootstrapOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Kafka bootstrap servers (else $KAFKA_BOOTSTRAP_SERVERS, the project's "
+        "kafka_bootstrap, dev up, 127.0.0.1:9092)."
+    ),
+]
+RedisUrlOpt = Annotated[
+    str | None,
+    typer.Option(help="Online store URL (else $REDIS_URL, the project's redis_url, dev up)."),
+]
+PrefixOpt = Annotated[
+    str | None, typer.Option(help="Key prefix in Redis (default: the project's, else fp).")
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print JSON (for scripts) instead of tables.")
 ]

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from featurepipe.cli.app import app
 from featurepipe.cli.common import (
+    BootstrapOpt,
     DefsOpt,
     JsonOpt,
     RepoOpt,
@@ -35,13 +36,6 @@ if TYPE_CHECKING:
     from featurepipe.stream.produce import EventLog, Message
 
 
-BootstrapOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Kafka bootstrap servers (else $KAFKA_BOOTSTRAP_SERVERS, the project's "
-        "kafka_bootstrap, dev up, 127.0.0.1:9092)."
-    ),
-]
 TopicViewOpt = Annotated[
     str | None,
     typer.Option("--view", help="The view whose source's topic this is about."),

@@ -11,8 +11,11 @@ from rich.markup import escape
 
 from featurepipe.cli.app import app
 from featurepipe.cli.common import (
+    BootstrapOpt,
     DefsOpt,
     JsonOpt,
+    PrefixOpt,
+    RedisUrlOpt,
     RepoOpt,
     console,
     load_defs,
@@ -30,18 +33,13 @@ def materialize(
     until: Annotated[str, typer.Option(help="Cut-over time, ISO-8601 (UTC if naive).")],
     defs: DefsOpt = None,
     repo: RepoOpt = None,
-    redis_url: Annotated[
-        str | None,
-        typer.Option(help="Online store URL (else $REDIS_URL, the project's redis_url, dev up)."),
-    ] = None,
+    redis_url: RedisUrlOpt = None,
     view: Annotated[str | None, typer.Option(help="Only this view.")] = None,
     batch_size: Annotated[int, typer.Option(help="Entities per pipelined round trip.")] = 1000,
     events: Annotated[
         Path | None, typer.Option(help="Parquet path instead of the source's.")
     ] = None,
-    prefix: Annotated[
-        str | None, typer.Option(help="Key prefix in Redis (default: the project's, else fp).")
-    ] = None,
+    prefix: PrefixOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = True,
     allow_empty: Annotated[
         bool,
@@ -80,26 +78,15 @@ def recover(
     ],
     defs: DefsOpt = None,
     repo: RepoOpt = None,
-    bootstrap: Annotated[
-        str | None,
-        typer.Option(
-            help="Kafka bootstrap servers (else $KAFKA_BOOTSTRAP_SERVERS, the project's "
-            "kafka_bootstrap, dev up)."
-        ),
-    ] = None,
-    redis_url: Annotated[
-        str | None,
-        typer.Option(help="Online store URL (else $REDIS_URL, the project's redis_url, dev up)."),
-    ] = None,
+    bootstrap: BootstrapOpt = None,
+    redis_url: RedisUrlOpt = None,
     group: Annotated[
         str | None,
         typer.Option(
             help="The stream workers' consumer group (default: the project's, else featurepipe)."
         ),
     ] = None,
-    prefix: Annotated[
-        str | None, typer.Option(help="Key prefix in Redis (default: the project's, else fp).")
-    ] = None,
+    prefix: PrefixOpt = None,
     allow_empty: Annotated[
         bool, typer.Option(help="Accept a view without any event before the cut-over.")
     ] = False,
@@ -153,16 +140,8 @@ def recover(
 def stream(
     defs: DefsOpt = None,
     repo: RepoOpt = None,
-    bootstrap: Annotated[
-        str | None,
-        typer.Option(
-            help="Kafka bootstrap servers (else $KAFKA_BOOTSTRAP_SERVERS, dev up, 127.0.0.1:9092)."
-        ),
-    ] = None,
-    redis_url: Annotated[
-        str | None,
-        typer.Option(help="Online store URL (else $REDIS_URL, the project's redis_url, dev up)."),
-    ] = None,
+    bootstrap: BootstrapOpt = None,
+    redis_url: RedisUrlOpt = None,
     group: Annotated[
         str | None,
         typer.Option(
@@ -170,9 +149,7 @@ def stream(
             "(default: the project's, else featurepipe)."
         ),
     ] = None,
-    prefix: Annotated[
-        str | None, typer.Option(help="Key prefix in Redis (default: the project's, else fp).")
-    ] = None,
+    prefix: PrefixOpt = None,
     max_batch: Annotated[int, typer.Option(help="Events per poll / Redis transaction.")] = 20000,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port.")
@@ -235,12 +212,10 @@ def get(
     features: Annotated[str, typer.Option(help="Comma-separated 'view:feature' or 'view'.")],
     repo: RepoOpt = None,
     defs: DefsOpt = None,
-    redis_url: Annotated[str | None, typer.Option(help="Online store URL.")] = None,
+    redis_url: RedisUrlOpt = None,
     at: Annotated[str | None, typer.Option(help="Read as of this time (ISO; default now).")] = None,
     fingerprint: Annotated[list[str] | None, typer.Option(help="view=fingerprint to pin.")] = None,
-    prefix: Annotated[
-        str | None, typer.Option(help="Key prefix in Redis (default: the project's, else fp).")
-    ] = None,
+    prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Online lookup of features for some entities: one row per request row, with the entity
