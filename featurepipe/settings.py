@@ -31,6 +31,8 @@ from featurepipe.project import Project, active_project
 KAFKA_ENV = "KAFKA_BOOTSTRAP_SERVERS"
 DEFAULT_KAFKA = "127.0.0.1:9092"
 DEV_STATE_FILE = Path(".featurepipe") / "dev.json"
+KAFKA_CLIENT_ENV = "FEATUREPIPE_KAFKA_CLIENT"
+KAFKA_CLIENTS = ("kafka-python", "confluent")  # featurepipe.stream.consumers
 FUTURE_TOLERANCE_ENV = "FEATUREPIPE_FUTURE_TOLERANCE"
 DEFAULT_FUTURE_TOLERANCE = timedelta(days=1)
 MASK = "***"
@@ -122,6 +124,19 @@ def kafka_security() -> dict[str, Any]:
         for env, kw in table.items()
         if os.environ.get(env)
     }
+
+
+def kafka_client(explicit: str | None = None) -> str:
+    """The stream worker's Kafka consumer: the argument, else FEATUREPIPE_KAFKA_CLIENT, else
+    kafka-python. ``confluent`` (confluent-kafka, the extra ``featurepipe[confluent]``) is the
+    fast one."""
+    name = explicit or os.environ.get(KAFKA_CLIENT_ENV) or KAFKA_CLIENTS[0]
+    if name not in KAFKA_CLIENTS:
+        origin = "--client" if explicit else KAFKA_CLIENT_ENV
+        raise FeaturepipeError(
+            f"{origin}: unknown Kafka client '{name}' (choose one of: {', '.join(KAFKA_CLIENTS)})"
+        )
+    return name
 
 
 def configured_redis_url(project: Project | None = None) -> str | None:

@@ -111,6 +111,7 @@ def test_lookup_on_a_store_never_written_raises(services: infra.DevServices) -> 
         reader.read(["u1"], {VIEW: ["txn_count_1h"]})
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_redis_emptied_under_a_running_worker_stops_it_and_recover_restores(
     services: infra.DevServices, tmp_path: Path
 ) -> None:
@@ -161,6 +162,7 @@ def test_redis_emptied_under_a_running_worker_stops_it_and_recover_restores(
     assert _mismatches(client, prefix, log) == 0
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_redis_restarted_empty_with_the_worker_stopped_is_refused_then_recovered(
     services: infra.DevServices, private_redis: tuple[str, int, Path]
 ) -> None:
@@ -205,6 +207,7 @@ def _restore(client: redis.Redis, prefix: str, snap: dict[bytes, bytes]) -> None
         client.restore(k, 0, v)
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_redis_rolled_back_to_an_older_snapshot_resumes_exactly(
     services: infra.DevServices,
 ) -> None:
@@ -223,6 +226,7 @@ def test_redis_rolled_back_to_an_older_snapshot_resumes_exactly(
     assert _mismatches(client, prefix, log) == 0  # re-read from the snapshot's positions
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_rolled_back_positions_missing_a_partition_are_refused(
     services: infra.DevServices,
 ) -> None:
@@ -238,6 +242,7 @@ def test_rolled_back_positions_missing_a_partition_are_refused(
         _worker(services.kafka_bootstrap, client, topic, prefix).run()
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_broker_reset_is_detected_and_recover_restores(tmp_path: Path) -> None:
     port = infra._free_port()
     bootstrap = f"127.0.0.1:{port}"

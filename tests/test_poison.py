@@ -127,6 +127,7 @@ def _stored_messages(client: Any, prefix: str) -> int:
     return sum(StateStore(client, prefix).read_offsets(prefix).values())
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_poison_messages_never_stop_a_partition(services: infra.DevServices) -> None:
     """7 MiB and 20 MiB messages (more than the dead-letter producer accepts), an event the
     evaluator raises on, an event the parser raises on, a tombstone and a 100 KB key: each is
@@ -264,6 +265,7 @@ def test_dead_letters_cut_further_when_the_broker_refuses(monkeypatch: pytest.Mo
         publisher.publish([DeadLetter("t", _Msg(b"abc"), "x", "invalid event")])
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_corrupt_states_quarantine_their_entity_not_the_worker(
     services: infra.DevServices,
 ) -> None:
@@ -378,6 +380,7 @@ def test_a_state_over_the_cap_quarantines_only_that_entity(services: infra.DevSe
     StateStore(client, prefix).clear()
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_unkeyed_messages_are_dead_lettered_with_two_workers(services: infra.DevServices) -> None:
     """Two workers in one group, four partitions. Part of the events are produced without a key
     (the producer spreads them over partitions, so over both workers): each is dead-lettered as

@@ -37,6 +37,7 @@ def _final_compare(defs: Any, client: Any, prefix: str, good: pl.DataFrame) -> i
     return online_vs_batch(defs.view("user_spend"), client, prefix, good)
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_end_to_end_parity(services: infra.DevServices) -> None:
     report = run_e2e(
         _defs(), "user_spend", generate_transactions(20_000, users=400, seed=21),
@@ -47,6 +48,7 @@ def test_end_to_end_parity(services: infra.DevServices) -> None:
     assert report.mismatches == 0, [f.first for f in report.features if f.mismatched]
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_cutover_after_materialize_no_gap_no_double_count(services: infra.DevServices, tmp_path: Path) -> None:
     defs = _defs()
     view = defs.view("user_spend")
@@ -99,6 +101,7 @@ def _malformed(good: pl.DataFrame) -> list[bytes]:
     return variants
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_malformed_events_go_to_the_dead_letter_topic(services: infra.DevServices) -> None:
     defs = _defs()
     good = generate_transactions(5_000, users=100, seed=23)

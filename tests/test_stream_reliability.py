@@ -76,6 +76,7 @@ def streamed(services: infra.DevServices) -> Iterator[Streamed]:
         client.delete(key)
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_kill_9_at_random_points_loses_and_doubles_nothing(
     services: infra.DevServices, streamed: Streamed
 ) -> None:

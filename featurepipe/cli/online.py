@@ -158,12 +158,19 @@ def stream(
         float | None, typer.Option(help="Exit after this many idle seconds.")
     ] = None,
     view: Annotated[list[str] | None, typer.Option(help="Only these views.")] = None,
+    client: Annotated[
+        str | None,
+        typer.Option(
+            help="Kafka consumer: kafka-python (default) or confluent (the fast one; "
+            "pip install 'featurepipe[confluent]'). Default: FEATUREPIPE_KAFKA_CLIENT."
+        ),
+    ] = None,
 ) -> None:
     """Kafka -> Redis worker: validate, dead-letter, ingest, commit state and offsets atomically."""
     import logging
 
     from featurepipe.online.redis_conn import connect
-    from featurepipe.settings import kafka_bootstrap
+    from featurepipe.settings import kafka_bootstrap, kafka_client
     from featurepipe.stream.kafka_conn import require_broker
     from featurepipe.stream.logs import quiet_kafka_logging
     from featurepipe.stream.worker import StreamWorker, WorkerConfig
@@ -182,13 +189,15 @@ def stream(
         max_batch=max_batch,
         metrics_port=metrics_port,
         idle_exit_s=idle_exit,
+        client=kafka_client(client),
     )
     worker = StreamWorker(d, config, connect(redis_url), views=view or None)
     # an unreachable broker is one line, before the worker announces anything
     require_broker(config.bootstrap, "stream worker")
     worker.install_signal_handlers()
     console.print(
-        f"streaming {', '.join(worker.plans)} from {config.bootstrap} (group {group}) into Redis"
+        f"streaming {', '.join(worker.plans)} from {config.bootstrap} (group {group}, "
+        f"{config.client}) into Redis"
     )
     c = worker.run()
     console.print(

@@ -30,9 +30,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import xxhash
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from featurepipe.online.state_store import Position, StateStore
+from featurepipe.stream.consumers import WorkerConsumer
 from featurepipe.stream.errors import StreamError
 from featurepipe.stream.plans import TopicPlan
 
@@ -69,7 +70,9 @@ class StartPositions:
         self.expect: dict[TopicPartition, tuple[int, str]] = {}  # tp -> (offset, digest)
         self.deadline = 0.0
 
-    def bind_generation(self, consumer: KafkaConsumer, partitions: Iterable[TopicPartition]) -> str:
+    def bind_generation(
+        self, consumer: WorkerConsumer, partitions: Iterable[TopicPartition]
+    ) -> str:
         """The store's generation (created for a brand-new store); raises if it was lost."""
         generation = self.store.read_generation()
         if generation is None:
@@ -102,7 +105,7 @@ class StartPositions:
         return generation.id
 
     def prepare(
-        self, consumer: KafkaConsumer, partitions: list[TopicPartition]
+        self, consumer: WorkerConsumer, partitions: list[TopicPartition]
     ) -> dict[TopicPartition, int]:
         """The offset to seek each partition to; raises ``StreamError`` when they do not fit."""
         positions = self.store.read_positions(self.group)
@@ -138,7 +141,7 @@ class StartPositions:
                 seek[tp] = pos.offset
         return seek
 
-    def _start_topic(self, consumer: KafkaConsumer, topic: str) -> None:
+    def _start_topic(self, consumer: WorkerConsumer, topic: str) -> None:
         """First time this group reads ``topic``: check the served views can start from here,
         then record a position for every partition of the topic (all or nothing)."""
         plan = self.plans[topic]

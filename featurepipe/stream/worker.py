@@ -23,19 +23,17 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import OffsetOutOfRangeError
-from kafka.structs import OffsetAndMetadata
+from kafka import KafkaProducer, TopicPartition
 
 from featurepipe.dsl.loader import Definitions
 from featurepipe.online.state_store import DEFAULT_PREFIX, Partition, StateStore
-from featurepipe.settings import kafka_security
+from featurepipe.settings import kafka_client, kafka_security
 from featurepipe.stream.checkpoint import Checkpoint, EntityKey, Quarantine
+from featurepipe.stream.consumers import PositionOutOfRange, WorkerConsumer, open_consumer
 from featurepipe.stream.dead_letters import (
     INGEST_ERROR,
     MAX_DEAD_LETTER_BYTES,
@@ -73,6 +71,8 @@ class WorkerConfig:
     max_events: int | None = None  # stop after this many messages (tests)
     start_from: str = "earliest"  # where a group reading a topic for the first time starts
     verify_timeout_s: float = 15.0  # to read back the message before a stored position
+    # the Kafka consumer (featurepipe.stream.consumers); default: FEATUREPIPE_KAFKA_CLIENT
+    client: str = field(default_factory=kafka_client)
 
 
 class StreamWorker:
@@ -101,7 +101,7 @@ class StreamWorker:
         self.positions = StartPositions(
             store, config.group_id, self.plans, config.start_from, config.verify_timeout_s
         )
-        self.consumer: KafkaConsumer | None = None
+        self.consumer: WorkerConsumer | None = None
         self.dead_letters: DeadLetterPublisher | None = None
         self.assigned_once = False
         self.pending: set[TopicPartition] = set()  # assigned, not yet checked and positioned
@@ -114,24 +114,14 @@ class StreamWorker:
         # an unreachable broker is one clear error within seconds, not a client timing out
         require_broker(self.config.bootstrap, "stream worker")
         common = {"bootstrap_servers": self.config.bootstrap, **kafka_security()}
-        self.consumer = KafkaConsumer(
-            group_id=self.config.group_id,
-            enable_auto_commit=False,
-            # never reset a position silently: every partition is positioned from the store,
-            # and a position the broker no longer holds raises (OffsetOutOfRangeError)
-            auto_offset_reset="none",
-            max_poll_records=self.config.max_batch,
-            fetch_max_bytes=64 << 20,
-            max_partition_fetch_bytes=8 << 20,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-            **common,
+        self.consumer = open_consumer(
+            self.config.client, self.config.bootstrap, self.config.group_id, self.config.max_batch
         )
         # dead letters: Kafka's default size limit, which a default broker accepts; larger
         # payloads are truncated to fit (dead_letters), so no message size stops a partition
         producer = KafkaProducer(max_request_size=MAX_DEAD_LETTER_BYTES, linger_ms=5, **common)
         self.dead_letters = DeadLetterPublisher(producer, self.retry)
-        self.consumer.subscribe(list(self.plans), listener=_Rebalance(self))
+        self.consumer.subscribe(list(self.plans), self.on_assigned, self.on_revoked)
 
     def request_stop(self, *_: Any) -> None:
         self.stop_requested.set()
@@ -154,7 +144,7 @@ class StreamWorker:
                     polled = self.consumer.poll(
                         timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_batch
                     )
-                except OffsetOutOfRangeError as e:
+                except PositionOutOfRange as e:
                     raise StreamError(
                         f"a stored position is outside the partition on the broker ({e}): the "
                         f"topic was recreated, the broker reset, or retention deleted events "
@@ -192,7 +182,7 @@ class StreamWorker:
 
     def close(self) -> None:
         if self.consumer is not None:
-            self.consumer.close(autocommit=False)
+            self.consumer.close()
             self.consumer = None
         if self.dead_letters is not None:
             self.dead_letters.close()
@@ -349,9 +339,7 @@ class StreamWorker:
         self.counters.last_flush = time.time()
         if self.consumer is not None and offsets:
             try:  # advisory only: the offsets that matter are in Redis
-                self.consumer.commit(
-                    {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
-                )
+                self.consumer.commit({TopicPartition(*tp): o for tp, o in offsets.items()})
             except Exception as e:
                 log.debug("advisory offset commit failed: %s", e)
         return True
@@ -373,14 +361,9 @@ class StreamWorker:
 
     # -- offsets and cut-over ----------------------------------------------------------------
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
-        """Hold new partitions until the run loop has checked and positioned them."""
-        assert self.consumer is not None
+        """Hold new partitions (the consumer delivers them paused) until the run loop has
+        checked and positioned them."""
         self.pending.update(partitions)
-        if partitions:
-            # a provisional position (no fetch happens while paused); the run loop checks and
-            # seeks each partition before resuming it
-            self.consumer.seek_to_beginning(*partitions)
-            self.consumer.pause(*partitions)
         self.assigned_once = True
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
@@ -418,20 +401,6 @@ class StreamWorker:
             assigned = list(self.consumer.assignment())
             if not assigned:
                 return
-            ends = self.consumer.end_offsets(assigned)
-            self.counters.lag = sum(
-                max(ends[tp] - self.consumer.position(tp), 0) for tp in assigned
-            )
+            self.counters.lag = self.consumer.lag(assigned)
         except Exception as e:
             log.debug("lag update failed: %s", e)
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, worker: StreamWorker) -> None:
-        self.worker = worker
-
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.worker.on_revoked(revoked)
-
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.worker.on_assigned(assigned)
