@@ -257,9 +257,15 @@ class ConfluentConsumer:
         self._consumer.subscribe(topics, on_assign=assign, on_revoke=revoke, on_lost=revoke)
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
-        messages = self._consumer.consume(
-            num_messages=min(max_records, self._max_batch), timeout=timeout_ms / 1000
-        )
+        # What is already fetched, at once; else wait for the first message only, as
+        # kafka-python does (consume() would wait the whole timeout for a full batch: latency)
+        limit = min(max_records, self._max_batch)
+        messages = self._consumer.consume(num_messages=limit, timeout=0)
+        if not messages:
+            first = self._consumer.poll(timeout_ms / 1000)
+            if first is None:
+                return {}
+            messages = [first, *self._consumer.consume(num_messages=limit - 1, timeout=0)]
         out: dict[TopicPartition, list[Any]] = {}
         last: tuple[str, int] | None = None
         batch: list[Any] = []
