@@ -150,7 +150,7 @@ def stream(
         ),
     ] = None,
     prefix: PrefixOpt = None,
-    max_batch: Annotated[int, typer.Option(help="Events per poll / Redis transaction.")] = 20000,
+    max_batch: Annotated[int, typer.Option(help="Events per poll / Redis transaction.")] = 100_000,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port.")
     ] = None,

@@ -633,6 +633,9 @@ class CountDistinct(AggKind):
         return len
 
     def to_wire(self, acc: Any) -> Any:
+        # values of one type sort alike by value and by (type name, value), without the keys
+        if len({type(v) for v in acc}) <= 1:
+            return sorted(acc)
         return sorted(acc, key=_wire_order)
 
     def from_wire(self, obj: Any) -> Any:

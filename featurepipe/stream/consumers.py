@@ -36,6 +36,11 @@ __all__ = [
 
 CLIENTS = KAFKA_CLIENTS
 
+# How long the broker may hold a fetch waiting for data. Clients default to 500 ms, which some
+# Kafka-protocol brokers wait out in full even when events arrive: freshness. A backlog is
+# unaffected (a fetch returns at once when data is there).
+_FETCH_WAIT_MS = 50
+
 Assigned = Callable[[list[TopicPartition]], None]
 
 
@@ -115,6 +120,7 @@ class KafkaPythonConsumer:
             max_partition_fetch_bytes=8 << 20,
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
+            fetch_max_wait_ms=_FETCH_WAIT_MS,
             **kafka_security(),
         )
 
@@ -227,6 +233,7 @@ class ConfluentConsumer:
             "auto.offset.reset": "error",
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 1000,
+            "fetch.wait.max.ms": _FETCH_WAIT_MS,
             "fetch.max.bytes": 64 << 20,
             "max.partition.fetch.bytes": 8 << 20,
             "logger": logging.getLogger("featurepipe.kafka"),
