@@ -549,8 +549,10 @@ class First(AggKind):
     def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
         before = "<" if self.earliest else ">"
         # a null input counts: first/last pick the event, then its value (docs/semantics.md)
+        # (ts, seq) compared field by field: no tuples built per event
         return [
-            f"if {acc} is None or ({ts}, {seq}) {before} ({acc}[0], {acc}[1]): "
+            f"if {acc} is None or {ts} {before} {acc}[0] or "
+            f"({ts} == {acc}[0] and {seq} {before} {acc}[1]): "
             f"{acc} = ({ts}, {seq}, {value})"
         ]
 
