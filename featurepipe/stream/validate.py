@@ -16,11 +16,30 @@ The wire format is strict JSON (RFC 8259), one object per message:
 The reason texts come from ``featurepipe.ir.contract``: the batch reader quarantines the same
 inputs with the same texts.
 
-The fast path decodes with msgspec (which already refuses non-finite and out-of-range numbers),
-proves the absence of duplicate keys by counting commas, and validates the decoded dict with the
-source's pydantic model in strict mode (datetime fields read text as pydantic reads it in JSON).
-Only a message that fails there is parsed again, by the standard library, to name the key at
-fault.
+The fast path (``parse``) decodes the message straight into a ``msgspec.Struct`` compiled once
+from the contract (unknown keys refused, aliases renamed, ints bounded to int64, datetimes kept
+as text) and converts the datetime text itself. It returns only what the checked path
+(``_parse_checked``) would return for the same bytes, and hands every other message to the
+checked path, which gives the refusal and its reason:
+
+* a message the Struct refuses: a missing key, a null in a required field, a float for an int
+  field (``1.0`` is the checked path's to convert), an int beyond int64, any wrong type;
+* a key that may be given twice: the commas of the message must be those of its members and
+  of the string values (as in the checked path's ``_no_duplicates``);
+* datetime text of a shape not listed in ``_SHAPES`` (where ``datetime.fromisoformat`` and
+  pydantic read the same instant: both truncate fractions beyond microseconds), or outside the
+  range [1970, 2100): the checked path names the refusal;
+* every message of a source whose pydantic model has validators, constraints (``Field(gt=0)``),
+  a custom ``__init__`` or ``model_post_init``, defaults other than plain values, or a model
+  config that may change parsing (``_wire_struct``): that source always takes the checked path.
+
+The future-time check applies on both paths.
+
+The checked path decodes with msgspec (which already refuses non-finite and out-of-range
+numbers), proves the absence of duplicate keys by counting commas, and validates the decoded dict
+with the source's pydantic model in strict mode (datetime fields read text as pydantic reads it in
+JSON). Only a message that fails there is parsed again, by the standard library, to name the key
+at fault.
 """
 
 from __future__ import annotations
@@ -28,7 +47,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -52,7 +71,7 @@ from featurepipe.ir.contract import (
     not_valid,
     reason,
 )
-from featurepipe.ir.timebase import MAX_US, MIN_US, to_epoch_us
+from featurepipe.ir.timebase import EPOCH, MAX_US, MIN_US, ONE_US, to_epoch_us
 from featurepipe.ir.types import DType
 from featurepipe.settings import future_tolerance as configured_tolerance
 
@@ -77,6 +96,112 @@ _TYPE_ERRORS = frozenset(
         "datetime_object_invalid",
     }
 )
+
+
+# -- the fast path's contract ------------------------------------------------------------------
+# Datetime text shapes (ASCII digits written as 0) that ``datetime.fromisoformat`` and pydantic
+# (lax datetime from text) read as the same instant, each with the epoch to subtract (naive means
+# UTC) and whether it ends in offset digits (pydantic refuses offset minutes past 59, which
+# fromisoformat would carry into the hours). Both refuse an invalid date or time, hour 24 and
+# leap second 60 (the fast path then falls back), and both truncate a fraction beyond 6 digits.
+# Lowercase "z", "T" alone, "_" separators, HH:MM without seconds etc. take the checked path.
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+
+
+def _datetime_shapes() -> dict[bytes, tuple[datetime, bool]]:
+    shapes = {b"0000-00-00": (_NAIVE_EPOCH, False)}  # a date alone: midnight
+    fractions = [b""] + [sep + b"0" * n for sep in (b".", b",") for n in range(1, 10)]
+    zones = {b"": (_NAIVE_EPOCH, False), b"Z": (EPOCH, False)}
+    zones |= {
+        sign + b"00" + colon + b"00": (EPOCH, True)
+        for sign in (b"+", b"-")
+        for colon in (b":", b"")
+    }
+    for sep in (b"T", b"t", b" "):
+        for fraction in fractions:
+            for zone, kind in zones.items():
+                shapes[b"0000-00-00" + sep + b"00:00:00" + fraction + zone] = kind
+    return shapes
+
+
+_SHAPES = _datetime_shapes()
+_fromisoformat = datetime.fromisoformat
+_asdict = msgspec.structs.asdict
+UNSET = msgspec.UNSET
+
+# Model config that does not change how pydantic parses (``extra`` and ``strict`` are replaced by
+# the validator's own model); any other key sends the source to the checked path.
+_PLAIN_CONFIG = frozenset({"title", "json_schema_extra", "frozen", "extra", "strict"})
+_INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # beyond: checked path's NOT_INT64
+_WIRE_TYPES: dict[DType, Any] = {
+    DType.INT: _INT64,
+    DType.FLOAT: float,  # an int literal too, as pydantic strict takes a Python int for a float
+    DType.BOOL: bool,
+    DType.STR: str,
+    DType.DATETIME: str,  # converted by the fast path (see _SHAPES)
+}
+_PLAIN_DEFAULTS: dict[DType, type] = {
+    DType.INT: int,
+    DType.FLOAT: float,
+    DType.BOOL: bool,
+    DType.STR: str,
+}
+
+
+def _wire_struct(source: Source, keys: dict[str, str]) -> tuple[type[Any], dict[str, Any]] | None:
+    """The Struct that decodes ``source``'s messages as its pydantic model does, and the defaults
+    of the fields that have one (absent: ``msgspec.UNSET``); None when equality is not proven."""
+    schema = source.schema
+    found = schema.__pydantic_decorators__
+    if (
+        found.validators
+        or found.field_validators
+        or found.root_validators
+        or found.model_validators
+    ):
+        return None
+    core_schema = getattr(schema.__get_pydantic_core_schema__, "__func__", None)
+    if (
+        getattr(schema, "__pydantic_custom_init__", True)  # validation calls a custom __init__
+        or getattr(schema, "__pydantic_post_init__", True) is not None  # also: private attributes
+        or getattr(schema, "__pydantic_root_model__", True)
+        or core_schema is not getattr(BaseModel.__get_pydantic_core_schema__, "__func__", None)
+        or not set(schema.model_config) <= _PLAIN_CONFIG
+        or any("," in key for key in keys.values())  # the comma count assumes comma-free keys
+    ):
+        return None
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    defaults: dict[str, Any] = {}
+    for name, info in schema.model_fields.items():
+        dtype, nullable = source.fields[name]
+        if info.metadata or info.validation_alias not in (None, keys[name]):
+            return None  # constraints, strictness, AliasChoices...
+        wire = _WIRE_TYPES[dtype] | None if nullable else _WIRE_TYPES[dtype]
+        if info.is_required():
+            fields.append((name, wire))
+            continue
+        default = info.default
+        plain = default is None or type(default) is _PLAIN_DEFAULTS.get(dtype)
+        if info.default_factory is not None or info.validate_default or not plain:
+            return None
+        if type(default) is int and not -(2**63) <= default < 2**63:
+            return None
+        fields.append((name, wire | msgspec.UnsetType, UNSET))
+        defaults[name] = default
+    renames = {name: key for name, key in keys.items() if key != name}
+    try:
+        wire_type = msgspec.defstruct(
+            f"{schema.__name__}Wire",
+            fields,
+            kw_only=True,
+            forbid_unknown_fields=True,
+            rename=renames,
+            gc=False,  # scalar fields: no cycles to track
+        )
+    except (TypeError, ValueError):  # a field name msgspec does not take
+        return None
+    return wire_type, defaults
 
 
 class Invalid(Exception):
@@ -142,9 +267,62 @@ class EventValidator:
         self.datetime_keys = [(n, self.keys[n]) for n in self.datetimes]
         self.ints = [n for n, (t, _) in source.fields.items() if t is DType.INT]
         self.int_keys = [(n, self.keys[n]) for n in self.ints]
+        wire = _wire_struct(source, self.keys)
+        self._wire: Callable[[bytes], Any] | None = None
+        self._defaults: dict[str, Any] = {}
+        if wire is not None:
+            self._wire = msgspec.json.Decoder(wire[0], strict=True).decode
+            self._defaults = wire[1]
+        self._members = len(self.keys)
+        self._datetimes = tuple(self.datetimes)
+        self._timestamp = source.timestamp
 
     def parse(self, raw: bytes | None) -> dict[str, Any]:
-        """The event as a dict with datetimes as epoch micros (UTC); raises ``Invalid``."""
+        """The event as a dict with datetimes as epoch micros (UTC); raises ``Invalid``.
+
+        The fast path: a message it cannot prove to read as ``_parse_checked`` reads it (see the
+        module docstring) is handed to ``_parse_checked``, which gives the result or the reason.
+        """
+        wire = self._wire
+        if wire is None or raw is None or len(raw) > self.max_bytes:
+            return self._parse_checked(raw)
+        try:
+            event: dict[str, Any] = _asdict(wire(raw))
+        except msgspec.DecodeError:  # ValidationError included
+            return self._parse_checked(raw)
+        absent = [n for n in self._defaults if event[n] is UNSET] if self._defaults else ()
+        members = self._members - len(absent)
+        commas = raw.count(b",")
+        # A key given twice adds a comma that the decoded Struct does not account for (only
+        # string values hold commas here: every field is a scalar and no key has one).
+        if commas != members - 1 and (
+            b"\\u002" in raw  # an escaped comma: no byte shows it
+            or commas != members - 1 + sum(v.count(",") for v in event.values() if type(v) is str)
+        ):
+            return self._parse_checked(raw)
+        for name in absent:
+            event[name] = self._defaults[name]
+        for name in self._datetimes:
+            text = event[name]
+            if text is None:
+                continue
+            kind = _SHAPES.get(text.encode().translate(_DIGITS))
+            if kind is None or (kind[1] and text[-2] > "5"):  # offset minutes past 59
+                return self._parse_checked(raw)
+            try:
+                us = (_fromisoformat(text) - kind[0]) // ONE_US
+            except ValueError:  # no such date or time (Feb 30, 23:59:60, offset 24:00)
+                return self._parse_checked(raw)
+            if not MIN_US <= us < MAX_US:  # its reason (or error) is the checked path's
+                return self._parse_checked(raw)
+            event[name] = us
+        ts = event[self._timestamp]
+        if ts is not None and ts * 1000 > self.clock() + self._tolerance_ns:
+            raise Invalid(self.future_reason)
+        return event
+
+    def _parse_checked(self, raw: bytes | None) -> dict[str, Any]:
+        """``parse`` for every message: pydantic validation, which names what is wrong."""
         if raw is None:
             raise Invalid("empty message (no value)")
         if len(raw) > self.max_bytes:
@@ -191,7 +369,10 @@ class EventValidator:
             value = event[name]
             if value is None:
                 continue
-            us = to_epoch_us(value)
+            try:
+                us = to_epoch_us(value)
+            except OverflowError:  # year 1 or 9999 moved past datetime's range by its offset
+                raise Invalid(reason(name, OUT_OF_RANGE)) from None
             # the accepted range is the batch path's too (featurepipe.ir.timebase)
             if not MIN_US <= us < MAX_US:
                 raise Invalid(reason(name, OUT_OF_RANGE))
