@@ -17,7 +17,7 @@ from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.ir import aggs
 from featurepipe.ir import nodes as ir
-from featurepipe.ir.aggs import AggKind, Finalizer, RangeKernels
+from featurepipe.ir.aggs import KINDS, AggKind, Finalizer, RangeKernels
 from featurepipe.ir.types import DType
 from tests.schema import scaled
 
@@ -169,3 +169,24 @@ def _check(events: list[tuple[str, int, bool | None]], queries: list[int]) -> No
 def test_an_unregistered_kind_is_not_compiled() -> None:
     with pytest.raises(KeyError, match="any_true"):
         ViewProgram(_view())
+
+
+@settings(max_examples=300)
+@given(
+    st.sets(
+        st.one_of(
+            st.text(max_size=3),
+            st.integers(-5, 5),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.booleans(),
+        ),
+        max_size=12,
+    )
+    | st.sets(st.text(max_size=3), max_size=40)
+    | st.sets(st.floats(allow_nan=True), max_size=20)
+)
+def test_distinct_wire_order_is_type_name_then_value(acc: set[object]) -> None:
+    """The distinct set's wire form (its state bytes) is the values sorted by (type name,
+    value), whatever shortcut to_wire takes; reference: a plain keyed sort."""
+    wire = KINDS["count_distinct"].to_wire(acc)
+    assert repr(wire) == repr(sorted(acc, key=lambda v: (type(v).__name__, v)))

@@ -635,9 +635,15 @@ class CountDistinct(AggKind):
         return len
 
     def to_wire(self, acc: Any) -> Any:
-        # values of one type sort alike by value and by (type name, value), without the keys
-        if len({type(v) for v in acc}) <= 1:
-            return sorted(acc)
+        # Values of one type sort alike by value and by (type name, value), without the keys.
+        # A sort that succeeds with a str first holds only str: any other type beside a str
+        # would have been compared with one, which raises.
+        try:
+            out = sorted(acc)
+        except TypeError:
+            return sorted(acc, key=_wire_order)
+        if not out or type(out[0]) is str or len(set(map(type, out))) == 1:
+            return out
         return sorted(acc, key=_wire_order)
 
     def from_wire(self, obj: Any) -> Any:
