@@ -39,13 +39,16 @@ REC_TS, REC_SEQ, REC_MASK, REC_INPUTS = 0, 1, 2, 3
 class State:
     """One entity's state for one view (see the module docstring)."""
 
-    __slots__ = ("buffer", "compacted", "horizon", "max_ts")
+    __slots__ = ("buffer", "compacted", "horizon", "max_ts", "wire")
 
     def __init__(self, horizon: int, max_ts: int, buffer: list[Any], compacted: list[Any]):
         self.horizon = horizon
         self.max_ts = max_ts
         self.buffer = buffer
         self.compacted = compacted
+        # accumulator index -> (the accumulator object, its size, its wire form): reused by
+        # ``ViewProgram.dumps`` for kinds that grow in place; not part of the state's value
+        self.wire: dict[int, tuple[Any, int, Any]] = {}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
@@ -112,7 +115,7 @@ class ViewProgram:
         self._empty_compacted = eval(f"lambda: [{empties}]")  # reprs of ints, lists, sets
         # only the kinds whose wire form differs from the accumulator are converted
         self._to_wire = [
-            (i, k.to_wire)
+            (i, k.to_wire, k.grows_in_place)
             for i, k in enumerate(self.kinds)
             if type(k).to_wire is not AggKind.to_wire
         ]
@@ -296,8 +299,18 @@ class ViewProgram:
         Exact fixed-point sums can exceed 64 bits; such integers travel as msgpack extension
         type 1 (big-endian two's complement)."""
         compacted = list(state.compacted)
-        for i, to_wire in self._to_wire:
-            compacted[i] = to_wire(compacted[i])
+        reuse = state.wire
+        for i, to_wire, grows_in_place in self._to_wire:
+            acc = compacted[i]
+            if grows_in_place:
+                seen = reuse.get(i)
+                if seen is not None and seen[0] is acc and seen[1] == len(acc):
+                    compacted[i] = seen[2]
+                    continue
+                compacted[i] = wire = to_wire(acc)
+                reuse[i] = (acc, len(acc), wire)
+            else:
+                compacted[i] = to_wire(acc)
         body = [state.horizon, state.max_ts, state.buffer, compacted]
         try:
             return self._encoder.encode(body)

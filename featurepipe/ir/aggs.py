@@ -139,6 +139,11 @@ class AggKind(ABC):
         """The msgpack form of ``acc``: deterministic, so equal states give equal bytes."""
         return acc
 
+    # True when a stored (compacted) accumulator is one object that folding only ever adds to,
+    # so its size tells whether it changed: its wire form is then reused while the object and
+    # its size stay the same (a large distinct set is not re-sorted at every commit).
+    grows_in_place: ClassVar[bool] = False
+
     def from_wire(self, obj: Any) -> Any:
         return obj
 
@@ -633,6 +638,8 @@ class CountDistinct(AggKind):
 
     def finalizer(self, agg: Agg) -> Finalizer:
         return len
+
+    grows_in_place = True  # a set: fold only adds
 
     def to_wire(self, acc: Any) -> Any:
         # Values of one type sort alike by value and by (type name, value), without the keys.
