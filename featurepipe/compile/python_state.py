@@ -125,7 +125,10 @@ class ViewProgram:
             if type(k).from_wire is not AggKind.from_wire
         ]
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(ext_hook=_from_ext)
+        # records decode as tuples, as the row stage makes them (see _compile_rows)
+        self._decoder = msgspec.msgpack.Decoder(
+            tuple[int, int, list[tuple[Any, ...]], list[Any]], ext_hook=_from_ext
+        )
 
     # -- compilation -----------------------------------------------------------------------
     def _compile_rows(self) -> tuple[str, Callable[..., Any]]:
@@ -148,7 +151,9 @@ class ViewProgram:
         gen.lines.append("mask = " + (" | ".join(mask_terms) if mask_terms else "0"))
         ts = f"ev[{self.view.timestamp!r}]"
         # the record layout: REC_TS, REC_SEQ, REC_MASK, then REC_INPUTS...
-        return gen.function("prepare_event", "ev, seq", [ts, "seq", "mask", *outs], as_list=True)
+        # a tuple: the garbage collector stops tracking a tuple of plain values, so retained
+        # records cost nothing at each full collection (lists would be traversed every time)
+        return gen.function("prepare_event", "ev, seq", [ts, "seq", "mask", *outs])
 
     def _compile_compaction(self) -> tuple[str, Callable[..., Any]]:
         """Straight-line code folding one retained event into the lifetime accumulators, with
