@@ -15,9 +15,11 @@ the query, with the kinds' fold statements inlined.
 
 from __future__ import annotations
 
+import gc
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from operator import itemgetter
 from typing import Any
 
@@ -329,6 +331,22 @@ class ViewProgram:
         for i, from_wire in self._from_wire:
             compacted[i] = from_wire(compacted[i])
         return State(horizon, max_ts, buffer, compacted)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while states are built in bulk (the stream
+    worker's batch, materialize's replay, parity's replay). Those allocate millions of small
+    containers (events, records, accumulators) and form no reference cycles: every few hundred
+    allocations the collector would scan the young ones, and every so often every state built
+    so far (a fifth to a quarter of the time, and pauses of up to 300 ms in the worker)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 _BIGINT = 1

@@ -8,11 +8,9 @@ events are held to the bi-temporal rule.
 
 from __future__ import annotations
 
-import gc
 import random
 import struct
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ import polars.selectors as cs
 from featurepipe.batch.sources import SourceReport, read_events
 from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
 from featurepipe.compile.polars_rows import PL_TYPES
-from featurepipe.compile.python_state import ViewProgram
+from featurepipe.compile.python_state import ViewProgram, collector_paused
 from featurepipe.dsl.definitions import FeatureView, Source
 from featurepipe.errors import DataError
 from featurepipe.ir.timebase import format_us
@@ -165,7 +163,7 @@ def run_parity(
 
     prog = ViewProgram(view.ir)
     ev = normalize_events(view, events)
-    with _collector_paused():
+    with collector_paused():
         t0 = time.perf_counter()
         replay = _replay(view, prog, ev, sample=sample, seed=seed, progress=progress)
         seconds_stream = time.perf_counter() - t0
@@ -199,21 +197,6 @@ def run_parity(
         )
         del replay  # freed before the collector is back: it would scan every answer once
     return report
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off while parity runs. The replay allocates millions
-    of small containers (records, accumulators, answers) and forms no reference cycles; every
-    few hundred allocations the collector would scan the young ones, and every so often all
-    the states built so far (about a fifth of the replay's time on the 25-feature view)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @dataclass
