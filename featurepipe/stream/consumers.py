@@ -203,7 +203,13 @@ _LIBRDKAFKA_NAMES = {
     "ssl_password": "ssl.key.password",
 }
 
+def librdkafka_security() -> dict[str, str]:
+    """The SASL/TLS settings of the environment (``kafka_security``) in librdkafka's names."""
+    return {_LIBRDKAFKA_NAMES[name]: str(value) for name, value in kafka_security().items()}
+
+
 _TIMEOUT_S = 10.0  # metadata and offset queries
+_CONSUME_MAX = 1_000_000  # the most messages confluent-kafka's consume() returns at once
 _SEEK_TRIES = 50  # librdkafka refuses a seek until a new assignment has started fetching
 
 
@@ -238,8 +244,7 @@ class ConfluentConsumer:
             "max.partition.fetch.bytes": 8 << 20,
             "logger": logging.getLogger("featurepipe.kafka"),
         }
-        for name, value in kafka_security().items():
-            config[_LIBRDKAFKA_NAMES[name]] = str(value)
+        config |= librdkafka_security()
         self._consumer = confluent_kafka.Consumer(config)
         self._max_batch = max_batch
 
@@ -266,13 +271,14 @@ class ConfluentConsumer:
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
         # What is already fetched, at once; else wait for the first message only, as
         # kafka-python does (consume() would wait the whole timeout for a full batch: latency)
-        limit = min(max_records, self._max_batch)
+        limit = max(1, min(max_records, self._max_batch, _CONSUME_MAX))
         messages = self._consumer.consume(num_messages=limit, timeout=0)
         if not messages:
             first = self._consumer.poll(timeout_ms / 1000)
             if first is None:
                 return {}
-            messages = [first, *self._consumer.consume(num_messages=limit - 1, timeout=0)]
+            more = self._consumer.consume(num_messages=limit - 1, timeout=0) if limit > 1 else []
+            messages = [first, *more]
         out: dict[TopicPartition, list[Any]] = {}
         last: tuple[str, int] | None = None
         batch: list[Any] = []
