@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,16 @@ def test_security_settings_reach_librdkafka_in_its_names(monkeypatch: pytest.Mon
         "ssl.key.location": "/etc/key.pem",
         "ssl.key.password": "keypw",
     }
+
+
+def test_stream_command_refuses_an_unknown_client_in_one_line() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "featurepipe.cli", "stream", "--client", "rdkafka"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    text = (out.stdout + out.stderr).strip()
+    assert out.returncode == 2, text
+    assert "unknown Kafka client 'rdkafka'" in text and "Traceback" not in text
+    assert len(text.splitlines()) == 1, text
