@@ -203,6 +203,7 @@ _LIBRDKAFKA_NAMES = {
     "ssl_password": "ssl.key.password",
 }
 
+
 def librdkafka_security() -> dict[str, str]:
     """The SASL/TLS settings of the environment (``kafka_security``) in librdkafka's names."""
     return {_LIBRDKAFKA_NAMES[name]: str(value) for name, value in kafka_security().items()}

@@ -107,6 +107,10 @@ class StreamWorker:
         self.dead_letters: DeadLetterPublisher | None = None
         self.assigned_once = False
         self.pending: set[TopicPartition] = set()  # assigned, not yet checked and positioned
+        # the partitions the group gave this worker, readable from other threads (the consumer
+        # itself is called from the worker's thread only: librdkafka serves rebalance callbacks
+        # on the polling thread, and a call from another thread can wait on them forever)
+        self.owned: frozenset[TopicPartition] = frozenset()
         self.digests: dict[Partition, str] = {}  # last message read per partition, this batch
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -377,6 +381,7 @@ class StreamWorker:
         """Hold new partitions (the consumer delivers them paused) until the run loop has
         checked and positioned them."""
         self.pending.update(partitions)
+        self.owned = self.owned | frozenset(partitions)
         self.assigned_once = True
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
@@ -384,6 +389,7 @@ class StreamWorker:
         # another worker may own these entities next: never serve from a stale cache
         self.checkpoint.drop_cache()
         self.pending.difference_update(partitions)
+        self.owned = self.owned - frozenset(partitions)
 
     def _position(
         self, polled: Mapping[TopicPartition, list[Any]]
