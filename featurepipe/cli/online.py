@@ -162,7 +162,7 @@ def stream(
         str | None,
         typer.Option(
             help="Kafka consumer: kafka-python (default) or confluent (the fast one; "
-            "pip install 'featurepipe[confluent]'). Default: FEATUREPIPE_KAFKA_CLIENT."
+            "pip install 'featurepipe\\[confluent]'). Default: FEATUREPIPE_KAFKA_CLIENT."
         ),
     ] = None,
 ) -> None:
