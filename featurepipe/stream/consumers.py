@@ -230,7 +230,7 @@ class ConfluentConsumer:
                 "the Kafka client 'confluent' needs confluent-kafka: "
                 "pip install 'featurepipe[confluent]'"
             ) from None
-        self._ck = confluent_kafka
+        self._ck: Any = confluent_kafka
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "group.id": group,
@@ -246,7 +246,8 @@ class ConfluentConsumer:
             "logger": logging.getLogger("featurepipe.kafka"),
         }
         config |= librdkafka_security()
-        self._consumer = confluent_kafka.Consumer(config)
+        # Any: newer confluent-kafka releases ship type hints, older ones none
+        self._consumer: Any = confluent_kafka.Consumer(config)
         self._max_batch = max_batch
 
     def _tp(self, tp: TopicPartition, offset: int | None = None) -> Any:
