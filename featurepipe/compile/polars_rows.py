@@ -72,6 +72,13 @@ def _float_operands(node: ir.Call, a: list[pl.Expr]) -> list[pl.Expr]:
     ]
 
 
+def _fmod(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
+    """a - b * floor(a / b) (kernels.fmod), a literal ``a`` as a column: Polars would turn
+    ``0.0 - y`` into ``-y``, which is -0.0 where IEEE subtraction gives +0.0."""
+    x, y = _float_operands(node, a)
+    return x - y * _fdiv(node, [x, y]).floor()
+
+
 def _arith(op: Callable[[pl.Expr, pl.Expr], pl.Expr]) -> Translation:
     def t(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
         x, y = _float_operands(node, a)
@@ -195,7 +202,7 @@ TRANSLATIONS: dict[str, Translation] = {
     "mul": _arith(lambda x, y: x * y),
     "truediv": _fdiv,
     "floordiv": lambda n, a: a[0] // a[1] if n.dtype is I else _fdiv(n, a).floor(),
-    "mod": lambda n, a: a[0] % a[1] if n.dtype is I else a[0] - a[1] * _fdiv(n, a).floor(),
+    "mod": lambda n, a: a[0] % a[1] if n.dtype is I else _fmod(n, a),
     "neg": lambda n, a: -a[0],
     "eq": lambda n, a: a[0] == a[1],
     "ne": lambda n, a: a[0] != a[1],
