@@ -306,3 +306,20 @@ def distinct_key(x: float) -> float | str:
     if x != x:
         return "nan"
     return x + 0.0 if x == 0.0 else x
+
+
+# -- windows ------------------------------------------------------------------------------------
+# A query at T sees an event of a window (w, h) (h = 1 for a sliding window, else the hop,
+# which divides w) when window_start(T) <= ts < T. The start, T // h * h - w, moves in steps
+# of h. Equivalently the event stays visible while T <= last_visible(ts): ts >= T // h * h - w
+# <=> T // h <= (ts + w) // h <=> T < ((ts + w) // h + 1) * h. Floor division throughout.
+
+
+def window_start(t: int, w: int, h: int) -> int:
+    """The oldest event time a query at ``t`` sees in the window ``w`` with hop ``h``."""
+    return t // h * h - w
+
+
+def last_visible(ts: int, w: int, h: int) -> int:
+    """The latest query time at which an event at ``ts`` is inside the window (``w``, ``h``)."""
+    return ((ts + w) // h + 1) * h - 1

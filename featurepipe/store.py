@@ -76,6 +76,7 @@ class FeatureStore:
         at: datetime | None = None,
         fingerprints: dict[str, str] | None = None,
         as_dicts: bool = False,
+        request: Any = None,
     ) -> Any:
         """Features of many entities from the online store, in one Redis round trip.
 
@@ -101,21 +102,41 @@ class FeatureStore:
         a different served version raises ``VersionMismatchError``. Entities without online
         state get the declared defaults and ``<view>_found = False``. A feature name requested
         from two views raises ``DataError`` (request them in separate lookups).
+
+        ``request`` gives the request fields (``fp.request``) the requested views read, one
+        value per request row, as a mapping of field -> list (``{"amount": [12.5, 3.0]}``) or a
+        DataFrame::
+
+            store.get_online_features(
+                {"user_id": ["u1", "u1"]}, ["user_risk"], request={"amount": [12.5, 300.0]}
+            )
+
+        Values must have the declared type: a float field takes floats and ints, an int field
+        ints (not bools), a str field str, a bool field bools, a datetime field timezone-aware
+        ``datetime``s; None is null. A field a requested view reads but the request lacks, a
+        field no requested view reads, a column of another length than the entity keys', or a
+        value of another type raises ``DataError``. Features of such views are computed per
+        request row (two rows of one entity with different request values differ); an entity
+        without online state still gets its request-only features (and ``<view>_found =
+        False``).
         """
-        from featurepipe.online.lookup import OnlineReader, entity_columns
+        from featurepipe.online.lookup import OnlineReader, entity_columns, request_columns
         from featurepipe.online.redis_conn import connect
 
         wanted = self.resolve(features)
         views = [self.definitions.view(v) for v in wanted]
         keys = entity_columns(entities)
+        req = None if request is None else request_columns(request)
         if self._reader is None or set(self._reader.views) != {v.name for v in views}:
             self._reader = OnlineReader(
                 connect(self.redis_url, project=self.project), views, self.prefix
             )
         at_us = None if at is None else to_epoch_us(at)
         if as_dicts:
-            return self._reader.read_keyed(keys, wanted, at_us=at_us, fingerprints=fingerprints)
-        return self._reader.frame(keys, wanted, at_us=at_us, fingerprints=fingerprints)
+            return self._reader.read_keyed(
+                keys, wanted, at_us=at_us, fingerprints=fingerprints, request=req
+            )
+        return self._reader.frame(keys, wanted, at_us=at_us, fingerprints=fingerprints, request=req)
 
     # -- references --------------------------------------------------------------------------
     def resolve(self, features: Sequence[str]) -> dict[str, list[str]]:

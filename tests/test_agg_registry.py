@@ -4,6 +4,7 @@ both agree with a naive reference that shares no code with them."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
 from featurepipe.compile.python_state import ViewProgram
+from featurepipe.errors import UnsupportedOperationError
 from featurepipe.ir import aggs
 from featurepipe.ir import nodes as ir
 from featurepipe.ir.aggs import KINDS, AggKind, Finalizer, RangeKernels
@@ -61,7 +63,7 @@ class AnyTrue(AggKind):
     def over_range(
         self, agg: ir.Agg, col: Callable[[str], pl.Series], kr: RangeKernels
     ) -> dict[str, pl.Series]:
-        return {f: kr.range_sum(col(f), agg.window_us) for f in self.fields}
+        return {f: kr.range_sum(col(f), agg.span) for f in self.fields}
 
     def over_pairs(self, agg: ir.Agg, col: aggs.Col, index: pl.Expr) -> dict[str, pl.Expr]:
         return {f: col(f).sum() for f in self.fields}
@@ -190,3 +192,14 @@ def test_distinct_wire_order_is_type_name_then_value(acc: set[object]) -> None:
     value), whatever shortcut to_wire takes; reference: a plain keyed sort."""
     wire = KINDS["count_distinct"].to_wire(acc)
     assert repr(wire) == repr(sorted(acc, key=lambda v: (type(v).__name__, v)))
+
+
+def test_a_kind_without_merge_is_refused_a_hop() -> None:
+    """Hopped windows keep older events merged per hop: a kind that states no merge gets a
+    clear refusal when its view is compiled, not a silently different answer."""
+    flag = ir.Field(DType.BOOL, name="flag")
+    hopped = ir.Agg(DType.BOOL, kind="any_true", arg=flag, window_us=WINDOW, hop_us=WINDOW // 2)
+    view = dataclasses.replace(_view(), features=(ir.Feature("h", hopped),))
+    with registered(), pytest.raises(UnsupportedOperationError, match="hop= is not offered for any_true"):
+        ViewProgram(view)
+    assert all(kind.mergeable for kind in KINDS.values())  # every built-in kind merges

@@ -54,7 +54,6 @@ def test_where_must_be_boolean() -> None:
     ("expr", "match"),
     [
         (lambda t: fp.last(t.x.cast("str")), "cast from float to str is not offered"),
-        (lambda t: fp.count(window="1h", hop="5m"), "hop= windows are not offered"),
         (lambda t: fp.last(fp.encode(t.s)), "no fitted artifact is in the registry"),
         (lambda t: fp.last(fp.standardize(t.x)), "run `featurepipe fit"),
         (lambda t: fp.last(t.s.slice(-2)), "negative offsets are not offered"),
@@ -63,6 +62,33 @@ def test_where_must_be_boolean() -> None:
 def test_unsupported_operations_fail_at_definition_time(expr: object, match: str) -> None:
     with pytest.raises(UnsupportedOperationError, match=match):
         view({"f": expr})
+
+
+@pytest.mark.parametrize(
+    ("expr", "match"),
+    [
+        (lambda t: fp.count(hop="5m"), "hop= needs a window="),
+        (lambda t: fp.sum(t.x, window="1h", hop="7m"), r"hop='7m' must divide the window \(3,600s\)"),
+        (lambda t: fp.count(window="1h", hop="2h"), "must divide the window"),
+        (lambda t: fp.count(window="1h", hop="0s"), "hop: bad duration .0s.: expected a positive"),
+        (lambda t: fp.count(window="1h", hop="soon"), "hop: "),
+    ],
+)
+def test_hop_checked_at_definition_time(expr: object, match: str) -> None:
+    with pytest.raises(DefinitionError, match=match) as err:
+        view({"f": expr})
+    assert "'f'" in str(err.value)  # the feature at fault is named
+
+
+def test_a_hopped_window_is_a_new_version_and_other_views_keep_theirs() -> None:
+    # the fingerprint of _spend before hop= existed (a literal: views without a hop keep the
+    # version their stores serve)
+    assert _fp(_spend) == "faf62485545317cf"
+    hopped = _fp(lambda t: {"s": fp.sum(t.x.fill_null(0.0), window="1h", hop="5m"), "c": fp.count()})
+    assert hopped != _fp(_spend)
+    other = _fp(lambda t: {"s": fp.sum(t.x.fill_null(0.0), window="1h", hop="10m"), "c": fp.count()})
+    assert other != hopped
+    assert _fp(lambda t: {"s": fp.sum(t.x.fill_null(0.0), window="1h", hop="1h"), "c": fp.count()}) != _fp(_spend)
 
 
 def test_expression_has_no_truth_value() -> None:

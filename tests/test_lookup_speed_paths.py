@@ -283,7 +283,30 @@ def test_answer_span(data: Fixture) -> None:
     computed for; the cache rests on this."""
     prog = ViewProgram(VIEW_K.ir)
     windows = query_windows(prog)
-    assert windows == (HOUR, 2 * HOUR, 24 * HOUR)
+    assert windows == ((HOUR, 1), (2 * HOUR, 1), (24 * HOUR, 1))
+    _check_answer_span(prog, windows, data)
+
+
+VIEW_HOPPED = fp.feature_view(entity=by_k, source=source, name="look_hop", lateness="1h")(
+    lambda t: {
+        "h_c_2h": fp.count(window="2h", hop="30m"),
+        "h_sum_1d": fp.sum(t.x, window="1d", hop="1h"),
+        "h_cd_1d": fp.count_distinct(t.s, window="1d", hop="6h"),
+        "h_last_3h": fp.last(t.s, window="3h", hop="1h"),
+        "h_c_1h": fp.count(window="1h"),
+    }
+)
+
+
+def test_answer_span_of_hopped_windows(data: Fixture) -> None:
+    prog = ViewProgram(VIEW_HOPPED.ir)
+    windows = query_windows(prog)
+    assert windows == ((HOUR, 1), (2 * HOUR, HOUR // 2), (3 * HOUR, HOUR), (24 * HOUR, HOUR),
+                       (24 * HOUR, 6 * HOUR))  # fmt: skip
+    _check_answer_span(prog, windows, data)
+
+
+def _check_answer_span(prog: ViewProgram, windows: Any, data: Fixture) -> None:
     rng = data.rng
     end = to_epoch_us(data.end)
     checked = 0

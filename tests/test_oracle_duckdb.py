@@ -76,7 +76,12 @@ ARGS: dict[str, tuple[str, ...]] = {
     "count_distinct": ("x", "n", "s", "b"),
 }
 KINDS = sorted(ARGS)
-WINDOWS: dict[str | None, int | None] = {None: None, "1s": 1 * US, "5s": 5 * US, "30s": 30 * US}
+# label -> (window, hop) in micros; hop None for a sliding window. A hopped window "6s/2s"
+# starts at the hop boundary at or before T - 6s (T - 6s rounded down to a multiple of 2s).
+WINDOWS: dict[str | None, tuple[int, int | None] | None] = {
+    None: None, "1s": (1 * US, None), "5s": (5 * US, None), "30s": (30 * US, None),
+    "4s/4s": (4 * US, 4 * US), "6s/2s": (6 * US, 2 * US), "3s/1s": (3 * US, 1 * US),
+}
 
 # (fp expression, SQL predicate over ev): only a true condition admits an event
 WHERE: dict[str, tuple[Any, str]] = {
@@ -105,7 +110,10 @@ class Spec:
 
     def expr(self, t: Any) -> Any:
         fn = getattr(fp, self.kind)
-        kw: dict[str, Any] = {"window": self.window}
+        label = None if self.window is None else self.window.split("/")
+        kw: dict[str, Any] = {"window": None if label is None else label[0]}
+        if label is not None and len(label) == 2:
+            kw["hop"] = label[1]
         if WHERE[self.where][0] is not None:
             kw["where"] = WHERE[self.where][0](t)
         if self.default is not None:
@@ -148,11 +156,15 @@ def logs(draw: st.DrawFn) -> list[dict[str, Any]]:
 def _queries(rows: list[dict[str, Any]], specs_: list[Spec], cuts: list[int]) -> list[tuple[str, int, int]]:
     """(entity, T, arrival bound): every event time, one microsecond after it, every window edge
     after it, before the log and a day after it; for each entity (and one without events)."""
-    widths = sorted({w for s in specs_ if (w := WINDOWS[s.window]) is not None})
+    spans = {span for s in specs_ if (span := WINDOWS[s.window]) is not None}
     times = {BASE_US - 1, BASE_US + 13 * US + 86_400 * US}
     for r in rows:
         t = BASE_US + r["us"]
-        times |= {t, t + 1, *(t + w for w in widths), *(t + w + 1 for w in widths)}
+        times |= {t, t + 1}
+        for w, h in spans:
+            # the first T at which the event has left the window, and the instant before
+            leaves = t + w + 1 if h is None else t + w - (t + w) % h + h  # t + w >= 0 here
+            times |= {leaves - 1, leaves}
     return [(k, t, a) for a in cuts for k in [*KEYS, "nobody"] for t in sorted(times)]
 
 
@@ -287,8 +299,13 @@ def _connect(rows: list[dict[str, Any]], queries: list[tuple[str, int, int]]) ->
 
 def _join(s: Spec) -> str:
     """The events a query at T sees for feature ``s``: its entity, arrived, in its window, where."""
-    w = WINDOWS[s.window]
-    window = "" if w is None else f"AND ev.ts >= q.t - {w}"
+    span = WINDOWS[s.window]
+    if span is None:
+        window = ""
+    elif span[1] is None:
+        window = f"AND ev.ts >= q.t - {span[0]}"
+    else:  # q.t > 0 here, so % is the floor remainder
+        window = f"AND ev.ts >= q.t - q.t % {span[1]} - {span[0]}"
     return f"""
         FROM q_in AS q LEFT JOIN ev_in AS ev
           ON ev.k = q.k AND ev.seq < q.arrived AND ev.ts < q.t {window}

@@ -133,7 +133,11 @@ def exprs() -> dict[str, st.SearchStrategy[Gen]]:
 
 
 E = exprs()
-WINDOWS = st.sampled_from([None, "1s", "5s", "30s", "2m"])
+# (window, hop): sliding, and hopped windows (tails in hops of the given size)
+WINDOWS = st.sampled_from([
+    (None, None), ("1s", None), ("5s", None), ("30s", None), ("2m", None),
+    ("4s", "4s"), ("6s", "2s"), ("30s", "10s"), ("2m", "1m"), ("3s", "1s"),
+])
 NUMERIC = st.one_of(E["float"], E["int"])
 AGG_INPUT = {
     "sum": NUMERIC, "mean": NUMERIC, "var": NUMERIC, "std": NUMERIC,
@@ -149,12 +153,12 @@ AGG_INPUT = {
 def aggregations(draw: st.DrawFn) -> Gen:
     kind = draw(st.sampled_from(sorted(AGG_INPUT)))
     arg = draw(AGG_INPUT[kind])
-    window = draw(WINDOWS)
+    window, hop = draw(WINDOWS)
     where = draw(st.one_of(st.none(), E["bool"]))
     fn = getattr(fp, kind)
 
     def build(t: Any) -> Expr:
-        kw: dict[str, Any] = {"window": window}
+        kw: dict[str, Any] = {"window": window, "hop": hop}
         if where is not None:
             kw["where"] = where(t)
         if kind == "count":

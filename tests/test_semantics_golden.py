@@ -67,6 +67,24 @@ CASES: list[tuple[str, Case]] = [
     ("event at T unseen", Case(
         "(start-inclusive, end-exclusive)",
         lambda t: fp.count(window="10s"), [ev(5)], 5.0, 0)),
+    ("hopped window start on a hop boundary", Case(
+        "`start = floor(T / hop) * hop - w`",
+        lambda t: fp.count(window="10s", hop="5s"), [ev(0), ev(4), ev(6), ev(12)], 17.0, 2,
+        note="start = floor(17 / 5) * 5 - 10 = 5: ts 6 and 12; a sliding 10s window starts at 7")),
+    ("hopped window keeps an event to the boundary", Case(
+        "and leaves at the next hop boundary",
+        lambda t: fp.sum(t.x, window="10s", hop="5s"),
+        [ev(0, x=1.0), ev(4, x=2.0), ev(6, x=4.0), ev(12, x=8.0)], 14.999999, 15.0,
+        note="start = 2 * 5 - 10 = 0: every event; sliding would start at 4.999999 (12.0)")),
+    ("hopped window drops them at the boundary", Case(
+        "and leaves at the next hop boundary",
+        lambda t: fp.sum(t.x, window="10s", hop="5s"),
+        [ev(0, x=1.0), ev(4, x=2.0), ev(6, x=4.0), ev(12, x=8.0)], 15.0, 12.0,
+        note="start = 3 * 5 - 10 = 5: ts 0 and 4 leave together at T = 15")),
+    ("hopped window empty", Case(
+        "the tail moves in hops, the head is exact",
+        lambda t: fp.max(t.n, window="1m", hop="30s"), [ev(0, n=3), ev(20, n=5)], 90.0, None,
+        note="start = 3 * 30 - 60 = 30: both events left")),
     ("lifetime ts < T", Case(
         "or `ts < T` for lifetime aggregations",
         lambda t: fp.count(), [ev(0), ev(10), ev(20)], 20.0, 2)),

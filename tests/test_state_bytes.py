@@ -30,6 +30,12 @@ def test_round_trip_mid_stream(xs: list[tuple[Any, int]], cut: int) -> None:
             "d": lambda t: fp.count_distinct(t.x),
             "f": lambda t: fp.first(t.x),
             "n": lambda t: fp.sum(t.n),
+            # hopped windows: older events leave the buffer for per-hop tiles
+            "hs": lambda t: fp.sum(t.x, window="20s", hop="5s"),
+            "hd": lambda t: fp.count_distinct(t.x, window="12s", hop="4s"),
+            "hl": lambda t: fp.last(t.x, window="10s", hop="10s"),
+            "hmn": lambda t: fp.min(t.x, window="30s", hop="10s"),
+            "hv": lambda t: fp.var(t.x, window="30s", hop="5s"),
         },
         lateness="5s",
     )
@@ -80,3 +86,40 @@ def test_state_bytes_after_every_event_equal_a_fresh_replay(xs: list[tuple[Any, 
         for s2, ev2 in enumerate(events[: seq + 1]):
             prog.ingest(fresh, ev2, s2)
         assert prog.dumps(live) == prog.dumps(fresh)
+
+
+def test_hopped_windows_keep_state_bounded_by_tiles() -> None:
+    """One event a second for 3 hours: a sliding 1h window keeps every event of the last hour
+    and the lateness individually; a 1h window hopping every 5m keeps events individually only
+    back to the hop boundary at or before newest - lateness (at most hop + lateness = 6 min),
+    and older ones as one tile per 5 minutes: 12 tiles for the hour behind that boundary."""
+    rows = [{"k": "a", "x": float(i % 7), "n": i, "s": str(i % 5), "b": None, "ts": at(i)} for i in range(3 * 3600)]
+    features = {
+        "c": lambda t, w: fp.count(window="1h", **w),
+        "s": lambda t, w: fp.sum(t.x, window="1h", **w),
+        "d": lambda t, w: fp.count_distinct(t.s, window="1h", **w),
+        "l": lambda t, w: fp.last(t.n, window="1h", **w),
+    }
+    states = {}
+    for name, hop in (("sliding", {}), ("hopped", {"hop": "5m"})):
+        v = view({f: (lambda t, g=g, hop=hop: g(t, hop)) for f, g in features.items()}, lateness="1m")
+        prog = ViewProgram(v.ir)
+        state = prog.new_state()
+        for seq, ev in enumerate(normalize_events(v, frame(rows)).iter_rows(named=True)):
+            prog.ingest(state, ev, seq)
+            if name == "hopped" and seq > 3600:
+                assert len(state.buffer) <= 360 + 1 and [len(t) for t in state.tiles] <= [12], seq
+        t = at(3 * 3600 + 30)
+        states[name] = (prog, state, prog.query(state, int(t.timestamp()) * 1_000_000))
+    sliding, hopped = states["sliding"][1], states["hopped"][1]
+    assert len(sliding.buffer) == 3600 + 60 + 1  # newest - 1h - 1m <= ts: 3661 events
+    # newest = 10799 s, lateness 60 s: boundary 10739 // 300 * 300 = 10500 (BASE is a
+    # midnight, a multiple of 300 s since the epoch): 300 events from it
+    assert len(hopped.buffer) == 10799 - 10500 + 1
+    base = int(at(0).timestamp()) // 300  # tile indices count hops since the epoch
+    assert sorted(hopped.tiles[0]) == [base + i for i in range(10500 // 300 - 12, 10500 // 300)]
+    # the query at 10830 s: the sliding window [7230, 10830) and the hopped one
+    # [10800 - 3600 = 7200, 10830): 3570 and 3600 events
+    assert states["sliding"][2][0] == 3570 and states["hopped"][2][0] == 3600
+    small, large = (len(p.dumps(s)) for p, s, _ in (states["hopped"], states["sliding"]))
+    assert small * 5 < large, (small, large)

@@ -48,6 +48,44 @@ def test_end_to_end_parity(services: infra.DevServices) -> None:
     assert report.mismatches == 0, [f.first for f in report.features if f.mismatched]
 
 
+def test_end_to_end_parity_of_hopped_windows(services: infra.DevServices, tmp_path: Path) -> None:
+    """Hopped windows of every shape (hop = window, hop dividing it, beside sliding ones) through
+    the broker and Redis: online values equal the batch plan's at the entities' newest events,
+    at each window's last visible instant and at the hop boundary after it."""
+    defs_dir = tmp_path / "defs"
+    defs_dir.mkdir()
+    source = (ROOT / "feature_defs" / "fraud.py").read_text()
+    contract = source[: source.index("EMPLOYMENT = ")]  # the Transaction contract, entity, source
+    (defs_dir / "hopped.py").write_text(contract + '''
+
+@fp.feature_view(entity=user, source=transactions, lateness="1h")
+def user_hopped(t):
+    return {
+        "count_1h_10m": fp.count(window="1h", hop="10m"),
+        "count_1h": fp.count(window="1h"),
+        "sum_24h_1h": fp.sum(t.amount, window="24h", hop="1h", default=0.0),
+        "mean_7d_1d": fp.mean(t.amount, window="7d", hop="1d"),
+        "std_2h_2h": fp.std(t.amount, window="2h", hop="2h"),
+        "max_90m_30m": fp.max(t.amount, window="90m", hop="30m"),
+        "min_3h_1h": fp.min(t.amount, window="3h", hop="1h"),
+        "merchants_7d_6h": fp.count_distinct(t.merchant_id, window="7d", hop="6h"),
+        "first_6h_2h": fp.first(t.country, window="6h", hop="2h"),
+        "last_6h_3h": fp.last(t.country, window="6h", hop="3h"),
+        "foreign_24h_4h": fp.count(window="24h", hop="4h", where=t.country != "US"),
+    }
+''')
+    defs = load_definitions(defs_dir)
+    report = run_e2e(
+        defs, "user_hopped", generate_transactions(10_000, users=200, seed=23),
+        bootstrap=services.kafka_bootstrap, redis_url=services.redis_url,
+    )
+    assert report.events == 10_000
+    # per entity: the newest event, 2 points per hopped window shape (10), 1 per sliding one,
+    # a day past the longest
+    assert report.queries == 200 * (1 + 2 * 10 + 1 + 1)
+    assert report.mismatches == 0, [f.first for f in report.features if f.mismatched]
+
+
 @pytest.mark.usefixtures("kafka_client")
 def test_cutover_after_materialize_no_gap_no_double_count(services: infra.DevServices, tmp_path: Path) -> None:
     defs = _defs()

@@ -21,6 +21,7 @@ from featurepipe.compile.polars_aggs import ARRIVED, TS, BatchProgram, Engine
 from featurepipe.compile.polars_rows import PL_TYPES
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import DataError
+from featurepipe.ir import nodes as ir
 from featurepipe.ir.timebase import format_us, from_epoch_us
 from featurepipe.ir.types import DType
 
@@ -121,6 +122,27 @@ def entity_key(frame: pl.DataFrame, view: FeatureView) -> pl.Series:
     return col.cast(PL_TYPES[expected])
 
 
+def request_columns(frame: pl.DataFrame, view: FeatureView) -> list[pl.Series]:
+    """The label table's columns named like ``view``'s request fields (``fp.request``); a
+    missing one raises ``DataError`` naming the view, the field and the features reading it
+    (types are checked by the batch compiler)."""
+    out = []
+    for name, dtype in view.ir.request_fields:
+        if name not in frame.columns:
+            readers = [
+                f.name
+                for f in view.ir.features
+                if any(isinstance(n, ir.Request) and n.name == name for n in f.expr.walk())
+            ]
+            raise DataError(
+                f"view '{view.name}': feature(s) {', '.join(readers)} read the request field "
+                f"'{name}' ({dtype}); the entity frame has no column '{name}': add it (the "
+                "value a lookup request would carry at that row's time)"
+            )
+        out.append(frame[name])
+    return out
+
+
 def _cast_hint(col: pl.Series, expected: DType) -> str:
     """Say so when every value would convert exactly (featurepipe never converts it itself)."""
     if expected is DType.INT and isinstance(col.dtype, pl.String):
@@ -175,6 +197,8 @@ class BatchEngine:
             raise DataError(f"entity frame: {t_us.null_count()} row(s) with a null '{timestamp}'")
         # every key checked before any data is read: one clear error, not a failed join later
         keys = {view.name: entity_key(frame, view) for view, _ in requests}
+        # request fields (fp.request) come from the label table's columns of those names
+        requests_of = {view.name: request_columns(frame, view) for view, _ in requests}
         lineage = Lineage(
             featurepipe_version=self.featurepipe_version,
             created_at=datetime.now(UTC).isoformat(),
@@ -202,7 +226,9 @@ class BatchEngine:
             out.reports[src.name] = report
             lineage.sources[src.name] = source_lineage(report, format_us(last_label))
             lineage.views[view.name] = {"fingerprint": view.fingerprint, "features": names}
-            values = self._view_features(view, keys[view.name], t_us, events, partitions, engine)
+            values = self._view_features(
+                view, keys[view.name], t_us, requests_of[view.name], events, partitions, engine
+            )
             for n in names:
                 out_name = f"{view.name}__{n}" if full_feature_names else n
                 if out_name in out.frame.columns or out_name in taken:
@@ -222,12 +248,13 @@ class BatchEngine:
         view: FeatureView,
         keys: pl.Series,
         t_us: pl.Series,
+        request: list[pl.Series],
         events: pl.LazyFrame,
         partitions: int,
         engine: Engine,
     ) -> pl.DataFrame:
         key = view.entity.key
-        queries = pl.DataFrame({key: keys, TS: t_us}).with_row_index(ROW_ID)
+        queries = pl.DataFrame([keys.alias(key), t_us.alias(TS), *request]).with_row_index(ROW_ID)
         program = BatchProgram(view.ir)
         if partitions <= 1:
             return _partition_features(program, view, queries, events, engine)

@@ -107,6 +107,8 @@ def plan(
         console.print(BatchProgram(v.ir).prepare(empty).explain(), markup=False, highlight=False)
         for i, agg in enumerate(v.ir.aggs):
             w = "lifetime" if agg.window_us is None else f"{agg.window_us // 1_000_000}s"
+            if agg.hop_us is not None:
+                w += f" hopped every {agg.hop_us // 1_000_000}s"
             console.print(f"  agg{i}: {agg.kind} over {w} -> {KINDS[agg.kind].plan}")
 
 
@@ -204,6 +206,7 @@ def _plan_json(v: Any, artifacts: list[dict[str, Any]]) -> dict[str, Any]:
             {
                 "kind": agg.kind,
                 "window_s": None if agg.window_us is None else agg.window_us // 1_000_000,
+                "hop_s": None if agg.hop_us is None else agg.hop_us // 1_000_000,
                 "definition": describe(agg),
                 "batch_kernel": KINDS[agg.kind].plan,
             }

@@ -226,13 +226,23 @@ def get(
     fingerprint: Annotated[list[str] | None, typer.Option(help="view=fingerprint to pin.")] = None,
     prefix: PrefixOpt = None,
     as_json: JsonOpt = False,
+    request: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="name=value, repeatable: a request field the views read (fp.request), one "
+            "request row per position like --entity; the value is read as the field's declared "
+            "type: int, float, bool (true|false), str, datetime (ISO-8601 with a timezone, "
+            "e.g. 2026-01-15T08:30:00Z)."
+        ),
+    ] = None,
 ) -> None:
     """Online lookup of features for some entities: one row per request row, with the entity
     keys, the features and <view>_found (False: no online state, the declared defaults)."""
     from rich.cells import cell_len
 
     from featurepipe.errors import DataError
-    from featurepipe.online.lookup import parse_entity
+    from featurepipe.ir.types import DType
+    from featurepipe.online.lookup import parse_entity, parse_request_value
     from featurepipe.store import FeatureStore
 
     texts: dict[str, list[str]] = {}
@@ -241,6 +251,12 @@ def get(
         if not k or not v:
             raise FeaturepipeError(f"--entity {item!r}: expected key=value")
         texts.setdefault(k, []).append(v)
+    request_texts: dict[str, list[str]] = {}
+    for item in request or []:
+        k, eq, v = item.partition("=")
+        if not k or not eq:
+            raise FeaturepipeError(f"--request {item!r}: expected name=value")
+        request_texts.setdefault(k, []).append(v)
     pins: dict[str, str] = {}
     for pin in fingerprint or []:
         name, _, value = pin.partition("=")
@@ -262,7 +278,32 @@ def get(
                 keys[k].append(parse_entity(by_key[k], v) if k in by_key else v)
             except DataError as e:
                 raise DataError(f"--entity {k}={v}: {e}") from None
-    df = store.get_online_features(keys, refs, at=at_time, fingerprints=pins)
+    # each request field's text as its declared type; a field no requested view reads is refused
+    fields: dict[str, DType] = {}
+    for view_def in views:
+        for name, dtype in view_def.ir.request_fields:
+            fields.setdefault(name, dtype)
+    request_values: dict[str, list[object]] = {}
+    for k, values in request_texts.items():
+        if k not in fields:
+            read = ", ".join(f"'{f}' ({d})" for f, d in fields.items())
+            raise DataError(
+                f"--request {k}={values[0]}: unknown request field {k!r}; the requested views read "
+                + (read or "no request field")
+            )
+        request_values[k] = []
+        for v in values:
+            try:
+                request_values[k].append(parse_request_value(k, fields[k], v))
+            except DataError as e:
+                raise DataError(f"--request {k}={v}: {e}") from None
+    df = store.get_online_features(
+        keys,
+        refs,
+        at=at_time,
+        fingerprints=pins,
+        request=request_values if request is not None else None,
+    )
     if as_json:
         print_json(df.to_dicts())
         return

@@ -31,6 +31,7 @@ import polars as pl
 
 from featurepipe import kernels as k
 from featurepipe.compile.polars_rows import PL_TYPES, translate
+from featurepipe.errors import DataError
 from featurepipe.ir import nodes as ir
 from featurepipe.ir.aggs import KINDS, AggKind, Window
 from featurepipe.ir.types import DType
@@ -97,7 +98,30 @@ class BatchProgram:
             *([pl.col(ARRIVED).cast(I64)] if ARRIVED in queries.columns else []),
         ).with_row_index(QID)
         raw = self.accumulators(ev, q)
-        return self.finalize(q, raw)
+        return self.finalize(q, raw, self.request_columns(queries))
+
+    def request_columns(self, queries: pl.DataFrame) -> list[pl.Series]:
+        """The view's request fields (``fp.request``) from the query frame's columns of those
+        names, in the IR's representation (datetimes as epoch micros), named ``__req_<name>``."""
+        out = []
+        for name, dtype in self.view.request_fields:
+            if name not in queries.columns:
+                raise DataError(
+                    f"view '{self.view.name}' reads the request field '{name}' ({dtype}): the "
+                    f"query frame has no column '{name}' (its columns: "
+                    f"{', '.join(queries.columns)})"
+                )
+            col = queries[name]
+            if not _request_compatible(col.dtype, dtype):
+                raise DataError(
+                    f"view '{self.view.name}': request field '{name}' is declared {dtype}; "
+                    f"column '{name}' is {col.dtype}"
+                )
+            if isinstance(col.dtype, pl.Datetime):
+                col = col.dt.epoch("us")
+            col = col.cast(PL_TYPES[dtype])
+            out.append(col.alias(f"__req_{name}"))
+        return out
 
     def accumulators(self, ev: pl.DataFrame, q: pl.DataFrame) -> pl.DataFrame:
         ents = ev.select(pl.col(self.key).unique().sort()).with_row_index(RANK)
@@ -112,19 +136,17 @@ class BatchProgram:
         )
         keys = ev[KEY]
         n = ev.height
-        windows = sorted(
-            {None, *(a.window_us for a in self.aggs)}, key=lambda w: -1 if w is None else w
-        )
+        windows = sorted({None, *(a.span for a in self.aggs)}, key=lambda s: s or (-1, -1))
         qb = {
             "hi": keys.search_sorted(_eval(q, _key(pl.col(RANK), pl.col(TS))), side="left"),
         }
-        for w in windows:
+        for span in windows:
             lo_t = (
                 pl.lit(-_OFF, I128)
-                if w is None
-                else pl.max_horizontal(pl.col(TS).cast(I128) - w, pl.lit(-_OFF, I128))
+                if span is None
+                else pl.max_horizontal(_window_start(pl.col(TS), span), pl.lit(-_OFF, I128))
             )
-            qb[_lo(w)] = keys.search_sorted(_eval(q, _key(pl.col(RANK), lo_t)), side="left")
+            qb[_lo(span)] = keys.search_sorted(_eval(q, _key(pl.col(RANK), lo_t)), side="left")
         q = q.with_columns(**{name: s.cast(I64) for name, s in qb.items()})
         q = q.with_columns(self._dirty(ev, q))
 
@@ -179,18 +201,18 @@ class BatchProgram:
         self,
         ev: pl.DataFrame,
         q: pl.DataFrame,
-        windows: Iterable[int | None],
+        windows: Iterable[ir.Span],
     ) -> pl.DataFrame:
         """Accumulators from explicit (query, event) pairs, events filtered by arrival: the
         path of queries with late events, and the naive reference of the range kernels."""
         result = q.select(QID)
         evi = ev.with_row_index(INDEX).with_columns(pl.col(INDEX).cast(I64))
-        for w in windows:
-            group = [i for i, a in enumerate(self.aggs) if a.window_us == w]
+        for span in windows:
+            group = [i for i, a in enumerate(self.aggs) if a.span == span]
             if not group:
                 continue
             pairs = (
-                q.select(QID, TS, ARRIVED, pl.int_ranges(_lo(w), "hi").alias(INDEX))
+                q.select(QID, TS, ARRIVED, pl.int_ranges(_lo(span), "hi").alias(INDEX))
                 .explode(INDEX)
                 .drop_nulls(INDEX)
                 .join(evi, on=INDEX, how="inner", suffix="_ev")
@@ -213,7 +235,9 @@ class BatchProgram:
         return result.with_columns(fills) if fills else result
 
     # -- 5. finalization -------------------------------------------------------------------
-    def finalize(self, q: pl.DataFrame, raw: pl.DataFrame) -> pl.DataFrame:
+    def finalize(
+        self, q: pl.DataFrame, raw: pl.DataFrame, request: list[pl.Series] | None = None
+    ) -> pl.DataFrame:
         index = {a: i for i, a in enumerate(self.aggs)}
         cols: dict[str, pl.Expr] = {}
         for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
@@ -222,6 +246,8 @@ class BatchProgram:
                 out = out.fill_null(pl.lit(agg.default, PL_TYPES[agg.dtype]))
             cols[f"__agg{i}"] = out
         frame = raw.with_columns(**cols)
+        if request:  # raw holds every query once, in QID (= query frame row) order
+            frame = frame.with_columns(request)
         names: dict[str, str] = {}
 
         def leaf(n: ir.Node) -> pl.Expr | None:
@@ -229,6 +255,8 @@ class BatchProgram:
                 return pl.col(f"__agg{index[n]}")
             if isinstance(n, ir.FeatureRef):
                 return pl.col(names[n.name])
+            if isinstance(n, ir.Request):
+                return pl.col(f"__req_{n.name}")
             return None
 
         for f in self.view.dependency_order():
@@ -238,6 +266,23 @@ class BatchProgram:
             )
         result = q.select(QID, self.key, TS).join(frame, on=QID, how="left").sort(QID)
         return result.select(self.key, TS, *[_output(names[f.name], f) for f in self.view.features])
+
+
+def _request_compatible(have: pl.DataType, want: DType) -> bool:
+    """Whether a column of type ``have`` holds values of a request field declared ``want``:
+    the same kind, an integer for a float, epoch micros (Int64) or a Datetime for a datetime,
+    or all nulls."""
+    if have == pl.Null:
+        return True
+    if want is DType.FLOAT:
+        return have.is_float() or have.is_integer()
+    if want is DType.INT:
+        return have.is_integer()
+    if want is DType.STR:
+        return have == pl.String
+    if want is DType.BOOL:
+        return have == pl.Boolean
+    return isinstance(have, pl.Datetime) or have == pl.Int64
 
 
 def _output(column: str, f: ir.Feature) -> pl.Expr:
@@ -266,6 +311,9 @@ class Ranges:
         self.n = events.height
 
     def lo(self, window: Window) -> pl.Series:
+        if window is not None and not isinstance(window, tuple):
+            # a bare window length would lose the hop: kinds pass ``agg.span``
+            raise TypeError(f"range kernels take an aggregation's span (agg.span), got {window!r}")
         return self.q[_lo(window)]
 
     def range_sum(self, col: pl.Series, window: Window) -> pl.Series:
@@ -315,19 +363,36 @@ def _key(rank: pl.Expr, t: pl.Expr) -> pl.Expr:
     return rank.cast(I128) * _SHIFT + (t.cast(I128) + _OFF)
 
 
-def _lo(w: int | None) -> str:
-    return "lo_life" if w is None else f"lo_{w}"
+def _lo(span: ir.Span) -> str:
+    return "lo_life" if span is None else f"lo_{span[0]}_{span[1]}"
+
+
+def _window_start(t: pl.Expr, span: tuple[int, int]) -> pl.Expr:
+    """``kernels.window_start`` in Int128 (Polars' integer // floors, as Python's does)."""
+    w, h = span
+    t128 = t.cast(I128)
+    return t128 - w if h == 1 else t128 // h * h - w
+
+
+def _last_visible(ts: pl.Expr, span: tuple[int, int]) -> pl.Expr:
+    """``kernels.last_visible`` in Int128."""
+    w, h = span
+    ts128 = ts.cast(I128)
+    return ts128 + w if h == 1 else ((ts128 + w) // h + 1) * h - 1
 
 
 def _eval(df: pl.DataFrame, e: pl.Expr) -> pl.Series:
     return df.select(e.alias("__e")).to_series()
 
 
-def _distinct_count(ev: pl.DataFrame, q: pl.DataFrame, key: str, window: int) -> pl.Series:
-    """Distinct non-null values among an entity's events with T - w <= ts < T.
+def _distinct_count(
+    ev: pl.DataFrame, q: pl.DataFrame, key: str, window: tuple[int, int]
+) -> pl.Series:
+    """Distinct non-null values among an entity's events with window_start(T) <= ts < T.
 
     An event is the *last* occurrence of its value before T, and inside the window, exactly
-    when ts < T <= end, with end = min(ts of the value's next occurrence, ts + w). So the count
+    when ts < T <= end, with end = min(ts of the value's next occurrence, last_visible(ts)),
+    ts + w for a sliding window (``kernels.last_visible``). So the count
     is #(events with ts < T) - #(events with end < T): two binary searches per query.
     """
     # next occurrence of the same (entity, value): sort, then look one row ahead
@@ -340,7 +405,7 @@ def _distinct_count(ev: pl.DataFrame, q: pl.DataFrame, key: str, window: int) ->
     same_group = (pl.col(RANK) == pl.col(RANK).shift(-1)) & (pl.col(key) == pl.col(key).shift(-1))
     nxt = pl.when(same_group).then(pl.col(TS).shift(-1)).cast(I128)
     end = pl.min_horizontal(
-        nxt.fill_null(k.INT_MAX), pl.col(TS).cast(I128) + window, pl.lit(k.INT_MAX, I128)
+        nxt.fill_null(k.INT_MAX), _last_visible(pl.col(TS), window), pl.lit(k.INT_MAX, I128)
     )
     ends = valid.select(_key(pl.col(RANK), end).alias("__e")).to_series().sort()
     started = _range_sum(ev[key].is_not_null().cast(I64), q["lo_life"], q["hi"])

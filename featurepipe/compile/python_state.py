@@ -20,6 +20,7 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from itertools import pairwise
 from operator import itemgetter
 from typing import Any
 
@@ -27,7 +28,7 @@ import msgspec
 
 from featurepipe import kernels as k
 from featurepipe.compile.python_rows import CodeGen
-from featurepipe.errors import StateError
+from featurepipe.errors import StateError, UnsupportedOperationError
 from featurepipe.ir import nodes as ir
 from featurepipe.ir.aggs import KINDS, AggKind
 from featurepipe.ir.timebase import format_us
@@ -41,13 +42,23 @@ REC_TS, REC_SEQ, REC_MASK, REC_INPUTS = 0, 1, 2, 3
 class State:
     """One entity's state for one view (see the module docstring)."""
 
-    __slots__ = ("buffer", "compacted", "horizon", "max_ts", "wire")
+    __slots__ = ("buffer", "compacted", "horizon", "max_ts", "tiles", "wire")
 
-    def __init__(self, horizon: int, max_ts: int, buffer: list[Any], compacted: list[Any]):
+    def __init__(
+        self,
+        horizon: int,
+        max_ts: int,
+        buffer: list[Any],
+        compacted: list[Any],
+        tiles: list[dict[int, list[Any]]] | None = None,
+    ):
         self.horizon = horizon
         self.max_ts = max_ts
         self.buffer = buffer
         self.compacted = compacted
+        # hopped windows: per hop, tile index (ts // hop) -> accumulators of that hop's
+        # aggregations over the events evicted from ``buffer`` (see ``ViewProgram``)
+        self.tiles = tiles if tiles is not None else []
         # accumulator index -> (the accumulator object, its size, its wire form): reused by
         # ``ViewProgram.dumps`` for kinds that grow in place; not part of the state's value
         self.wire: dict[int, tuple[Any, int, Any]] = {}
@@ -55,11 +66,12 @@ class State:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
             return NotImplemented
-        return (self.horizon, self.max_ts, self.buffer, self.compacted) == (
+        return (self.horizon, self.max_ts, self.buffer, self.compacted, self.tiles) == (
             other.horizon,
             other.max_ts,
             other.buffer,
             other.compacted,
+            other.tiles,
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable
@@ -67,7 +79,8 @@ class State:
     def __repr__(self) -> str:
         return (
             f"State(horizon={self.horizon}, max_ts={self.max_ts}, "
-            f"buffer={len(self.buffer)} events, compacted={self.compacted!r})"
+            f"buffer={len(self.buffer)} events, compacted={self.compacted!r}, "
+            f"tiles={[len(t) for t in self.tiles]})"
         )
 
 
@@ -94,6 +107,29 @@ def _namespace(aggs: tuple[ir.Agg, ...]) -> dict[str, Any]:
     return namespace
 
 
+def _widest_first(span: ir.Span) -> tuple[int, int, int]:
+    """Lifetime first, then by how far back the window can reach (w + h - 1), widest first."""
+    if span is None:
+        return (0, 0, 0)
+    w, h = span
+    return (1, -(w + h - 1), -h)
+
+
+def _contains(a: ir.Span, b: ir.Span) -> bool:
+    """Whether window ``a`` starts at or before window ``b`` at every query time T.
+
+    start = T // h * h - w (``kernels.window_start``). Flooring to a coarser grid of which
+    the finer is a refinement (h_b divides h_a) never gives a later start, so w_a >= w_b
+    suffices then; otherwise a reaches back at least as far as b can whenever
+    w_a >= w_b + h_b - 1 (start_a <= T - w_a and start_b > T - w_b - h_b)."""
+    if a is None:
+        return True
+    if b is None:
+        return False
+    (wa, ha), (wb, hb) = a, b
+    return (ha % hb == 0 and wa >= wb) or wa >= wb + hb - 1
+
+
 class ViewProgram:
     """The per-event executor of one view."""
 
@@ -104,11 +140,30 @@ class ViewProgram:
         self.max_window = view.max_window_us
         self.lateness = view.lateness_us
         self.lifetime = [i for i, a in enumerate(self.aggs) if a.window_us is None]
+        # hopped windows, one group per hop: (hop, longest window, aggregation indices)
+        hops: dict[int, list[int]] = {}
+        for i, a in enumerate(self.aggs):
+            if a.hop_us is not None:
+                if not self.kinds[i].mergeable:
+                    raise UnsupportedOperationError(
+                        f"view '{view.name}': hop= is not offered for {a.kind} (its "
+                        "accumulators cannot be merged per hop)"
+                    )
+                hops.setdefault(a.hop_us, []).append(i)
+        self.groups = [
+            (h, max(self.aggs[i].window_us or 0 for i in idx), idx)
+            for h, idx in sorted(hops.items())
+        ]
+        sliding = [a.window_us for a in self.aggs if a.window_us is not None and a.hop_us is None]
+        self._sliding_reach = max(sliding) if sliding else None
+        self.tile_source, self._tile_folds = self._compile_tile_folds()
         self.row_source, self._row = self._compile_rows()
         self.final_source, self._final = self._compile_features()
         self.compact_source, self._compact = self._compile_compaction()
         self.query_source, self._aggregate = self._compile_query()
         self.feature_names = [f.name for f in view.features]
+        self.request_fields = view.request_fields
+        self._no_request: dict[str, Any] = {name: None for name, _ in self.request_fields}
         self._float_outputs = [
             j for j, f in enumerate(view.features) if f.expr.dtype is DType.FLOAT
         ]
@@ -126,10 +181,17 @@ class ViewProgram:
             for i, k in enumerate(self.kinds)
             if type(k).from_wire is not AggKind.from_wire
         ]
+        # aggregations whose kind converts its accumulator to and from the wire form
+        self._wired = {i for i, _, _ in self._to_wire} | {i for i, _ in self._from_wire}
         self._encoder = msgspec.msgpack.Encoder()
         # records decode as tuples, as the row stage makes them (see _compile_rows)
         self._decoder = msgspec.msgpack.Decoder(
             tuple[int, int, list[tuple[Any, ...]], list[Any]], ext_hook=_from_ext
+        )
+        # a view with hopped windows adds its tiles: [[[tile index, [accumulators]], ...], ...]
+        self._tiled_decoder = msgspec.msgpack.Decoder(
+            tuple[int, int, list[tuple[Any, ...]], list[Any], list[list[list[Any]]]],
+            ext_hook=_from_ext,
         )
 
     # -- compilation -----------------------------------------------------------------------
@@ -183,32 +245,38 @@ class ViewProgram:
         which cuts the visible events [0, hi) into segments; a segment's events are folded
         (``_fold_block``) into the accumulators of every window that contains it, each event
         read once."""
-        windows: dict[int | None, list[int]] = {}
+        windows: dict[ir.Span, list[int]] = {}
         for i, agg in enumerate(self.aggs):
-            windows.setdefault(agg.window_us, []).append(i)
-        widest_first = sorted(windows, key=lambda w: (0, 0) if w is None else (1, -w))
-        lines = ["def aggregate(buf, compacted, t):", "    hi = _bisect(buf, t, key=_ts)"]
+            windows.setdefault(agg.span, []).append(i)
+        widest_first = sorted(windows, key=_widest_first)
+        nested = all(_contains(a, b) for a, b in pairwise(widest_first))
+        lines = ["def aggregate(buf, compacted, t, tiles):", "    hi = _bisect(buf, t, key=_ts)"]
         starts: list[str] = []
-        for n, w in enumerate(widest_first):
-            lo = (
-                "0"
-                if w is None
-                else f"_bisect(buf, t - {w}, {starts[-1] if starts else 0}, hi, key=_ts)"
-            )
+        for n, span in enumerate(widest_first):
+            if span is None:
+                lo = "0"
+            else:
+                w, h = span
+                start = f"t - {w}" if h == 1 else f"t // {h} * {h} - {w}"  # kernels.window_start
+                floor = starts[-1] if starts and nested else "0"
+                lo = f"_bisect(buf, {start}, {floor}, hi, key=_ts)"
             lines.append(f"    lo{n} = {lo}")
             starts.append(f"lo{n}")
-            for i in windows[w]:
+            for i in windows[span]:
                 empty = repr(self.kinds[i].empty(self.aggs[i]))
-                lines.append(f"    a{i} = " + (f"_copy{i}(compacted[{i}])" if w is None else empty))
-        ends = [*starts[1:], "hi"]
-        active: list[int] = []
-        for n, w in enumerate(widest_first):
-            active += windows[w]  # the segment [lo{n}, next start) lies in windows 0..n
-            lines.append(f"    for rec in buf[{starts[n]}:{ends[n]}]:")
-            if any(self.aggs[i].where is not None for i in active):
-                lines.append(f"        mask = rec[{REC_MASK}]")
-            for i in active:
-                lines += [f"        {ln}" for ln in _fold_block(self.aggs[i], i)]
+                lines.append(
+                    f"    a{i} = " + (f"_copy{i}(compacted[{i}])" if span is None else empty)
+                )
+        if nested:  # each window's events are the newest of the one before: segments
+            ends = [*starts[1:], "hi"]
+            active: list[int] = []
+            for n, span in enumerate(widest_first):
+                active += windows[span]  # the segment [lo{n}, next start) lies in windows 0..n
+                lines += self._fold_loop(f"buf[{starts[n]}:{ends[n]}]", active)
+        else:  # hops whose starts may cross (e.g. 2h/1h beside 90m sliding): one pass each
+            for n, span in enumerate(widest_first):
+                lines += self._fold_loop(f"buf[{starts[n]}:hi]", windows[span])
+        lines += self._tile_merges()
         outs = []
         for i, agg in enumerate(self.aggs):
             if agg.default is None:
@@ -227,6 +295,64 @@ class ViewProgram:
         exec(compile(src, "<featurepipe:aggregate>", "exec"), namespace)
         return src, namespace["aggregate"]
 
+    def _tile_merges(self) -> list[str]:
+        """Code merging, into each hopped aggregation, the tiles inside its window: the tile of
+        index i holds events with i * hop <= ts < (i + 1) * hop, and the window starts at the
+        hop boundary T // hop * hop - w, so a tile is wholly in (i >= T // hop - w // hop) or
+        out. Tiles hold only events evicted from the buffer, which the loops above did not
+        see."""
+        lines: list[str] = []
+        for g, (h, _, idx) in enumerate(self.groups):
+            by_window: dict[int, list[tuple[int, int]]] = {}  # one test per window, not per agg
+            for j, i in enumerate(idx):
+                w = self.aggs[i].window_us
+                assert w is not None and w % h == 0
+                by_window.setdefault(w, []).append((j, i))
+            lines.append(f"    q = t // {h}")
+            lines.append(f"    for i, ta in tiles[{g}].items():")
+            for w, members in sorted(by_window.items(), reverse=True):
+                lines.append(f"        if i >= q - {w // h}:")
+                for j, i in members:
+                    lines.append(f"            o = ta[{j}]")
+                    merge = self.kinds[i].merge_code(self.aggs[i], f"a{i}", "o")
+                    lines += [f"            {ln}" for ln in merge]
+        return lines
+
+    def _compile_tile_folds(
+        self,
+    ) -> tuple[str, list[tuple[Callable[[list[Any], Any], None], Callable[[], list[Any]]]]]:
+        """Per hop group: code folding one evicted record into a tile's accumulators (the
+        fold rules of the query path, ``_fold_block``)."""
+        chunks: list[str] = []
+        namespace = _namespace(self.aggs)
+        for g, (_, _, idx) in enumerate(self.groups):
+            lines = [f"def fold_tile{g}(ta, rec):"]
+            if any(self.aggs[i].where is not None for i in idx):
+                lines.append(f"    mask = rec[{REC_MASK}]")
+            for j, i in enumerate(idx):
+                lines.append(f"    a{i} = ta[{j}]")
+                lines += [f"    {ln}" for ln in _fold_block(self.aggs[i], i)]
+                lines.append(f"    ta[{j}] = a{i}")
+            lines.append("    return None")
+            empties = ", ".join(repr(self.kinds[i].empty(self.aggs[i])) for i in idx)
+            lines.append(f"def empty_tile{g}():\n    return [{empties}]")
+            chunks.append("\n".join(lines) + "\n")
+        src = "".join(chunks)
+        exec(compile(src, "<featurepipe:tiles>", "exec"), namespace)
+        folds = [
+            (namespace[f"fold_tile{g}"], namespace[f"empty_tile{g}"])
+            for g in range(len(self.groups))
+        ]
+        return src, folds
+
+    def _fold_loop(self, events: str, aggs: list[int]) -> list[str]:
+        lines = [f"    for rec in {events}:"]
+        if any(self.aggs[i].where is not None for i in aggs):
+            lines.append(f"        mask = rec[{REC_MASK}]")
+        for i in aggs:
+            lines += [f"        {ln}" for ln in _fold_block(self.aggs[i], i)]
+        return lines
+
     def _compile_features(self) -> tuple[str, Callable[..., Any]]:
         index = {a: i for i, a in enumerate(self.aggs)}
 
@@ -235,15 +361,33 @@ class ViewProgram:
                 return f"aggs[{index[n]}]"
             if isinstance(n, ir.FeatureRef):
                 return gen.names[self.view.feature(n.name).expr]
+            if isinstance(n, ir.Request):
+                return f"req[{n.name!r}]"
             return None
 
         gen = CodeGen(leaf)
         outs = {f.name: gen.emit(f.expr) for f in self.view.dependency_order()}
-        return gen.function("finish_features", "aggs", [outs[f.name] for f in self.view.features])
+        return gen.function(
+            "finish_features", "aggs, req", [outs[f.name] for f in self.view.features]
+        )
 
     # -- state -----------------------------------------------------------------------------
     def new_state(self) -> State:
-        return State(NO_TS, NO_TS, [], self._empty_compacted())
+        return State(NO_TS, NO_TS, [], self._empty_compacted(), [{} for _ in self.groups])
+
+    def raw_horizon(self, max_ts: int) -> int:
+        """Events older than this leave the buffer: folded into the lifetime accumulators and,
+        with hopped windows, into tiles. Without hops it is the horizon (``max_ts`` - the
+        longest window - lateness). With hops, a query at T >= max_ts - lateness = L needs
+        each hop's events from L // hop * hop on individually (the part of the current hop
+        before T), and a sliding window's from L - w: the buffer keeps the earliest of these."""
+        if not self.groups:
+            return max_ts - self.max_window - self.lateness
+        low = max_ts - self.lateness
+        reach = [low // h * h for h, _, _ in self.groups]
+        if self._sliding_reach is not None:
+            reach.append(low - self._sliding_reach)
+        return min(reach)
 
     def ingest(self, state: State, event: Mapping[str, Any], seq: int) -> None:
         """Fold one event (datetimes as epoch micros) into the entity's state."""
@@ -251,6 +395,9 @@ class ViewProgram:
         ts = rec[REC_TS]
         if ts < state.horizon:
             self._compact(state.compacted, rec)  # very late: only lifetime accumulators use it
+        elif self.groups and ts < self.raw_horizon(state.max_ts):
+            self._compact(state.compacted, rec)  # late, behind the buffer: straight to tiles
+            self._tile(state, [rec])
         else:
             buf = state.buffer
             pos = len(buf)
@@ -266,7 +413,7 @@ class ViewProgram:
 
     def _evict(self, state: State) -> None:
         buf = state.buffer
-        horizon = state.horizon
+        horizon = self.raw_horizon(state.max_ts) if self.groups else state.horizon
         cut = 0
         end = len(buf)
         while cut < end and buf[cut][REC_TS] < horizon:  # usually 0-2 steps: beats bisection
@@ -275,13 +422,41 @@ class ViewProgram:
             compact, compacted = self._compact, state.compacted
             for rec in buf[:cut]:
                 compact(compacted, rec)
+            if self.groups:
+                self._tile(state, buf[:cut])
             del buf[:cut]
+        elif self.groups:
+            self._tile(state, [])  # drop the tiles that left every window
+
+    def _tile(self, state: State, recs: list[Any]) -> None:
+        """Fold ``recs`` (left the buffer) into each hop's tiles, skipping events no window
+        can see again, and drop tiles wholly before the oldest window start any answerable
+        query has: (max_ts - lateness) // hop * hop - the hop's longest window."""
+        low = state.max_ts - self.lateness
+        for (h, longest, _), (fold, empty), tiles in zip(
+            self.groups, self._tile_folds, state.tiles, strict=True
+        ):
+            first = (low // h * h - longest) // h  # the oldest tile still inside a window
+            for rec in recs:
+                i = rec[REC_TS] // h
+                if i >= first:
+                    tile = tiles.get(i)
+                    if tile is None:
+                        tile = tiles[i] = empty()
+                    fold(tile, rec)
+            for i in [i for i in tiles if i < first]:
+                del tiles[i]
 
     def can_answer(self, state: State, t: int) -> bool:
         return bool(state.max_ts == NO_TS or t >= state.max_ts - self.lateness)
 
-    def query(self, state: State | None, t: int) -> tuple[Any, ...]:
-        """Every feature of the view as of T (events with ts < T), in declaration order."""
+    def query(
+        self, state: State | None, t: int, request: Mapping[str, Any] | None = None
+    ) -> tuple[Any, ...]:
+        """Every feature of the view as of T (events with ts < T), in declaration order.
+
+        ``request``: the values of the view's request fields (``fp.request``; datetimes as
+        epoch micros, already checked against their types); a field left out is null."""
         if state is None:
             state = self.new_state()
         elif not self.can_answer(state, t):
@@ -290,8 +465,9 @@ class ViewProgram:
                 f"lateness behind the newest event ({format_us(state.max_ts)}); retained state "
                 "cannot answer it"
             )
-        values = self._aggregate(state.buffer, state.compacted, t)
-        out = list(self._final(values))
+        values = self._aggregate(state.buffer, state.compacted, t, state.tiles)
+        req = self._no_request if request is None else {**self._no_request, **request}
+        out = list(self._final(values, req))
         for j in self._float_outputs:  # one NaN on the way out: sign/payload carry no meaning
             v = out[j]
             if v is not None and v != v:
@@ -318,19 +494,58 @@ class ViewProgram:
                 reuse[i] = (acc, len(acc), wire)
             else:
                 compacted[i] = to_wire(acc)
-        body = [state.horizon, state.max_ts, state.buffer, compacted]
+        body: list[Any] = [state.horizon, state.max_ts, state.buffer, compacted]
+        if self.groups:
+            body.append(self._tiles_to_wire(state.tiles))
         try:
             return self._encoder.encode(body)
         except OverflowError:
             return self._encoder.encode(_wire(body))
 
     def loads(self, blob: bytes) -> State:
-        horizon, max_ts, buffer, compacted = self._decoder.decode(blob)
+        if self.groups:
+            horizon, max_ts, buffer, compacted, wire_tiles = self._tiled_decoder.decode(blob)
+            tiles = self._tiles_from_wire(wire_tiles)
+        else:
+            horizon, max_ts, buffer, compacted = self._decoder.decode(blob)
+            tiles = []
         if len(compacted) != len(self.kinds):
             raise ValueError(f"state has {len(compacted)} accumulators, the view {len(self.kinds)}")
         for i, from_wire in self._from_wire:
             compacted[i] = from_wire(compacted[i])
-        return State(horizon, max_ts, buffer, compacted)
+        return State(horizon, max_ts, buffer, compacted, tiles)
+
+    def _tiles_to_wire(self, tiles: list[dict[int, list[Any]]]) -> list[Any]:
+        """Each hop's tiles as [tile index, [accumulators]] in index order (deterministic)."""
+        out = []
+        for (_, _, idx), group in zip(self.groups, tiles, strict=True):
+            convert = [(j, self.kinds[i].to_wire) for j, i in enumerate(idx) if i in self._wired]
+            wire = []
+            for i in sorted(group):
+                accs = group[i]
+                if convert:
+                    accs = list(accs)
+                    for j, to_wire in convert:
+                        accs[j] = to_wire(accs[j])
+                wire.append([i, accs])
+            out.append(wire)
+        return out
+
+    def _tiles_from_wire(self, wire: list[list[list[Any]]]) -> list[dict[int, list[Any]]]:
+        if len(wire) != len(self.groups):
+            raise ValueError(f"state has {len(wire)} tile groups, the view {len(self.groups)}")
+        out = []
+        for (_, _, idx), group in zip(self.groups, wire, strict=True):
+            convert = [(j, self.kinds[i].from_wire) for j, i in enumerate(idx) if i in self._wired]
+            tiles: dict[int, list[Any]] = {}
+            for i, accs in group:
+                if len(accs) != len(idx):
+                    raise ValueError(f"a tile has {len(accs)} accumulators, the hop {len(idx)}")
+                for j, from_wire in convert:
+                    accs[j] = from_wire(accs[j])
+                tiles[i] = accs
+            out.append(tiles)
+        return out
 
 
 @contextmanager

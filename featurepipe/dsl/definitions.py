@@ -15,6 +15,7 @@ from featurepipe.dsl import artifacts
 from featurepipe.dsl.expr import Expr
 from featurepipe.errors import DefinitionError, UnsupportedOperationError
 from featurepipe.ir import nodes as ir
+from featurepipe.ir.aggs import KINDS
 from featurepipe.ir.fingerprint import fingerprint
 from featurepipe.ir.fold import fold_constants
 from featurepipe.ir.ops import AGGS, OPS
@@ -197,6 +198,7 @@ class _Typer:
         self.outputs = outputs
         self.done: dict[str, ir.Node] = {}
         self.visiting: list[str] = []
+        self.requests: dict[str, DType] = {}
 
     def feature(self, name: str) -> ir.Node:
         if name in self.done:
@@ -224,10 +226,10 @@ class _Typer:
             raise DefinitionError(str(e), view=self.view, feature=name) from None
         except UnsupportedOperationError as e:
             raise UnsupportedOperationError(str(e), view=self.view, feature=name) from None
-        if not any(isinstance(n, ir.Agg | ir.FeatureRef) for n in node.walk()):
+        if not any(isinstance(n, ir.Agg | ir.FeatureRef | ir.Request) for n in node.walk()):
             raise DefinitionError(
-                "a feature must aggregate events (fp.count, fp.sum, fp.last, ...) or derive "
-                "from other features",
+                "a feature must aggregate events (fp.count, fp.sum, fp.last, ...), derive "
+                "from other features or read the request (fp.request)",
                 view=self.view,
                 feature=name,
             )
@@ -256,7 +258,22 @@ class _Typer:
             if level == "row":
                 raise TypeError("aggregations cannot be nested")
             return self.agg(e)
+        if e.kind == "request":
+            return self.request(e, level)
         return self.call(e, level)
+
+    def request(self, e: Expr, level: str) -> ir.Request:
+        name, type_name = e.value
+        if level == "row":
+            raise TypeError(
+                f"fp.request({name!r}) is a field of the lookup request: it exists when features "
+                "are read, not per event, so it cannot be used inside an aggregation"
+            )
+        dtype = DType(type_name)
+        known = self.requests.setdefault(name, dtype)
+        if known is not dtype:
+            raise TypeError(f"fp.request({name!r}) is declared both {known} and {dtype}")
+        return ir.Request(dtype, name)
 
     def agg(self, e: Expr) -> ir.Agg:
         params = dict(e.params)
@@ -283,13 +300,18 @@ class _Typer:
                 window_us = parse_duration(window)
             except ValueError as err:
                 raise ValueError(f"window: {err}") from None
+        hop_us = _hop(params.get("hop"), window_us)
+        if hop_us is not None and not KINDS[e.op].mergeable:
+            raise UnsupportedOperationError(
+                f"hop= is not offered for {e.op} (its accumulators cannot be merged per hop)"
+            )
         default = params["default"]
         if default is not None:
             if dtype is DType.FLOAT and isinstance(default, int) and not isinstance(default, bool):
                 default = float(default)
             if not python_type_ok(dtype, default):
                 raise TypeError(f"default={default!r} does not fit the feature's type {dtype}")
-        return ir.Agg(dtype, e.op, arg, window_us, where, default)
+        return ir.Agg(dtype, e.op, arg, window_us, where, default, hop_us)
 
     def call(self, e: Expr, level: str) -> ir.Node:
         op = e.op
@@ -478,6 +500,12 @@ def build_view_ir(
             )
     typer = _Typer(name, source, outputs)
     features = tuple(ir.Feature(f, typer.feature(f)) for f in outputs)
+    if entity.key in typer.requests:
+        raise DefinitionError(
+            f"fp.request({entity.key!r}) has the name of the entity key: a lookup gives the "
+            "entity apart from the request fields; name the request field differently",
+            view=name,
+        )
     return ir.ViewIR(
         name=name,
         entity=entity.name,
@@ -488,3 +516,24 @@ def build_view_ir(
         features=features,
         lateness_us=lateness_us,
     )
+
+
+def _hop(hop: Any, window_us: int | None) -> int | None:
+    """The hop of a hopped window, in micros: a positive duration that divides the window
+    (so every window start is a multiple of the hop and tiles fit the window exactly)."""
+    if hop is None:
+        return None
+    if window_us is None:
+        raise ValueError("hop= needs a window= (a lifetime aggregation has no window to hop)")
+    try:
+        hop_us = parse_duration(hop)
+    except ValueError as err:
+        raise ValueError(f"hop: {err}") from None
+    if hop_us <= 0:
+        raise ValueError(f"hop={hop!r} must be a positive duration")
+    if hop_us > window_us or window_us % hop_us:
+        raise ValueError(
+            f"hop={hop!r} must divide the window ({window_us // 1_000_000:,}s): e.g. "
+            "window='7d', hop='1h'"
+        )
+    return hop_us

@@ -222,6 +222,27 @@ def lit(value: Any) -> Expr:
     return wrap(value)
 
 
+_REQUEST_TYPES = {float: "float", int: "int", str: "str", bool: "bool", datetime: "datetime"}
+
+
+def request(name: str, dtype: type | str) -> Expr:
+    """A field of the lookup request, for request-time features: e.g.
+    ``fp.request("amount", float) / fp.mean(t.amount, window="7d")``.
+
+    Online lookups take its value from the request (``request={"amount": [...]}``); training
+    sets from the label table's column of that name; the parity harness from the scored
+    event's field of that name. ``dtype``: float, int, str, bool or datetime."""
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("__"):
+        raise DefinitionError(f"fp.request: {name!r} is not a valid request field name")
+    type_name = _REQUEST_TYPES.get(dtype) if isinstance(dtype, type) else dtype
+    if type_name not in _REQUEST_TYPES.values():
+        raise DefinitionError(
+            f"fp.request({name!r}): type {dtype!r} is not offered; use float, int, str, bool "
+            "or datetime"
+        )
+    return Expr("request", value=(name, type_name))
+
+
 def coalesce(*exprs: Any) -> Expr:
     if len(exprs) < 2:
         raise DefinitionError("coalesce needs at least two expressions")
@@ -313,13 +334,12 @@ def _agg(
     default: Any,
     hop: Any = None,
 ) -> Expr:
-    if hop is not None:
-        return Expr("agg", kind, params=(("error", "hop= windows are not offered yet"),))
     args: tuple[Expr, ...] = ()
     if arg is not None:
         args = (wrap(arg),)
     params: tuple[tuple[str, Hashable], ...] = (
         ("window", window if not isinstance(window, timedelta) else _td(window)),
+        ("hop", hop if not isinstance(hop, timedelta) else _td(hop)),
         ("default", default if not isinstance(default, list) else tuple(default)),
         ("has_where", where is not None),
     )

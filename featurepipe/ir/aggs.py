@@ -36,13 +36,13 @@ from typing import Any, ClassVar, Protocol
 import polars as pl
 
 from featurepipe import kernels as k
-from featurepipe.ir.nodes import Agg
+from featurepipe.ir.nodes import Agg, Span
 from featurepipe.ir.types import DType
 
 I, F, D = DType.INT, DType.FLOAT, DType.DATETIME
 F64, I64, I128 = pl.Float64, pl.Int64, pl.Int128
 
-Window = int | None
+Window = Span  # (window_us, hop_us), hop 1 for a sliding window; None: lifetime
 Finalizer = Callable[[Any], Any]
 Col = Callable[[str], pl.Expr]  # an accumulator column of this aggregation, by local name
 
@@ -126,6 +126,17 @@ class AggKind(ABC):
         """Names the generated fold code uses beyond ``_k`` (the scalar kernels)."""
         return {}
 
+    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
+        """Python statements merging the accumulator ``other`` (of other events; not to be
+        mutated) into the accumulator variable ``acc``, with the result folding both event
+        sets would give. Hopped windows keep older events pre-aggregated per hop (tiles) and
+        merge them at query time; a kind without it is refused with ``hop=``."""
+        raise NotImplementedError
+
+    @property
+    def mergeable(self) -> bool:
+        return type(self).merge_code is not AggKind.merge_code
+
     @abstractmethod
     def copy(self, acc: Any) -> Any:
         """A copy of ``acc`` the fold may mutate without touching the original."""
@@ -199,6 +210,9 @@ class Count(AggKind):
     def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
         return [f"if {value} is not None: {acc} += 1"]
 
+    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
+        return [f"{acc} += {other}"]
+
     def copy(self, acc: Any) -> Any:
         return acc
 
@@ -213,7 +227,7 @@ class Count(AggKind):
     def over_range(
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
     ) -> dict[str, pl.Series]:
-        return {"n": kr.range_sum(col("n"), agg.window_us)}
+        return {"n": kr.range_sum(col("n"), agg.span)}
 
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         return {"n": col("n").sum()}
@@ -258,6 +272,9 @@ class Sum(AggKind):
             f"    else: {acc}[_SATURATION[p]] += 1",  # a float input's saturation flag
         ]
 
+    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
+        return [f"{acc}[{j}] += {other}[{j}]" for j in range(len(self.fields))]
+
     def copy(self, acc: Any) -> Any:
         return list(acc)
 
@@ -301,7 +318,7 @@ class Sum(AggKind):
     def over_range(
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
     ) -> dict[str, pl.Series]:
-        return {f: kr.range_sum(col(f), agg.window_us) for f in self._summed(agg)}
+        return {f: kr.range_sum(col(f), agg.span) for f in self._summed(agg)}
 
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         return {f: col(f).sum() for f in self._summed(agg)}
@@ -370,6 +387,9 @@ class Var(AggKind):
             f"    else: {self.at(acc, 'flags')} += 1",  # NaN or a saturated x or x*x
         ]
 
+    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
+        return [f"{acc}[{j}] += {other}[{j}]" for j in range(len(self.fields))]
+
     def copy(self, acc: Any) -> Any:
         return list(acc)
 
@@ -400,7 +420,7 @@ class Var(AggKind):
     def over_range(
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
     ) -> dict[str, pl.Series]:
-        return {f: kr.range_sum(col(f), agg.window_us) for f in self.fields}
+        return {f: kr.range_sum(col(f), agg.span) for f in self.fields}
 
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         return {f: col(f).sum() for f in self.fields}
@@ -462,6 +482,17 @@ class Min(AggKind):
             f"    elif {best} is None or p {better} {best}: {best} = p",
         ]
 
+    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
+        better = "<" if self.smallest else ">"
+        n, best, nan = (self.fields.index(f) for f in ("n", "best", "nan"))
+        return [
+            f"{acc}[{n}] += {other}[{n}]",
+            f"{acc}[{nan}] += {other}[{nan}]",
+            f"if {other}[{best}] is not None and "
+            f"({acc}[{best}] is None or {other}[{best}] {better} {acc}[{best}]): "
+            f"{acc}[{best}] = {other}[{best}]",
+        ]
+
     def copy(self, acc: Any) -> Any:
         return list(acc)
 
@@ -496,7 +527,7 @@ class Min(AggKind):
     def over_range(
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
     ) -> dict[str, pl.Series]:
-        w = agg.window_us
+        w = agg.span
         sentinel = pl.select(self._sentinel(agg)).item()
         return {
             "n": kr.range_sum(col("n"), w),
@@ -561,6 +592,13 @@ class First(AggKind):
             f"{acc} = ({ts}, {seq}, {value})"
         ]
 
+    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
+        before = "<" if self.earliest else ">"
+        return [
+            f"if {other} is not None and ({acc} is None or {other}[0] {before} {acc}[0] or "
+            f"({other}[0] == {acc}[0] and {other}[1] {before} {acc}[1])): {acc} = {other}"
+        ]
+
     def copy(self, acc: Any) -> Any:
         return acc
 
@@ -579,7 +617,7 @@ class First(AggKind):
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
     ) -> dict[str, pl.Series]:
         pick = kr.first_marked if self.earliest else kr.last_marked
-        return {"idx": pick(col("inc"), agg.window_us)}
+        return {"idx": pick(col("inc"), agg.span)}
 
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         marked = index.filter(col("inc"))
@@ -633,6 +671,9 @@ class CountDistinct(AggKind):
     def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
         return [f"p = {value}", f"if p is not None: {acc}.add(p)"]
 
+    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
+        return [f"{acc} |= {other}"]
+
     def copy(self, acc: Any) -> Any:
         return set(acc)
 
@@ -666,7 +707,7 @@ class CountDistinct(AggKind):
     def over_range(
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
     ) -> dict[str, pl.Series]:
-        return {"n": kr.distinct_count(col("key").name, agg.window_us)}
+        return {"n": kr.distinct_count(col("key").name, agg.span)}
 
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         return {"n": col("key").drop_nulls().n_unique().cast(I64)}

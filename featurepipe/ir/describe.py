@@ -13,10 +13,14 @@ def describe(node: object) -> str:
         return repr(node.value)
     if isinstance(node, ir.FeatureRef):
         return f"feature({node.name})"
+    if isinstance(node, ir.Request):
+        return f"request({node.name!r}, {node.dtype})"
     if isinstance(node, ir.Agg):
         parts = [describe(node.arg)] if node.arg is not None else []
         if node.window_us is not None:
             parts.append(f"window={node.window_us // 1_000_000}s")
+        if node.hop_us is not None:
+            parts.append(f"hop={node.hop_us // 1_000_000}s")
         if node.where is not None:
             parts.append(f"where={describe(node.where)}")
         if node.default is not None:

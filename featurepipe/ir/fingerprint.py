@@ -11,6 +11,8 @@ from typing import Any
 from featurepipe.ir import nodes as ir
 
 FORMAT_VERSION = 1  # bump when the meaning of the IR changes
+# node fields added after version 1 that leave the fingerprint alone while unset
+_ADDED_OPTIONAL = frozenset({"hop_us"})
 
 
 def canonical(obj: Any) -> Any:
@@ -35,7 +37,10 @@ def canonical(obj: Any) -> Any:
     if is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {"node": type(obj).__name__}
         for f in fields(obj):
-            out[f.name] = canonical(getattr(obj, f.name))
+            value = getattr(obj, f.name)
+            if value is None and f.name in _ADDED_OPTIONAL:
+                continue  # unset: the view's fingerprint is the one it had before the field
+            out[f.name] = canonical(value)
         return out
     if isinstance(obj, enum.Enum):
         return str(obj.value)

@@ -16,6 +16,7 @@ from typing import Any
 from featurepipe.ir.types import DType
 
 Param = tuple[str, Hashable]
+Span = tuple[int, int] | None  # (window_us, hop_us) of a windowed aggregation; None: lifetime
 
 
 def _exact(v: Any) -> Any:
@@ -89,10 +90,12 @@ class Call(Node):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Agg(Node):
-    """A per-entity aggregation evaluated at query time T over events with T - window <= ts < T.
+    """A per-entity aggregation evaluated at query time T over events with start <= ts < T.
 
-    ``window_us`` None means lifetime (ts < T). ``where`` filters events. ``default`` replaces a
-    null result (empty window, or no non-null input).
+    ``window_us`` None means lifetime (every ts < T). A sliding window starts at T - window; a
+    hopped one (``hop_us``, which divides the window) at ``T // hop * hop - window``: its tail
+    moves in hops, its head is exact (``kernels.window_start``). ``where`` filters events.
+    ``default`` replaces a null result (empty window, or no non-null input).
     """
 
     kind: str = ""
@@ -100,6 +103,15 @@ class Agg(Node):
     window_us: int | None = None
     where: Node | None = None
     default: Any = None
+    hop_us: int | None = None
+
+    @property
+    def span(self) -> Span:
+        """The window as the compilers key it: None (lifetime) or (window_us, hop_us), hop 1
+        for a sliding window (``T // 1 * 1 - w`` is ``T - w``)."""
+        if self.window_us is None:
+            return None
+        return (self.window_us, self.hop_us or 1)
 
     def children(self) -> tuple[Node, ...]:
         return tuple(n for n in (self.arg, self.where) if n is not None)
@@ -108,6 +120,14 @@ class Agg(Node):
 @dataclass(frozen=True, slots=True, eq=False)
 class FeatureRef(Node):
     """A reference, from a derived feature, to another feature of the same view."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Request(Node):
+    """A field of the lookup request (``fp.request``): given by the caller at lookup time, by
+    the label table's column of that name in a training set. Feature level only."""
 
     name: str = ""
 
@@ -139,6 +159,16 @@ class ViewIR:
         raise KeyError(name)
 
     @property
+    def request_fields(self) -> tuple[tuple[str, DType], ...]:
+        """The request fields the view's features read, in order of first use."""
+        seen: dict[str, DType] = {}
+        for f in self.features:
+            for node in f.expr.walk():
+                if isinstance(node, Request):
+                    seen.setdefault(node.name, node.dtype)
+        return tuple(seen.items())
+
+    @property
     def aggs(self) -> tuple[Agg, ...]:
         """Distinct aggregations used anywhere in the view, in a stable order."""
         seen: dict[Agg, None] = {}
@@ -166,5 +196,7 @@ class ViewIR:
 
     @property
     def max_window_us(self) -> int:
-        windows = [a.window_us for a in self.aggs if a.window_us is not None]
-        return max(windows, default=0)
+        """How far behind a query time the oldest event it can see lies: the longest window
+        (plus hop - 1 for a hopped one, whose tail trails T - window by up to that)."""
+        spans = [a.span for a in self.aggs if a.span is not None]
+        return max((w + h - 1 for w, h in spans), default=0)

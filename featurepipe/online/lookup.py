@@ -12,6 +12,11 @@ or a server that refuses scripts), then answers each (view, entity) once. ``Answ
 recent answers: one is reused only for the very state bytes just read and for request times at
 which the query cannot differ (``answer_span``), so a reused answer is the computed one, bit for
 bit. ``OnlineReader._read_one_by_one`` is the straightforward reading the tests hold this to.
+
+Views with request fields (``fp.request``) also take the request's values, one per request row
+(``request={"amount": [12.5, 3.0]}``), checked against the declared types. Their answers depend
+on the request: each entity's state is still read and decoded once, then queried once per
+request row, and the cache neither serves nor keeps them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -31,7 +37,10 @@ from featurepipe.compile.polars_rows import PL_TYPES
 from featurepipe.compile.python_state import NO_TS, REC_TS, State, ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import DataError, FeaturepipeError
+from featurepipe.ir import nodes as ir
+from featurepipe.ir.timebase import to_epoch_us
 from featurepipe.ir.types import DType
+from featurepipe.kernels import last_visible, window_start
 from featurepipe.online.errors import OnlineStoreError
 from featurepipe.online.state_store import (
     DEFAULT_PREFIX,
@@ -178,6 +187,183 @@ def entity_columns(entities: Any) -> dict[str, list[Any]]:
     )
 
 
+def request_columns(request: Any) -> dict[str, list[Any]]:
+    """A request's values (``fp.request`` fields) as columns (field -> one value per request
+    row): from a mapping of field -> sequence of values (``{"amount": [12.5, 3.0]}``) or a
+    Polars or pandas DataFrame."""
+    if isinstance(request, pl.DataFrame):
+        return {c: request[c].to_list() for c in request.columns}
+    if type(request).__module__.startswith("pandas") and hasattr(request, "columns"):
+        return {str(k): list(v) for k, v in request.to_dict("list").items()}
+    if isinstance(request, Mapping):
+        out: dict[str, list[Any]] = {}
+        for k, values in request.items():
+            if not _is_column(values):
+                raise DataError(
+                    f"request[{k!r}] must be a list of values, one per request row; got "
+                    f"{type(values).__name__} {values!r:.80}"
+                )
+            out[str(k)] = list(values)
+        return out
+    raise DataError(
+        f"a request of type {type(request).__name__} is not supported: pass a mapping of "
+        "request field -> values (one per request row) or a DataFrame"
+    )
+
+
+def _request_value(dtype: DType, v: Any) -> tuple[bool, Any]:
+    """(accepted, value in the IR's representation) of ``v`` for a request field ``dtype``:
+    None (null) always; a float or an int (not a bool) for a float; an int (not a bool) within
+    int64 for an int; a str for a str; a bool for a bool; an aware datetime for a datetime
+    (as epoch microseconds)."""
+    if v is None:
+        return True, None
+    integral = isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    if dtype is DType.FLOAT:
+        if isinstance(v, float):
+            return True, float(v)
+        if integral:
+            try:
+                return True, float(v)
+            except OverflowError:  # an int beyond the float range
+                return False, None
+        return False, None
+    if dtype is DType.INT:
+        ok = integral and int(v) in _INT64
+        return ok, int(v) if ok else None
+    if dtype is DType.STR:
+        return isinstance(v, str), str(v) if isinstance(v, str) else None
+    if dtype is DType.BOOL:
+        return isinstance(v, bool), v if isinstance(v, bool) else None
+    if isinstance(v, datetime) and v.utcoffset() is not None:
+        return True, to_epoch_us(v)
+    return False, None
+
+
+_EXPECTED = {
+    DType.FLOAT: "a float or an int",
+    DType.INT: "an int within int64",
+    DType.STR: "a str",
+    DType.BOOL: "a bool",
+    DType.DATETIME: "a timezone-aware datetime",
+}
+
+
+def check_request(
+    fields: Mapping[str, Sequence[tuple[str, DType]]],
+    request: Mapping[str, Sequence[Any]] | None,
+    n: int,
+    allowed: Mapping[str, Sequence[tuple[str, DType]]] | None = None,
+) -> dict[tuple[str, DType], list[Any]]:
+    """The request fields the views read (``fields``: view name -> its (field, declared type)
+    pairs, ``ViewIR.request_fields``), taken from ``request`` (field -> one value per request
+    row, ``n`` rows): (field, declared type) -> its values in the IR's representation
+    (datetimes as epoch microseconds; None is null).
+
+    Raises ``DataError`` for a field a view reads that the request lacks (naming the view, the
+    field and its type), a field no view reads (a typo would otherwise pass silently; fields
+    in ``allowed``, read by the views but not by the requested features, are ignored), a
+    column of another length than ``n``, and a value not of the declared type (naming the
+    field, the row and the value)."""
+    given = request or {}
+    needed: dict[str, list[tuple[str, DType]]] = {}
+    for view, declared in fields.items():
+        for field, dtype in declared:
+            needed.setdefault(field, []).append((view, dtype))
+    if not needed and not given:
+        return {}
+    # fields of the views that the requested features do not read: not required, but checked
+    # when given (a wrong value is a mistake even where it is not used)
+    known = {f: list(users) for f, users in needed.items()}
+    for view, declared in (allowed or {}).items():
+        for field, dtype in declared:
+            if field in given and (view, dtype) not in known.setdefault(field, []):
+                known[field].append((view, dtype))
+    unknown = [f for f in given if f not in known]
+    if unknown:
+        s = "s" if len(unknown) > 1 else ""
+        read = "; ".join(
+            f"'{f}' ({', '.join(f'{d} in {v}' for v, d in users)})" for f, users in needed.items()
+        )
+        others = ", ".join(repr(f) for fs in (allowed or {}).values() for f, _ in fs)
+        raise DataError(
+            f"unknown request field{s} {', '.join(map(repr, unknown))}: the requested views "
+            + (
+                f"read {read}"
+                if needed
+                else f"read no request field for these features (theirs: {others})"
+                if others
+                else "read no request field"
+            )
+        )
+    for field, users in needed.items():
+        if field not in given:
+            reader, dtype = users[0]
+            raise DataError(
+                f"view '{reader}' reads the request field '{field}' ({dtype}): the request lacks "
+                f"it (give one value per request row: request={{'{field}': [...]}}, on the "
+                f"command line --request {field}=<{dtype}>)"
+            )
+    out: dict[tuple[str, DType], list[Any]] = {}
+    for field, users in known.items():
+        if field not in given:
+            continue
+        values = given[field]
+        if len(values) != n:
+            raise DataError(
+                f"request field '{field}' gives {len(values)} value(s) for {n} request row(s): "
+                "give one value per request row"
+            )
+        for reader, dtype in users:
+            if (field, dtype) in out:
+                continue
+            column: list[Any] = []
+            for i, v in enumerate(values):
+                ok, value = _request_value(dtype, v)
+                if not ok:
+                    raise DataError(
+                        f"request field '{field}' (view '{reader}') is declared {dtype}: row {i} "
+                        f"holds {v!r:.80} ({type(v).__name__}); expected {_EXPECTED[dtype]} "
+                        "or None"
+                    )
+                column.append(value)
+            out[(field, dtype)] = column
+    return out
+
+
+def parse_request_value(field: str, dtype: DType, text: str) -> Any:
+    """A value of the request field ``field`` declared ``dtype``, given as text (the command
+    line): an int, a float, ``true``/``false``, text as is, or an ISO-8601 date-time with a
+    timezone (an aware ``datetime``). Text that is not of the type raises ``DataError``."""
+    what = f"request field '{field}' is declared {dtype}"
+    if dtype is DType.STR:
+        return text
+    if dtype is DType.INT:
+        if _INT_TEXT.fullmatch(text.strip()) and int(text) in _INT64:
+            return int(text)
+        raise DataError(f"{what}: {text!r} is not an integer within int64")
+    if dtype is DType.FLOAT:
+        try:
+            return float(text)
+        except ValueError:
+            raise DataError(f"{what}: {text!r} is not a number") from None
+    if dtype is DType.BOOL:
+        lowered = text.strip().lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        raise DataError(f"{what}: {text!r} is not true or false")
+    try:
+        t: datetime | None = datetime.fromisoformat(text.strip())
+    except ValueError:
+        t = None
+    if t is None or t.utcoffset() is None:
+        reason = "is not an ISO-8601 date-time" if t is None else "has no timezone"
+        raise DataError(
+            f"{what}: {text!r} {reason} (e.g. 2026-01-15T08:30:00Z or 2026-01-15T08:30:00+01:00)"
+        )
+    return t
+
+
 def _is_column(values: Any) -> bool:
     """A list, tuple, Series or array of values (not a string or a mapping, nor a set)."""
     if isinstance(values, str | bytes | Mapping):
@@ -250,30 +436,37 @@ def _cost(a: _Answer) -> int:
 _BEFORE_ALL, _AFTER_ALL = -(2**64), 2**64
 
 
-def query_windows(prog: ViewProgram) -> tuple[int, ...]:
-    """The distinct windows (micros) of ``prog``'s aggregations, lifetime ones left out."""
-    return tuple(sorted({a.window_us for a in prog.aggs if a.window_us is not None}))
+def query_windows(prog: ViewProgram) -> tuple[tuple[int, int], ...]:
+    """The distinct windows (window, hop) of ``prog``'s aggregations, lifetime ones left out."""
+    return tuple(sorted({a.span for a in prog.aggs if a.span is not None}))
 
 
-def answer_span(state: State, t: int, windows: Sequence[int], lateness: int) -> tuple[int, int]:
+def answer_span(
+    state: State, t: int, windows: Sequence[tuple[int, int]], lateness: int
+) -> tuple[int, int]:
     """(after, until): ``prog.query(state, T)`` equals ``prog.query(state, t)`` for every T with
     after < T <= until, ``state`` answering at ``t``, for the ``ViewProgram`` ``prog`` with
     these ``windows`` (``query_windows``) and ``lateness``.
 
     The query sees T only through the number of retained events with ts < T, the number with
-    ts < T - w for each window w (bisections of the buffer, ``ViewProgram._compile_query``) and
-    the lateness check T >= max_ts - lateness: each is constant between consecutive event times
-    (shifted by w for a window)."""
+    ts < window_start(T) for each window (bisections of the buffer,
+    ``ViewProgram._compile_query``) and the lateness check T >= max_ts - lateness: each is
+    constant between consecutive event times, for a window between consecutive
+    ``last_visible`` times of the events (ts + w for a sliding one). A hopped window's tiles
+    (events kept pre-aggregated per hop) change only at hop boundaries."""
     ts = [rec[REC_TS] for rec in state.buffer]
     hi = bisect_left(ts, t)
     after = ts[hi - 1] if hi else _BEFORE_ALL
     until = ts[hi] if hi < len(ts) else _AFTER_ALL
-    for w in windows:
-        lo = bisect_left(ts, t - w, 0, hi)
+    for w, h in windows:
+        if h > 1:  # tiles of older events enter and leave the window at hop boundaries
+            after = max(after, t // h * h - 1)
+            until = min(until, t // h * h + h - 1)
+        lo = bisect_left(ts, window_start(t, w, h), 0, hi)
         if lo:
-            after = max(after, ts[lo - 1] + w)
+            after = max(after, last_visible(ts[lo - 1], w, h))
         if lo < len(ts):
-            until = min(until, ts[lo] + w)
+            until = min(until, last_visible(ts[lo], w, h))
     if state.max_ts != NO_TS:
         after = max(after, state.max_ts - lateness - 1)
     return after, until
@@ -303,6 +496,7 @@ class OnlineReader:
         self.programs = {v.name: ViewProgram(v.ir) for v in views}
         self.cache = AnswerCache(cache_bytes) if cache_bytes > 0 else None
         self._windows = {name: query_windows(prog) for name, prog in self.programs.items()}
+        self._reads: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, DType], ...]] = {}
 
     def read(
         self,
@@ -311,13 +505,16 @@ class OnlineReader:
         *,
         at_us: int | None = None,
         fingerprints: Mapping[str, str] | None = None,
+        request: Mapping[str, Sequence[Any]] | None = None,
     ) -> list[dict[str, Any]]:
         """One dict per entity: requested features (and ``<view>_found``), as of ``at_us``.
 
         Every view of ``wanted`` is looked up with ``entities`` (views of one entity key;
-        ``read_keyed`` serves views of several)."""
+        ``read_keyed`` serves views of several). ``request``: the values of the request fields
+        the views read (``fp.request``), one column per field, one value per entity
+        (``check_request``)."""
         per_view = {name: check_entities(self.views[name], entities) for name in wanted}
-        return self._read(per_view, len(entities), wanted, at_us, fingerprints)
+        return self._read(per_view, len(entities), wanted, at_us, fingerprints, request)
 
     def keys_of(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
         """The entity keys of the views in ``wanted``, in request order, each with its views."""
@@ -361,13 +558,18 @@ class OnlineReader:
         *,
         at_us: int | None = None,
         fingerprints: Mapping[str, str] | None = None,
+        request: Mapping[str, Sequence[Any]] | None = None,
     ) -> list[dict[str, Any]]:
         """One dict per request row: requested features (and ``<view>_found``), as of ``at_us``.
 
         ``keys`` maps each entity key of the views of ``wanted`` to its column (one value per
         request row); each view is looked up with its own key's column. The keys are not
-        repeated in the rows. Every view's states are read in one Redis round trip."""
-        return self._read_columns(self.check_keys(keys, wanted), wanted, at_us, fingerprints)
+        repeated in the rows. Every view's states are read in one Redis round trip.
+        ``request`` maps each request field the views read (``fp.request``) to its column, one
+        value per request row, of the declared type (``check_request``)."""
+        return self._read_columns(
+            self.check_keys(keys, wanted), wanted, at_us, fingerprints, request
+        )
 
     def _read_columns(
         self,
@@ -375,10 +577,11 @@ class OnlineReader:
         wanted: Mapping[str, Sequence[str]],
         at_us: int | None = None,
         fingerprints: Mapping[str, str] | None = None,
+        request: Mapping[str, Sequence[Any]] | None = None,
     ) -> list[dict[str, Any]]:
         per_view = {name: columns[self.views[name].entity.key] for name in wanted}
         n = len(next(iter(columns.values()), []))
-        return self._read(per_view, n, wanted, at_us, fingerprints)
+        return self._read(per_view, n, wanted, at_us, fingerprints, request)
 
     def _read(
         self,
@@ -387,27 +590,39 @@ class OnlineReader:
         wanted: Mapping[str, Sequence[str]],
         at_us: int | None,
         fingerprints: Mapping[str, str] | None,
+        request: Mapping[str, Sequence[Any]] | None = None,
     ) -> list[dict[str, Any]]:
         """``per_view``: each view's entity of every request row (checked values).
 
         Each (view, entity) is read and answered once, every view's states in one server-side
         read (``StateStore.fetch_states_in_generation``); rows are assembled from the answers.
+        A view with request fields is answered per request row instead (its state decoded
+        once per entity, queried with each row's request values), never from the cache.
         The values, and every refusal, are those of ``_read_one_by_one``, the straightforward
         per-entity reading kept as the reference (tests compare the two)."""
         t = at_us if at_us is not None else time.time_ns() // 1000
         self._check_request(wanted, fingerprints)
+        reads = self._request_fields(wanted)
+        values = check_request(reads, request, n, self._allowed(wanted))
         entities = {name: list(dict.fromkeys(per_view[name])) for name in wanted}
         # an emptied or uninitialized store raises here: its "not found" would be a lie
         stored = self.store.fetch_states_in_generation(
             [(name, e) for name in wanted for e in entities[name]], self.generation
         )
-        columns: list[tuple[tuple[str, ...], list[Any], dict[Any, tuple[Any, ...]]]] = []
+        columns: list[tuple[tuple[str, ...], Sequence[Any], dict[Any, tuple[Any, ...]]]] = []
         at = 0
         for name, feats in wanted.items():
             ents = entities[name]
-            answers = self._answer(name, ents, stored[at : at + len(ents)], t, feats)
+            got = stored[at : at + len(ents)]
             at += len(ents)
-            columns.append(((*feats, f"{name}{FOUND}"), per_view[name], answers))
+            names = (*feats, f"{name}{FOUND}")
+            if reads[name]:  # answered per request row, by row index
+                fields = [(f, values[(f, d)]) for f, d in reads[name]]
+                answers = self._answer_rows(name, ents, got, t, feats, per_view[name], fields)
+                columns.append((names, range(n), answers))
+            else:
+                answers = self._answer(name, ents, got, t, feats)
+                columns.append((names, per_view[name], answers))
         if len(columns) == 1:
             names, column, answers = columns[0]
             return [dict(zip(names, answers[e], strict=True)) for e in column]
@@ -466,6 +681,42 @@ class OnlineReader:
             cache.put(fresh, reused)
         return answers
 
+    def _answer_rows(
+        self,
+        name: str,
+        entities: Sequence[Any],
+        stored: Sequence[StoredState | None],
+        t: int,
+        feats: Sequence[str],
+        column: Sequence[Any],
+        fields: Sequence[tuple[str, list[Any]]],
+    ) -> dict[Any, tuple[Any, ...]]:
+        """request row -> (requested features..., found) for view ``name``, which reads request
+        fields, at ``t``: each entity's state (``entities``: those of ``column``, once each, in
+        order) decoded once, then queried with the request values of each of its rows. Not
+        cached: the answers depend on the request."""
+        view = self.views[name]
+        prog = self.programs[name]
+        query = prog.query
+        pick = _projection(prog.feature_names, feats)
+        rows_of: dict[Any, list[int]] = {}
+        for i, e in enumerate(column):
+            rows_of.setdefault(e, []).append(i)
+        answers: dict[Any, tuple[Any, ...]] = {}
+        for e, got in zip(entities, stored, strict=True):
+            state: State | None = None
+            if got is not None:
+                if got.fingerprint != view.fingerprint:
+                    raise _served_version(view, got.fingerprint, e)
+                state = _decode(prog, name, e, got)  # quarantined, too large, undecodable: raise
+            found = got is not None
+            for i in rows_of[e]:
+                # a read further than the view's lateness behind the entity's newest event
+                # raises StateError (naming the view and the times)
+                values = query(state, t, {f: col[i] for f, col in fields})
+                answers[i] = (*pick(values), found)
+        return answers
+
     def _read_one_by_one(
         self,
         per_view: Mapping[str, list[Any]],
@@ -473,11 +724,19 @@ class OnlineReader:
         wanted: Mapping[str, Sequence[str]],
         at_us: int | None,
         fingerprints: Mapping[str, str] | None,
+        request: Mapping[str, Sequence[Any]] | None = None,
     ) -> list[dict[str, Any]]:
         """``_read`` the straightforward way, the reference the tests hold it to: one pipelined
-        HMGET per (view, entity), then each entity decoded, queried and copied into its rows."""
+        HMGET per (view, entity), then each entity decoded, queried (once per request row of
+        the entity for a view with request fields) and copied into its rows."""
         t = at_us if at_us is not None else time.time_ns() // 1000
         self._check_request(wanted, fingerprints)
+        reads = self._request_fields(wanted)
+        request_values = check_request(reads, request, n, self._allowed(wanted))
+        rows_of: dict[tuple[str, Any], list[int]] = {}
+        for name in wanted:
+            for i, e in enumerate(per_view[name]):
+                rows_of.setdefault((name, e), []).append(i)
         # each (view, entity) once; every view in the same round trip
         order = list(dict.fromkeys((name, e) for name in wanted for e in per_view[name]))
         # an emptied or uninitialized store raises here: its "not found" would be a lie
@@ -485,6 +744,7 @@ class OnlineReader:
             [(self.views[name], e) for name, e in order], self.generation
         )
         answers: dict[tuple[str, Any], tuple[dict[str, Any], bool]] = {}
+        row_answers: dict[tuple[str, int], tuple[dict[str, Any], bool]] = {}
         for (name, e), got in zip(order, stored, strict=True):
             view = self.views[name]
             prog = self.programs[name]
@@ -494,6 +754,15 @@ class OnlineReader:
             state = None if got is None else _decode(prog, name, e, got)
             # a read further than the view's lateness behind the entity's newest event raises
             # StateError (naming the view and the times) rather than answering another instant
+            if reads[name]:  # one answer per request row of the entity
+                for i in rows_of[(name, e)]:
+                    req = {f: request_values[(f, d)][i] for f, d in reads[name]}
+                    values = prog.query(state, t, req)
+                    row_answers[(name, i)] = (
+                        dict(zip(prog.feature_names, values, strict=True)),
+                        got is not None,
+                    )
+                continue
             values = prog.query(state, t)
             answers[(name, e)] = (
                 dict(zip(prog.feature_names, values, strict=True)),
@@ -501,12 +770,34 @@ class OnlineReader:
             )
         rows: list[dict[str, Any]] = [{} for _ in range(n)]
         for name in wanted:
-            for row, e in zip(rows, per_view[name], strict=True):
-                feats, found = answers[(name, e)]
+            per_row = bool(reads[name])
+            for i, (row, e) in enumerate(zip(rows, per_view[name], strict=True)):
+                feats, found = row_answers[(name, i)] if per_row else answers[(name, e)]
                 for f in wanted[name]:
                     row[f] = feats[f]
                 row[f"{name}{FOUND}"] = found
         return rows
+
+    def _allowed(
+        self, wanted: Mapping[str, Sequence[str]]
+    ) -> dict[str, tuple[tuple[str, DType], ...]]:
+        """Every request field of the requested views (read by any of their features)."""
+        return {name: self.programs[name].request_fields for name in wanted}
+
+    def _request_fields(
+        self, wanted: Mapping[str, Sequence[str]]
+    ) -> dict[str, tuple[tuple[str, DType], ...]]:
+        """view -> the request fields its requested features read (through the features they
+        derive from too), for the views of ``wanted``. A request for features that read none
+        takes the plain path: the others are computed with null requests and not returned."""
+        out = {}
+        for name, feats in wanted.items():
+            key = (name, tuple(feats))
+            reads = self._reads.get(key)
+            if reads is None:
+                reads = self._reads[key] = _request_fields_read(self.views[name].ir, feats)
+            out[name] = reads
+        return out
 
     def _check_request(
         self, wanted: Mapping[str, Sequence[str]], fingerprints: Mapping[str, str] | None
@@ -535,13 +826,17 @@ class OnlineReader:
         self,
         keys: Mapping[str, Sequence[Any]],
         wanted: Mapping[str, Sequence[str]],
+        *,
+        request: Mapping[str, Sequence[Any]] | None = None,
         **kwargs: Any,
     ) -> pl.DataFrame:
         """``read_keyed`` as a DataFrame: one row per request row; the entity key columns (in
-        the order of the requested views), then per view its features and ``<view>_found``."""
+        the order of the requested views), then per view its features and ``<view>_found``.
+        ``request``: as for ``read_keyed`` (the request values are not repeated in the
+        frame)."""
         columns = self.check_keys(keys, wanted)
         _check_columns(list(columns), wanted)
-        rows = self._read_columns(columns, wanted, **kwargs)
+        rows = self._read_columns(columns, wanted, request=request, **kwargs)
         schema: dict[str, Any] = {
             k: PL_TYPES[self.views[names[0]].entity_dtype]
             for k, names in self.keys_of(wanted).items()
@@ -561,6 +856,25 @@ class OnlineReader:
                 if self.views[name].ir.feature(f).expr.dtype is DType.DATETIME:
                     df = df.with_columns(pl.col(f).cast(pl.Datetime("us", "UTC")))
         return df
+
+
+def _request_fields_read(view: ir.ViewIR, feats: Sequence[str]) -> tuple[tuple[str, DType], ...]:
+    """The request fields (in ``view.request_fields`` order) that ``feats`` read, directly or
+    through the features they reference."""
+    seen: set[str] = set()
+    read: set[str] = set()
+    todo = list(feats)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in view.feature(name).expr.walk():
+            if isinstance(node, ir.Request):
+                read.add(node.name)
+            elif isinstance(node, ir.FeatureRef):
+                todo.append(node.name)
+    return tuple((f, d) for f, d in view.request_fields if f in read)
 
 
 def _served_version(view: FeatureView, served: str | None, entity: Any) -> VersionMismatchError:

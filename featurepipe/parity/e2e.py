@@ -14,7 +14,7 @@ from featurepipe.dsl.loader import Definitions
 from featurepipe.online.lookup import OnlineReader
 from featurepipe.online.redis_conn import connect
 from featurepipe.online.state_store import StateStore
-from featurepipe.parity.harness import ParityReport, compare, normalize_events
+from featurepipe.parity.harness import ParityReport, QueryTail, compare, normalize_events
 from featurepipe.stream.kafka_conn import require_broker
 from featurepipe.stream.produce import ensure_topics, produce_frame
 from featurepipe.stream.worker import StreamWorker, WorkerConfig
@@ -63,14 +63,13 @@ def run_e2e(
 
     ev = normalize_events(view, events)
     last = ev.filter(pl.col(key).is_not_null()).group_by(key).agg(pl.col(TS).max().alias("last"))
-    windows = sorted({a.window_us for a in view.ir.aggs if a.window_us is not None})
-    offsets = [0, *windows, view.ir.max_window_us + 86_400_000_000]
+    tail = QueryTail(view.ir)
     q_key: list[Any] = []
     q_ts: list[int] = []
     for e, t in last.iter_rows():
-        for off in offsets:
+        for at in [t, *tail(t)]:
             q_key.append(e)
-            q_ts.append(t + off)
+            q_ts.append(at)
     reader = OnlineReader(client, [view], prefix)
     expected: list[tuple[Any, ...]] = []
     names = view.feature_names

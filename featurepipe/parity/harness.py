@@ -25,8 +25,10 @@ from featurepipe.compile.polars_rows import PL_TYPES
 from featurepipe.compile.python_state import ViewProgram, collector_paused
 from featurepipe.dsl.definitions import FeatureView, Source
 from featurepipe.errors import DataError
+from featurepipe.ir import nodes as ir
 from featurepipe.ir.timebase import format_us
 from featurepipe.ir.types import DType
+from featurepipe.kernels import last_visible
 
 
 @dataclass
@@ -179,6 +181,9 @@ def run_parity(
             },
             schema={key: key_type, TS: pl.Int64, ARRIVED: pl.Int64},
         )
+        for j, (name, dtype) in enumerate(prog.request_fields):  # the same values as above
+            values = [r[j] for r in replay.requests]
+            queries = queries.with_columns(pl.Series(name, values, dtype=PL_TYPES[dtype]))
         batch = BatchProgram(view.ir).features(ev.lazy(), queries)
         seconds_batch = time.perf_counter() - t1
 
@@ -210,6 +215,8 @@ class _Replay:
     answers: list[tuple[Any, ...]]
     skipped: int
     null_entity: int
+    # the request values (fp.request) each point was answered with, in request_fields order
+    requests: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def _replay(
@@ -246,9 +253,27 @@ def _replay(
     by_entity = keyed.with_columns(sampled, pl.col(SEQ).min().over(key).alias("__first")).sort(
         "__first", SEQ
     )
-    windows = sorted({a.window_us for a in view.ir.aggs if a.window_us is not None})
-    tail = [*windows, view.ir.max_window_us + 86_400_000_000]
+    tail = QueryTail(view.ir)
+    # request fields (fp.request): a point of an event is answered with the event's own
+    # field of that name and type (scoring the event), others with nulls
+    fields = dict(view.ir.fields)
+    from_event = [
+        (name, names.index(name) if fields.get(name) is dtype else None)
+        for name, dtype in prog.request_fields
+    ]
+    no_request = tuple(None for _ in from_event)
+    requests: list[tuple[Any, ...]] = []
 
+    def request_of(row: Any) -> tuple[Any, ...]:
+        return tuple(None if at is None else row[at] for _, at in from_event)
+
+    def ask(st: Any, t: int, req: tuple[Any, ...]) -> tuple[Any, ...]:
+        if from_event:
+            requests.append(req)
+            return query(st, t, dict(zip(prog_names, req, strict=True)))
+        return query(st, t)
+
+    prog_names = [name for name, _ in from_event]
     ingest, query, can_answer, new_state = prog.ingest, prog.query, prog.can_answer, prog.new_state
     keys: list[Any] = []
     times: list[int] = []
@@ -265,14 +290,13 @@ def _replay(
 
     def after_the_log() -> None:
         nonlocal skipped
-        for i, w in enumerate(tail):
-            t = newest + w
+        for i, t in enumerate(tail(newest)):
             if can_answer(st, t):
                 keys.append(e)
                 times.append(t)
                 arrived.append(n)
-                answers.append(query(st, t))
-                place.append(2 * n + entity * len(tail) + i)
+                answers.append(ask(st, t, no_request))
+                place.append(2 * n + entity * tail.points + i)
             else:
                 skipped += 1
 
@@ -289,7 +313,7 @@ def _replay(
                 keys.append(e)
                 times.append(t)
                 arrived.append(seq)
-                answers.append(query(None, t))
+                answers.append(ask(None, t, request_of(row)))
                 place.append(2 * seq)
             st = new_state()
             newest = t
@@ -298,7 +322,7 @@ def _replay(
                 keys.append(e)
                 times.append(t)
                 arrived.append(seq)
-                answers.append(query(st, t))
+                answers.append(ask(st, t, request_of(row)))
                 place.append(2 * seq)
             else:
                 skipped += 1
@@ -308,7 +332,7 @@ def _replay(
                     keys.append(e)
                     times.append(mid)
                     arrived.append(seq)
-                    answers.append(query(st, mid))
+                    answers.append(ask(st, mid, request_of(row)))
                     place.append(2 * seq + 1)
                 else:
                     skipped += 1
@@ -325,6 +349,7 @@ def _replay(
         times=[times[i] for i in order],
         arrived=[arrived[i] for i in order],
         answers=[answers[i] for i in order],
+        requests=[requests[i] for i in order] if from_event else [],
         skipped=skipped,
         null_entity=n - keyed.height,
     )
@@ -372,3 +397,21 @@ def _show(v: Any) -> str:
     if isinstance(v, float):
         return f"{v!r} (0x{struct.unpack('<Q', struct.pack('<d', v))[0]:016x})"
     return repr(v)
+
+
+class QueryTail:
+    """Query times after an entity's newest event: where each window ends for it (the
+    newest event's last visible instant, and the next for a hopped window, whose edge is a
+    hop boundary), and past every window."""
+
+    def __init__(self, view: ir.ViewIR) -> None:
+        self.spans = sorted({a.span for a in view.aggs if a.span is not None})
+        self.beyond = view.max_window_us + 86_400_000_000
+        self.points = len(self(0))
+
+    def __call__(self, newest: int) -> list[int]:
+        out: list[int] = []
+        for w, h in self.spans:
+            edge = last_visible(newest, w, h)
+            out += [edge] if h == 1 else [edge, edge + 1]
+        return [*out, newest + self.beyond]
