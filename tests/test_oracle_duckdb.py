@@ -5,8 +5,9 @@ same values bit for bit.
 Nothing here runs featurepipe code to compute an expected value: the SQL below restates the
 documented rules (window ``T - w <= ts < T``, lifetime ``ts < T``, arrival bound ``seq < A``,
 ``where`` true only, nulls skipped, fixed-point sums with 40 fractional bits rounded half to
-even, saturation at 2**52, ``-0.0`` as ``0.0`` for min/max/count_distinct, one NaN, first/last by
-``(ts, arrival)``, defaults for null results). The few binary64 steps the document prescribes
+even, saturation at 2**52, ``-0.0`` as ``0.0`` for min/max/count_distinct/mode, one NaN, first/last by
+``(ts, arrival)``, mode as the most frequent value with ties to the smallest, defaults for null
+results). The few binary64 steps the document prescribes
 after aggregation (``float(S) * 2**-40``, ``s / n``, the variance formula) are written out in
 ``_finalize`` below, once, from the document.
 
@@ -74,6 +75,7 @@ ARGS: dict[str, tuple[str, ...]] = {
     "min": ("x", "n"), "max": ("x", "n"),
     "first": ("x", "n", "s", "b"), "last": ("x", "n", "s", "b"),
     "count_distinct": ("x", "n", "s", "b"),
+    "mode": ("x", "n", "s", "b"),
 }
 KINDS = sorted(ARGS)
 # label -> (window, hop) in micros; hop None for a sliding window. A hopped window "6s/2s"
@@ -97,6 +99,7 @@ DEFAULTS: dict[tuple[str, str], list[Any]] = {
     ("mean", "x"): [-0.0], ("mean", "n"): [0.5], ("var", "x"): [-1.0], ("std", "n"): [0.0],
     ("min", "n"): [INT64[1]], ("max", "x"): [-math.inf],
     ("first", "s"): ["?"], ("last", "b"): [False], ("last", "n"): [-7],
+    ("mode", "x"): [-0.0], ("mode", "n"): [-1], ("mode", "s"): ["?"], ("mode", "b"): [True],
 }
 
 
@@ -184,6 +187,8 @@ def _sql_columns(i: int, s: Spec) -> list[str]:
     kind = s.kind
     if kind == "count":
         return [f"count({a}) AS c{i}"]
+    if kind == "mode":
+        raise AssertionError("mode needs counts per (query, value): see _mode_sql")
     if kind == "count_distinct":
         if s.arg != "x":
             return [f"count(DISTINCT {a}) AS c{i}"]
@@ -220,7 +225,7 @@ def _sql_columns(i: int, s: Spec) -> list[str]:
 def _finalize(i: int, s: Spec, r: dict[str, Any]) -> Any:
     """The document's finalization of the raw aggregates of feature i."""
     kind = s.kind
-    if kind in ("count", "count_distinct", "first", "last"):
+    if kind in ("count", "count_distinct", "first", "last", "mode"):
         out = r[f"c{i}"]
         if kind in ("count", "count_distinct"):
             out = int(out)
@@ -298,6 +303,12 @@ def _connect(rows: list[dict[str, Any]], queries: list[tuple[str, int, int]]) ->
 
 
 def _join(s: Spec) -> str:
+    """The events a query at T sees for feature ``s``, grouped per query."""
+    return f"""{_visible(s)}
+        GROUP BY q.qid ORDER BY q.qid"""
+
+
+def _visible(s: Spec) -> str:
     """The events a query at T sees for feature ``s``: its entity, arrived, in its window, where."""
     span = WINDOWS[s.window]
     if span is None:
@@ -309,7 +320,31 @@ def _join(s: Spec) -> str:
     return f"""
         FROM q_in AS q LEFT JOIN ev_in AS ev
           ON ev.k = q.k AND ev.seq < q.arrived AND ev.ts < q.t {window}
-         AND ({WHERE[s.where][1]})
+         AND ({WHERE[s.where][1]})"""
+
+
+def _mode_sql(i: int, s: Spec) -> str:
+    """mode: count each non-null value per query, then the highest count, ties to the smallest
+    value. Floats are grouped on (is NaN, value with -0.0 as 0.0 and NaN as 0): one NaN, one
+    zero, whatever DuckDB's own NaN and -0.0 equality; the order is spelled out too: NaN after
+    every number, strings by their UTF-8 bytes (= code points), false before true."""
+    a = f"ev.{s.arg}"
+    if s.arg == "x":
+        key = f"isnan({a}) AS nan, CASE WHEN isnan({a}) OR {a} = 0 THEN 0.0 ELSE {a} END AS v"
+        smallest, value = "nan, v", "CASE WHEN nan THEN 'NaN'::DOUBLE ELSE v END"
+    else:
+        key = f"false AS nan, {a} AS v"
+        smallest, value = ("encode(v)" if s.arg == "s" else "v"), "v"
+    return f"""
+        WITH seen AS (SELECT q.qid, {key} {_visible(s)} AND {a} IS NOT NULL),
+        counted AS (
+            SELECT qid, nan, v, count(*) AS c FROM seen WHERE v IS NOT NULL GROUP BY qid, nan, v),
+        ranked AS (
+            SELECT qid, {value} AS v,
+                   row_number() OVER (PARTITION BY qid ORDER BY c DESC, {smallest}) AS r
+            FROM counted)
+        SELECT q.qid, any_value(m.v) AS c{i}
+        FROM q_in AS q LEFT JOIN ranked AS m ON m.qid = q.qid AND m.r = 1
         GROUP BY q.qid ORDER BY q.qid"""
 
 
@@ -318,7 +353,10 @@ def oracle(rows: list[dict[str, Any]], specs_: list[Spec], queries: list[tuple[s
     try:
         out: list[list[Any]] = [[None] * len(specs_) for _ in queries]
         for i, s in enumerate(specs_):
-            cur = con.execute(f"SELECT q.qid, {', '.join(_sql_columns(i, s))} {_join(s)}")
+            if s.kind == "mode":
+                cur = con.execute(_mode_sql(i, s))
+            else:
+                cur = con.execute(f"SELECT q.qid, {', '.join(_sql_columns(i, s))} {_join(s)}")
             names = [d[0] for d in cur.description]
             for row in cur.fetchall():
                 r = dict(zip(names, row, strict=True))
@@ -446,5 +484,5 @@ def test_oracle_covers_every_aggregation_kind() -> None:
     assert set(ARGS) == set(REGISTERED)
     for kind in ("sum", "mean", "var", "std", "min", "max"):
         assert set(ARGS[kind]) == {"x", "n"}, kind
-    for kind in ("first", "last", "count_distinct"):
+    for kind in ("first", "last", "count_distinct", "mode"):
         assert set(ARGS[kind]) == {"x", "n", "s", "b"}, kind

@@ -145,6 +145,7 @@ AGG_INPUT = {
     "first": st.one_of(E["float"], E["int"], E["str"], E["bool"]),
     "last": st.one_of(E["float"], E["int"], E["str"], E["bool"]),
     "count_distinct": st.one_of(E["float"], E["int"], E["str"], E["bool"]),
+    "mode": st.one_of(E["float"], E["int"], E["str"], E["bool"], st.just(lambda t: t.ts)),
     "count": st.one_of(st.none(), E["float"], E["str"]),
 }
 

@@ -242,3 +242,64 @@ def test_the_harness_scores_each_event_with_its_own_fields() -> None:
         prog.ingest(state, e, seq)
     assert got == [(None,), (2.0,), (3.0,)]
     assert not math.isnan(got[1][0])
+
+
+# ---- the query time -------------------------------------------------------------------------------
+
+
+def test_since_last_and_the_query_time_worked_by_hand() -> None:
+    """Events at 0 s (b true) and 10 s (b false): at T = 25 s the latest is 15 s old, the latest
+    with b 25 s old; within a 12 s window at T = 25 s there is none (13 s ago is the start)."""
+    v = view(
+        {
+            "since": lambda t: fp.since_last(t.ts),
+            "since_b": lambda t: fp.since_last(t.ts, where=t.b),
+            "since_12s": lambda t: fp.since_last(t.ts, window="12s"),
+            "age_us": lambda t: fp.query_time() - fp.first(t.ts),
+            "minute": lambda t: fp.query_time().minute(),
+        }
+    )
+    rows = [
+        {"k": "a", "x": 1.0, "n": 1, "s": "p", "b": True, "ts": at(0)},
+        {"k": "a", "x": 2.0, "n": 2, "s": "q", "b": False, "ts": at(10)},
+    ]
+    ev = normalize_events(v, frame(rows))
+    prog = ViewProgram(v.ir)
+    state = prog.new_state()
+    for seq, e in enumerate(ev.iter_rows(named=True)):
+        prog.ingest(state, e, seq)
+    base = int(at(0).timestamp()) * 1_000_000
+    times = [base + 25_000_000, base + 90_000_000, base]
+    # at(0) is BASE, a midnight: minute 0; 90 s after it, minute 1
+    want = [
+        (15.0, 25.0, None, 25_000_000, 0),
+        (80.0, 90.0, None, 90_000_000, 1),
+        (None, None, None, None, 0),  # before every event
+    ]
+    per_event = [prog.query(state, t) for t in times]
+    q = pl.DataFrame({"k": ["a"] * 3, TS: times}, schema={"k": pl.String, TS: pl.Int64})
+    batch = BatchProgram(v.ir).features(ev.lazy(), q).drop("k", TS).rows()
+    assert per_event == want
+    assert batch == want
+
+
+def test_the_query_time_cannot_be_aggregated() -> None:
+    with pytest.raises(DefinitionError, match="cannot be used inside an aggregation"):
+        view({"f": lambda t: fp.max(fp.query_time())})
+    with pytest.raises(DefinitionError, match="arithmetic needs numbers"):
+        view({"f": lambda t: fp.query_time() + fp.max(t.ts)})  # only a difference is offered
+
+
+@settings(max_examples=scaled(60))
+@given(rows=event_logs(), window=st.sampled_from([None, "5s", "30s"]), lateness=st.sampled_from(["1s", "1h"]))
+def test_query_time_features_are_bit_identical(rows: list[dict[str, Any]], window: str | None, lateness: str) -> None:
+    v = view(
+        {
+            "since": lambda t: fp.since_last(t.ts, window=window),
+            "since_b": lambda t: fp.since_last(t.ts, where=t.b, window=window),
+            "age": lambda t: fp.query_time() - fp.min(t.ts),
+            "late": lambda t: fp.query_time().hour() * 60 + fp.count(window=window),
+        },
+        lateness=lateness,
+    )
+    assert_parity(v, frame(rows))

@@ -77,6 +77,11 @@ def req_risk(t):
 @fp.feature_view(entity=user, source=tx, lateness="1h")
 def req_plain(t):
     return {"total": fp.sum(t.amount, default=0.0), "cnt": fp.count()}
+
+
+@fp.feature_view(entity=user, source=tx, lateness="1h")
+def req_clock(t):
+    return {"since_s": fp.since_last(t.ts), "n_events": fp.count()}
 """
 
 # u1: mean 20.0, last country FR, newest event T0+30m, 2 events in the last hour
@@ -144,7 +149,7 @@ def repo(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
         },
     ).write_parquet(root / "data" / "tx" / "part-0.parquet")
     defs = load_definitions(root / "feature_defs")
-    views = {name: defs.view(name) for name in (RISK, "req_plain")}
+    views = {name: defs.view(name) for name in (RISK, "req_plain", "req_clock")}
     prefix = f"fptest-request-{uuid.uuid4().hex[:12]}"
     client = connect(redis_url)
     for view in views.values():
@@ -362,6 +367,24 @@ def test_cache_is_never_used_for_request_views(repo: Repo) -> None:
     assert (cache.reused, len(cache)) == (1, 1)
     one(20.0)
     assert (cache.reused, len(cache)) == (1, 1)
+
+
+def test_a_view_of_the_query_time_is_never_answered_from_the_cache(repo: Repo) -> None:
+    """since_last moves with T: two reads a second apart differ by exactly a second (u1's
+    newest event is at T0+30m), none is reused, while the plain view is."""
+    reader = repo.reader()
+    cache = reader.cache
+    assert cache is not None
+    wanted = {"req_clock": ["since_s", "n_events"]}
+    first = reader.read(["u1", "u3"], wanted, at_us=AT_US)
+    later = reader.read(["u1", "u3"], wanted, at_us=AT_US + 1_000_000)
+    elapsed = (AT_US - int(LAST_U1.timestamp()) * 1_000_000) / 1e6
+    assert first == [
+        {"since_s": elapsed, "n_events": 2, "req_clock_found": True},
+        {"since_s": None, "n_events": 0, "req_clock_found": False},
+    ]
+    assert later[0]["since_s"] == elapsed + 1.0 and later[1] == first[1]
+    assert (cache.reused, cache.computed, len(cache)) == (0, 0, 0)
 
 
 # -- refusals -----------------------------------------------------------------------------------

@@ -101,6 +101,16 @@ CASES: list[tuple[str, Case]] = [
     ("empty first null", Case(
         "every other aggregation gives null",
         lambda t: fp.first(t.s, window="5s"), [ev(0, s="a")], 60.0, None)),
+    ("mode tie to the smallest", Case(
+        "a tie between equally frequent values goes to the smallest value",
+        lambda t: fp.mode(t.n), [ev(0, n=3), ev(1, n=1), ev(2, n=3), ev(3, n=1)], 4.0, 1,
+        note="3 and 1 twice each: 1")),
+    ("mode NaN loses a tie", Case(
+        "NaN wins only when it is strictly most frequent",
+        lambda t: fp.mode(t.x), [ev(0, x=math.nan), ev(1, x=5.0)], 2.0, 5.0)),
+    ("empty mode null", Case(
+        "every other aggregation gives null",
+        lambda t: fp.mode(t.s, window="5s"), [ev(0, s="a")], 60.0, None)),
     ("empty window default", Case(
         "or the\n  feature's `default=`",
         lambda t: fp.mean(t.x, window="5s", default=-1.5), [ev(0, x=1.0)], 60.0, -1.5)),
@@ -143,6 +153,10 @@ CASES: list[tuple[str, Case]] = [
     ("mean skips nulls", Case(
         "Aggregations skip null inputs",
         lambda t: fp.mean(t.x), [ev(0, x=1.0), ev(1, x=None), ev(2, x=3.0)], 3.0, 2.0)),
+    ("mode skips nulls", Case(
+        "Aggregations skip null inputs",
+        lambda t: fp.mode(t.n), [ev(0, n=None), ev(1, n=None), ev(2, n=4)], 3.0, 4,
+        note="two nulls are not a most frequent value")),
     ("last may be null", Case(
         "they return the value of the first/last event in the window, which may be null",
         lambda t: fp.last(t.x), [ev(0, x=1.0), ev(1, x=None)], 2.0, None)),

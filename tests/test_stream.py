@@ -49,9 +49,10 @@ def test_end_to_end_parity(services: infra.DevServices) -> None:
 
 
 def test_end_to_end_parity_of_hopped_windows(services: infra.DevServices, tmp_path: Path) -> None:
-    """Hopped windows of every shape (hop = window, hop dividing it, beside sliding ones) through
-    the broker and Redis: online values equal the batch plan's at the entities' newest events,
-    at each window's last visible instant and at the hop boundary after it."""
+    """Hopped windows of every shape (hop = window, hop dividing it, beside sliding ones) and
+    request-time features through the broker and Redis: online values equal the batch plan's at
+    the entities' newest events, at each window's last visible instant and at the hop boundary
+    after it."""
     defs_dir = tmp_path / "defs"
     defs_dir.mkdir()
     source = (ROOT / "feature_defs" / "fraud.py").read_text()
@@ -72,6 +73,10 @@ def user_hopped(t):
         "first_6h_2h": fp.first(t.country, window="6h", hop="2h"),
         "last_6h_3h": fp.last(t.country, window="6h", hop="3h"),
         "foreign_24h_4h": fp.count(window="24h", hop="4h", where=t.country != "US"),
+        # request-time features: each point asks with the entity's newest event's fields
+        "amount_vs_mean": fp.request("amount", float) / fp.mean(t.amount, window="24h", hop="1h"),
+        "same_country": fp.request("country", str) == fp.last(t.country),
+        "scaled": fp.request("amount", float) * 2.0,
     }
 ''')
     defs = load_definitions(defs_dir)

@@ -248,6 +248,8 @@ class BatchProgram:
         frame = raw.with_columns(**cols)
         if request:  # raw holds every query once, in QID (= query frame row) order
             frame = frame.with_columns(request)
+        if self.view.reads_query_time:
+            frame = frame.with_columns(q[TS].alias("__query_time"))
         names: dict[str, str] = {}
 
         def leaf(n: ir.Node) -> pl.Expr | None:
@@ -257,6 +259,8 @@ class BatchProgram:
                 return pl.col(names[n.name])
             if isinstance(n, ir.Request):
                 return pl.col(f"__req_{n.name}")
+            if isinstance(n, ir.QueryTime):
+                return pl.col("__query_time")
             return None
 
         for f in self.view.dependency_order():
@@ -341,6 +345,22 @@ class Ranges:
         prv = _marked_rows(mark).fill_null(strategy="forward")
         at = prv.gather((hi - 1).clip(0, n - 1))
         return pl.select(pl.when((hi > 0) & (at >= lo)).then(at)).to_series().cast(I64)
+
+    def by_pairs(self, window: Window, aggregations: dict[str, pl.Expr]) -> dict[str, pl.Series]:
+        q = self.q
+        pairs = (
+            pl.DataFrame({"__q": pl.int_range(q.height, eager=True, dtype=I64)})
+            .with_columns(pl.int_ranges(self.lo(window), q["hi"]).alias(INDEX))
+            .explode(INDEX)
+            .drop_nulls(INDEX)
+            .with_columns(pl.col(INDEX).cast(I64))
+        )
+        events = self.events.with_row_index(INDEX).with_columns(pl.col(INDEX).cast(I64))
+        grouped = pairs.join(events, on=INDEX, how="left").group_by("__q").agg(**aggregations)
+        aligned = pl.DataFrame({"__q": pl.int_range(q.height, eager=True, dtype=I64)}).join(
+            grouped, on="__q", how="left", maintain_order="left"
+        )
+        return {name: aligned[name] for name in aggregations}
 
     def distinct_count(self, key: str, window: Window) -> pl.Series:
         """Distinct non-null values of column ``key`` among each query's visible events."""

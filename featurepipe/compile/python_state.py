@@ -363,12 +363,14 @@ class ViewProgram:
                 return gen.names[self.view.feature(n.name).expr]
             if isinstance(n, ir.Request):
                 return f"req[{n.name!r}]"
+            if isinstance(n, ir.QueryTime):
+                return "t"
             return None
 
         gen = CodeGen(leaf)
         outs = {f.name: gen.emit(f.expr) for f in self.view.dependency_order()}
         return gen.function(
-            "finish_features", "aggs, req", [outs[f.name] for f in self.view.features]
+            "finish_features", "aggs, req, t", [outs[f.name] for f in self.view.features]
         )
 
     # -- state -----------------------------------------------------------------------------
@@ -467,7 +469,7 @@ class ViewProgram:
             )
         values = self._aggregate(state.buffer, state.compacted, t, state.tiles)
         req = self._no_request if request is None else {**self._no_request, **request}
-        out = list(self._final(values, req))
+        out = list(self._final(values, req, t))
         for j in self._float_outputs:  # one NaN on the way out: sign/payload carry no meaning
             v = out[j]
             if v is not None and v != v:

@@ -226,7 +226,9 @@ class _Typer:
             raise DefinitionError(str(e), view=self.view, feature=name) from None
         except UnsupportedOperationError as e:
             raise UnsupportedOperationError(str(e), view=self.view, feature=name) from None
-        if not any(isinstance(n, ir.Agg | ir.FeatureRef | ir.Request) for n in node.walk()):
+        if not any(
+            isinstance(n, ir.Agg | ir.FeatureRef | ir.Request | ir.QueryTime) for n in node.walk()
+        ):
             raise DefinitionError(
                 "a feature must aggregate events (fp.count, fp.sum, fp.last, ...), derive "
                 "from other features or read the request (fp.request)",
@@ -260,6 +262,13 @@ class _Typer:
             return self.agg(e)
         if e.kind == "request":
             return self.request(e, level)
+        if e.kind == "query_time":
+            if level == "row":
+                raise TypeError(
+                    "fp.query_time() is the time features are read at: it has no value per "
+                    "event, so it cannot be used inside an aggregation"
+                )
+            return ir.QueryTime(DType.DATETIME)
         return self.call(e, level)
 
     def request(self, e: Expr, level: str) -> ir.Request:

@@ -222,6 +222,27 @@ def lit(value: Any) -> Expr:
     return wrap(value)
 
 
+def query_time() -> Expr:
+    """The time T the features are read at, as a datetime: the lookup's request time, the
+    training row's timestamp. For ages and recencies, e.g. ``fp.query_time() -
+    fp.first(t.event_time)`` (a datetime minus a datetime: microseconds, an int)."""
+    return Expr("query_time")
+
+
+def since_last(
+    timestamp: Any,
+    *,
+    window: str | timedelta | None = None,
+    where: Any = None,
+    hop: Any = None,
+) -> Expr:
+    """Seconds (float) from the latest event (passing ``where``, in the window) to the query
+    time: ``(query_time() - max(timestamp)) / 1e6``; null when there is none. ``timestamp``
+    is the event's time field (``t.event_time``)."""
+    latest = max(timestamp, window=window, where=where, hop=hop)  # type: ignore[arg-type]
+    return (query_time() - latest).cast("float") / 1_000_000.0
+
+
 _REQUEST_TYPES = {float: "float", int: "int", str: "str", bool: "bool", datetime: "datetime"}
 
 
@@ -407,6 +428,14 @@ def last(
 ) -> Expr:
     """Value of the latest event in the window (ties: latest arrival); may be null."""
     return _agg("last", expr, window, where, default, hop)
+
+
+def mode(
+    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+) -> Expr:
+    """The most frequent non-null value in the window (ties: the smallest value); null when
+    empty."""
+    return _agg("mode", expr, window, where, default, hop)
 
 
 def count_distinct(

@@ -24,6 +24,7 @@ Accumulator shapes (per-event; the batch columns carry the same names where they
     min, max        [n, best, nan]
     first, last     (ts, seq, value) or None
     count_distinct  set of keys
+    mode            dict value -> count (floats canonical: 0.0 for -0.0, ``math.nan`` for NaN)
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ class RangeKernels(Protocol):
     def last_marked(self, mark: pl.Series, window: Window) -> pl.Series: ...
 
     def distinct_count(self, key: str, window: Window) -> pl.Series: ...
+
+    def by_pairs(self, window: Window, aggregations: dict[str, pl.Expr]) -> dict[str, pl.Series]:
+        """``aggregations`` (a kind's ``over_pairs``, reading its prepared columns and the
+        event row ``__i``) over each query's events, evaluated as a group-by over explicit
+        (query, event) pairs: for kinds without a range kernel. Cost: the total number of
+        (query, event) pairs, not the number of queries. A query with no event gets nulls."""
+        ...
 
 
 def float_input(agg: Agg) -> bool:
@@ -719,6 +727,109 @@ class CountDistinct(AggKind):
         return col("n").cast(I64)
 
 
+# ---- mode: the most frequent non-null value, ties to the smallest ----------------------------
+
+# The one NaN a mode accumulator holds as a key: a dict finds a NaN key only by identity (NaN !=
+# NaN), so every NaN is replaced by this object before it is counted. Boxed in a tuple for the
+# generated code's namespace, which must compare equal to itself (a bare NaN does not).
+_MODE_NAN = (math.nan,)
+
+
+def _float_order(v: float) -> tuple[int, float]:
+    """The total order on canonical floats: numbers ascending, then NaN (Polars' order)."""
+    return (1, 0.0) if v != v else (0, v)
+
+
+def _same(v: Any) -> Any:
+    return v
+
+
+class Mode(AggKind):
+    name = "mode"
+    fields = ("",)
+    plan = "group aggregation over (query, event) pairs: most frequent value, ties to the smallest"
+
+    def result_type(self, arg: DType | None) -> DType:
+        _need(
+            arg in (I, F, DType.STR, DType.BOOL, D),
+            f"{self.name} needs an int, float, str, bool or datetime input, got {arg}",
+        )
+        assert arg is not None
+        return arg
+
+    def prepare_code(self, agg: Agg, v: str) -> str:
+        if float_input(agg):  # -0.0 and 0.0 are one value: 0.0 (the fold makes NaNs one)
+            return f"(None if {v} is None else ({v} + 0.0 if {v} == 0.0 else {v}))"
+        return v
+
+    def empty(self, agg: Agg) -> Any:
+        return {}
+
+    grows_in_place = False  # a count changes without the dict's size changing
+
+    def namespace(self, agg: Agg) -> dict[str, Any]:
+        return {"_MODE_NAN": _MODE_NAN} if float_input(agg) else {}
+
+    def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
+        lines = [f"p = {value}", "if p is not None:"]
+        if float_input(agg):  # records decoded from bytes hold NaNs of their own
+            lines.append("    if p != p: p = _MODE_NAN[0]")
+        lines.append(f"    {acc}[p] = {acc}.get(p, 0) + 1")
+        return lines
+
+    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
+        # both hold canonical keys (fold and from_wire make them so)
+        return [f"for _mv, _mc in {other}.items(): {acc}[_mv] = {acc}.get(_mv, 0) + _mc"]
+
+    def copy(self, acc: Any) -> Any:
+        return dict(acc)
+
+    def finalizer(self, agg: Agg) -> Finalizer:
+        order = _float_order if float_input(agg) else _same
+
+        def finish(acc: Any) -> Any:
+            if not acc:
+                return None
+            top = max(acc.values())
+            best = min((v for v, c in acc.items() if c == top), key=order)
+            return math.nan if best != best else best
+
+        return finish
+
+    def to_wire(self, acc: Any) -> Any:
+        # one input type per aggregation: its values sort by the value order
+        order = _float_order if any(type(v) is float for v in acc) else _same
+        return [[v, c] for v, c in sorted(acc.items(), key=lambda vc: order(vc[0]))]
+
+    def from_wire(self, obj: Any) -> Any:
+        return {(_MODE_NAN[0] if v != v else v): c for v, c in obj}
+
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        if float_input(agg):
+            v = pl.when(v.is_nan()).then(float("nan")).when(v == 0.0).then(0.0).otherwise(v)
+        return {"value": pl.when(valid).then(v).otherwise(None).cast(out)}
+
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        return kr.by_pairs(
+            agg.span, self.over_pairs(agg, lambda n: pl.col(col(n).name), pl.col("__i"))
+        )
+
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        # every most frequent value, then the smallest in Polars' sort order: NaN after every
+        # number, strings by UTF-8 bytes (= code points), false before true
+        return {"mode": col("value").drop_nulls().mode().sort().first()}
+
+    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
+        return []  # no event: a null mode
+
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        return col("mode")
+
+
 KINDS: dict[str, AggKind] = {
     kind.name: kind
     for kind in (
@@ -732,5 +843,6 @@ KINDS: dict[str, AggKind] = {
         First(),
         Last(),
         CountDistinct(),
+        Mode(),
     )
 }

@@ -13,6 +13,8 @@ def describe(node: object) -> str:
         return repr(node.value)
     if isinstance(node, ir.FeatureRef):
         return f"feature({node.name})"
+    if isinstance(node, ir.QueryTime):
+        return "query_time()"
     if isinstance(node, ir.Request):
         return f"request({node.name!r}, {node.dtype})"
     if isinstance(node, ir.Agg):

@@ -132,6 +132,12 @@ class Request(Node):
     name: str = ""
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class QueryTime(Node):
+    """The time T a feature is read at (``fp.query_time()``): the lookup's request time, the
+    training row's timestamp, the parity harness's query point. Feature level only."""
+
+
 @dataclass(frozen=True, slots=True)
 class Feature:
     name: str
@@ -167,6 +173,12 @@ class ViewIR:
                 if isinstance(node, Request):
                     seen.setdefault(node.name, node.dtype)
         return tuple(seen.items())
+
+    @property
+    def reads_query_time(self) -> bool:
+        """Whether a feature reads the query time (its value moves with T, not only at
+        window edges)."""
+        return any(isinstance(n, QueryTime) for f in self.features for n in f.expr.walk())
 
     @property
     def aggs(self) -> tuple[Agg, ...]:

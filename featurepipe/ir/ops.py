@@ -33,6 +33,14 @@ def _arith(ts: tuple[DType, ...], _: Mapping[str, Any]) -> DType:
     return I if all(t is I for t in ts) else F
 
 
+def _sub(ts: tuple[DType, ...], params: Mapping[str, Any]) -> DType:
+    """Numbers as ``_arith``; a datetime minus a datetime is their distance in microseconds
+    (an int: both are int64 epoch micros underneath, wrapping like every int64 operation)."""
+    if ts == (DType.DATETIME, DType.DATETIME):
+        return I
+    return _arith(ts, params)
+
+
 def _truediv(ts: tuple[DType, ...], _: Mapping[str, Any]) -> DType:
     _need(all(t.is_numeric for t in ts), f"division needs numbers, got {_names(ts)}")
     return F
@@ -112,7 +120,7 @@ NUM = (I, F)
 OPS: dict[str, Rule] = {
     # arithmetic
     "add": _arith,
-    "sub": _arith,
+    "sub": _sub,
     "mul": _arith,
     "truediv": _truediv,
     "floordiv": _arith,

@@ -497,6 +497,7 @@ class OnlineReader:
         self.cache = AnswerCache(cache_bytes) if cache_bytes > 0 else None
         self._windows = {name: query_windows(prog) for name, prog in self.programs.items()}
         self._reads: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, DType], ...]] = {}
+        self._reads_query_time = {v.name: v.ir.reads_query_time for v in views}
 
     def read(
         self,
@@ -646,7 +647,8 @@ class OnlineReader:
         query = prog.query
         fingerprint = view.fingerprint
         pick = _projection(prog.feature_names, feats)
-        cache = self.cache
+        # a feature of the query time moves with T between window edges: never reused
+        cache = None if self._reads_query_time[name] else self.cache
         windows = self._windows[name]
         keys = [(name, e) for e in entities]
         memos = cache.get(keys) if cache is not None else [None] * len(keys)

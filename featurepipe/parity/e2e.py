@@ -9,8 +9,11 @@ from typing import Any
 
 import polars as pl
 
-from featurepipe.compile.polars_aggs import ARRIVED, TS, BatchProgram
+from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
+from featurepipe.compile.polars_rows import PL_TYPES
 from featurepipe.dsl.loader import Definitions
+from featurepipe.ir.timebase import from_epoch_us
+from featurepipe.ir.types import DType
 from featurepipe.online.lookup import OnlineReader
 from featurepipe.online.redis_conn import connect
 from featurepipe.online.state_store import StateStore
@@ -62,14 +65,33 @@ def run_e2e(
     seconds_stream = time.perf_counter() - t0
 
     ev = normalize_events(view, events)
-    last = ev.filter(pl.col(key).is_not_null()).group_by(key).agg(pl.col(TS).max().alias("last"))
+    # request fields (fp.request): every point of an entity asks with its newest event's field
+    # of the same name and type (null without one), on both paths
+    fields = dict(view.ir.fields)
+    asked = [
+        (name, dtype, name if fields.get(name) is dtype else None)
+        for name, dtype in view.ir.request_fields
+    ]
+    newest = (
+        ev.filter(pl.col(key).is_not_null())
+        .sort(TS, SEQ)
+        .group_by(key, maintain_order=True)
+        .agg(
+            pl.col(TS).last().alias("last"),
+            *[pl.col(src).last().alias(f"__r{i}") for i, (_, _, src) in enumerate(asked) if src],
+        )
+    )
     tail = QueryTail(view.ir)
     q_key: list[Any] = []
     q_ts: list[int] = []
-    for e, t in last.iter_rows():
+    q_req: list[list[Any]] = [[] for _ in asked]
+    for row in newest.iter_rows(named=True):
+        e, t = row[key], row["last"]
         for at in [t, *tail(t)]:
             q_key.append(e)
             q_ts.append(at)
+            for i, (_, _, src) in enumerate(asked):
+                q_req[i].append(row[f"__r{i}"] if src else None)
     reader = OnlineReader(client, [view], prefix)
     expected: list[tuple[Any, ...]] = []
     names = view.feature_names
@@ -78,7 +100,13 @@ def run_e2e(
         by_time.setdefault(t, []).append(i)
     rows: list[tuple[Any, ...] | None] = [None] * len(q_ts)
     for t, idx in by_time.items():
-        got = reader.read([q_key[i] for i in idx], {view_name: names}, at_us=t)
+        request = {
+            name: [_online(dtype, q_req[j][i]) for i in idx]
+            for j, (name, dtype, _) in enumerate(asked)
+        }
+        got = reader.read(
+            [q_key[i] for i in idx], {view_name: names}, at_us=t, request=request or None
+        )
         for i, r in zip(idx, got, strict=True):
             rows[i] = tuple(r[n] for n in names)
     expected = [r for r in rows if r is not None]
@@ -87,6 +115,8 @@ def run_e2e(
         {key: pl.Series(q_key, dtype=ev.schema[key]), TS: q_ts, ARRIVED: [ev.height] * len(q_ts)},
         schema={key: ev.schema[key], TS: pl.Int64, ARRIVED: pl.Int64},
     )
+    for j, (name, dtype, _) in enumerate(asked):
+        queries = queries.with_columns(pl.Series(name, q_req[j], dtype=PL_TYPES[dtype]))
     batch = BatchProgram(view.ir).features(ev.lazy(), queries)
     report = ParityReport(
         view=view.name,
@@ -102,3 +132,9 @@ def run_e2e(
     if not keep:
         StateStore(client, prefix).clear()
     return report
+
+
+def _online(dtype: DType, value: Any) -> Any:
+    """A request value as a lookup's caller gives it: a datetime for a datetime field (the
+    replay holds epoch micros)."""
+    return from_epoch_us(value) if dtype is DType.DATETIME and value is not None else value
