@@ -16,6 +16,7 @@ from featurepipe.dsl.definitions import (
     feature_view,
 )
 from featurepipe.dsl.expr import (
+    approx_percentile,
     bucketize,
     coalesce,
     count,
@@ -82,6 +83,7 @@ __all__ = [
     "StateError",
     "UnsupportedOperationError",
     "__version__",
+    "approx_percentile",
     "bucketize",
     "coalesce",
     "count",

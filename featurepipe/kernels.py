@@ -10,6 +10,7 @@ The rules follow IEEE-754 binary64 and Polars' conventions where those are well 
 from __future__ import annotations
 
 import math
+import struct
 from bisect import bisect_right
 from typing import Any
 
@@ -323,3 +324,35 @@ def window_start(t: int, w: int, h: int) -> int:
 def last_visible(ts: int, w: int, h: int) -> int:
     """The latest query time at which an event at ``ts`` is inside the window (``w``, ``h``)."""
     return ((ts + w) // h + 1) * h - 1
+
+
+# -- approx_percentile's sketch (featurepipe.ir.sketch states the mapping) ----------------------
+SKETCH_MANTISSA_BITS = 7
+SKETCH_SHIFT = 52 - SKETCH_MANTISSA_BITS
+_SKETCH_ABS = (1 << 63) - 1
+SKETCH_INF_KEY = 0x7FF << SKETCH_MANTISSA_BITS
+SKETCH_NAN_KEY = SKETCH_INF_KEY + 1
+
+
+def sketch_bucket(x: float) -> int:
+    """The key of a non-null float (ints are converted with ``float()`` first)."""
+    if x != x:
+        return SKETCH_NAN_KEY
+    bits: int = struct.unpack("<q", struct.pack("<d", x))[0]
+    if bits >= 0 or x == 0.0:  # -0.0 is 0.0
+        return (bits & _SKETCH_ABS) >> SKETCH_SHIFT
+    return -((bits & _SKETCH_ABS) >> SKETCH_SHIFT) - 1
+
+
+def sketch_representative(key: int) -> float:
+    """The value reported for a bucket: its values rounded toward zero to 7 mantissa bits."""
+    if key == SKETCH_NAN_KEY:
+        return math.nan
+    magnitude = (key if key >= 0 else -key - 1) << SKETCH_SHIFT
+    value: float = struct.unpack("<d", struct.pack("<q", magnitude))[0]
+    return value if key >= 0 else -value
+
+
+def sketch_rank(q: float, n: int) -> int:
+    """The nearest rank (1-based) of the q-quantile of n values: ceil(q * n), at least 1."""
+    return max(1, math.ceil(q * n))

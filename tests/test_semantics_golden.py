@@ -108,6 +108,14 @@ CASES: list[tuple[str, Case]] = [
     ("mode NaN loses a tie", Case(
         "NaN wins only when it is strictly most frequent",
         lambda t: fp.mode(t.x), [ev(0, x=math.nan), ev(1, x=5.0)], 2.0, 5.0)),
+    ("approx_percentile nearest rank", Case(
+        "the `ceil(q * n)`-th smallest of `n`",
+        lambda t: fp.approx_percentile(t.x, 0.75), [ev(0, x=4.0), ev(1, x=1.0), ev(2, x=3.0), ev(3, x=2.0)],
+        4.0, 3.0, note="ceil(0.75 * 4) = 3rd of 1, 2, 3, 4")),
+    ("approx_percentile rounds toward zero", Case(
+        "rounded toward zero to 8 significant bits",
+        lambda t: fp.approx_percentile(t.x, 0.5), [ev(0, x=1000.7)], 1.0, 1000.0,
+        note="1000.7 = 1.9545 * 2**9; 0.9545 * 128 = 122.2 -> 122; 1.953125 * 512 = 1000.0")),
     ("empty mode null", Case(
         "every other aggregation gives null",
         lambda t: fp.mode(t.s, window="5s"), [ev(0, s="a")], 60.0, None)),

@@ -77,6 +77,13 @@ def user_hopped(t):
         "amount_vs_mean": fp.request("amount", float) / fp.mean(t.amount, window="24h", hop="1h"),
         "same_country": fp.request("country", str) == fp.last(t.country),
         "scaled": fp.request("amount", float) * 2.0,
+        # the newer kinds: mode, approx_percentile, since_last (query time)
+        "mode_country_24h": fp.mode(t.country, window="24h", hop="1h"),
+        "mode_merchant": fp.mode(t.merchant_id),
+        "p90_amount_7d": fp.approx_percentile(t.amount, 0.9, window="7d", hop="1d"),
+        "p50_amount": fp.approx_percentile(t.amount, 0.5),
+        "since_last_s": fp.since_last(t.event_time),
+        "since_foreign_s": fp.since_last(t.event_time, where=t.country != "US", window="24h"),
     }
 ''')
     defs = load_definitions(defs_dir)
@@ -85,9 +92,9 @@ def user_hopped(t):
         bootstrap=services.kafka_bootstrap, redis_url=services.redis_url,
     )
     assert report.events == 10_000
-    # per entity: the newest event, 2 points per hopped window shape (10), 1 per sliding one,
+    # per entity: the newest event, 2 points per hopped window shape (10), 1 per sliding one (2),
     # a day past the longest
-    assert report.queries == 200 * (1 + 2 * 10 + 1 + 1)
+    assert report.queries == 200 * (1 + 2 * 10 + 2 + 1)
     assert report.mismatches == 0, [f.first for f in report.features if f.mismatched]
 
 

@@ -320,7 +320,8 @@ class _Typer:
                 default = float(default)
             if not python_type_ok(dtype, default):
                 raise TypeError(f"default={default!r} does not fit the feature's type {dtype}")
-        return ir.Agg(dtype, e.op, arg, window_us, where, default, hop_us)
+        kind_params = tuple((k, v) for k, v in e.params if k not in _AGG_OPTIONS) or None
+        return ir.Agg(dtype, e.op, arg, window_us, where, default, hop_us, kind_params)
 
     def call(self, e: Expr, level: str) -> ir.Node:
         op = e.op
@@ -525,6 +526,9 @@ def build_view_ir(
         features=features,
         lateness_us=lateness_us,
     )
+
+
+_AGG_OPTIONS = frozenset({"window", "hop", "default", "has_where", "error"})
 
 
 def _hop(hop: Any, window_us: int | None) -> int | None:

@@ -430,6 +430,24 @@ def last(
     return _agg("last", expr, window, where, default, hop)
 
 
+def approx_percentile(
+    expr: Any,
+    q: float,
+    *,
+    window: str | None = None,
+    where: Any = None,
+    default: Any = None,
+    hop: Any = None,
+) -> Expr:
+    """The q-quantile (0 <= q <= 1, nearest rank: the ceil(q * n)-th smallest of the n non-null
+    values) of a numeric input, from a log-scale sketch: within a relative 2**-7 (0.78%) of the
+    exact value, rounded toward zero (docs/semantics.md); null when empty."""
+    if isinstance(q, bool) or not isinstance(q, int | float) or not 0.0 <= q <= 1.0:
+        raise DefinitionError(f"approx_percentile: q={q!r} must be a number in [0, 1]")
+    out = _agg("approx_percentile", expr, window, where, default, hop)
+    return Expr(out.kind, out.op, out.args, (*out.params, ("q", float(q))))
+
+
 def mode(
     expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
 ) -> Expr:

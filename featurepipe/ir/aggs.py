@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Protocol
 import polars as pl
 
 from featurepipe import kernels as k
+from featurepipe.ir import sketch
 from featurepipe.ir.nodes import Agg, Span
 from featurepipe.ir.types import DType
 
@@ -830,6 +831,81 @@ class Mode(AggKind):
         return col("mode")
 
 
+# ---- approx_percentile: a log-scale sketch (featurepipe.ir.sketch) -----------------------------
+
+
+class ApproxPercentile(AggKind):
+    name = "approx_percentile"
+    fields = ("",)
+    plan = "nearest rank over sketch buckets of (query, event) pairs"
+
+    def result_type(self, arg: DType | None) -> DType:
+        _need(arg is not None and arg.is_numeric, f"{self.name} needs a numeric input, got {arg}")
+        return F
+
+    def prepare_code(self, agg: Agg, v: str) -> str:
+        return f"(None if {v} is None else _k.sketch_bucket(float({v})))"
+
+    def empty(self, agg: Agg) -> Any:
+        return {}
+
+    def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
+        return [f"p = {value}", f"if p is not None: {acc}[p] = {acc}.get(p, 0) + 1"]
+
+    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
+        return [f"for _b, _c in {other}.items(): {acc}[_b] = {acc}.get(_b, 0) + _c"]
+
+    def copy(self, acc: Any) -> Any:
+        return dict(acc)
+
+    def finalizer(self, agg: Agg) -> Finalizer:
+        q = float(agg.param("q"))
+
+        def finish(acc: Any) -> Any:
+            if not acc:
+                return None
+            wanted = sketch.rank(q, sum(acc.values()))
+            seen = 0
+            for key in sorted(acc):
+                seen += acc[key]
+                if seen >= wanted:
+                    return sketch.representative(key)
+            raise AssertionError("rank beyond the counts")  # ceil(q * n) <= n for q <= 1
+
+        return finish
+
+    def to_wire(self, acc: Any) -> Any:
+        return [[key, acc[key]] for key in sorted(acc)]
+
+    def from_wire(self, obj: Any) -> Any:
+        return {key: count for key, count in obj}
+
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        return {"key": pl.when(valid).then(sketch.bucket_expr(v.cast(F64))).otherwise(None)}
+
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        return kr.by_pairs(
+            agg.span, self.over_pairs(agg, lambda n: pl.col(col(n).name), pl.col("__i"))
+        )
+
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        keys = col("key").drop_nulls()
+        n = keys.len().cast(F64)
+        # sketch.rank: ceil(q * n) in binary64 (as the Python float product), at least 1
+        rank = (pl.lit(float(agg.param("q")), F64) * n).ceil().cast(I64).clip(lower_bound=1)
+        return {"key": keys.sort().get(rank - 1, null_on_oob=True)}
+
+    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
+        return []  # no event: a null key, a null value
+
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        return sketch.representative_expr(col("key"))
+
+
 KINDS: dict[str, AggKind] = {
     kind.name: kind
     for kind in (
@@ -844,5 +920,6 @@ KINDS: dict[str, AggKind] = {
         Last(),
         CountDistinct(),
         Mode(),
+        ApproxPercentile(),
     )
 }

@@ -23,6 +23,7 @@ def describe(node: object) -> str:
             parts.append(f"window={node.window_us // 1_000_000}s")
         if node.hop_us is not None:
             parts.append(f"hop={node.hop_us // 1_000_000}s")
+        parts += [f"{k}={v!r}" for k, v in node.params or ()]
         if node.where is not None:
             parts.append(f"where={describe(node.where)}")
         if node.default is not None:

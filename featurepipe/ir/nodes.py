@@ -104,6 +104,14 @@ class Agg(Node):
     where: Node | None = None
     default: Any = None
     hop_us: int | None = None
+    # the kind's own parameters (e.g. approx_percentile's q), as (name, value) pairs
+    params: tuple[Param, ...] | None = None
+
+    def param(self, name: str) -> Any:
+        for key, value in self.params or ():
+            if key == name:
+                return value
+        raise KeyError(name)
 
     @property
     def span(self) -> Span:
