@@ -22,6 +22,7 @@ from featurepipe.compile.polars_rows import PL_TYPES
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import DataError
 from featurepipe.ir import nodes as ir
+from featurepipe.ir.entity_keys import with_composite_key
 from featurepipe.ir.timebase import format_us, from_epoch_us
 from featurepipe.ir.types import DType
 
@@ -96,7 +97,13 @@ def entity_key(frame: pl.DataFrame, view: FeatureView) -> pl.Series:
     Types are never converted across kinds: text keys for an int entity (or the reverse) are a
     ``DataError`` naming the column, its type and the expected one.
     """
-    key = view.entity.key
+    if view.entity.composite:  # each part checked alone, then the composite key of each row
+        parts = [_key_part(frame, view, p) for p in view.entity.parts]
+        return with_composite_key(pl.DataFrame(parts), view.entity.parts)[view.entity.key]
+    return _key_part(frame, view, view.entity.key)
+
+
+def _key_part(frame: pl.DataFrame, view: FeatureView, key: str) -> pl.Series:
     if key not in frame.columns:
         raise DataError(
             f"entity frame lacks column '{key}', the key of entity '{view.entity.name}' "
@@ -254,6 +261,7 @@ class BatchEngine:
         engine: Engine,
     ) -> pl.DataFrame:
         key = view.entity.key
+        events = with_composite_key(events, view.ir.entity_parts)
         queries = pl.DataFrame([keys.alias(key), t_us.alias(TS), *request]).with_row_index(ROW_ID)
         program = BatchProgram(view.ir)
         if partitions <= 1:

@@ -47,7 +47,7 @@ def _stream_views(project: Project) -> dict[str, tuple[str, str, Source]]:
     d = load_defs(project)
     out: dict[str, tuple[str, str, Source]] = {}
     for v in d.views.values():
-        if v.source.stream is not None:
+        if v.source.stream is not None and not v.entity.composite:  # (see _view_topic)
             out.setdefault(v.source.stream.topic, (v.name, v.entity.key, v.source))
     return out
 
@@ -59,6 +59,14 @@ def _view_topic(project: Project, view: str) -> tuple[str, str, Source]:
         raise FeaturepipeError(
             f"view '{view}': its source '{v.source.name}' has no KafkaSource (no topic); "
             "pass --topic"
+        )
+    if v.entity.composite:
+        raise FeaturepipeError(
+            f"view '{view}' is keyed by ({', '.join(v.entity.parts)}): `featurepipe produce` "
+            "does not key messages by a composite key yet; send them keyed by its text "
+            "(featurepipe.ir.entity_keys.compose_values) or with "
+            "featurepipe.stream.produce.produce_frame(events, topic, bootstrap, "
+            "key=view.entity.parts)"
         )
     return v.source.stream.topic, v.entity.key, v.source
 

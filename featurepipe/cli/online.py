@@ -269,13 +269,13 @@ def get(
     refs = [f.strip() for f in features.split(",") if f.strip()]
     # each key's text as its declared type; a key no requested view uses is refused by the store
     views = [store.definitions.view(name) for name in store.resolve(refs)]
-    by_key = {v.entity.key: v for v in reversed(views)}
+    by_key = {part: v for v in reversed(views) for part in v.entity.parts}
     keys: dict[str, list[object]] = {}
     for k, values in texts.items():
         keys[k] = []
         for v in values:
             try:
-                keys[k].append(parse_entity(by_key[k], v) if k in by_key else v)
+                keys[k].append(parse_entity(by_key[k], v, k) if k in by_key else v)
             except DataError as e:
                 raise DataError(f"--entity {k}={v}: {e}") from None
     # each request field's text as its declared type; a field no requested view reads is refused

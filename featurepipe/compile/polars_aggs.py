@@ -34,6 +34,7 @@ from featurepipe.compile.polars_rows import PL_TYPES, translate
 from featurepipe.errors import DataError
 from featurepipe.ir import nodes as ir
 from featurepipe.ir.aggs import KINDS, AggKind, Window
+from featurepipe.ir.entity_keys import with_composite_key
 from featurepipe.ir.types import DType
 
 F64, I64, I128 = pl.Float64, pl.Int64, pl.Int128
@@ -89,6 +90,7 @@ class BatchProgram:
         """
         if isinstance(events, pl.DataFrame):
             events = events.lazy()
+        events = with_composite_key(events, self.view.entity_parts)
         # sort the raw events (a few columns), then widen them: sorting the prepared frame
         # (one column per accumulator) would hold two copies of it
         ev = self.prepare(events.sort(self.key, TS, SEQ)).collect(engine=engine)

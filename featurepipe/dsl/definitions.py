@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -16,6 +16,7 @@ from featurepipe.dsl.expr import Expr
 from featurepipe.errors import DefinitionError, UnsupportedOperationError
 from featurepipe.ir import nodes as ir
 from featurepipe.ir.aggs import KINDS
+from featurepipe.ir.entity_keys import composite_name
 from featurepipe.ir.fingerprint import fingerprint
 from featurepipe.ir.fold import fold_constants
 from featurepipe.ir.ops import AGGS, OPS
@@ -46,10 +47,28 @@ def parse_duration(text: Any) -> int:
     return int(m.group(1)) * _UNIT_US[m.group(2)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Entity:
+    """What features are about, keyed by one source field (``key="user_id"``) or by several
+    (``key=("user_id", "merchant_id")``: a composite key, ``featurepipe.ir.entity_keys``)."""
+
     name: str
-    key: str
+    key: str  # the key field, or for a composite key its synthetic column "user_id+merchant_id"
+    parts: tuple[str, ...]  # the key fields, in order (one for a plain key)
+
+    def __init__(self, name: str, key: str | Sequence[str]) -> None:
+        parts = (key,) if isinstance(key, str) else tuple(key)
+        if not parts or not all(isinstance(p, str) and p for p in parts):
+            raise DefinitionError(f"entity '{name}': key must be a field name or several")
+        if len(set(parts)) != len(parts):
+            raise DefinitionError(f"entity '{name}': key {parts!r} names a field twice")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "parts", parts)
+        object.__setattr__(self, "key", parts[0] if len(parts) == 1 else composite_name(parts))
+
+    @property
+    def composite(self) -> bool:
+        return len(self.parts) > 1
 
 
 @dataclass(frozen=True)
@@ -151,8 +170,15 @@ class FeatureView:
 
     @property
     def entity_dtype(self) -> DType:
-        """The declared type of the entity key: its field's type in the source's schema."""
+        """The declared type of the entity key: its field's type in the source's schema (str
+        for a composite key, whose value is text)."""
+        if self.entity.composite:
+            return DType.STR
         return self.source.fields[self.entity.key][0]
+
+    def part_dtypes(self) -> list[DType]:
+        """The declared types of the key fields, in order."""
+        return [self.source.fields[p][0] for p in self.entity.parts]
 
     def __repr__(self) -> str:
         return f"FeatureView({self.name!r}, features={len(self.ir.features)})"
@@ -486,17 +512,24 @@ def _promote(op: str, args: list[ir.Node], result: DType) -> list[ir.Node]:
 def build_view_ir(
     name: str, entity: Entity, source: Source, outputs: Mapping[str, Any], lateness_us: int
 ) -> ir.ViewIR:
-    if entity.key not in source.fields:
+    for part in entity.parts:
+        if part not in source.fields:
+            raise DefinitionError(
+                f"entity '{entity.name}' key '{part}' is not a field of source '{source.name}'",
+                view=name,
+            )
+        key_type = source.fields[part][0]
+        if key_type not in (DType.INT, DType.STR):
+            # keys name Redis entries, Kafka message keys and join columns: only exact types do
+            raise DefinitionError(
+                f"entity '{entity.name}' key '{part}' is declared {key_type} in source "
+                f"'{source.name}'; an entity key must be int or str",
+                view=name,
+            )
+    if entity.composite and entity.key in source.fields:
         raise DefinitionError(
-            f"entity '{entity.name}' key '{entity.key}' is not a field of source '{source.name}'",
-            view=name,
-        )
-    key_type = source.fields[entity.key][0]
-    if key_type not in (DType.INT, DType.STR):
-        # keys name Redis entries, Kafka message keys and join columns: only exact types do
-        raise DefinitionError(
-            f"entity '{entity.name}' key '{entity.key}' is declared {key_type} in source "
-            f"'{source.name}'; an entity key must be int or str",
+            f"entity '{entity.name}': the composite key's column name '{entity.key}' is a field "
+            f"of source '{source.name}'",
             view=name,
         )
     for fname in outputs:
@@ -520,6 +553,7 @@ def build_view_ir(
         name=name,
         entity=entity.name,
         entity_key=entity.key,
+        entity_parts=entity.parts if entity.composite else None,
         source=source.name,
         timestamp=source.timestamp,
         fields=tuple(sorted((k, v[0]) for k, v in source.fields.items())),

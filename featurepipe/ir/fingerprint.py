@@ -20,7 +20,8 @@ def canonical(obj: Any) -> Any:
     if isinstance(obj, ir.ViewIR):
         used = {n.name for f in obj.features for n in f.expr.walk() if isinstance(n, ir.Field)}
         used.add(obj.entity_key)
-        return {
+        used.update(obj.entity_parts or ())
+        view: dict[str, Any] = {
             "v": FORMAT_VERSION,
             "name": obj.name,
             "entity_key": obj.entity_key,
@@ -34,6 +35,9 @@ def canonical(obj: Any) -> Any:
             "lateness_us": obj.lateness_us,
             "artifacts": canonical(obj.artifacts),
         }
+        if obj.entity_parts is not None:  # only then: plain keys keep their fingerprints
+            view["entity_parts"] = list(obj.entity_parts)
+        return view
     if is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {"node": type(obj).__name__}
         for f in fields(obj):

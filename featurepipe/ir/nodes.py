@@ -165,6 +165,8 @@ class ViewIR:
     features: tuple[Feature, ...]
     lateness_us: int
     artifacts: tuple[tuple[str, Hashable], ...] = field(default=())
+    # a composite entity key: its fields in order (entity_key is then their synthetic column)
+    entity_parts: tuple[str, ...] | None = None
 
     def feature(self, name: str) -> Feature:
         for f in self.features:

@@ -38,6 +38,7 @@ from featurepipe.compile.python_state import NO_TS, REC_TS, State, ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import DataError, FeaturepipeError
 from featurepipe.ir import nodes as ir
+from featurepipe.ir.entity_keys import compose_values
 from featurepipe.ir.timebase import to_epoch_us
 from featurepipe.ir.types import DType
 from featurepipe.kernels import last_visible, window_start
@@ -106,14 +107,38 @@ def check_entities(view: FeatureView, values: Sequence[Any]) -> list[Any]:
     Integers of other integral types (NumPy's, for instance) become ``int``; any other type
     (a ``str`` for an int key, a float, a bool, None, an int for a str key) raises
     ``DataError`` naming the entity key, the value and the expected type."""
-    kind = entity_kind(view)
+    parts = view.entity.parts
+    if view.entity.composite:
+        columns: list[list[Any]] = [[] for _ in parts]
+        for v in values:
+            if not isinstance(v, tuple | list) or len(v) != len(parts):
+                raise DataError(
+                    f"view '{view.name}' is keyed by ({', '.join(parts)}): give each entity as a "
+                    f"tuple of {len(parts)} values, got {v!r:.80}"
+                )
+            for column, part in zip(columns, v, strict=True):
+                column.append(part)
+        return compose_columns(view, dict(zip(parts, columns, strict=True)))
+    return check_key_column(view, view.entity.key, values)
+
+
+def compose_columns(view: FeatureView, columns: Mapping[str, Sequence[Any]]) -> list[Any]:
+    """The composite key of each row of ``columns`` (each key part's column, checked)."""
+    checked = [check_key_column(view, p, columns[p]) for p in view.entity.parts]
+    return [compose_values(row) for row in zip(*checked, strict=True)]
+
+
+def check_key_column(view: FeatureView, key: str, values: Sequence[Any]) -> list[Any]:
+    """``values`` checked against the type of the key field ``key`` of ``view``."""
+    dtype = view.source.fields[key][0]
+    kind: type[int] | type[str] = int if dtype is DType.INT else str
     out: list[Any] = []
     for v in values:
         if kind is int:
             ok = isinstance(v, numbers.Integral) and not isinstance(v, bool)
             if ok and int(v) not in _INT64:
                 raise DataError(
-                    f"entity key '{view.entity.key}' (view '{view.name}') is an int64: "
+                    f"entity key '{key}' (view '{view.name}') is an int64: "
                     f"{v!r} is out of its range"
                 )
             value: Any = int(v) if ok else None
@@ -122,25 +147,25 @@ def check_entities(view: FeatureView, values: Sequence[Any]) -> list[Any]:
             value = str(v) if ok else None
         if not ok:
             raise DataError(
-                f"entity key '{view.entity.key}' (view '{view.name}') is of type "
+                f"entity key '{key}' (view '{view.name}') is of type "
                 f"{kind.__name__}: got {v!r} ({type(v).__name__})"
             )
         out.append(value)
     return out
 
 
-def parse_entity(view: FeatureView, text: str) -> Any:
-    """An entity value of ``view`` given as text (the command line): ``"42"`` is the int 42
-    for an int key; text that is not a decimal integer raises ``DataError``."""
-    kind = entity_kind(view)
-    if kind is str:
+def parse_entity(view: FeatureView, text: str, key: str | None = None) -> Any:
+    """A value of the key field ``key`` (default: the view's entity key) given as text (the
+    command line): ``"42"`` is the int 42 for an int key; text that is not a decimal integer
+    raises ``DataError``."""
+    key = key or view.entity.key
+    if view.source.fields[key][0] is not DType.INT:
         return text
     if not _INT_TEXT.fullmatch(text):
         raise DataError(
-            f"entity key '{view.entity.key}' (view '{view.name}') is of type int: "
-            f"{text!r} is not an integer"
+            f"entity key '{key}' (view '{view.name}') is of type int: {text!r} is not an integer"
         )
-    return check_entities(view, [int(text)])[0]
+    return check_key_column(view, key, [int(text)])[0]
 
 
 def entity_columns(entities: Any) -> dict[str, list[Any]]:
@@ -521,7 +546,8 @@ class OnlineReader:
         """The entity keys of the views in ``wanted``, in request order, each with its views."""
         out: dict[str, list[str]] = {}
         for name in wanted:
-            out.setdefault(self.views[name].entity.key, []).append(name)
+            for part in self.views[name].entity.parts:  # a composite key: each of its fields
+                out.setdefault(part, []).append(name)
         return out
 
     def check_keys(
@@ -550,7 +576,9 @@ class OnlineReader:
                 "the entity keys must give one value per request row each; got "
                 + ", ".join(f"{n} for '{k}'" for k, n in lengths.items())
             )
-        return {k: check_entities(self.views[names[0]], keys[k]) for k, names in needed.items()}
+        return {
+            k: check_key_column(self.views[names[0]], k, keys[k]) for k, names in needed.items()
+        }
 
     def read_keyed(
         self,
@@ -580,7 +608,17 @@ class OnlineReader:
         fingerprints: Mapping[str, str] | None = None,
         request: Mapping[str, Sequence[Any]] | None = None,
     ) -> list[dict[str, Any]]:
-        per_view = {name: columns[self.views[name].entity.key] for name in wanted}
+        per_view = {}
+        for name in wanted:
+            view = self.views[name]
+            per_view[name] = (
+                [
+                    compose_values(row)
+                    for row in zip(*(columns[p] for p in view.entity.parts), strict=True)
+                ]
+                if view.entity.composite
+                else columns[view.entity.key]
+            )
         n = len(next(iter(columns.values()), []))
         return self._read(per_view, n, wanted, at_us, fingerprints, request)
 
@@ -840,7 +878,7 @@ class OnlineReader:
         _check_columns(list(columns), wanted)
         rows = self._read_columns(columns, wanted, request=request, **kwargs)
         schema: dict[str, Any] = {
-            k: PL_TYPES[self.views[names[0]].entity_dtype]
+            k: PL_TYPES[self.views[names[0]].source.fields[k][0]]
             for k, names in self.keys_of(wanted).items()
         }
         for name, feats in wanted.items():

@@ -35,6 +35,7 @@ from featurepipe.batch.sources import SourceReport, read_events
 from featurepipe.compile.polars_aggs import SEQ
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView
+from featurepipe.ir.entity_keys import with_composite_key
 from featurepipe.ir.timebase import as_utc, to_epoch_us
 from featurepipe.ir.types import DType
 from featurepipe.online.errors import OnlineStoreError
@@ -97,7 +98,7 @@ def materialize(
         raise OnlineStoreError(f"batch_size must be >= 1, got {batch_size}")
     store = StateStore(client, prefix)
     key = view.entity.key
-    key_type = view.source.fields[key][0]
+    key_type = view.entity_dtype
     if key_type not in (DType.STR, DType.INT):
         raise OnlineStoreError(
             f"view '{view.name}': entity key '{key}' is {key_type}; the online store keys "
@@ -107,6 +108,7 @@ def materialize(
     until_us = to_epoch_us(until_dt)
     fingerprint = view.fingerprint
     lf, report = read_events(view.source, root=root, path=path, end=until_dt)
+    lf = with_composite_key(lf, view.ir.entity_parts)
     run_id = _run_identity(fingerprint, until_us, report)
     fields = list(view.source.fields)
     ts_col = view.source.timestamp
@@ -141,6 +143,7 @@ def materialize(
     resumed_from = last
 
     todo_filter = usable if last is None else usable & (pl.col(key) > pl.lit(last))
+    fields = list(dict.fromkeys([*fields, key]))  # a composite key is a column of its own
     todo_q = lf.filter(todo_filter).select(*fields, SEQ).sort(key, SEQ)
     skipped_q = lf.select((~usable).sum().alias("skipped"))
     todo, skipped_df = pl.collect_all([todo_q, skipped_q])

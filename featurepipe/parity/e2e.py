@@ -47,7 +47,7 @@ def run_e2e(
     client = connect(redis_url)
     ensure_topics(bootstrap, {topic: partitions, topic + ".dlq": 1})
     t0 = time.perf_counter()
-    produced = produce_frame(events, topic, bootstrap, key)
+    produced = produce_frame(events, topic, bootstrap, view.entity.parts)
     worker = StreamWorker(
         defs,
         WorkerConfig(
@@ -72,6 +72,7 @@ def run_e2e(
         (name, dtype, name if fields.get(name) is dtype else None)
         for name, dtype in view.ir.request_fields
     ]
+    parts = view.ir.entity_parts or ()
     newest = (
         ev.filter(pl.col(key).is_not_null())
         .sort(TS, SEQ)
@@ -79,16 +80,21 @@ def run_e2e(
         .agg(
             pl.col(TS).last().alias("last"),
             *[pl.col(src).last().alias(f"__r{i}") for i, (_, _, src) in enumerate(asked) if src],
+            # a composite key's parts: the lookup takes them, as a caller gives them
+            *[pl.col(p).first().alias(f"__p{i}") for i, p in enumerate(parts)],
         )
     )
     tail = QueryTail(view.ir)
     q_key: list[Any] = []
     q_ts: list[int] = []
     q_req: list[list[Any]] = [[] for _ in asked]
+    q_entity: list[Any] = []  # what the lookup is given: the key, or the parts' tuple
     for row in newest.iter_rows(named=True):
         e, t = row[key], row["last"]
+        given = tuple(row[f"__p{i}"] for i in range(len(parts))) if parts else e
         for at in [t, *tail(t)]:
             q_key.append(e)
+            q_entity.append(given)
             q_ts.append(at)
             for i, (_, _, src) in enumerate(asked):
                 q_req[i].append(row[f"__r{i}"] if src else None)
@@ -105,7 +111,7 @@ def run_e2e(
             for j, (name, dtype, _) in enumerate(asked)
         }
         got = reader.read(
-            [q_key[i] for i in idx], {view_name: names}, at_us=t, request=request or None
+            [q_entity[i] for i in idx], {view_name: names}, at_us=t, request=request or None
         )
         for i, r in zip(idx, got, strict=True):
             rows[i] = tuple(r[n] for n in names)

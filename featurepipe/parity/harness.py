@@ -26,6 +26,7 @@ from featurepipe.compile.python_state import ViewProgram, collector_paused
 from featurepipe.dsl.definitions import FeatureView, Source
 from featurepipe.errors import DataError
 from featurepipe.ir import nodes as ir
+from featurepipe.ir.entity_keys import with_composite_key
 from featurepipe.ir.timebase import format_us
 from featurepipe.ir.types import DType
 from featurepipe.kernels import last_visible
@@ -129,7 +130,7 @@ def normalize_events(view: FeatureView, events: pl.DataFrame) -> pl.DataFrame:
         raise DataError(
             f"view '{view.name}': {nulls} event(s) have a null '{ts_col}' (first at row {row})"
         )
-    out = events.with_columns(
+    out = with_composite_key(events, view.ir.entity_parts).with_columns(
         cs.datetime().dt.replace_time_zone(None).cast(pl.Datetime("us")).cast(pl.Int64)
     )
     return out.with_columns(
@@ -241,8 +242,8 @@ def _replay(
     ``random.Random(seed)`` per event with an entity key, in arrival order). The query points are
     then put back into arrival-order replay order: an event's own point, then its midpoint, event
     by event, then the after-the-log points entity by entity."""
-    names = list(view.source.fields)
     key = view.entity.key
+    names = list(dict.fromkeys([*view.source.fields, key]))  # a composite key: its own column
     key_at = names.index(key)
     ts_at = names.index(view.source.timestamp)
     n = ev.height

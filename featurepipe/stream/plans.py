@@ -8,6 +8,7 @@ from typing import Any
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.dsl.loader import Definitions
+from featurepipe.ir.entity_keys import compose
 from featurepipe.stream.dead_letters import KEY_MISMATCH, NOT_KEYED, Refused, categorize
 from featurepipe.stream.errors import StreamError
 from featurepipe.stream.validate import EventValidator, Invalid
@@ -41,6 +42,9 @@ class TopicPlan:
         if not self.views:
             return
         name = self.views[0].key
+        parts = self.views[0].view.ir.entity_parts
+        if parts:  # a composite key: its text, from the parts, as the batch path computes it
+            event[name] = compose(parts, event)
         entity = event[name]
         if entity is None:
             return

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from featurepipe.dsl.definitions import Source
 from featurepipe.errors import FeaturepipeError
+from featurepipe.ir.entity_keys import compose_values
 from featurepipe.ir.types import DType
 from featurepipe.settings import kafka_security
 from featurepipe.stream.validate import EventValidator, Invalid
@@ -92,16 +93,20 @@ def _utc_text(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(cols) if cols else df
 
 
-def encode_frame(df: pl.DataFrame, key: str) -> Iterator[Message]:
-    """(key, JSON value) per row of ``df``, in row (arrival) order."""
-    if key not in df.columns:
+def encode_frame(df: pl.DataFrame, key: str | Sequence[str]) -> Iterator[Message]:
+    """(key, JSON value) per row of ``df``, in row (arrival) order. ``key``: the column to key
+    the messages by, or the columns of a composite key (keyed by their composite text,
+    ``featurepipe.ir.entity_keys``)."""
+    parts = [key] if isinstance(key, str) else list(key)
+    missing = [p for p in parts if p not in df.columns]
+    if missing:
         raise ProduceError(
-            f"the events have no column '{key}' to key the messages by (have: "
-            f"{', '.join(df.columns)})"
+            f"the events have no column {', '.join(map(repr, missing))} to key the messages by "
+            f"(have: {', '.join(df.columns)})"
         )
     encode = msgspec.json.Encoder().encode
     for row in _utc_text(df).iter_rows(named=True):
-        k = row[key]
+        k = row[parts[0]] if len(parts) == 1 else compose_values([row[p] for p in parts])
         yield (None if k is None else str(k).encode()), encode(row)
 
 
@@ -119,7 +124,7 @@ def produce_frame(
     df: pl.DataFrame,
     topic: str,
     bootstrap: str,
-    key: str,
+    key: str | Sequence[str],
     *,
     progress: Callable[[int], None] | None = None,
 ) -> int:
