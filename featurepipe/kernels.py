@@ -279,6 +279,12 @@ def to_fixed(x: float) -> int | str:
     return round(x * SCALE)
 
 
+def decayed_fixed(x: float, age: int, half_life: float) -> int | str:
+    """``to_fixed`` of x * 2**(-age / half_life): age (T - ts, micros) and half_life (micros,
+    as a float) in binary64, the weight by the C library's pow (both engines call it)."""
+    return to_fixed(x * 2.0 ** (-(float(age) / half_life)))
+
+
 def finalize_float_sum(total: int, pos: int, neg: int, nan: int) -> float:
     if nan or (pos and neg):
         return math.nan

@@ -116,6 +116,10 @@ CASES: list[tuple[str, Case]] = [
         "rounded toward zero to 8 significant bits",
         lambda t: fp.approx_percentile(t.x, 0.5), [ev(0, x=1000.7)], 1.0, 1000.0,
         note="1000.7 = 1.9545 * 2**9; 0.9545 * 128 = 122.2 -> 122; 1.953125 * 512 = 1000.0")),
+    ("decayed_sum halves per half-life", Case(
+        "`x * 2**(-(T - ts) / h)`",
+        lambda t: fp.decayed_sum(t.x, half_life="10s", window="60s"), [ev(0, x=8.0), ev(10, x=4.0)],
+        20.0, 4.0, note="8 * 2**-2 + 4 * 2**-1")),
     ("empty mode null", Case(
         "every other aggregation gives null",
         lambda t: fp.mode(t.s, window="5s"), [ev(0, s="a")], 60.0, None)),

@@ -84,6 +84,8 @@ def user_hopped(t):
         "p50_amount": fp.approx_percentile(t.amount, 0.5),
         "since_last_s": fp.since_last(t.event_time),
         "since_foreign_s": fp.since_last(t.event_time, where=t.country != "US", window="24h"),
+        "decayed_amount": fp.decayed_sum(t.amount, half_life="1d", window="7d"),
+        "decayed_count": fp.decayed_count(half_life="6h", window="24h"),
     }
 ''')
     defs = load_definitions(defs_dir)
@@ -92,9 +94,9 @@ def user_hopped(t):
         bootstrap=services.kafka_bootstrap, redis_url=services.redis_url,
     )
     assert report.events == 10_000
-    # per entity: the newest event, 2 points per hopped window shape (10), 1 per sliding one (2),
+    # per entity: the newest event, 2 points per hopped window shape (10), 1 per sliding one (3),
     # a day past the longest
-    assert report.queries == 200 * (1 + 2 * 10 + 2 + 1)
+    assert report.queries == 200 * (1 + 2 * 10 + 3 + 1)
     assert report.mismatches == 0, [f.first for f in report.features if f.mismatched]
 
 

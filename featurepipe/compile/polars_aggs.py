@@ -40,6 +40,7 @@ from featurepipe.ir.types import DType
 F64, I64, I128 = pl.Float64, pl.Int64, pl.Int128
 TS, SEQ, QID, ARRIVED = "__ts", "__seq", "__qid", "__arrived"
 RANK, KEY, INDEX = "__rank", "__key", "__i"
+QUERY_T = "__t"  # a (query, event) pair's query time (kinds that weigh events by their age)
 Engine = Literal["auto", "in-memory", "streaming"]
 _OFF = 2**63
 _SHIFT = 2**64
@@ -214,7 +215,13 @@ class BatchProgram:
             if not group:
                 continue
             pairs = (
-                q.select(QID, TS, ARRIVED, pl.int_ranges(_lo(span), "hi").alias(INDEX))
+                q.select(
+                    QID,
+                    TS,
+                    ARRIVED,
+                    pl.col(TS).alias(QUERY_T),
+                    pl.int_ranges(_lo(span), "hi").alias(INDEX),
+                )
                 .explode(INDEX)
                 .drop_nulls(INDEX)
                 .join(evi, on=INDEX, how="inner", suffix="_ev")
@@ -352,7 +359,9 @@ class Ranges:
         q = self.q
         pairs = (
             pl.DataFrame({"__q": pl.int_range(q.height, eager=True, dtype=I64)})
-            .with_columns(pl.int_ranges(self.lo(window), q["hi"]).alias(INDEX))
+            .with_columns(
+                pl.int_ranges(self.lo(window), q["hi"]).alias(INDEX), q[TS].alias(QUERY_T)
+            )
             .explode(INDEX)
             .drop_nulls(INDEX)
             .with_columns(pl.col(INDEX).cast(I64))

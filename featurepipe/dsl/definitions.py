@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -336,6 +336,11 @@ class _Typer:
             except ValueError as err:
                 raise ValueError(f"window: {err}") from None
         hop_us = _hop(params.get("hop"), window_us)
+        if KINDS[e.op].needs_query_time and (window_us is None or hop_us is not None):
+            raise ValueError(
+                f"{e.op} weighs each event by its age at the query time: it needs a window= "
+                "and takes no hop="
+            )
         if hop_us is not None and not KINDS[e.op].mergeable:
             raise UnsupportedOperationError(
                 f"hop= is not offered for {e.op} (its accumulators cannot be merged per hop)"
@@ -346,7 +351,7 @@ class _Typer:
                 default = float(default)
             if not python_type_ok(dtype, default):
                 raise TypeError(f"default={default!r} does not fit the feature's type {dtype}")
-        kind_params = tuple((k, v) for k, v in e.params if k not in _AGG_OPTIONS) or None
+        kind_params = tuple(_kind_param(k, v) for k, v in e.params if k not in _AGG_OPTIONS) or None
         return ir.Agg(dtype, e.op, arg, window_us, where, default, hop_us, kind_params)
 
     def call(self, e: Expr, level: str) -> ir.Node:
@@ -563,6 +568,16 @@ def build_view_ir(
 
 
 _AGG_OPTIONS = frozenset({"window", "hop", "default", "has_where", "error"})
+
+
+def _kind_param(name: str, value: Any) -> tuple[str, Hashable]:
+    """A kind's own parameter as the IR holds it (durations in micros)."""
+    if name == "half_life":
+        try:
+            return "half_life_us", parse_duration(value)
+        except ValueError as err:
+            raise ValueError(f"half_life: {err}") from None
+    return name, value
 
 
 def _hop(hop: Any, window_us: int | None) -> int | None:

@@ -448,6 +448,29 @@ def approx_percentile(
     return Expr(out.kind, out.op, out.args, (*out.params, ("q", float(q))))
 
 
+def decayed_sum(
+    expr: Any,
+    *,
+    half_life: str | timedelta,
+    window: str | timedelta,
+    where: Any = None,
+    default: Any = None,
+) -> Expr:
+    """Sum of x * 2**(-(T - ts) / half_life) over the window's events (T: the query time): an
+    exponentially decayed sum. Null when the window holds no non-null value."""
+    h = half_life if not isinstance(half_life, timedelta) else _td(half_life)
+    out = _agg("decayed_sum", expr, window, where, default)
+    return Expr(out.kind, out.op, out.args, (*out.params, ("half_life", h)))
+
+
+def decayed_count(
+    *, half_life: str | timedelta, window: str | timedelta, where: Any = None
+) -> Expr:
+    """Events weighted by 2**(-(T - ts) / half_life): an exponentially decayed count (0 when
+    the window is empty)."""
+    return decayed_sum(lit(1.0), half_life=half_life, window=window, where=where, default=0.0)
+
+
 def mode(
     expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
 ) -> Expr:

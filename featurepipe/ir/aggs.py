@@ -159,6 +159,10 @@ class AggKind(ABC):
         """The msgpack form of ``acc``: deterministic, so equal states give equal bytes."""
         return acc
 
+    # True for a kind whose fold reads the query time ``t`` (generated into the query only): it
+    # needs a window and no hop (compaction and tiles fold without a query time)
+    needs_query_time: ClassVar[bool] = False
+
     # True when a stored (compacted) accumulator is one object that folding only ever adds to,
     # so its size tells whether it changed: its wire form is then reused while the object and
     # its size stay the same (a large distinct set is not re-sorted at every commit).
@@ -355,6 +359,93 @@ class Sum(AggKind):
             base = total.cast(F64)
         if self.name == "mean":
             base = base / n.cast(F64)
+        return pl.when(n == 0).then(None).otherwise(base)
+
+
+class DecayedSum(Sum):
+    """sum of x * 2**(-(T - ts) / half_life) over the window, each term held in fixed point
+    (docs/semantics.md): the weight depends on the query time T, so the fold runs at query time
+    only; a window is required and hops are refused (tiles have no T)."""
+
+    name = "decayed_sum"
+    plan = "exact Int128 sums of fixed-point weighted terms over (query, event) pairs"
+    needs_query_time = True
+
+    def result_type(self, arg: DType | None) -> DType:
+        _need(arg is not None and arg.is_numeric, f"{self.name} needs a numeric input, got {arg}")
+        return F
+
+    def prepare_code(self, agg: Agg, v: str) -> str:
+        return f"(None if {v} is None else float({v}))"
+
+    def namespace(self, agg: Agg) -> dict[str, Any]:
+        return {**super().namespace(agg), "_decayed": k.decayed_fixed}
+
+    def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
+        h = float(agg.param("half_life_us"))
+        return [
+            f"p = {value}",
+            "if p is not None:",
+            f"    {self.at(acc, 'n')} += 1",
+            f"    p = _decayed(p, t - {ts}, {h!r})",  # t: the query time (aggregate's argument)
+            f"    if type(p) is int: {self.at(acc, 'total')} += p",
+            f"    else: {acc}[_SATURATION[p]] += 1",
+        ]
+
+    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
+        raise NotImplementedError  # (never called: hops are refused for this kind)
+
+    def finalizer(self, agg: Agg) -> Finalizer:
+        def finish(acc: Any) -> Any:
+            n, total, pos, neg, nan = acc
+            return None if n == 0 else k.finalize_float_sum(total, pos, neg, nan)
+
+        return finish
+
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        return {"x": pl.when(valid).then(v.cast(F64)).otherwise(None), "ts": pl.col("__ts")}
+
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        return kr.by_pairs(
+            agg.span, self.over_pairs(agg, lambda n: pl.col(col(n).name), pl.col("__i"))
+        )
+
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        x = col("x")
+        age = (pl.col("__t") - col("ts")).cast(F64)  # the query time of the pair (QUERY_T)
+        # the half-life as a column: Polars turns a division by a literal into a multiplication
+        # by its reciprocal, which is not IEEE division (the per-event path divides)
+        half_life = pl.int_range(pl.len()).cast(F64) * 0.0 + float(agg.param("half_life_us"))
+        weight = pl.lit(2.0, F64).pow(-(age / half_life))
+        q, pos, neg, nan = fixed_expr(x * weight)
+        valid = x.is_not_null()
+        return {
+            "n": valid.sum().cast(I64),
+            "total": pl.when(valid).then(q).otherwise(0).cast(I128).sum(),
+            "pos": (valid & pos).sum().cast(I64),
+            "neg": (valid & neg).sum().cast(I64),
+            "nan": (valid & nan).sum().cast(I64),
+        }
+
+    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
+        return [col(f).fill_null(0) for f in self.fields]
+
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        n, total = col("n"), col("total")
+        pos, neg, nan = col("pos"), col("neg"), col("nan")
+        base = (
+            pl.when((nan > 0) | ((pos > 0) & (neg > 0)))
+            .then(float("nan"))
+            .when(pos > 0)
+            .then(math.inf)
+            .when(neg > 0)
+            .then(-math.inf)
+            .otherwise(total.cast(F64) * k.INV_SCALE)
+        )
         return pl.when(n == 0).then(None).otherwise(base)
 
 
@@ -921,5 +1012,6 @@ KINDS: dict[str, AggKind] = {
         CountDistinct(),
         Mode(),
         ApproxPercentile(),
+        DecayedSum(),
     )
 }

@@ -38,6 +38,7 @@ from featurepipe.compile.python_state import NO_TS, REC_TS, State, ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import DataError, FeaturepipeError
 from featurepipe.ir import nodes as ir
+from featurepipe.ir.aggs import KINDS
 from featurepipe.ir.entity_keys import compose_values
 from featurepipe.ir.timebase import to_epoch_us
 from featurepipe.ir.types import DType
@@ -522,7 +523,11 @@ class OnlineReader:
         self.cache = AnswerCache(cache_bytes) if cache_bytes > 0 else None
         self._windows = {name: query_windows(prog) for name, prog in self.programs.items()}
         self._reads: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, DType], ...]] = {}
-        self._reads_query_time = {v.name: v.ir.reads_query_time for v in views}
+        # values that move with T between window edges (the query time, decayed sums)
+        self._reads_query_time = {
+            v.name: v.ir.reads_query_time or any(KINDS[a.kind].needs_query_time for a in v.ir.aggs)
+            for v in views
+        }
 
     def read(
         self,
