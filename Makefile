@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/stream_speed.py
 	$(BIN)/python benchmarks/hopped_windows.py
+	$(BIN)/python benchmarks/kinds.py
 	$(BIN)/python benchmarks/hopped_windows.py --events 600000 --users 100
 	$(BIN)/python -m pytest -q -m slow
 

@@ -250,3 +250,21 @@ def pair_spend(t):
     pairs = events.select("user_id", "merchant_id").unique().height
     assert report.queries == pairs * (1 + 2 + 1)  # newest event, 2 windows, a day past them
     assert report.mismatches == 0, [f.first for f in report.features if f.mismatched]
+
+
+def test_fit_and_the_training_set_command_take_composite_keys(repo: Repo, tmp_path: Path) -> None:
+    from featurepipe.batch.fit import fit
+
+    report = fit(repo.root, "feature_defs", None, None, registry=tmp_path / "registry")
+    assert report.views["pair_spend"]["points"] == 4
+    labels = tmp_path / "labels.csv"
+    labels.write_text("user_id,merchant_id,event_timestamp\nu1,7,2026-03-01T01:00:00Z\nu|2,7,2026-03-01T01:00:00Z\n")
+    out_path = tmp_path / "ts.parquet"
+    env = {**os.environ, "COLUMNS": "250"}
+    out = subprocess.run(
+        [sys.executable, "-m", "featurepipe.cli", "training-set", "--features", "pair_spend:pair_n",
+         "--entities", str(labels), "--out", str(out_path), "--repo", str(repo.root)],
+        cwd=repo.root, capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert pl.read_parquet(out_path)["pair_n"].to_list() == [2, 1]

@@ -481,7 +481,11 @@ def test_oracle_covers_every_aggregation_kind() -> None:
     """A kind added to featurepipe without an oracle here fails; so does a narrowed input table."""
     from featurepipe.ir.aggs import KINDS as REGISTERED
 
-    assert set(ARGS) == set(REGISTERED)
+    # approx_percentile and decayed_sum have no DuckDB equivalent to hold them to bit for bit:
+    # their own tests use independent references (a NumPy bit truncation and a sorted list;
+    # the plain float formula) and hand-worked values (tests/test_approx_percentile.py,
+    # tests/test_decayed.py)
+    assert set(ARGS) | {"approx_percentile", "decayed_sum"} == set(REGISTERED)
     for kind in ("sum", "mean", "var", "std", "min", "max"):
         assert set(ARGS[kind]) == {"x", "n"}, kind
     for kind in ("first", "last", "count_distinct", "mode"):

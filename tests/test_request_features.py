@@ -192,6 +192,19 @@ def test_training_sets_take_request_values_from_the_label_table(tmp_path: Path) 
     assert out["amount"].to_list() == [40.0, 40.0, None, 7.0]
     with pytest.raises(DataError, match=r"amount_vs_mean read the request field 'amount' \(float\); the entity frame has no column 'amount'"):
         store.get_historical_features(labels.drop("amount"), ["risk:amount_vs_mean"])
+    # a feature that reads no request field needs no request column
+    only_n = store.get_historical_features(labels.drop("amount", "country"), ["risk:n_1h"])
+    assert only_n["n_1h"].to_list() == [1, 2, 1, 0]
+
+
+def test_fit_baselines_views_with_request_fields(tmp_path: Path) -> None:
+    """featurepipe fit's baselines score each event with its own fields of the request's name
+    (a view reading the request does not break fit)."""
+    from featurepipe.batch.fit import fit
+
+    _store(tmp_path)
+    report = fit(tmp_path, "feature_defs", None, None)
+    assert report.views["risk"]["points"] == 3
 
 
 # ---- parity on generated data ------------------------------------------------------------------

@@ -129,12 +129,19 @@ def _key_part(frame: pl.DataFrame, view: FeatureView, key: str) -> pl.Series:
     return col.cast(PL_TYPES[expected])
 
 
-def request_columns(frame: pl.DataFrame, view: FeatureView) -> list[pl.Series]:
-    """The label table's columns named like ``view``'s request fields (``fp.request``); a
-    missing one raises ``DataError`` naming the view, the field and the features reading it
-    (types are checked by the batch compiler)."""
+def request_columns(
+    frame: pl.DataFrame, view: FeatureView, features: Sequence[str]
+) -> list[pl.Series]:
+    """The label table's columns named like the request fields (``fp.request``) that the
+    requested ``features`` read; a missing one raises ``DataError`` naming the view, the field
+    and the features reading it (types are checked by the batch compiler). The view's other
+    request fields are null: the features reading them are not returned."""
+    needed = {name for name, _ in view.ir.request_fields_read(features)}
     out = []
     for name, dtype in view.ir.request_fields:
+        if name not in needed:
+            out.append(pl.Series(name, [None] * frame.height, dtype=PL_TYPES[dtype]))
+            continue
         if name not in frame.columns:
             readers = [
                 f.name
@@ -205,7 +212,7 @@ class BatchEngine:
         # every key checked before any data is read: one clear error, not a failed join later
         keys = {view.name: entity_key(frame, view) for view, _ in requests}
         # request fields (fp.request) come from the label table's columns of those names
-        requests_of = {view.name: request_columns(frame, view) for view, _ in requests}
+        requests_of = {view.name: request_columns(frame, view, names) for view, names in requests}
         lineage = Lineage(
             featurepipe_version=self.featurepipe_version,
             created_at=datetime.now(UTC).isoformat(),

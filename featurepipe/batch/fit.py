@@ -13,11 +13,12 @@ import polars as pl
 from featurepipe.batch.registry import Registry, load_definitions
 from featurepipe.batch.sources import read_events
 from featurepipe.compile.polars_aggs import TS, BatchProgram
-from featurepipe.compile.polars_rows import translate
+from featurepipe.compile.polars_rows import PL_TYPES, translate
 from featurepipe.dsl.artifacts import FitRequest
 from featurepipe.dsl.loader import Definitions
 from featurepipe.errors import DataError
 from featurepipe.ir import nodes as ir
+from featurepipe.ir.entity_keys import with_composite_key
 from featurepipe.ir.types import DType
 
 
@@ -69,7 +70,15 @@ def baseline(
     times from ``points_from_us`` on; the features still see the whole history)."""
     view = defs.view(view_name)
     key = view.entity.key
-    points = events.select(pl.col(key), pl.col(TS)).collect()
+    events = with_composite_key(events, view.ir.entity_parts)
+    # request fields (fp.request): each point scores its own event (the field of that name and
+    # type), as the parity harness does; null where the event has none
+    fields = dict(view.ir.fields)
+    asked = [
+        (pl.col(n) if fields.get(n) is t else pl.lit(None, PL_TYPES[t])).alias(n)
+        for n, t in view.ir.request_fields
+    ]
+    points = events.select(pl.col(key), pl.col(TS), *asked).collect()
     if points_from_us is not None:
         points = points.filter(pl.col(TS) >= points_from_us)
     if points.height > max_points:

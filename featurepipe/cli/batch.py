@@ -591,7 +591,9 @@ def training_set(
     wanted = store.resolve(refs)
     views = [store.definitions.view(v) for v in wanted]
     # a text key stays text in a CSV ("007" is not 7); other types are checked, not converted
-    text_keys = [v.entity.key for v in views if v.source.fields[v.entity.key][0] is DType.STR]
+    text_keys = [
+        part for v in views for part in v.entity.parts if v.source.fields[part][0] is DType.STR
+    ]
     shown, note = typed_path(project, entities)
     labels = read_table(
         project.path(entities),

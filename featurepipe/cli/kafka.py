@@ -47,7 +47,7 @@ def _stream_views(project: Project) -> dict[str, tuple[str, str, Source]]:
     d = load_defs(project)
     out: dict[str, tuple[str, str, Source]] = {}
     for v in d.views.values():
-        if v.source.stream is not None and not v.entity.composite:  # (see _view_topic)
+        if v.source.stream is not None:
             out.setdefault(v.source.stream.topic, (v.name, v.entity.key, v.source))
     return out
 
@@ -60,7 +60,13 @@ def _view_topic(project: Project, view: str) -> tuple[str, str, Source]:
             f"view '{view}': its source '{v.source.name}' has no KafkaSource (no topic); "
             "pass --topic"
         )
-    if v.entity.composite:
+    return v.source.stream.topic, v.entity.key, v.source
+
+
+def _refuse_composite(project: Project, view: str, key: str) -> None:
+    """`produce` keys messages by one column: a view keyed by several fields is refused."""
+    v = load_defs(project).view(view)
+    if v.entity.composite and key == v.entity.key:
         raise FeaturepipeError(
             f"view '{view}' is keyed by ({', '.join(v.entity.parts)}): `featurepipe produce` "
             "does not key messages by a composite key yet; send them keyed by its text "
@@ -68,7 +74,6 @@ def _view_topic(project: Project, view: str) -> tuple[str, str, Source]:
             "featurepipe.stream.produce.produce_frame(events, topic, bootstrap, "
             "key=view.entity.parts)"
         )
-    return v.source.stream.topic, v.entity.key, v.source
 
 
 def _only_topic(project: Project, what: str) -> str:
@@ -89,6 +94,7 @@ def _produce_target(
     """(topic, key, the contract if known) from --view / --topic / --key / the definitions."""
     if view is not None:
         v_topic, v_key, source = _view_topic(project, view)
+        _refuse_composite(project, view, key or v_key)
         return topic or v_topic, key or v_key, source
     if topic is not None and key is not None:
         if not project.definitions.exists():
@@ -104,6 +110,7 @@ def _produce_target(
                 f"no feature view reads topic '{topic}': pass --key (the entity key column)"
             )
         return topic, key, None
+    _refuse_composite(project, found[0], key or found[1])
     return topic, key or found[1], found[2]
 
 

@@ -397,7 +397,11 @@ class ViewProgram:
         ts = rec[REC_TS]
         if ts < state.horizon:
             self._compact(state.compacted, rec)  # very late: only lifetime accumulators use it
-        elif self.groups and ts < self.raw_horizon(state.max_ts):
+        elif (
+            self.groups
+            and ts < state.max_ts - self.lateness
+            and ts < self.raw_horizon(state.max_ts)
+        ):
             self._compact(state.compacted, rec)  # late, behind the buffer: straight to tiles
             self._tile(state, [rec])
         else:
@@ -446,8 +450,12 @@ class ViewProgram:
                     if tile is None:
                         tile = tiles[i] = empty()
                     fold(tile, rec)
-            for i in [i for i in tiles if i < first]:
-                del tiles[i]
+            # tiles are created oldest first but for late events: when the oldest one is still
+            # inside, none needs dropping yet (a late older tile left over is never inside a
+            # window an answerable query has, and goes at the next full pass)
+            if tiles and next(iter(tiles)) < first:
+                for i in [i for i in tiles if i < first]:
+                    del tiles[i]
 
     def can_answer(self, state: State, t: int) -> bool:
         return bool(state.max_ts == NO_TS or t >= state.max_ts - self.lateness)

@@ -144,7 +144,8 @@ class AggKind(ABC):
 
     @property
     def mergeable(self) -> bool:
-        return type(self).merge_code is not AggKind.merge_code
+        # a fold that reads the query time has no merge: tiles are folded without one
+        return type(self).merge_code is not AggKind.merge_code and not self.needs_query_time
 
     @abstractmethod
     def copy(self, acc: Any) -> Any:
@@ -391,9 +392,6 @@ class DecayedSum(Sum):
             f"    if type(p) is int: {self.at(acc, 'total')} += p",
             f"    else: {acc}[_SATURATION[p]] += 1",
         ]
-
-    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
-        raise NotImplementedError  # (never called: hops are refused for this kind)
 
     def finalizer(self, agg: Agg) -> Finalizer:
         def finish(acc: Any) -> Any:

@@ -9,7 +9,7 @@ an ``Agg``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -183,6 +183,24 @@ class ViewIR:
                 if isinstance(node, Request):
                     seen.setdefault(node.name, node.dtype)
         return tuple(seen.items())
+
+    def request_fields_read(self, feats: Sequence[str]) -> tuple[tuple[str, DType], ...]:
+        """The request fields (in ``request_fields`` order) that the features ``feats`` read,
+        directly or through the features they reference."""
+        seen: set[str] = set()
+        read: set[str] = set()
+        todo = list(feats)
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for node in self.feature(name).expr.walk():
+                if isinstance(node, Request):
+                    read.add(node.name)
+                elif isinstance(node, FeatureRef):
+                    todo.append(node.name)
+        return tuple((f, d) for f, d in self.request_fields if f in read)
 
     @property
     def reads_query_time(self) -> bool:

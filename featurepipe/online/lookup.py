@@ -37,7 +37,6 @@ from featurepipe.compile.polars_rows import PL_TYPES
 from featurepipe.compile.python_state import NO_TS, REC_TS, State, ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import DataError, FeaturepipeError
-from featurepipe.ir import nodes as ir
 from featurepipe.ir.aggs import KINDS
 from featurepipe.ir.entity_keys import compose_values
 from featurepipe.ir.timebase import to_epoch_us
@@ -840,7 +839,7 @@ class OnlineReader:
             key = (name, tuple(feats))
             reads = self._reads.get(key)
             if reads is None:
-                reads = self._reads[key] = _request_fields_read(self.views[name].ir, feats)
+                reads = self._reads[key] = self.views[name].ir.request_fields_read(feats)
             out[name] = reads
         return out
 
@@ -901,25 +900,6 @@ class OnlineReader:
                 if self.views[name].ir.feature(f).expr.dtype is DType.DATETIME:
                     df = df.with_columns(pl.col(f).cast(pl.Datetime("us", "UTC")))
         return df
-
-
-def _request_fields_read(view: ir.ViewIR, feats: Sequence[str]) -> tuple[tuple[str, DType], ...]:
-    """The request fields (in ``view.request_fields`` order) that ``feats`` read, directly or
-    through the features they reference."""
-    seen: set[str] = set()
-    read: set[str] = set()
-    todo = list(feats)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        for node in view.feature(name).expr.walk():
-            if isinstance(node, ir.Request):
-                read.add(node.name)
-            elif isinstance(node, ir.FeatureRef):
-                todo.append(node.name)
-    return tuple((f, d) for f, d in view.request_fields if f in read)
 
 
 def _served_version(view: FeatureView, served: str | None, entity: Any) -> VersionMismatchError:
