@@ -42,7 +42,7 @@ REC_TS, REC_SEQ, REC_MASK, REC_INPUTS = 0, 1, 2, 3
 class State:
     """One entity's state for one view (see the module docstring)."""
 
-    __slots__ = ("buffer", "compacted", "horizon", "max_ts", "tiles", "wire")
+    __slots__ = ("buffer", "compacted", "horizon", "max_ts", "tile_floor", "tiles", "wire")
 
     def __init__(
         self,
@@ -59,6 +59,9 @@ class State:
         # hopped windows: per hop, tile index (ts // hop) -> accumulators of that hop's
         # aggregations over the events evicted from ``buffer`` (see ``ViewProgram``)
         self.tiles = tiles if tiles is not None else []
+        # per hop, the oldest tile index kept at the last pruning (not part of the state's
+        # value: unknown after loads, which prunes in full)
+        self.tile_floor: list[int | None] = [None] * len(self.tiles)
         # accumulator index -> (the accumulator object, its size, its wire form): reused by
         # ``ViewProgram.dumps`` for kinds that grow in place; not part of the state's value
         self.wire: dict[int, tuple[Any, int, Any]] = {}
@@ -439,8 +442,8 @@ class ViewProgram:
         can see again, and drop tiles wholly before the oldest window start any answerable
         query has: (max_ts - lateness) // hop * hop - the hop's longest window."""
         low = state.max_ts - self.lateness
-        for (h, longest, _), (fold, empty), tiles in zip(
-            self.groups, self._tile_folds, state.tiles, strict=True
+        for g, ((h, longest, _), (fold, empty), tiles) in enumerate(
+            zip(self.groups, self._tile_folds, state.tiles, strict=True)
         ):
             first = (low // h * h - longest) // h  # the oldest tile still inside a window
             for rec in recs:
@@ -450,12 +453,13 @@ class ViewProgram:
                     if tile is None:
                         tile = tiles[i] = empty()
                     fold(tile, rec)
-            # tiles are created oldest first but for late events: when the oldest one is still
-            # inside, none needs dropping yet (a late older tile left over is never inside a
-            # window an answerable query has, and goes at the next full pass)
-            if tiles and next(iter(tiles)) < first:
+            # no tile below ``first`` is ever created, so tiles need dropping only when it moved
+            # (once per hop): the tiles kept are then {i >= first} whatever the order of events
+            # and of loads, so equal event sequences give equal bytes
+            if state.tile_floor[g] != first:
                 for i in [i for i in tiles if i < first]:
                     del tiles[i]
+                state.tile_floor[g] = first
 
     def can_answer(self, state: State, t: int) -> bool:
         return bool(state.max_ts == NO_TS or t >= state.max_ts - self.lateness)
