@@ -14,12 +14,10 @@ import os
 import statistics
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,20 +28,9 @@ from featurepipe.compile.python_state import ViewProgram, collector_paused  # no
 from featurepipe.dev.datagen import generate_transactions  # noqa: E402
 from featurepipe.parity.harness import normalize_events  # noqa: E402
 
-
-class Transaction(BaseModel):
-    transaction_id: str
-    user_id: str
-    merchant_id: str
-    amount: float | None
-    country: str | None
-    employment_type: str | None
-    channel: str | None
-    event_time: datetime
-
-
-USER = fp.Entity("user", key="user_id")
-SOURCE = fp.Source("transactions", schema=Transaction, timestamp="event_time")
+# the example's contract, entity and source (feature_defs/fraud.py)
+_EXAMPLE = fp.load_definitions(ROOT / "feature_defs").view("user_spend")
+USER, SOURCE = _EXAMPLE.entity, _EXAMPLE.source
 W = "7d"
 KINDS: dict[str, Any] = {
     "sum": lambda t: fp.sum(t.amount, window=W),

@@ -187,6 +187,14 @@ class AggKind(ABC):
         """Accumulator columns for every query from the range kernels; ``col`` reads a
         prepared column of this aggregation."""
 
+    def by_pairs(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        """``over_range`` for a kind without a range kernel: its ``over_pairs`` over explicit
+        (query, event) pairs (``RangeKernels.by_pairs``)."""
+        exprs = self.over_pairs(agg, lambda n: pl.col(col(n).name), pl.col("__i"))
+        return kr.by_pairs(agg.span, exprs)
+
     @abstractmethod
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         """The same accumulators as aggregations over a query's group of visible events
@@ -293,7 +301,7 @@ class Sum(AggKind):
         return list(acc)
 
     def finalizer(self, agg: Agg) -> Finalizer:
-        is_float, is_mean = float_input(agg), self.name == "mean"
+        is_float, is_mean = self.fixed_point(agg), self.name == "mean"
 
         def finish(acc: Any) -> Any:
             n, total, pos, neg, nan = acc
@@ -326,8 +334,13 @@ class Sum(AggKind):
             "nan": (valid & nan).cast(I64),
         }
 
+    def fixed_point(self, agg: Agg) -> bool:
+        """Whether the total is a fixed-point sum of floats (with saturation counts), not an
+        exact integer sum."""
+        return float_input(agg)
+
     def _summed(self, agg: Agg) -> tuple[str, ...]:
-        return self.fields if float_input(agg) else ("n", "total")
+        return self.fields if self.fixed_point(agg) else ("n", "total")
 
     def over_range(
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
@@ -342,7 +355,7 @@ class Sum(AggKind):
 
     def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
         n, total = col("n"), col("total")
-        if float_input(agg):
+        if self.fixed_point(agg):
             pos, neg, nan = col("pos"), col("neg"), col("nan")
             base = (
                 pl.when((nan > 0) | ((pos > 0) & (neg > 0)))
@@ -376,6 +389,9 @@ class DecayedSum(Sum):
         _need(arg is not None and arg.is_numeric, f"{self.name} needs a numeric input, got {arg}")
         return F
 
+    def fixed_point(self, agg: Agg) -> bool:
+        return True  # weighted terms are floats, whatever the input
+
     def prepare_code(self, agg: Agg, v: str) -> str:
         return f"(None if {v} is None else float({v}))"
 
@@ -393,13 +409,6 @@ class DecayedSum(Sum):
             f"    else: {acc}[_SATURATION[p]] += 1",
         ]
 
-    def finalizer(self, agg: Agg) -> Finalizer:
-        def finish(acc: Any) -> Any:
-            n, total, pos, neg, nan = acc
-            return None if n == 0 else k.finalize_float_sum(total, pos, neg, nan)
-
-        return finish
-
     def columns(
         self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
     ) -> dict[str, pl.Expr]:
@@ -408,9 +417,7 @@ class DecayedSum(Sum):
     def over_range(
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
     ) -> dict[str, pl.Series]:
-        return kr.by_pairs(
-            agg.span, self.over_pairs(agg, lambda n: pl.col(col(n).name), pl.col("__i"))
-        )
+        return self.by_pairs(agg, col, kr)
 
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         x = col("x")
@@ -428,23 +435,6 @@ class DecayedSum(Sum):
             "neg": (valid & neg).sum().cast(I64),
             "nan": (valid & nan).sum().cast(I64),
         }
-
-    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
-        return [col(f).fill_null(0) for f in self.fields]
-
-    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
-        n, total = col("n"), col("total")
-        pos, neg, nan = col("pos"), col("neg"), col("nan")
-        base = (
-            pl.when((nan > 0) | ((pos > 0) & (neg > 0)))
-            .then(float("nan"))
-            .when(pos > 0)
-            .then(math.inf)
-            .when(neg > 0)
-            .then(-math.inf)
-            .otherwise(total.cast(F64) * k.INV_SCALE)
-        )
-        return pl.when(n == 0).then(None).otherwise(base)
 
 
 class Mean(Sum):
@@ -904,9 +894,7 @@ class Mode(AggKind):
     def over_range(
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
     ) -> dict[str, pl.Series]:
-        return kr.by_pairs(
-            agg.span, self.over_pairs(agg, lambda n: pl.col(col(n).name), pl.col("__i"))
-        )
+        return self.by_pairs(agg, col, kr)
 
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         # every most frequent value, then the smallest in Polars' sort order: NaN after every
@@ -977,9 +965,7 @@ class ApproxPercentile(AggKind):
     def over_range(
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
     ) -> dict[str, pl.Series]:
-        return kr.by_pairs(
-            agg.span, self.over_pairs(agg, lambda n: pl.col(col(n).name), pl.col("__i"))
-        )
+        return self.by_pairs(agg, col, kr)
 
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         keys = col("key").drop_nulls()

@@ -174,20 +174,9 @@ def entity_columns(entities: Any) -> dict[str, list[Any]]:
     Accepted: a mapping of key -> sequence of values (``{"user_id": ["u1", "u2"]}``), a
     Polars or pandas DataFrame, or a sequence of mappings, one per request row, each holding
     the same keys (``[{"user_id": "u1", "merchant_id": "m1"}, ...]``)."""
-    if isinstance(entities, pl.DataFrame):
-        return {c: entities[c].to_list() for c in entities.columns}
-    if type(entities).__module__.startswith("pandas") and hasattr(entities, "columns"):
-        return {str(k): list(v) for k, v in entities.to_dict("list").items()}
-    if isinstance(entities, Mapping):
-        out: dict[str, list[Any]] = {}
-        for k, values in entities.items():
-            if not _is_column(values):
-                raise DataError(
-                    f"entities[{k!r}] must be a list of values, one per request row; got "
-                    f"{type(values).__name__} {values!r:.80}"
-                )
-            out[str(k)] = list(values)
-        return out
+    columns = _as_columns(entities, "entities")
+    if columns is not None:
+        return columns
     if isinstance(entities, Sequence) and not isinstance(entities, str | bytes):
         rows = list(entities)
         if not all(isinstance(r, Mapping) for r in rows):
@@ -216,20 +205,9 @@ def request_columns(request: Any) -> dict[str, list[Any]]:
     """A request's values (``fp.request`` fields) as columns (field -> one value per request
     row): from a mapping of field -> sequence of values (``{"amount": [12.5, 3.0]}``) or a
     Polars or pandas DataFrame."""
-    if isinstance(request, pl.DataFrame):
-        return {c: request[c].to_list() for c in request.columns}
-    if type(request).__module__.startswith("pandas") and hasattr(request, "columns"):
-        return {str(k): list(v) for k, v in request.to_dict("list").items()}
-    if isinstance(request, Mapping):
-        out: dict[str, list[Any]] = {}
-        for k, values in request.items():
-            if not _is_column(values):
-                raise DataError(
-                    f"request[{k!r}] must be a list of values, one per request row; got "
-                    f"{type(values).__name__} {values!r:.80}"
-                )
-            out[str(k)] = list(values)
-        return out
+    columns = _as_columns(request, "request")
+    if columns is not None:
+        return columns
     raise DataError(
         f"a request of type {type(request).__name__} is not supported: pass a mapping of "
         "request field -> values (one per request row) or a DataFrame"
@@ -387,6 +365,26 @@ def parse_request_value(field: str, dtype: DType, text: str) -> Any:
             f"{what}: {text!r} {reason} (e.g. 2026-01-15T08:30:00Z or 2026-01-15T08:30:00+01:00)"
         )
     return t
+
+
+def _as_columns(obj: Any, what: str) -> dict[str, list[Any]] | None:
+    """A Polars or pandas DataFrame, or a mapping of name -> values, as columns; None for
+    another type. ``what`` names the argument in errors."""
+    if isinstance(obj, pl.DataFrame):
+        return {c: obj[c].to_list() for c in obj.columns}
+    if type(obj).__module__.startswith("pandas") and hasattr(obj, "columns"):
+        return {str(k): list(v) for k, v in obj.to_dict("list").items()}
+    if isinstance(obj, Mapping):
+        out: dict[str, list[Any]] = {}
+        for k, values in obj.items():
+            if not _is_column(values):
+                raise DataError(
+                    f"{what}[{k!r}] must be a list of values, one per request row; got "
+                    f"{type(values).__name__} {values!r:.80}"
+                )
+            out[str(k)] = list(values)
+        return out
+    return None
 
 
 def _is_column(values: Any) -> bool:
