@@ -42,6 +42,12 @@ KINDS: dict[str, Any] = {
     "sum (hop 1h)": lambda t: fp.sum(t.amount, window=W, hop="1h"),
     "mode (hop 1h)": lambda t: fp.mode(t.merchant_id, window=W, hop="1h"),
     "approx_percentile (hop 1h)": lambda t: fp.approx_percentile(t.amount, 0.9, window=W, hop="1h"),
+    "last_k (k 5)": lambda t: fp.last_k(t.amount, 5, window=W),
+    "first_k (k 5)": lambda t: fp.first_k(t.amount, 5, window=W),
+    "last_distinct_k (k 5)": lambda t: fp.last_distinct_k(t.merchant_id, 5, window=W),
+    "count_by": lambda t: fp.count_by(t.merchant_id, window=W),
+    "count_by (hop 1h)": lambda t: fp.count_by(t.merchant_id, window=W, hop="1h"),
+    "last_k (k 5, lifetime)": lambda t: fp.last_k(t.amount, 5),
     "mode (lifetime)": lambda t: fp.mode(t.merchant_id),
     "approx_percentile (lifetime)": lambda t: fp.approx_percentile(t.amount, 0.9),
 }

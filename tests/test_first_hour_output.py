@@ -212,10 +212,10 @@ def test_plan_json(tmp_path: Path) -> None:
         "stream": "clicks",
     }
     assert [(f["name"], f["type"], f["definition"]) for f in v["features"]] == [
-        ("clicks_1h", "int", "count(window=3600s, default=0)"),
+        ("clicks_1h", "int", "count(window=1h, default=0)"),
         ("clicks_total", "int", "count(default=0)"),
         ("last_page", "str", "last(t.page)"),
-        ("secs_1h", "float", "sum(t.secs, window=3600s)"),
+        ("secs_1h", "float", "sum(t.secs, window=1h)"),
     ]
     assert [(a["kind"], a["window_s"]) for a in v["aggregations"]] == [
         ("count", 3600),

@@ -147,6 +147,17 @@ AGG_INPUT = {
     "count_distinct": st.one_of(E["float"], E["int"], E["str"], E["bool"]),
     "mode": st.one_of(E["float"], E["int"], E["str"], E["bool"], st.just(lambda t: t.ts)),
     "count": st.one_of(st.none(), E["float"], E["str"]),
+    "last_k": st.one_of(E["float"], E["int"], E["str"], E["bool"], st.just(lambda t: t.ts)),
+    "first_k": st.one_of(E["float"], E["int"], E["str"], E["bool"], st.just(lambda t: t.ts)),
+    "last_distinct_k": st.one_of(E["float"], E["int"], E["str"], E["bool"]),
+    "count_by": st.one_of(E["int"], E["str"], E["bool"]),
+}
+# the kinds' own options: k of the list kinds, top_k of count_by (None: every value)
+KIND_OPTIONS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
+    "last_k": st.builds(dict, k=st.integers(1, 4)),
+    "first_k": st.builds(dict, k=st.integers(1, 4)),
+    "last_distinct_k": st.builds(dict, k=st.integers(1, 4)),
+    "count_by": st.builds(dict, top_k=st.one_of(st.none(), st.integers(1, 3))),
 }
 
 
@@ -156,10 +167,11 @@ def aggregations(draw: st.DrawFn) -> Gen:
     arg = draw(AGG_INPUT[kind])
     window, hop = draw(WINDOWS)
     where = draw(st.one_of(st.none(), E["bool"]))
+    options = draw(KIND_OPTIONS.get(kind, st.just({})))
     fn = getattr(fp, kind)
 
     def build(t: Any) -> Expr:
-        kw: dict[str, Any] = {"window": window, "hop": hop}
+        kw: dict[str, Any] = {"window": window, "hop": hop, **options}
         if where is not None:
             kw["where"] = where(t)
         if kind == "count":

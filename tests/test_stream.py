@@ -86,6 +86,14 @@ def user_hopped(t):
         "since_foreign_s": fp.since_last(t.event_time, where=t.country != "US", window="24h"),
         "decayed_amount": fp.decayed_sum(t.amount, half_life="1d", window="7d"),
         "decayed_count": fp.decayed_count(half_life="6h", window="24h"),
+        # lists and maps
+        "last_amounts_24h": fp.last_k(t.amount, 3, window="24h", hop="1h"),
+        "last_countries": fp.last_k(t.country, 2),
+        "first_merchants_7d": fp.first_k(t.merchant_id, 2, window="7d"),
+        "recent_merchants": fp.last_distinct_k(t.merchant_id, 3, window="7d", hop="6h"),
+        "channels_7d": fp.count_by(t.channel, window="7d", hop="1d"),
+        "top_countries": fp.count_by(t.country, top_k=2),
+        "last_times_6h": fp.last_k(t.event_time, 2, window="6h"),
     }
 ''')
     defs = load_definitions(defs_dir)
@@ -94,9 +102,11 @@ def user_hopped(t):
         bootstrap=services.kafka_bootstrap, redis_url=services.redis_url,
     )
     assert report.events == 10_000
-    # per entity: the newest event, 2 points per hopped window shape (10), 1 per sliding one (3),
+    # per entity: the newest event, 2 points per hopped window shape (10), 1 per sliding one (4),
     # a day past the longest
-    assert report.queries == 200 * (1 + 2 * 10 + 3 + 1)
+    assert report.queries == 200 * (1 + 2 * 10 + 4 + 1)
+    listed = {f.name: f.compared for f in report.features}
+    assert listed["recent_merchants"] == listed["channels_7d"] == report.queries
     assert report.mismatches == 0, [f.first for f in report.features if f.mismatched]
 
 

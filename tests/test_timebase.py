@@ -95,3 +95,16 @@ def test_cli_refuses_a_bad_time_with_a_clear_message(args: tuple[str, ...], opti
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"{option} 'yesterday'" in out.stdout or f"{option} 'tomorrow'" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(
+    ("us", "text"),
+    [(604_800_000_000, "7d"), (5_400_000_000, "90m"), (3_600_000_000, "1h"), (1_500_000, "1500ms"),
+     (1, "1us"), (86_400_000_001, "86400000001us"), (30_000_000, "30s")],
+)
+def test_durations_are_shown_in_their_largest_exact_unit(us: int, text: str) -> None:
+    from featurepipe.dsl.definitions import parse_duration
+    from featurepipe.ir.timebase import format_duration
+
+    assert format_duration(us) == text
+    assert parse_duration(text) == us  # what `featurepipe plan` shows reads back

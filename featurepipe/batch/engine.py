@@ -18,7 +18,7 @@ import polars as pl
 from featurepipe.batch.lineage import Lineage, source_lineage
 from featurepipe.batch.sources import SourceReport, in_arrival_order, read_events
 from featurepipe.compile.polars_aggs import ARRIVED, TS, BatchProgram, Engine
-from featurepipe.compile.polars_rows import PL_TYPES
+from featurepipe.compile.polars_rows import PL_TYPES, edge_type
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import DataError
 from featurepipe.ir import nodes as ir
@@ -251,9 +251,7 @@ class BatchEngine:
                         "pass full_feature_names=True"
                     )
                 taken.add(out_name)
-                col = values[n]
-                if view.ir.feature(n).expr.dtype is DType.DATETIME:
-                    col = col.cast(pl.Datetime("us", "UTC"))
+                col = values[n].cast(edge_type(view.ir.feature(n).expr.dtype))
                 out.frame = out.frame.with_columns(col.alias(out_name))
         return out
 

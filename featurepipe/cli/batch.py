@@ -91,7 +91,7 @@ def plan(
             text = escape(describe(f.expr))
             if f.name in unfitted:
                 text += "  [yellow](not fitted yet: placeholder)[/]"
-            features.add_row(escape(f.name), str(f.expr.dtype), text)
+            features.add_row(escape(f.name), escape(str(f.expr.dtype)), text)
         console.print(features)
         prog = ViewProgram(v.ir)
         console.print("[bold]per-event plan[/] (generated Python):")

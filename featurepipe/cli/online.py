@@ -240,6 +240,7 @@ def get(
     keys, the features and <view>_found (False: no online state, the declared defaults)."""
     from rich.cells import cell_len
 
+    from featurepipe.compile.polars_rows import is_map_column, map_value
     from featurepipe.errors import DataError
     from featurepipe.ir.types import DType
     from featurepipe.online.lookup import parse_entity, parse_request_value
@@ -304,16 +305,18 @@ def get(
         fingerprints=pins,
         request=request_values if request is not None else None,
     )
+    maps = [n for n, t in df.schema.items() if is_map_column(t)]
+    records = [{**r, **{n: map_value(r[n]) for n in maps}} for r in df.iter_rows(named=True)]
     if as_json:
-        print_json(df.to_dicts())
+        print_json(records)
         return
 
     def shown(v: object) -> str:
-        return repr(v) if isinstance(v, float) else str(v)
+        return repr(v) if isinstance(v, float | list | dict) else str(v)
 
     # one row per feature, one column per request row; side by side, at most 4 request rows
     # and as many as fit the terminal, so that names and values keep their width
-    cells = [[shown(v) for v in row] for row in df.iter_rows()]
+    cells = [[shown(v) for v in record.values()] for record in records]
     names = max(len("feature"), *(cell_len(c) for c in df.columns))
     chunks: list[range] = []
     start = 0

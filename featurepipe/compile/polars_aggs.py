@@ -302,6 +302,9 @@ def _output(column: str, f: ir.Feature) -> pl.Expr:
     value = pl.col(column)
     if f.expr.dtype is DType.FLOAT:  # one NaN on the way out, as on the per-event path
         value = pl.when(value.is_nan()).then(pl.lit(math.nan, F64)).otherwise(value)
+    elif f.expr.dtype is DType.LIST_FLOAT:
+        e = pl.element()
+        value = value.list.eval(pl.when(e.is_nan()).then(pl.lit(math.nan, F64)).otherwise(e))
     return value.alias(f.name)
 
 
@@ -345,6 +348,34 @@ class Ranges:
         nxt = _marked_rows(mark).fill_null(strategy="backward")
         at = nxt.gather(lo.clip(0, n - 1))
         return pl.select(pl.when((at >= lo) & (at < hi)).then(at)).to_series().cast(I64)
+
+    def marked_values(
+        self, mark: pl.Series, values: pl.Series, window: Window, k: int, newest: bool
+    ) -> pl.Series:
+        """The ``values`` of the k last (``newest``: newest first) or k first marked events in
+        [lo, hi), as a list per query (empty when none). The marks before row i are counted
+        once (``before``), so the j-th marked event of a range is found by its rank among the
+        marked rows: O(events + queries * k)."""
+        lo, hi, nq = self.lo(window), self.q["hi"], self.q.height
+        before = pl.concat([pl.Series([0], dtype=I64), mark.cast(I64).cum_sum()])
+        marked = mark.arg_true().cast(I64)
+        a, b = before.gather(lo), before.gather(hi)  # ranks [a, b) are marked rows in range
+        if newest:
+            start, stop, step = b - 1, pl.select(pl.max_horizontal(a, b - k)).to_series() - 1, -1
+        else:
+            start, stop, step = a, pl.select(pl.min_horizontal(b, a + k)).to_series(), 1
+        ranks = (
+            pl.DataFrame({"__q": pl.int_range(nq, eager=True, dtype=I64), "s": start, "e": stop})
+            .select("__q", pl.int_ranges("s", "e", step=step, dtype=I64).alias("r"))
+            .explode("r")
+            .drop_nulls("r")
+        )
+        picked = pl.DataFrame({"__q": ranks["__q"], "v": values.gather(marked.gather(ranks["r"]))})
+        lists = picked.group_by("__q", maintain_order=True).agg("v")
+        aligned = pl.DataFrame({"__q": pl.int_range(nq, eager=True, dtype=I64)}).join(
+            lists, on="__q", how="left", maintain_order="left"
+        )
+        return aligned["v"].fill_null(pl.lit([], pl.List(values.dtype)))
 
     def last_marked(self, mark: pl.Series, window: Window) -> pl.Series:
         """Row of the last marked event in [lo, hi), or null."""

@@ -9,25 +9,69 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import polars as pl
 import xxhash
 
 from featurepipe import kernels as k
 from featurepipe.ir import nodes as ir
-from featurepipe.ir.types import DType
+from featurepipe.ir.types import DType, counts_of, list_of
 
 I, F, B, S, D = DType.INT, DType.FLOAT, DType.BOOL, DType.STR, DType.DATETIME
 
-PL_TYPES: dict[DType, pl.DataType] = {
+_SCALARS: dict[DType, pl.DataType] = {
     I: pl.Int64(),
     F: pl.Float64(),
     B: pl.Boolean(),
     S: pl.String(),
     D: pl.Int64(),  # epoch microseconds; converted to Datetime only at the output edge
 }
+# A map is Arrow's layout of one: a list of {key, value} entries, in the map's order (the
+# Python side's dict order: docs/semantics.md states it per kind).
+PL_TYPES: dict[DType, pl.DataType] = {
+    **_SCALARS,
+    **{list_of(t): pl.List(_SCALARS[t]) for t in (I, F, B, S, D)},
+    **{
+        counts_of(t): pl.List(pl.Struct({"key": _SCALARS[t], "value": pl.Int64()}))
+        for t in (I, S, B)
+    },
+}
 UTC_US = pl.Datetime("us", "UTC")
+
+
+def edge_type(dtype: DType) -> pl.DataType:
+    """The Polars type a user sees for ``dtype`` (datetimes as UTC Datetimes, not micros)."""
+    if dtype is D:
+        return UTC_US
+    if dtype is DType.LIST_DATETIME:
+        return pl.List(UTC_US)
+    return PL_TYPES[dtype]
+
+
+def to_series(name: str, values: Sequence[Any], dtype: DType) -> pl.Series:
+    """Per-event values (dicts for maps) as a column of ``PL_TYPES[dtype]``."""
+    if dtype.is_map:
+        values = [map_entries(v) for v in values]
+    return pl.Series(name, values, dtype=PL_TYPES[dtype], strict=True)
+
+
+def map_entries(value: dict[Any, Any] | None) -> list[dict[str, Any]] | None:
+    """A map value in its column form: a list of {key, value} entries, in order."""
+    return None if value is None else [{"key": a, "value": b} for a, b in value.items()]
+
+
+def map_value(entries: list[dict[str, Any]] | None) -> dict[Any, Any] | None:
+    """A map column's value (list of {key, value} entries) as the dict it stands for."""
+    return None if entries is None else {e["key"]: e["value"] for e in entries}
+
+
+def is_map_column(t: pl.DataType) -> bool:
+    """Whether a Polars column type is the layout of a map (a list of {key, value})."""
+    inner = getattr(t, "inner", None)
+    return isinstance(inner, pl.Struct) and [f.name for f in inner.fields] == ["key", "value"]
+
 
 Translation = Callable[[ir.Call, list[pl.Expr]], pl.Expr]
 

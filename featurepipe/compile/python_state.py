@@ -170,6 +170,9 @@ class ViewProgram:
         self._float_outputs = [
             j for j, f in enumerate(view.features) if f.expr.dtype is DType.FLOAT
         ]
+        self._float_lists = [
+            j for j, f in enumerate(self.view.features) if f.expr.dtype is DType.LIST_FLOAT
+        ]
         # generated: one list literal of empty accumulators (a fresh entity per new key)
         empties = ", ".join(repr(k.empty(a)) for a, k in zip(self.aggs, self.kinds, strict=True))
         self._empty_compacted = eval(f"lambda: [{empties}]")  # reprs of ints, lists, sets
@@ -486,6 +489,10 @@ class ViewProgram:
             v = out[j]
             if v is not None and v != v:
                 out[j] = math.nan
+        for j in self._float_lists:
+            v = out[j]
+            if v is not None:
+                out[j] = [math.nan if x != x else x for x in v]
         return tuple(out)
 
     # -- bytes -----------------------------------------------------------------------------

@@ -359,6 +359,12 @@ class _Typer:
         params = dict(e.params)
         args = [self.node(a, level) for a in e.args]
         args = _type_nulls(op, args)
+        for a in args:
+            if a.dtype.is_collection and op != "is_null":
+                raise TypeError(
+                    f"{op} cannot take a {a.dtype} value: list and map features are served as "
+                    "they are (no row operation reads them)"
+                )
         if op.startswith("fit_"):
             return self.fitted(op, args[0], params)
         if op not in OPS:

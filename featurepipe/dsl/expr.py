@@ -479,6 +479,62 @@ def mode(
     return _agg("mode", expr, window, where, default, hop)
 
 
+def _positive(what: str, n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _MAX_K:
+        raise DefinitionError(f"{what}={n!r} must be an integer from 1 to {_MAX_K}")
+    return n
+
+
+_MAX_K = 10_000  # a list or map feature is state per entity and a value per lookup
+
+
+def _k_agg(kind: str, expr: Any, k: int, window: Any, where: Any, hop: Any) -> Expr:
+    out = _agg(kind, expr, window, where, None, hop)
+    return Expr(out.kind, out.op, out.args, (*out.params, ("k", _positive(f"{kind}: k", k))))
+
+
+def last_k(
+    expr: Any, k: int, *, window: str | None = None, where: Any = None, hop: Any = None
+) -> Expr:
+    """The values of the k newest events with a non-null input (by event time, then arrival),
+    newest first: a list of at most k values; null when there is none."""
+    return _k_agg("last_k", expr, k, window, where, hop)
+
+
+def first_k(
+    expr: Any, k: int, *, window: str | None = None, where: Any = None, hop: Any = None
+) -> Expr:
+    """The values of the k oldest events with a non-null input, oldest first; null when there
+    is none."""
+    return _k_agg("first_k", expr, k, window, where, hop)
+
+
+def last_distinct_k(
+    expr: Any, k: int, *, window: str | None = None, where: Any = None, hop: Any = None
+) -> Expr:
+    """The k most recently seen distinct non-null values, newest first (each value placed by
+    its newest event); null when there is none."""
+    return _k_agg("last_distinct_k", expr, k, window, where, hop)
+
+
+def count_by(
+    expr: Any,
+    *,
+    top_k: int | None = None,
+    window: str | None = None,
+    where: Any = None,
+    hop: Any = None,
+) -> Expr:
+    """Events per distinct non-null value: a map {value: count} ordered by count descending,
+    then value ascending; ``top_k`` keeps its first k entries. Null when there is none."""
+    out = _agg("count_by", expr, window, where, None, hop)
+    if top_k is None:
+        return out
+    return Expr(
+        out.kind, out.op, out.args, (*out.params, ("top_k", _positive("count_by: top_k", top_k)))
+    )
+
+
 def count_distinct(
     expr: Any, *, window: str | None = None, where: Any = None, hop: Any = None
 ) -> Expr:

@@ -24,7 +24,9 @@ Accumulator shapes (per-event; the batch columns carry the same names where they
     min, max        [n, best, nan]
     first, last     (ts, seq, value) or None
     count_distinct  set of keys
-    mode            dict value -> count (floats canonical: 0.0 for -0.0, ``math.nan`` for NaN)
+    mode, count_by  dict value -> count (floats canonical: 0.0 for -0.0, ``math.nan`` for NaN)
+    last_k, first_k list of up to k (ts, seq, value), newest / oldest first
+    last_distinct_k dict value -> (ts, seq) of its newest event, at most k values
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import polars as pl
 from featurepipe import kernels as k
 from featurepipe.ir import sketch
 from featurepipe.ir.nodes import Agg, Span
-from featurepipe.ir.types import DType
+from featurepipe.ir.types import DType, counts_of, list_of
 
 I, F, D = DType.INT, DType.FLOAT, DType.DATETIME
 F64, I64, I128 = pl.Float64, pl.Int64, pl.Int128
@@ -64,6 +66,13 @@ class RangeKernels(Protocol):
     def first_marked(self, mark: pl.Series, window: Window) -> pl.Series: ...
 
     def last_marked(self, mark: pl.Series, window: Window) -> pl.Series: ...
+
+    def marked_values(
+        self, mark: pl.Series, values: pl.Series, window: Window, k: int, newest: bool
+    ) -> pl.Series:
+        """Per query, the ``values`` of its k newest (newest first) or k oldest marked events,
+        as a list."""
+        ...
 
     def distinct_count(self, key: str, window: Window) -> pl.Series: ...
 
@@ -981,6 +990,234 @@ class ApproxPercentile(AggKind):
         return sketch.representative_expr(col("key"))
 
 
+# ---- last_k / first_k / last_distinct_k: lists of values by (ts, arrival seq) ----------------
+
+_LISTABLE = (I, F, DType.BOOL, DType.STR, D)
+
+
+class LastK(AggKind):
+    """The values of the k newest events with a non-null input, newest first. The accumulator
+    keeps those k events as (ts, seq, value), sorted newest first: a later event can only push
+    one out, so k of them answer exactly whatever arrives next, in any order."""
+
+    name = "last_k"
+    fields = ("",)
+    plan = "ranks among the non-null events: the k before the range's end"
+    newest = True
+
+    def result_type(self, arg: DType | None) -> DType:
+        _need(arg in _LISTABLE, f"{self.name} needs a scalar input, got {arg}")
+        assert arg is not None
+        return list_of(arg)
+
+    def empty(self, agg: Agg) -> Any:
+        return []
+
+    def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
+        n = int(agg.param("k"))
+        beats = ">" if self.newest else "<"  # than the last kept: newer (last_k), older (first_k)
+        return [
+            f"p = {value}",
+            f"if p is not None and (len({acc}) < {n} or {ts} {beats} {acc}[-1][0] or "
+            f"({ts} == {acc}[-1][0] and {seq} {beats} {acc}[-1][1])):",
+            # (ts, seq) is unique per event, so the sort never compares two values
+            f"    {acc}.append(({ts}, {seq}, p))",
+            f"    {acc}.sort(reverse={self.newest})",
+            f"    del {acc}[{n}:]",
+        ]
+
+    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
+        n = int(agg.param("k"))
+        return [
+            f"if {other}:",
+            f"    {acc} = sorted([*{acc}, *{other}], reverse={self.newest})[:{n}]",
+        ]
+
+    def copy(self, acc: Any) -> Any:
+        return list(acc)
+
+    def finalizer(self, agg: Agg) -> Finalizer:
+        return lambda acc: [e[2] for e in acc] if acc else None
+
+    def from_wire(self, obj: Any) -> Any:
+        return [tuple(e) for e in obj]
+
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        return {"ok": valid, "value": v.cast(out.inner)}  # type: ignore[attr-defined]
+
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        n, values = int(agg.param("k")), col("value")
+        return {"values": kr.marked_values(col("ok"), values, agg.span, n, self.newest)}
+
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        n = int(agg.param("k"))
+        ordered = col("value").sort_by(index).filter(col("ok").sort_by(index))
+        return {"values": ordered.tail(n).reverse() if self.newest else ordered.head(n)}
+
+    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
+        return []  # no event: null
+
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        values = col("values")
+        return pl.when(values.list.len() > 0).then(values).otherwise(None)
+
+
+class FirstK(LastK):
+    name = "first_k"
+    plan = "ranks among the non-null events: the k from the range's start"
+    newest = False
+
+
+class LastDistinctK(AggKind):
+    """The k most recently seen distinct non-null values, newest first (floats canonical: one
+    NaN, 0.0 for -0.0). Exact with k values kept: a value's newest event only moves forward,
+    so a value pushed out by k newer ones can only come back with an event of its own."""
+
+    name = "last_distinct_k"
+    fields = ("",)
+    plan = "k newest distinct non-null values over (query, event) pairs"
+
+    def result_type(self, arg: DType | None) -> DType:
+        _need(arg in _LISTABLE, f"{self.name} needs a scalar input, got {arg}")
+        assert arg is not None
+        return list_of(arg)
+
+    def prepare_code(self, agg: Agg, v: str) -> str:
+        return Mode().prepare_code(agg, v)
+
+    def empty(self, agg: Agg) -> Any:
+        return {}
+
+    def namespace(self, agg: Agg) -> dict[str, Any]:
+        return {"_MODE_NAN": _MODE_NAN, "_newest_distinct": _newest_distinct}
+
+    def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
+        lines = [f"p = {value}", "if p is not None:"]
+        if float_input(agg):  # one NaN key (a dict finds NaN keys by identity only)
+            lines.append("    if p != p: p = _MODE_NAN[0]")
+        lines.append(f"    _newest_distinct({acc}, p, ({ts}, {seq}), {int(agg.param('k'))})")
+        return lines
+
+    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
+        n = int(agg.param("k"))
+        return [f"for _dv, _dt in {other}.items(): _newest_distinct({acc}, _dv, _dt, {n})"]
+
+    def copy(self, acc: Any) -> Any:
+        return dict(acc)
+
+    def finalizer(self, agg: Agg) -> Finalizer:
+        def finish(acc: Any) -> Any:
+            if not acc:
+                return None
+            newest_first = sorted(acc.items(), key=lambda vt: vt[1], reverse=True)
+            return [math.nan if v != v else v for v, _ in newest_first]
+
+        return finish
+
+    def to_wire(self, acc: Any) -> Any:
+        # by (ts, seq), unique per event: deterministic without comparing values
+        return [[v, ts, seq] for v, (ts, seq) in sorted(acc.items(), key=lambda vt: vt[1])]
+
+    def from_wire(self, obj: Any) -> Any:
+        return {(_MODE_NAN[0] if v != v else v): (ts, seq) for v, ts, seq in obj}
+
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        if float_input(agg):
+            v = pl.when(v.is_nan()).then(float("nan")).when(v == 0.0).then(0.0).otherwise(v)
+        return {"value": pl.when(valid).then(v).otherwise(None).cast(out.inner)}  # type: ignore[attr-defined]
+
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        return self.by_pairs(agg, col, kr)
+
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        newest_first = col("value").sort_by(index, descending=True).drop_nulls()
+        # unique keeps each value's first row: its newest event (all NaNs are one value)
+        return {"values": newest_first.unique(maintain_order=True).head(int(agg.param("k")))}
+
+    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
+        return []
+
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        values = col("values")
+        return pl.when(values.list.len() > 0).then(values).otherwise(None)
+
+
+def _newest_distinct(acc: dict[Any, tuple[int, int]], v: Any, at: tuple[int, int], k: int) -> None:
+    """Fold value ``v`` seen at ``at`` = (ts, seq) into ``acc`` (value -> newest (ts, seq)),
+    keeping the k values seen most recently."""
+    old = acc.get(v)
+    if old is not None:
+        if at > old:
+            acc[v] = at
+    elif len(acc) < k:
+        acc[v] = at
+    else:
+        oldest = min(acc, key=acc.__getitem__)
+        if at > acc[oldest]:
+            del acc[oldest]
+            acc[v] = at
+
+
+# ---- count_by: counts per value (Chronon's bucketed count) -----------------------------------
+
+
+class CountBy(Mode):
+    """Per distinct non-null value, its number of events: a map ordered by count descending,
+    then value ascending; ``top_k`` keeps the first k entries. The accumulator is mode's."""
+
+    name = "count_by"
+    plan = "value counts over (query, event) pairs, ordered by count then value"
+
+    def result_type(self, arg: DType | None) -> DType:
+        _need(
+            arg in (I, DType.STR, DType.BOOL),
+            f"{self.name} needs an int, str or bool input (the map's keys), got {arg}",
+        )
+        assert arg is not None
+        return counts_of(arg)
+
+    def _top(self, agg: Agg) -> int | None:
+        top = dict(agg.params or ()).get("top_k")  # absent: every value
+        return top if isinstance(top, int) else None
+
+    def finalizer(self, agg: Agg) -> Finalizer:
+        top = self._top(agg)
+
+        def finish(acc: Any) -> Any:
+            if not acc:
+                return None
+            ordered = sorted(acc.items(), key=lambda vc: (-vc[1], vc[0]))
+            return dict(ordered if top is None else ordered[:top])
+
+        return finish
+
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        key = out.inner.fields[0].dtype  # type: ignore[attr-defined]  # list of {key, value}
+        return {"value": pl.when(valid).then(v).otherwise(None).cast(key)}
+
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        counts = col("value").drop_nulls().value_counts(name="value")
+        return {"counts": counts.struct.rename_fields(["key", "value"])}
+
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        e = pl.element()
+        key, count = e.struct.field("key"), e.struct.field("value")
+        ordered = e.sort_by([count, key], descending=[True, False])
+        top = self._top(agg)
+        counts = col("counts").list.eval(ordered if top is None else ordered.head(top))
+        return pl.when(counts.list.len() > 0).then(counts).otherwise(None)
+
+
 KINDS: dict[str, AggKind] = {
     kind.name: kind
     for kind in (
@@ -997,5 +1234,9 @@ KINDS: dict[str, AggKind] = {
         Mode(),
         ApproxPercentile(),
         DecayedSum(),
+        LastK(),
+        FirstK(),
+        LastDistinctK(),
+        CountBy(),
     )
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from featurepipe.ir import nodes as ir
+from featurepipe.ir.timebase import format_duration
 
 
 def describe(node: object) -> str:
@@ -20,9 +21,9 @@ def describe(node: object) -> str:
     if isinstance(node, ir.Agg):
         parts = [describe(node.arg)] if node.arg is not None else []
         if node.window_us is not None:
-            parts.append(f"window={node.window_us // 1_000_000}s")
+            parts.append(f"window={format_duration(node.window_us)}")
         if node.hop_us is not None:
-            parts.append(f"hop={node.hop_us // 1_000_000}s")
+            parts.append(f"hop={format_duration(node.hop_us)}")
         parts += [f"{k}={v!r}" for k, v in node.params or ()]
         if node.where is not None:
             parts.append(f"where={describe(node.where)}")

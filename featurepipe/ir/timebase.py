@@ -39,6 +39,18 @@ def duration_us(d: timedelta) -> int:
     return d // ONE_US
 
 
+_UNITS = (("d", 86_400_000_000), ("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000),
+          ("ms", 1_000), ("us", 1))  # fmt: skip
+
+
+def format_duration(us: int) -> str:
+    """A duration the way definitions spell one, in its largest exact unit: 7d, 90m, 1500ms."""
+    for unit, size in _UNITS:
+        if us % size == 0:
+            return f"{us // size}{unit}"
+    raise AssertionError("every duration is a whole number of microseconds")
+
+
 MIN_US = to_epoch_us(MIN_TIME)
 MAX_US = to_epoch_us(MAX_TIME)
 

@@ -13,10 +13,49 @@ class DType(enum.StrEnum):
     BOOL = "bool"
     STR = "str"  # unicode text
     DATETIME = "datetime"  # UTC instant, microsecond precision, stored as int64 epoch micros
+    # Collections: results of the list and map aggregations only (last_k, count_by, ...). They
+    # are served as they are; no row operation takes one (refused at definition time).
+    LIST_INT = "list[int]"
+    LIST_FLOAT = "list[float]"
+    LIST_BOOL = "list[bool]"
+    LIST_STR = "list[str]"
+    LIST_DATETIME = "list[datetime]"
+    COUNTS_INT = "map[int,int]"  # value -> count; Python dict, Polars list of {key, value}
+    COUNTS_STR = "map[str,int]"
+    COUNTS_BOOL = "map[bool,int]"
 
     @property
     def is_numeric(self) -> bool:
         return self in (DType.INT, DType.FLOAT)
+
+    @property
+    def is_list(self) -> bool:
+        return self.value.startswith("list[")
+
+    @property
+    def is_map(self) -> bool:
+        return self.value.startswith("map[")
+
+    @property
+    def is_collection(self) -> bool:
+        return self.is_list or self.is_map
+
+    @property
+    def element(self) -> DType:
+        """A list's element type, a map's key type (a scalar's: itself)."""
+        if self.is_list:
+            return DType(self.value[5:-1])
+        if self.is_map:
+            return DType(self.value[4:].split(",")[0])
+        return self
+
+
+def list_of(element: DType) -> DType:
+    return DType(f"list[{element.value}]")
+
+
+def counts_of(key: DType) -> DType:
+    return DType(f"map[{key.value},int]")
 
 
 def dtype_of_annotation(annotation: Any) -> tuple[DType, bool] | None:
@@ -55,4 +94,6 @@ def python_type_ok(dtype: DType, value: Any) -> bool:
         return isinstance(value, float)
     if dtype is DType.STR:
         return isinstance(value, str)
+    if dtype.is_collection:
+        return False  # collections take no literal (no default=, no constant)
     return isinstance(value, int) and not isinstance(value, bool)

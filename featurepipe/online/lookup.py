@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import polars as pl
 
-from featurepipe.compile.polars_rows import PL_TYPES
+from featurepipe.compile.polars_rows import PL_TYPES, edge_type, map_entries
 from featurepipe.compile.python_state import NO_TS, REC_TS, State, ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import DataError, FeaturepipeError
@@ -883,21 +883,28 @@ class OnlineReader:
             k: PL_TYPES[self.views[names[0]].source.fields[k][0]]
             for k, names in self.keys_of(wanted).items()
         }
+        maps: list[str] = []
         for name, feats in wanted.items():
             view = self.views[name]
             for f in feats:
                 dtype = view.ir.feature(f).expr.dtype
                 schema[f] = PL_TYPES[dtype]
+                if dtype.is_map:
+                    maps.append(f)
             schema[f"{name}{FOUND}"] = pl.Boolean
+        if maps:  # a map's column form: a list of {key, value} entries
+            rows = [{**r, **{f: map_entries(r[f]) for f in maps}} for r in rows]
         df = pl.DataFrame(
             [{**{k: col[i] for k, col in columns.items()}, **r} for i, r in enumerate(rows)],
             schema=schema,
         )
-        for name, feats in wanted.items():
-            for f in feats:
-                if self.views[name].ir.feature(f).expr.dtype is DType.DATETIME:
-                    df = df.with_columns(pl.col(f).cast(pl.Datetime("us", "UTC")))
-        return df
+        edges = {
+            f: edge_type(dtype)
+            for name, feats in wanted.items()
+            for f in feats
+            if edge_type(dtype := self.views[name].ir.feature(f).expr.dtype) != PL_TYPES[dtype]
+        }
+        return df.with_columns(pl.col(f).cast(t) for f, t in edges.items()) if edges else df
 
 
 def _served_version(view: FeatureView, served: str | None, entity: Any) -> VersionMismatchError:

@@ -21,7 +21,7 @@ import polars.selectors as cs
 
 from featurepipe.batch.sources import SourceReport, read_events
 from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
-from featurepipe.compile.polars_rows import PL_TYPES
+from featurepipe.compile.polars_rows import PL_TYPES, to_series
 from featurepipe.compile.python_state import ViewProgram, collector_paused
 from featurepipe.dsl.definitions import FeatureView, Source
 from featurepipe.errors import DataError
@@ -373,9 +373,12 @@ def compare(
     results = []
     for j, feat in enumerate(features):
         dtype = feat.expr.dtype
-        stream_col = pl.Series(feat.name, columns[j], dtype=PL_TYPES[dtype], strict=True)
+        stream_col = to_series(feat.name, columns[j], dtype)
         batch_col = batch[feat.name]
-        if dtype is DType.FLOAT:
+        if dtype.is_collection:  # element by element, floats by their bits
+            pairs = zip(batch_col.to_list(), stream_col.to_list(), strict=True)
+            same = pl.Series([identical(a, b) for a, b in pairs], dtype=pl.Boolean)
+        elif dtype is DType.FLOAT:
             same = _float_bits(batch_col).eq_missing(_float_bits(stream_col))
         else:
             same = batch_col.cast(PL_TYPES[dtype]).eq_missing(stream_col)
@@ -392,6 +395,18 @@ def compare(
             }
         results.append(result)
     return results
+
+
+def identical(a: Any, b: Any) -> bool:
+    """Bit for bit: floats by their IEEE bits (-0.0 is not 0.0), lists and maps (as lists of
+    {key, value} entries) element by element, in order."""
+    if type(a) is float and type(b) is float:
+        return struct.pack("<d", a) == struct.pack("<d", b)
+    if type(a) is list and type(b) is list:
+        return len(a) == len(b) and all(map(identical, a, b))
+    if type(a) is dict and type(b) is dict:
+        return list(a) == list(b) and all(identical(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
 
 
 def _show(v: Any) -> str:

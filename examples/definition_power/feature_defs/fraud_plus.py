@@ -61,6 +61,12 @@ def user_patterns(t):  # type: ignore[no-untyped-def]
         "amount_vs_mean": fp.request("amount", float) / amount_mean_7d,
         "amount_vs_p90": fp.request("amount", float) / fp.feature("amount_p90_7d"),
         "new_country": fp.request("country", str) != fp.feature("usual_country_30d"),
+        # lists and maps, served as they are (a sequence model's inputs, a bucketed count)
+        "last_amounts": fp.last_k(t.amount, 5),
+        "first_channels_30d": fp.first_k(t.channel, 3, window="30d", hop="1d"),
+        "recent_merchants_7d": fp.last_distinct_k(t.merchant_id, 5, window="7d", hop="1h"),
+        "channel_counts_30d": fp.count_by(t.channel, window="30d", hop="1d"),
+        "top_countries": fp.count_by(t.country, top_k=3),
     }
 
 
