@@ -47,6 +47,8 @@ KINDS: dict[str, Any] = {
     "last_distinct_k (k 5)": lambda t: fp.last_distinct_k(t.merchant_id, 5, window=W),
     "count_by": lambda t: fp.count_by(t.merchant_id, window=W),
     "count_by (hop 1h)": lambda t: fp.count_by(t.merchant_id, window=W, hop="1h"),
+    "sum by channel": lambda t: fp.sum(t.amount, by=t.channel, window=W),
+    "sum by channel (hop 1h)": lambda t: fp.sum(t.amount, by=t.channel, window=W, hop="1h"),
     "last_k (k 5, lifetime)": lambda t: fp.last_k(t.amount, 5),
     "mode (lifetime)": lambda t: fp.mode(t.merchant_id),
     "approx_percentile (lifetime)": lambda t: fp.approx_percentile(t.amount, 0.9),

@@ -483,3 +483,87 @@ def test_cli_get_shows_maps_as_json_objects(repo: tuple[Path, str], redis_url: s
     )  # fmt: skip
     assert table.returncode == 0, table.stderr
     assert "{'US': 2, 'DE': 1, 'FR': 1}" in table.stdout
+
+
+# ---- by=: bucketed aggregations (maps) ----------------------------------------------------------
+
+BUCKET_CASES: list[tuple[str, Any, list[Event], float, Any]] = [
+    ("count by: ordered by bucket", lambda t: fp.count(by=t.s),
+     [ev(0, s="b"), ev(1, s="a"), ev(2, s="b"), ev(3, s=None)], 4, {"a": 1, "b": 2}),
+    ("count of a field by: nulls of the field skipped", lambda t: fp.count(t.x, by=t.s),
+     [ev(0, s="a", x=None), ev(1, s="a", x=1.0), ev(2, s="b", x=None)], 3, {"a": 1}),
+    ("sum by: exact per bucket", lambda t: fp.sum(t.x, by=t.s),
+     [ev(0, s="a", x=0.1), ev(1, s="b", x=5.0), ev(2, s="a", x=0.2), ev(3, s="a", x=0.3)], 4,
+     {"a": 0.6000000000003638, "b": 5.0}),  # docs/semantics.md: fixed-point 0.1 + 0.2 + 0.3
+    ("sum of ints by bool", lambda t: fp.sum(t.n, by=t.b),
+     [ev(0, n=2, b=True), ev(1, n=-7, b=False), ev(2, n=3, b=True), ev(3, n=1, b=None)], 4,
+     {False: -7, True: 5}),
+    ("mean by int buckets, negatives first", lambda t: fp.mean(t.x, by=t.n),
+     [ev(0, n=3, x=1.0), ev(1, n=-1, x=2.0), ev(2, n=3, x=4.0)], 3, {-1: 2.0, 3: 2.5}),
+    ("max by, NaN in one bucket only", lambda t: fp.max(t.x, by=t.s),
+     [ev(0, s="a", x=NAN), ev(1, s="b", x=-1.0), ev(2, s="a", x=5.0)], 3, {"a": NAN, "b": -1.0}),
+    ("min by, -0.0 is 0.0", lambda t: fp.min(t.x, by=t.s), [ev(0, s="z", x=-0.0)], 1, {"z": 0.0}),
+    ("var by: null below two values", lambda t: fp.var(t.x, by=t.s),
+     [ev(0, s="a", x=1.0), ev(1, s="a", x=3.0), ev(2, s="b", x=1.0)], 3, {"a": 2.0, "b": None}),
+    ("sum by with where", lambda t: fp.sum(t.n, by=t.s, where=t.b),
+     [ev(0, s="a", n=1, b=True), ev(1, s="b", n=2, b=False), ev(2, s="a", n=4, b=None)], 3, {"a": 1}),
+    ("count by: no bucket at all is null", lambda t: fp.count(by=t.s), [ev(0, s=None)], 1, None),
+    ("count by: empty window is null", lambda t: fp.count(by=t.s, window="5s"), [ev(0, s="a")], 60, None),
+    ("sum by, window", lambda t: fp.sum(t.n, by=t.s, window="10s"),
+     [ev(0, s="a", n=1), ev(5, s="a", n=2), ev(12, s="b", n=4)], 12.5, {"a": 2, "b": 4}),
+    # 10s window hopping every 5s at 17: it starts at 5 (sliding: 7)
+    ("count by, hopped", lambda t: fp.count(by=t.s, window="10s", hop="5s"),
+     [ev(4, s="a"), ev(5, s="a"), ev(6, s="b"), ev(16, s="a")], 17, {"a": 2, "b": 1}),
+    # floor modulo (docs/semantics.md): -1 % 2 is 1
+    ("by a derived bucket", lambda t: fp.count(by=t.n % 2),
+     [ev(0, n=3), ev(1, n=4), ev(2, n=5), ev(3, n=-1)], 4, {0: 1, 1: 3}),
+]
+
+
+@pytest.mark.parametrize(
+    ("feature", "events", "t", "want"), [c[1:] for c in BUCKET_CASES], ids=[c[0] for c in BUCKET_CASES]
+)
+def test_bucketed_hand_worked(feature: Any, events: list[Event], t: float, want: Any) -> None:
+    check(feature, events, t, want)
+
+
+@pytest.mark.parametrize(
+    ("feature", "message"),
+    [
+        (lambda t: fp.count(by=t.x), "by= needs an int, str or bool expression"),
+        (lambda t: fp.sum(t.n, by=t.ts), "by= needs an int, str or bool expression"),
+        (lambda t: fp.sum(t.n, by=t.s, default=0), "takes no default"),
+        (lambda t: fp.sum(t.n, by=t.s) * 2, "list and map features are served as they are"),
+    ],
+)
+def test_bucketed_refusals(feature: Any, message: str) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        view({"f": feature})
+
+
+def test_by_is_refused_where_not_offered() -> None:
+    from featurepipe.dsl.expr import _agg
+
+    with pytest.raises(fp.UnsupportedOperationError, match="by= is offered for count, sum"):
+        view({"f": lambda t: _agg("first", t.n, None, None, None, None, t.s)})
+
+
+def test_bucketed_tiles_are_not_changed_by_queries() -> None:
+    """Tiles (lateness 1s, 10s window hopping every 5s) hold per-bucket sums; a query merges
+    them into its own map and must not change them: the same query twice gives the same map,
+    without the state going to bytes in between. The buffer holds only bucket False (the events
+    at 30 and 31), so bucket True comes from two tiles (20..24, 25..29), merged one into the
+    other. By hand at T = 31.5 (window from 20): {False: 2, True: 10}."""
+    feats = {"sums": lambda t: fp.sum(t.n, by=t.x < 29.5, window="10s", hop="5s")}
+    events = [ev(s, n=1, x=float(s)) for s in range(12, 32)]
+    v = view(feats, lateness="1s")
+    prog = ViewProgram(v.ir)
+    state = prog.new_state()
+    for seq, e in enumerate(normalize_events(v, frame([row(ts=at(s), **f) for s, f in events])).iter_rows(named=True)):
+        prog.ingest(state, e, seq)
+    assert state.tiles and len(state.tiles[0]) >= 2, "need several tiles holding the same buckets"
+    first = prog.query(state, us(31.5))
+    again = prog.query(state, us(31.5))
+    assert first == again == ({False: 2, True: 10},)
+    (batch,) = batch_rows(feats, events, [31.5], lateness="1s")
+    assert same(batch[0], {False: 2, True: 10})

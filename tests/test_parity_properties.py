@@ -159,6 +159,13 @@ KIND_OPTIONS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "last_distinct_k": st.builds(dict, k=st.integers(1, 4)),
     "count_by": st.builds(dict, top_k=st.one_of(st.none(), st.integers(1, 3))),
 }
+# by=: the additive kinds per bucket (a map); few distinct buckets, nulls among them
+BUCKETS = st.one_of(
+    st.sampled_from([lambda t: t.s, lambda t: t.b, lambda t: t.n % 3, lambda t: t.s.slice(0, 1)]),
+    E["int"], E["str"], E["bool"],
+)
+for _kind in ("count", "sum", "mean", "min", "max", "var", "std"):
+    KIND_OPTIONS[_kind] = st.one_of(st.just({}), st.builds(dict, by=BUCKETS))
 
 
 @st.composite
@@ -171,7 +178,8 @@ def aggregations(draw: st.DrawFn) -> Gen:
     fn = getattr(fp, kind)
 
     def build(t: Any) -> Expr:
-        kw: dict[str, Any] = {"window": window, "hop": hop, **options}
+        kw: dict[str, Any] = {"window": window, "hop": hop}
+        kw.update({k: (v(t) if callable(v) else v) for k, v in options.items()})
         if where is not None:
             kw["where"] = where(t)
         if kind == "count":

@@ -94,6 +94,11 @@ def user_hopped(t):
         "channels_7d": fp.count_by(t.channel, window="7d", hop="1d"),
         "top_countries": fp.count_by(t.country, top_k=2),
         "last_times_6h": fp.last_k(t.event_time, 2, window="6h"),
+        # bucketed (by=): maps per channel / country
+        "amount_by_channel_7d": fp.sum(t.amount, by=t.channel, window="7d", hop="1d"),
+        "count_by_country": fp.count(by=t.country),
+        "mean_by_foreign_24h": fp.mean(t.amount, by=t.country != "US", window="24h"),
+        "max_by_channel": fp.max(t.amount, by=t.channel),
     }
 ''')
     defs = load_definitions(defs_dir)

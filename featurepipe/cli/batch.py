@@ -44,7 +44,7 @@ def plan(
     marked "not fitted yet" (the plans hold placeholders for them)."""
     from featurepipe.compile.polars_aggs import BatchProgram
     from featurepipe.compile.python_state import ViewProgram
-    from featurepipe.ir.aggs import KINDS
+    from featurepipe.ir.aggs import kind_of
     from featurepipe.ir.describe import describe
 
     d, artifacts = _plan_definitions(project_for(repo, defs))
@@ -109,7 +109,7 @@ def plan(
             w = "lifetime" if agg.window_us is None else f"{agg.window_us // 1_000_000}s"
             if agg.hop_us is not None:
                 w += f" hopped every {agg.hop_us // 1_000_000}s"
-            console.print(f"  agg{i}: {agg.kind} over {w} -> {KINDS[agg.kind].plan}")
+            console.print(f"  agg{i}: {agg.kind} over {w} -> {kind_of(agg).plan}")
 
 
 _FITTED_OP = {"encode": "encode", "standardize": "standardize", "quantiles": "bucketize"}
@@ -181,7 +181,7 @@ def _features_using(view: Any, req: Any) -> list[str]:
 
 
 def _plan_json(v: Any, artifacts: list[dict[str, Any]]) -> dict[str, Any]:
-    from featurepipe.ir.aggs import KINDS
+    from featurepipe.ir.aggs import kind_of
     from featurepipe.ir.describe import describe
 
     src = v.source
@@ -208,7 +208,7 @@ def _plan_json(v: Any, artifacts: list[dict[str, Any]]) -> dict[str, Any]:
                 "window_s": None if agg.window_us is None else agg.window_us // 1_000_000,
                 "hop_s": None if agg.hop_us is None else agg.hop_us // 1_000_000,
                 "definition": describe(agg),
-                "batch_kernel": KINDS[agg.kind].plan,
+                "batch_kernel": kind_of(agg).plan,
             }
             for agg in v.ir.aggs
         ],

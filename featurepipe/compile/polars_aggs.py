@@ -33,7 +33,7 @@ from featurepipe import kernels as k
 from featurepipe.compile.polars_rows import PL_TYPES, translate
 from featurepipe.errors import DataError
 from featurepipe.ir import nodes as ir
-from featurepipe.ir.aggs import KINDS, AggKind, Window
+from featurepipe.ir.aggs import AggKind, Bucketed, Window, kind_of
 from featurepipe.ir.entity_keys import with_composite_key
 from featurepipe.ir.types import DType
 
@@ -55,7 +55,7 @@ class BatchProgram:
         self.reference = reference
         self.view = view
         self.aggs = view.aggs
-        self.kinds: list[AggKind] = [KINDS[a.kind] for a in self.aggs]
+        self.kinds: list[AggKind] = [kind_of(a) for a in self.aggs]
         self.key = view.entity_key
 
     # -- 1. row stage ----------------------------------------------------------------------
@@ -70,7 +70,12 @@ class BatchProgram:
             inc = pl.lit(True) if agg.where is None else translate(agg.where, leaf).fill_null(False)
             v = pl.lit(True) if agg.arg is None else translate(agg.arg, leaf)
             valid = inc & v.is_not_null()
+            if agg.by is not None:  # an event counts only in a (non-null) bucket
+                bucket = translate(agg.by, leaf)
+                valid = valid & bucket.is_not_null()
             prepared = kind.columns(agg, v, inc, valid, PL_TYPES[agg.dtype])
+            if agg.by is not None:
+                prepared["bucket"] = pl.when(valid).then(bucket)
             cols += [expr.alias(_col(i, name)) for name, expr in prepared.items()]
         return events.filter(pl.col(self.key).is_not_null()).select(
             pl.col(self.key), pl.col(TS), pl.col(SEQ), *cols
@@ -227,14 +232,23 @@ class BatchProgram:
                 .join(evi, on=INDEX, how="inner", suffix="_ev")
                 .filter(pl.col(SEQ) < pl.col(ARRIVED))
             )
+            bucketed = [i for i in group if isinstance(self.kinds[i], Bucketed)]
             exprs = [
                 expr.alias(_col(i, name))
                 for i in group
+                if i not in bucketed
                 for name, expr in self.kinds[i]
                 .over_pairs(self.aggs[i], _col_expr(i), pl.col(INDEX))
                 .items()
             ]
-            result = result.join(pairs.group_by(QID).agg(exprs), on=QID, how="left")
+            if exprs:
+                result = result.join(pairs.group_by(QID).agg(exprs), on=QID, how="left")
+            for i in bucketed:
+                kind = self.kinds[i]
+                assert isinstance(kind, Bucketed)
+                aggregations, value = kind.parts(self.aggs[i], _col_expr(i))
+                maps = bucket_maps(pairs, QID, _col(i, "bucket"), aggregations, value)
+                result = result.join(maps.rename({"map": _col(i, "map")}), on=QID, how="left")
         # queries with no events in range: empty accumulators
         fills = [
             fill
@@ -305,6 +319,10 @@ def _output(column: str, f: ir.Feature) -> pl.Expr:
     elif f.expr.dtype is DType.LIST_FLOAT:
         e = pl.element()
         value = value.list.eval(pl.when(e.is_nan()).then(pl.lit(math.nan, F64)).otherwise(e))
+    elif f.expr.dtype.is_map and f.expr.dtype.map_value is DType.FLOAT:
+        v = pl.field("value")
+        one_nan = pl.when(v.is_nan()).then(pl.lit(math.nan, F64)).otherwise(v)
+        value = value.list.eval(pl.element().struct.with_fields(one_nan.alias("value")))
     return value.alias(f.name)
 
 
@@ -386,7 +404,17 @@ class Ranges:
         at = prv.gather((hi - 1).clip(0, n - 1))
         return pl.select(pl.when((hi > 0) & (at >= lo)).then(at)).to_series().cast(I64)
 
-    def by_pairs(self, window: Window, aggregations: dict[str, pl.Expr]) -> dict[str, pl.Series]:
+    def bucketed(
+        self, window: Window, bucket: str, aggregations: dict[str, pl.Expr], value: pl.Expr
+    ) -> pl.Series:
+        maps = bucket_maps(self._pairs(window), "__q", bucket, aggregations, value)
+        aligned = pl.DataFrame({"__q": pl.int_range(self.q.height, eager=True, dtype=I64)}).join(
+            maps, on="__q", how="left", maintain_order="left"
+        )
+        return aligned["map"]
+
+    def _pairs(self, window: Window) -> pl.DataFrame:
+        """Every (query ``__q``, visible event) pair, with the event's columns."""
         q = self.q
         pairs = (
             pl.DataFrame({"__q": pl.int_range(q.height, eager=True, dtype=I64)})
@@ -398,8 +426,11 @@ class Ranges:
             .with_columns(pl.col(INDEX).cast(I64))
         )
         events = self.events.with_row_index(INDEX).with_columns(pl.col(INDEX).cast(I64))
-        grouped = pairs.join(events, on=INDEX, how="left").group_by("__q").agg(**aggregations)
-        aligned = pl.DataFrame({"__q": pl.int_range(q.height, eager=True, dtype=I64)}).join(
+        return pairs.join(events, on=INDEX, how="left")
+
+    def by_pairs(self, window: Window, aggregations: dict[str, pl.Expr]) -> dict[str, pl.Series]:
+        grouped = self._pairs(window).group_by("__q").agg(**aggregations)
+        aligned = pl.DataFrame({"__q": pl.int_range(self.q.height, eager=True, dtype=I64)}).join(
             grouped, on="__q", how="left", maintain_order="left"
         )
         return {name: aligned[name] for name in aggregations}
@@ -413,6 +444,22 @@ class Ranges:
             ).to_series()
             return self.range_sum(first, None)
         return _distinct_count(ev, self.q, key, window)
+
+
+def bucket_maps(
+    pairs: pl.DataFrame, query: str, bucket: str, aggregations: dict[str, pl.Expr], value: pl.Expr
+) -> pl.DataFrame:
+    """(``query``, ``map``): per query, over its pairs whose ``bucket`` is not null, the
+    aggregations per (query, bucket), then ``value`` from them, as a list of {key, value}
+    ordered by key (Polars' order: numbers, strings by code point, false before true)."""
+    return (
+        pairs.filter(pl.col(bucket).is_not_null())
+        .group_by(query, bucket)
+        .agg(**aggregations)
+        .sort(query, bucket)
+        .group_by(query, maintain_order=True)
+        .agg(pl.struct(pl.col(bucket).alias("key"), value.alias("value")).alias("map"))
+    )
 
 
 def _marked_rows(mark: pl.Series) -> pl.Series:

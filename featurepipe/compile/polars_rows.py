@@ -17,7 +17,7 @@ import xxhash
 
 from featurepipe import kernels as k
 from featurepipe.ir import nodes as ir
-from featurepipe.ir.types import DType, counts_of, list_of
+from featurepipe.ir.types import DType, list_of, map_of
 
 I, F, B, S, D = DType.INT, DType.FLOAT, DType.BOOL, DType.STR, DType.DATETIME
 
@@ -34,8 +34,9 @@ PL_TYPES: dict[DType, pl.DataType] = {
     **_SCALARS,
     **{list_of(t): pl.List(_SCALARS[t]) for t in (I, F, B, S, D)},
     **{
-        counts_of(t): pl.List(pl.Struct({"key": _SCALARS[t], "value": pl.Int64()}))
+        map_of(t, v): pl.List(pl.Struct({"key": _SCALARS[t], "value": _SCALARS[v]}))
         for t in (I, S, B)
+        for v in (I, F)
     },
 }
 UTC_US = pl.Datetime("us", "UTC")

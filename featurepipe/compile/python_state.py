@@ -30,7 +30,7 @@ from featurepipe import kernels as k
 from featurepipe.compile.python_rows import CodeGen
 from featurepipe.errors import StateError, UnsupportedOperationError
 from featurepipe.ir import nodes as ir
-from featurepipe.ir.aggs import KINDS, AggKind
+from featurepipe.ir.aggs import AggKind, kind_of
 from featurepipe.ir.timebase import format_us
 from featurepipe.ir.types import DType
 
@@ -92,7 +92,7 @@ def _fold_block(agg: ir.Agg, i: int) -> list[str]:
     aggregation's ``where``: the one statement of the fold rules, shared by compaction and
     queries. Bit i of a record's mask is tested only when the aggregation has a ``where``:
     without one, the row stage sets it on every record."""
-    kind = KINDS[agg.kind]
+    kind = kind_of(agg)
     body = kind.fold_code(
         agg, f"a{i}", f"rec[{REC_INPUTS + i}]", f"rec[{REC_TS}]", f"rec[{REC_SEQ}]"
     )
@@ -104,7 +104,7 @@ def _fold_block(agg: ir.Agg, i: int) -> list[str]:
 def _namespace(aggs: tuple[ir.Agg, ...]) -> dict[str, Any]:
     namespace: dict[str, Any] = {"_k": k}
     for agg in aggs:
-        for name, value in KINDS[agg.kind].namespace(agg).items():
+        for name, value in kind_of(agg).namespace(agg).items():
             if namespace.setdefault(name, value) != value:
                 raise AssertionError(f"aggregation kinds disagree on generated name {name}")
     return namespace
@@ -139,7 +139,7 @@ class ViewProgram:
     def __init__(self, view: ir.ViewIR) -> None:
         self.view = view
         self.aggs = view.aggs
-        self.kinds = [KINDS[a.kind] for a in self.aggs]
+        self.kinds = [kind_of(a) for a in self.aggs]
         self.max_window = view.max_window_us
         self.lateness = view.lateness_us
         self.lifetime = [i for i, a in enumerate(self.aggs) if a.window_us is None]
@@ -172,6 +172,11 @@ class ViewProgram:
         ]
         self._float_lists = [
             j for j, f in enumerate(self.view.features) if f.expr.dtype is DType.LIST_FLOAT
+        ]
+        self._float_maps = [
+            j
+            for j, f in enumerate(self.view.features)
+            if f.expr.dtype.is_map and f.expr.dtype.map_value is DType.FLOAT
         ]
         # generated: one list literal of empty accumulators (a fresh entity per new key)
         empties = ", ".join(repr(k.empty(a)) for a, k in zip(self.aggs, self.kinds, strict=True))
@@ -209,6 +214,10 @@ class ViewProgram:
         for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
             v = gen.emit(agg.arg) if agg.arg is not None else "True"
             code = kind.prepare_code(agg, v)
+            if agg.by is not None:  # (bucket, prepared value); None without a bucket
+                b = gen.emit(agg.by)
+                gen.lines.append(f"q{i} = {code}")
+                code = f"(None if {b} is None or q{i} is None else ({b}, q{i}))"
             if code not in shared:
                 shared[code] = f"p{i}"
                 gen.lines.append(f"p{i} = {code}")
@@ -493,6 +502,10 @@ class ViewProgram:
             v = out[j]
             if v is not None:
                 out[j] = [math.nan if x != x else x for x in v]
+        for j in self._float_maps:
+            v = out[j]
+            if v is not None:
+                out[j] = {b: (math.nan if x is not None and x != x else x) for b, x in v.items()}
         return tuple(out)
 
     # -- bytes -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from featurepipe.ir.fingerprint import fingerprint
 from featurepipe.ir.fold import fold_constants
 from featurepipe.ir.ops import AGGS, OPS
 from featurepipe.ir.timebase import to_epoch_us
-from featurepipe.ir.types import DType, dtype_of_annotation, python_type_ok
+from featurepipe.ir.types import DType, dtype_of_annotation, map_of, python_type_ok
 
 _WINDOW = re.compile(r"^(\d+)(us|ms|s|m|h|d|w)$")
 _UNIT_US = {
@@ -314,10 +314,12 @@ class _Typer:
         params = dict(e.params)
         if "error" in params:
             raise UnsupportedOperationError(str(params["error"]))
-        has_where = bool(params["has_where"])
-        arg_exprs = e.args[:-1] if has_where else e.args
+        has_where, has_by = bool(params["has_where"]), bool(params.get("has_by"))
+        rest = list(e.args)  # (input), (by), (where)
+        where = self.node(rest.pop(), "row") if has_where else None
+        by = self.node(rest.pop(), "row") if has_by else None
+        arg_exprs = rest
         arg = self.node(arg_exprs[0], "row") if arg_exprs else None
-        where = self.node(e.args[-1], "row") if has_where else None
         if where is not None and where.dtype is not DType.BOOL:
             raise TypeError(f"where= needs a boolean expression, got {where.dtype}")
         if e.op != "count" and arg is None:
@@ -326,6 +328,8 @@ class _Typer:
         if bare_null:
             raise TypeError(f"{e.op} of a bare null literal has no type")
         dtype = AGGS[e.op](None if arg is None else arg.dtype)
+        if by is not None:
+            dtype = _bucketed(e.op, by, dtype, params["default"])
         if e.op in ("var", "std") and arg is not None and arg.dtype is DType.INT:
             arg = _cast(arg, DType.FLOAT)
         window = params["window"]
@@ -352,7 +356,7 @@ class _Typer:
             if not python_type_ok(dtype, default):
                 raise TypeError(f"default={default!r} does not fit the feature's type {dtype}")
         kind_params = tuple(_kind_param(k, v) for k, v in e.params if k not in _AGG_OPTIONS) or None
-        return ir.Agg(dtype, e.op, arg, window_us, where, default, hop_us, kind_params)
+        return ir.Agg(dtype, e.op, arg, window_us, where, default, hop_us, kind_params, by)
 
     def call(self, e: Expr, level: str) -> ir.Node:
         op = e.op
@@ -573,7 +577,24 @@ def build_view_ir(
     )
 
 
-_AGG_OPTIONS = frozenset({"window", "hop", "default", "has_where", "error"})
+_AGG_OPTIONS = frozenset({"window", "hop", "default", "has_where", "has_by", "error"})
+BUCKETED_KINDS = ("count", "sum", "mean", "min", "max", "var", "std")
+
+
+def _bucketed(kind: str, by: ir.Node, value: DType, default: Any) -> DType:
+    """The map type of a bucketed aggregation (``by=``): keys of the bucket's type, values of
+    the kind's."""
+    if kind not in BUCKETED_KINDS:
+        raise UnsupportedOperationError(
+            f"by= is offered for {', '.join(BUCKETED_KINDS)}, not {kind}"
+        )
+    if by.dtype not in (DType.INT, DType.STR, DType.BOOL):
+        raise TypeError(
+            f"by= needs an int, str or bool expression (the map's keys), got {by.dtype}"
+        )
+    if default is not None:
+        raise TypeError(f"{kind}(by=...) takes no default: a bucket is there only with its events")
+    return map_of(by.dtype, value)
 
 
 def _kind_param(name: str, value: Any) -> tuple[str, Hashable]:

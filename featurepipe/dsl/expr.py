@@ -354,6 +354,7 @@ def _agg(
     where: Any,
     default: Any,
     hop: Any = None,
+    by: Any = None,
 ) -> Expr:
     args: tuple[Expr, ...] = ()
     if arg is not None:
@@ -364,6 +365,9 @@ def _agg(
         ("default", default if not isinstance(default, list) else tuple(default)),
         ("has_where", where is not None),
     )
+    if by is not None:  # the bucket expression, then where: the last arguments
+        args += (wrap(by),)
+        params += (("has_by", True),)
     w = () if where is None else (wrap(where),)
     return Expr("agg", kind, args + w, params)
 
@@ -373,47 +377,96 @@ def _td(td: timedelta) -> str:
 
 
 def count(
-    expr: Any = None, *, window: str | None = None, where: Any = None, hop: Any = None
+    expr: Any = None,
+    *,
+    window: str | None = None,
+    where: Any = None,
+    hop: Any = None,
+    by: Any = None,
 ) -> Expr:
-    """Number of events (or of non-null values of ``expr``) in the window; 0 when empty."""
-    return _agg("count", expr, window, where, 0, hop)
+    """Number of events (or of non-null values of ``expr``) in the window; 0 when empty.
+    ``by=``: one count per bucket, a map (see ``sum``)."""
+    return _agg("count", expr, window, where, 0 if by is None else None, hop, by)
 
 
 def sum(
-    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+    expr: Any,
+    *,
+    window: str | None = None,
+    where: Any = None,
+    default: Any = None,
+    hop: Any = None,
+    by: Any = None,
 ) -> Expr:
-    return _agg("sum", expr, window, where, default, hop)
+    """Exact sum of the non-null values (docs/semantics.md). ``by=t.category``: one sum per
+    bucket value, a map {bucket: sum} ordered by bucket, over events whose bucket is not null
+    (Chronon's bucketed aggregation); null when no event has one."""
+    return _agg("sum", expr, window, where, default, hop, by)
 
 
 def mean(
-    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+    expr: Any,
+    *,
+    window: str | None = None,
+    where: Any = None,
+    default: Any = None,
+    hop: Any = None,
+    by: Any = None,
 ) -> Expr:
-    return _agg("mean", expr, window, where, default, hop)
+    """``by=``: one value per bucket, a map (see ``sum``)."""
+    return _agg("mean", expr, window, where, default, hop, by)
 
 
 def min(
-    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+    expr: Any,
+    *,
+    window: str | None = None,
+    where: Any = None,
+    default: Any = None,
+    hop: Any = None,
+    by: Any = None,
 ) -> Expr:
-    return _agg("min", expr, window, where, default, hop)
+    """``by=``: one value per bucket, a map (see ``sum``)."""
+    return _agg("min", expr, window, where, default, hop, by)
 
 
 def max(
-    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+    expr: Any,
+    *,
+    window: str | None = None,
+    where: Any = None,
+    default: Any = None,
+    hop: Any = None,
+    by: Any = None,
 ) -> Expr:
-    return _agg("max", expr, window, where, default, hop)
+    """``by=``: one value per bucket, a map (see ``sum``)."""
+    return _agg("max", expr, window, where, default, hop, by)
 
 
 def var(
-    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+    expr: Any,
+    *,
+    window: str | None = None,
+    where: Any = None,
+    default: Any = None,
+    hop: Any = None,
+    by: Any = None,
 ) -> Expr:
-    """Sample variance (ddof=1); null below two non-null values."""
-    return _agg("var", expr, window, where, default, hop)
+    """Sample variance (ddof=1); null below two non-null values. ``by=``: per bucket, a map (see ``sum``)."""
+    return _agg("var", expr, window, where, default, hop, by)
 
 
 def std(
-    expr: Any, *, window: str | None = None, where: Any = None, default: Any = None, hop: Any = None
+    expr: Any,
+    *,
+    window: str | None = None,
+    where: Any = None,
+    default: Any = None,
+    hop: Any = None,
+    by: Any = None,
 ) -> Expr:
-    return _agg("std", expr, window, where, default, hop)
+    """``by=``: one value per bucket, a map (see ``sum``)."""
+    return _agg("std", expr, window, where, default, hop, by)
 
 
 def first(

@@ -31,6 +31,7 @@ Accumulator shapes (per-event; the batch columns carry the same names where they
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -41,7 +42,7 @@ import polars as pl
 from featurepipe import kernels as k
 from featurepipe.ir import sketch
 from featurepipe.ir.nodes import Agg, Span
-from featurepipe.ir.types import DType, counts_of, list_of
+from featurepipe.ir.types import DType, list_of, map_of
 
 I, F, D = DType.INT, DType.FLOAT, DType.DATETIME
 F64, I64, I128 = pl.Float64, pl.Int64, pl.Int128
@@ -75,6 +76,14 @@ class RangeKernels(Protocol):
         ...
 
     def distinct_count(self, key: str, window: Window) -> pl.Series: ...
+
+    def bucketed(
+        self, window: Window, bucket: str, aggregations: dict[str, pl.Expr], value: pl.Expr
+    ) -> pl.Series:
+        """Per query, a map (list of {key, value} ordered by key) over its visible events
+        whose column ``bucket`` is not null: ``aggregations`` per (query, bucket) group, then
+        ``value`` computed from them."""
+        ...
 
     def by_pairs(self, window: Window, aggregations: dict[str, pl.Expr]) -> dict[str, pl.Series]:
         """``aggregations`` (a kind's ``over_pairs``, reading its prepared columns and the
@@ -1182,7 +1191,7 @@ class CountBy(Mode):
             f"{self.name} needs an int, str or bool input (the map's keys), got {arg}",
         )
         assert arg is not None
-        return counts_of(arg)
+        return map_of(arg)
 
     def _top(self, agg: Agg) -> int | None:
         top = dict(agg.params or ()).get("top_k")  # absent: every value
@@ -1240,3 +1249,124 @@ KINDS: dict[str, AggKind] = {
         CountBy(),
     )
 }
+
+
+# ---- by=: any additive kind per bucket value, as a map (Chronon's bucketed aggregations) -----
+
+
+class Bucketed(AggKind):
+    """``kind(x, by=b)``: the base kind's accumulator per value of ``b`` (int, str or bool), a
+    map {bucket: value} ordered by bucket; events with a null bucket are skipped. Every method
+    runs the base kind's code per bucket: the base's prepared value travels as (bucket, value),
+    its fold and merge are applied to the bucket's accumulator, its finalizer to each. The batch
+    plan groups (query, event) pairs by (query, bucket) and applies the base kind's pair
+    aggregations and finalization (``RangeKernels.bucketed``)."""
+
+    fields = ("",)
+
+    def __init__(self, base: AggKind) -> None:
+        self.base = base
+        self.name = base.name  # type: ignore[misc]
+        self.plan = (  # type: ignore[misc]
+            "per (query, bucket) over (query, event) pairs, then the kind's finalization"
+        )
+
+    def inner(self, agg: Agg) -> Agg:
+        """The base kind's aggregation: the map's value type, no bucket."""
+        return dataclasses.replace(agg, dtype=agg.dtype.map_value, by=None)
+
+    def result_type(self, arg: DType | None) -> DType:
+        raise AssertionError("typed by dsl.definitions._bucketed")
+
+    def prepare_code(self, agg: Agg, v: str) -> str:
+        return self.base.prepare_code(self.inner(agg), v)  # compile.python_state adds the bucket
+
+    def empty(self, agg: Agg) -> Any:
+        return {}
+
+    def namespace(self, agg: Agg) -> dict[str, Any]:
+        return {**self.base.namespace(self.inner(agg)), f"_bucket_copy_{self.name}": self.base.copy}
+
+    def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
+        inner = self.inner(agg)
+        empty = repr(self.base.empty(inner))  # a literal: a fresh accumulator each time
+        fold = self.base.fold_code(inner, "_ba", "_bp[1]", ts, seq)
+        return [
+            f"_bp = {value}",
+            "if _bp is not None:",
+            f"    _ba = {acc}.get(_bp[0])",
+            f"    if _ba is None: _ba = {empty}",
+            *(f"    {line}" for line in fold),
+            f"    {acc}[_bp[0]] = _ba",
+        ]
+
+    def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
+        merge = self.base.merge_code(self.inner(agg), "_ba", "_bo")
+        return [
+            f"for _bk, _bo in {other}.items():",
+            f"    _ba = {acc}.get(_bk)",
+            f"    if _ba is None: {acc}[_bk] = _bucket_copy_{self.name}(_bo)",
+            "    else:",
+            *(f"        {line}" for line in merge),
+            f"        {acc}[_bk] = _ba",
+        ]
+
+    @property
+    def mergeable(self) -> bool:
+        return self.base.mergeable
+
+    def copy(self, acc: Any) -> Any:
+        return {b: self.base.copy(a) for b, a in acc.items()}
+
+    def finalizer(self, agg: Agg) -> Finalizer:
+        finish = self.base.finalizer(self.inner(agg))
+        return lambda acc: {b: finish(acc[b]) for b in sorted(acc)} if acc else None
+
+    def to_wire(self, acc: Any) -> Any:
+        return [[b, self.base.to_wire(acc[b])] for b in sorted(acc)]
+
+    def from_wire(self, obj: Any) -> Any:
+        return {b: self.base.from_wire(a) for b, a in obj}
+
+    def columns(
+        self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
+    ) -> dict[str, pl.Expr]:
+        value = out.inner.fields[1].dtype  # type: ignore[attr-defined]  # list of {key, value}
+        return self.base.columns(self.inner(agg), v, inc, valid, value)
+
+    def parts(self, agg: Agg, col: Col) -> tuple[dict[str, pl.Expr], pl.Expr]:
+        """The base kind's pair aggregations, named by the columns its finalization reads,
+        and that finalization."""
+        inner = self.inner(agg)
+        pairs = self.base.over_pairs(inner, col, pl.col("__i"))
+        named = {col(name).meta.output_name(): e for name, e in pairs.items()}
+        return named, self.base.finalize_expr(inner, col)
+
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        aggregations, value = self.parts(agg, lambda n: pl.col(col(n).name))
+        return {"map": kr.bucketed(agg.span, col("bucket").name, aggregations, value)}
+
+    def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        raise AssertionError("bucketed: grouped by (query, bucket), see RangeKernels.bucketed")
+
+    def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
+        return []  # no event: a null map
+
+    def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
+        entries = col("map")
+        return pl.when(entries.list.len() > 0).then(entries).otherwise(None)
+
+
+_BUCKETED: dict[str, Bucketed] = {}
+
+
+def kind_of(agg: Agg) -> AggKind:
+    """The kind that computes ``agg``: its registered kind, per bucket when it has ``by``."""
+    base = KINDS[agg.kind]
+    if agg.by is None:
+        return base
+    if agg.kind not in _BUCKETED:
+        _BUCKETED[agg.kind] = Bucketed(base)
+    return _BUCKETED[agg.kind]

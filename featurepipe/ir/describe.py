@@ -25,6 +25,8 @@ def describe(node: object) -> str:
         if node.hop_us is not None:
             parts.append(f"hop={format_duration(node.hop_us)}")
         parts += [f"{k}={v!r}" for k, v in node.params or ()]
+        if node.by is not None:
+            parts.append(f"by={describe(node.by)}")
         if node.where is not None:
             parts.append(f"where={describe(node.where)}")
         if node.default is not None:

@@ -12,7 +12,7 @@ from featurepipe.ir import nodes as ir
 
 FORMAT_VERSION = 1  # bump when the meaning of the IR changes
 # node fields added after version 1 that leave the fingerprint alone while unset
-_ADDED_OPTIONAL = frozenset({"hop_us", "params"})
+_ADDED_OPTIONAL = frozenset({"hop_us", "params", "by"})
 
 
 def canonical(obj: Any) -> Any:

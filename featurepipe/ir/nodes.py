@@ -106,6 +106,8 @@ class Agg(Node):
     hop_us: int | None = None
     # the kind's own parameters (e.g. approx_percentile's q), as (name, value) pairs
     params: tuple[Param, ...] | None = None
+    # bucketed aggregation: the kind per value of ``by`` (int, str or bool), as a map
+    by: Node | None = None
 
     def param(self, name: str) -> Any:
         for key, value in self.params or ():
@@ -122,7 +124,7 @@ class Agg(Node):
         return (self.window_us, self.hop_us or 1)
 
     def children(self) -> tuple[Node, ...]:
-        return tuple(n for n in (self.arg, self.where) if n is not None)
+        return tuple(n for n in (self.arg, self.where, self.by) if n is not None)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

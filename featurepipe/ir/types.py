@@ -20,9 +20,13 @@ class DType(enum.StrEnum):
     LIST_BOOL = "list[bool]"
     LIST_STR = "list[str]"
     LIST_DATETIME = "list[datetime]"
-    COUNTS_INT = "map[int,int]"  # value -> count; Python dict, Polars list of {key, value}
-    COUNTS_STR = "map[str,int]"
-    COUNTS_BOOL = "map[bool,int]"
+    # maps (count_by, by= buckets): a Python dict; in Polars a list of {key, value} entries
+    MAP_INT_INT = "map[int,int]"
+    MAP_STR_INT = "map[str,int]"
+    MAP_BOOL_INT = "map[bool,int]"
+    MAP_INT_FLOAT = "map[int,float]"
+    MAP_STR_FLOAT = "map[str,float]"
+    MAP_BOOL_FLOAT = "map[bool,float]"
 
     @property
     def is_numeric(self) -> bool:
@@ -49,13 +53,20 @@ class DType(enum.StrEnum):
             return DType(self.value[4:].split(",")[0])
         return self
 
+    @property
+    def map_value(self) -> DType:
+        """A map's value type."""
+        assert self.is_map, self
+        return DType(self.value[:-1].split(",")[1])
+
 
 def list_of(element: DType) -> DType:
     return DType(f"list[{element.value}]")
 
 
-def counts_of(key: DType) -> DType:
-    return DType(f"map[{key.value},int]")
+def map_of(key: DType, value: DType = DType.INT) -> DType:
+    """The map type with these key and value types (ValueError when not offered)."""
+    return DType(f"map[{key.value},{value.value}]")
 
 
 def dtype_of_annotation(annotation: Any) -> tuple[DType, bool] | None:

@@ -37,7 +37,7 @@ from featurepipe.compile.polars_rows import PL_TYPES, edge_type, map_entries
 from featurepipe.compile.python_state import NO_TS, REC_TS, State, ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import DataError, FeaturepipeError
-from featurepipe.ir.aggs import KINDS
+from featurepipe.ir.aggs import kind_of
 from featurepipe.ir.entity_keys import compose_values
 from featurepipe.ir.timebase import to_epoch_us
 from featurepipe.ir.types import DType
@@ -522,7 +522,7 @@ class OnlineReader:
         self._reads: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, DType], ...]] = {}
         # values that move with T between window edges (the query time, decayed sums)
         self._reads_query_time = {
-            v.name: v.ir.reads_query_time or any(KINDS[a.kind].needs_query_time for a in v.ir.aggs)
+            v.name: v.ir.reads_query_time or any(kind_of(a).needs_query_time for a in v.ir.aggs)
             for v in views
         }
 

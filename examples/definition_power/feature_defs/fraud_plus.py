@@ -67,6 +67,9 @@ def user_patterns(t):  # type: ignore[no-untyped-def]
         "recent_merchants_7d": fp.last_distinct_k(t.merchant_id, 5, window="7d", hop="1h"),
         "channel_counts_30d": fp.count_by(t.channel, window="30d", hop="1d"),
         "top_countries": fp.count_by(t.country, top_k=3),
+        # bucketed aggregations: one value per channel, as a map
+        "amount_by_channel_30d": fp.sum(t.amount, by=t.channel, window="30d", hop="1d"),
+        "mean_amount_by_country": fp.mean(t.amount, by=t.country),
     }
 
 
