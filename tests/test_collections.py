@@ -567,3 +567,24 @@ def test_bucketed_tiles_are_not_changed_by_queries() -> None:
     assert first == again == ({False: 2, True: 10},)
     (batch,) = batch_rows(feats, events, [31.5], lateness="1s")
     assert same(batch[0], {False: 2, True: 10})
+
+
+def test_a_caller_changing_a_served_list_does_not_change_the_next_answer(
+    repo: tuple[Path, str], redis_url: str
+) -> None:
+    """Lookups keep recent answers (the answer cache); the lists and maps a caller receives are
+    its own: mutating them must not alter what the next lookup serves."""
+    root, prefix = repo
+    view = load_definitions(root / "feature_defs").view("recent")
+    reader = OnlineReader(connect(redis_url), [view], prefix)
+    at_us = int(UNTIL.timestamp()) * 1_000_000
+    names = ["last_amounts", "countries"]
+    (first,) = reader.read(["u1"], {"recent": names}, at_us=at_us)
+    first["last_amounts"].append(999.0)
+    first["countries"].clear()
+    (again,) = reader.read(["u1"], {"recent": names}, at_us=at_us)
+    assert reader.cache is not None and reader.cache.reused >= 1, "the second read must be a cache hit"
+    assert same(again["last_amounts"], [30.5, -0.0]) and again["countries"] == ["DE", "US", "FR"]
+    again["last_amounts"].clear()
+    (third,) = reader.read(["u1"], {"recent": names}, at_us=at_us)
+    assert same(third["last_amounts"], [30.5, -0.0])

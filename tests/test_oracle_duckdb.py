@@ -7,8 +7,11 @@ documented rules (window ``T - w <= ts < T``, lifetime ``ts < T``, arrival bound
 ``where`` true only, nulls skipped, fixed-point sums with 40 fractional bits rounded half to
 even, saturation at 2**52, ``-0.0`` as ``0.0`` for min/max/count_distinct/mode, one NaN, first/last by
 ``(ts, arrival)``, mode as the most frequent value with ties to the smallest, defaults for null
-results). The few binary64 steps the document prescribes
-after aggregation (``float(S) * 2**-40``, ``s / n``, the variance formula) are written out in
+results; the lists ``last_k``/``first_k`` (k newest/oldest non-null values by ``(ts, arrival)``,
+signed zeros kept), ``last_distinct_k`` (k distinct values newest first, each placed by its newest
+event, one NaN, ``-0.0`` as ``0.0``) and the map ``count_by`` (counts by count descending, then
+value ascending, first ``top_k`` entries), null rather than empty). The few binary64 steps the
+document prescribes after aggregation (``float(S) * 2**-40``, ``s / n``, the variance formula) are written out in
 ``_finalize`` below, once, from the document.
 
 Generated logs have nulls, ties on timestamps, out-of-order arrival, unicode strings, NaN,
@@ -76,8 +79,19 @@ ARGS: dict[str, tuple[str, ...]] = {
     "first": ("x", "n", "s", "b"), "last": ("x", "n", "s", "b"),
     "count_distinct": ("x", "n", "s", "b"),
     "mode": ("x", "n", "s", "b"),
+    # lists and maps ("ts": the event time, a datetime, as epoch microseconds on both engines)
+    "last_k": ("x", "n", "s", "b", "ts"), "first_k": ("x", "n", "s", "b", "ts"),
+    "last_distinct_k": ("x", "n", "s", "b", "ts"),
+    "count_by": ("n", "s", "b"),  # a map's keys are int, str or bool
 }
 KINDS = sorted(ARGS)
+LISTS = ("last_k", "first_k", "last_distinct_k")
+# kind -> the k (lists) or top_k (count_by) a spec draws: small, so windows hold more than k
+# values; 10_000 (the largest allowed) for "fewer values than k"; top_k None keeps every entry
+SIZES: dict[str, list[int | None]] = {
+    **{kind: [1, 2, 3, 4, 1, 2, 3, 4, 10_000] for kind in LISTS},
+    "count_by": [None, None, 1, 2, 3, 4],
+}
 # label -> (window, hop) in micros; hop None for a sliding window. A hopped window "6s/2s"
 # starts at the hop boundary at or before T - 6s (T - 6s rounded down to a multiple of 2s).
 WINDOWS: dict[str | None, tuple[int, int | None] | None] = {
@@ -110,6 +124,7 @@ class Spec:
     window: str | None
     where: str
     default: Any = None
+    k: int | None = None  # k of a list kind, top_k of count_by
 
     def expr(self, t: Any) -> Any:
         fn = getattr(fp, self.kind)
@@ -121,19 +136,25 @@ class Spec:
             kw["where"] = WHERE[self.where][0](t)
         if self.default is not None:
             kw["default"] = self.default
+        if self.kind in LISTS:
+            assert self.k is not None
+            return fn(getattr(t, self.arg), self.k, **kw)
+        if self.kind == "count_by":
+            kw["top_k"] = self.k
         return fn(getattr(t, self.arg) if self.arg else None, **kw)
 
 
 @st.composite
-def specs(draw: st.DrawFn, kind: str) -> Spec:
+def specs(draw: st.DrawFn, kind: str, where: st.SearchStrategy[str] | None = None) -> Spec:
     arg = draw(st.sampled_from(ARGS[kind]))
     defaults = DEFAULTS.get((kind, arg), [])
     return Spec(
         kind,
         arg,
         draw(st.sampled_from(list(WINDOWS))),
-        draw(st.sampled_from(list(WHERE))),
+        draw(st.sampled_from(list(WHERE)) if where is None else where),
         draw(st.sampled_from([None, *defaults])),
+        draw(st.sampled_from(SIZES[kind])) if kind in SIZES else None,
     )
 
 
@@ -187,8 +208,12 @@ def _sql_columns(i: int, s: Spec) -> list[str]:
     kind = s.kind
     if kind == "count":
         return [f"count({a}) AS c{i}"]
-    if kind == "mode":
-        raise AssertionError("mode needs counts per (query, value): see _mode_sql")
+    if kind in ("mode", "last_distinct_k", "count_by"):
+        raise AssertionError(f"{kind} needs a row per (query, value): see {SQL_BY_VALUE[kind].__name__}")
+    if kind in ("last_k", "first_k"):
+        # every non-null value, newest (last_k) or oldest (first_k) first, then the first k
+        order = "ev.ts DESC, ev.seq DESC" if kind == "last_k" else "ev.ts, ev.seq"
+        return [f"list_slice(list({a} ORDER BY {order}) FILTER (WHERE {a} IS NOT NULL), 1, {s.k}) AS c{i}"]
     if kind == "count_distinct":
         if s.arg != "x":
             return [f"count(DISTINCT {a}) AS c{i}"]
@@ -225,7 +250,15 @@ def _sql_columns(i: int, s: Spec) -> list[str]:
 def _finalize(i: int, s: Spec, r: dict[str, Any]) -> Any:
     """The document's finalization of the raw aggregates of feature i."""
     kind = s.kind
-    if kind in ("count", "count_distinct", "first", "last", "mode"):
+    if kind in LISTS:
+        out = r[f"c{i}"]  # a list never empty (no non-null value gives NULL): null
+        assert out is None or len(out) > 0
+        if out is not None and s.arg == "x":  # a NaN leaves as the quiet NaN
+            out = [math.nan if v != v else v for v in out]
+    elif kind == "count_by":  # DuckDB gives a list of {'key', 'value'} structs: a map in order
+        out = None if r[f"c{i}"] is None else {e["key"]: e["value"] for e in r[f"c{i}"]}
+        assert out is None or len(out) == len(r[f"c{i}"]) > 0
+    elif kind in ("count", "count_distinct", "first", "last", "mode"):
         out = r[f"c{i}"]
         if kind in ("count", "count_distinct"):
             out = int(out)
@@ -329,12 +362,8 @@ def _mode_sql(i: int, s: Spec) -> str:
     zero, whatever DuckDB's own NaN and -0.0 equality; the order is spelled out too: NaN after
     every number, strings by their UTF-8 bytes (= code points), false before true."""
     a = f"ev.{s.arg}"
-    if s.arg == "x":
-        key = f"isnan({a}) AS nan, CASE WHEN isnan({a}) OR {a} = 0 THEN 0.0 ELSE {a} END AS v"
-        smallest, value = "nan, v", "CASE WHEN nan THEN 'NaN'::DOUBLE ELSE v END"
-    else:
-        key = f"false AS nan, {a} AS v"
-        smallest, value = ("encode(v)" if s.arg == "s" else "v"), "v"
+    key, value = _value_key(s)
+    smallest = "nan, v" if s.arg == "x" else "encode(v)" if s.arg == "s" else "v"
     return f"""
         WITH seen AS (SELECT q.qid, {key} {_visible(s)} AND {a} IS NOT NULL),
         counted AS (
@@ -348,13 +377,63 @@ def _mode_sql(i: int, s: Spec) -> str:
         GROUP BY q.qid ORDER BY q.qid"""
 
 
+def _value_key(s: Spec) -> tuple[str, str]:
+    """(SELECT items ``nan, v`` naming a value, expression of them giving it back): floats are
+    named by (is NaN, value with -0.0 as 0.0 and NaN as 0), so all NaNs are one value, the
+    quiet NaN, and the zeros one value, 0.0, whatever DuckDB's own NaN and -0.0 equality."""
+    a = f"ev.{s.arg}"
+    if s.arg == "x":
+        return (f"isnan({a}) AS nan, CASE WHEN isnan({a}) OR {a} = 0 THEN 0.0 ELSE {a} END AS v",
+                "CASE WHEN nan THEN 'NaN'::DOUBLE ELSE v END")
+    return f"false AS nan, {a} AS v", "v"
+
+
+def _last_distinct_sql(i: int, s: Spec) -> str:
+    """last_distinct_k: each distinct non-null value once, at its newest event by (ts,
+    arrival); the values newest first, then the first k."""
+    a = f"ev.{s.arg}"
+    key, value = _value_key(s)
+    return f"""
+        WITH seen AS (
+            SELECT q.qid, ev.ts AS ts, ev.seq AS seq, {key} {_visible(s)} AND {a} IS NOT NULL),
+        newest AS (
+            SELECT qid, ts, seq, {value} AS out,
+                   row_number() OVER (PARTITION BY qid, nan, v ORDER BY ts DESC, seq DESC) AS r
+            FROM seen WHERE seq IS NOT NULL)
+        SELECT q.qid,
+               list_slice(list(m.out ORDER BY m.ts DESC, m.seq DESC) FILTER (WHERE m.seq IS NOT NULL),
+                          1, {s.k}) AS c{i}
+        FROM q_in AS q LEFT JOIN newest AS m ON m.qid = q.qid AND m.r = 1
+        GROUP BY q.qid ORDER BY q.qid"""
+
+
+def _count_by_sql(i: int, s: Spec) -> str:
+    """count_by: the events per non-null value, entries by count descending then value
+    ascending (strings by their UTF-8 bytes = code points, false before true), the first top_k."""
+    a = f"ev.{s.arg}"
+    ascending = "encode(m.v)" if s.arg == "s" else "m.v"
+    entries = (f"list(struct_pack(key := m.v, value := m.c) ORDER BY m.c DESC, {ascending})"
+               " FILTER (WHERE m.c IS NOT NULL)")
+    if s.k is not None:
+        entries = f"list_slice({entries}, 1, {s.k})"
+    return f"""
+        WITH seen AS (SELECT q.qid, ev.seq AS seq, {a} AS v {_visible(s)} AND {a} IS NOT NULL),
+        counted AS (SELECT qid, v, count(*) AS c FROM seen WHERE seq IS NOT NULL GROUP BY qid, v)
+        SELECT q.qid, {entries} AS c{i}
+        FROM q_in AS q LEFT JOIN counted AS m ON m.qid = q.qid
+        GROUP BY q.qid ORDER BY q.qid"""
+
+
+SQL_BY_VALUE = {"mode": _mode_sql, "last_distinct_k": _last_distinct_sql, "count_by": _count_by_sql}
+
+
 def oracle(rows: list[dict[str, Any]], specs_: list[Spec], queries: list[tuple[str, int, int]]) -> list[list[Any]]:
     con = _connect(rows, queries)
     try:
         out: list[list[Any]] = [[None] * len(specs_) for _ in queries]
         for i, s in enumerate(specs_):
-            if s.kind == "mode":
-                cur = con.execute(_mode_sql(i, s))
+            if s.kind in SQL_BY_VALUE:
+                cur = con.execute(SQL_BY_VALUE[s.kind](i, s))
             else:
                 cur = con.execute(f"SELECT q.qid, {', '.join(_sql_columns(i, s))} {_join(s)}")
             names = [d[0] for d in cur.description]
@@ -408,10 +487,27 @@ def engines(
     return batch, per_event
 
 
-def same(got: Any, want: Any) -> bool:
-    """Exact: floats by IEEE bits (NaN must be the canonical quiet NaN), ints are not bools."""
+def same(got: Any, want: Any, polars: bool = False) -> bool:
+    """Exact: floats by IEEE bits (NaN must be the canonical quiet NaN), ints are not bools;
+    lists element by element; a map (``want`` a dict, in order) is a ``dict`` in that order from
+    the per-event path, a list of ``{"key", "value"}`` structs from Polars (``polars``)."""
     if want is None:
         return got is None
+    if isinstance(want, list):
+        return (type(got) is list and len(got) == len(want)
+                and all(same(g, w) for g, w in zip(got, want, strict=True)))
+    if isinstance(want, dict):
+        if polars:
+            if type(got) is not list or not all(type(e) is dict and list(e) == ["key", "value"] for e in got):
+                return False
+            entries = [(e["key"], e["value"]) for e in got]
+        elif type(got) is dict:
+            entries = list(got.items())
+        else:
+            return False
+        return len(entries) == len(want) and all(
+            same(gk, wk) and same(gv, wv) for (gk, gv), (wk, wv) in zip(entries, want.items(), strict=True)
+        )
     if isinstance(want, bool):
         return got is want
     if isinstance(want, float):
@@ -431,7 +527,7 @@ def check(rows: list[dict[str, Any]], specs_: list[Spec], cuts: list[int], laten
     for qi, (k, t, a) in enumerate(queries):
         for i, s in enumerate(specs_):
             where = f"{s} at entity={k!r} T=+{t - BASE_US}us arrived<{a}"
-            assert same(batch[qi][i], want[qi][i]), f"batch {batch[qi][i]!r} != oracle {want[qi][i]!r}: {where}"
+            assert same(batch[qi][i], want[qi][i], polars=True), f"batch {batch[qi][i]!r} != oracle {want[qi][i]!r}: {where}"
             got = per_event[qi]
             if got is not None:
                 assert same(got[i], want[qi][i]), f"per-event {got[i]!r} != oracle {want[qi][i]!r}: {where}"
@@ -445,6 +541,43 @@ def check(rows: list[dict[str, Any]], specs_: list[Spec], cuts: list[int], laten
 @given(data=st.data(), rows=logs(), lateness=st.sampled_from(["1h", "1h", "2s"]))
 def test_aggregations_match_duckdb(kind: str, data: st.DataObject, rows: list[dict[str, Any]], lateness: str) -> None:
     specs_ = data.draw(st.lists(specs(kind), min_size=1, max_size=3), label="features")
+    n = len(rows)
+    cuts = sorted({n, *data.draw(st.lists(st.integers(0, n), max_size=2), label="arrival cuts")})
+    check(rows, specs_, cuts, lateness)
+
+
+# a few values each, signed zeros and NaNs of both signs among them: values repeat
+FEW: dict[str, st.SearchStrategy[Any]] = {
+    "x": st.sampled_from([None, 0.0, -0.0, math.nan, -math.nan, 1.5, -1.5, math.inf]),
+    "n": st.sampled_from([None, 0, 1, -1, *INT64]),
+    "s": st.sampled_from([None, "", "a", "b", "ß", "🙂"]),
+    "b": BOOLS,
+}
+
+
+@st.composite
+def tied_logs(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Events in any arrival order over four timestamps (one a microsecond after another) and
+    few values: ties on ts decided by arrival, repeated values, zeros of both signs."""
+    n = draw(st.integers(2, 16))
+    return [
+        {"k": draw(st.sampled_from(["a", "a", "a", "🙂"])), **{c: draw(FEW[c]) for c in "xnsb"},
+         "us": draw(st.sampled_from([0, US, 2 * US, 2 * US + 1]))}
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("kind", [*LISTS, "count_by"])
+@settings(max_examples=scaled(40))
+@given(data=st.data(), rows=tied_logs(), lateness=st.sampled_from(["1h", "1h", "2s"]))
+def test_lists_and_maps_match_duckdb_on_tied_logs(
+    kind: str, data: st.DataObject, rows: list[dict[str, Any]], lateness: str
+) -> None:
+    """The order rules of lists and maps, where they bite: which of two events at one time is
+    newer, which occurrence places a repeated value, count ties, the first k or top_k."""
+    # every event counts more often: most conditions drop the events whose order is at stake
+    every = st.sampled_from(["all", "all", "all", *WHERE])
+    specs_ = data.draw(st.lists(specs(kind, every), min_size=1, max_size=3), label="features")
     n = len(rows)
     cuts = sorted({n, *data.draw(st.lists(st.integers(0, n), max_size=2), label="arrival cuts")})
     check(rows, specs_, cuts, lateness)
@@ -490,3 +623,75 @@ def test_oracle_covers_every_aggregation_kind() -> None:
         assert set(ARGS[kind]) == {"x", "n"}, kind
     for kind in ("first", "last", "count_distinct", "mode"):
         assert set(ARGS[kind]) == {"x", "n", "s", "b"}, kind
+    for kind in LISTS:
+        assert set(ARGS[kind]) == {"x", "n", "s", "b", "ts"}, kind
+        assert set(SIZES[kind]) >= {1, 2, 3, 4}, kind
+    assert set(ARGS["count_by"]) == {"n", "s", "b"}
+    assert set(SIZES["count_by"]) >= {None, 1, 2, 3, 4}
+
+
+# ---- the list and map oracles on a hand-worked log ----------------------------------------------
+
+NAN = math.nan
+# arrival order = seq; by (ts, arrival): seq 4 (0s), 1 (1s), 0 (2s), 2 (2s, arrived later), 3 (3s), 5 (4s)
+HAND = [
+    {"k": "a", "x": 1.5, "n": 2, "s": "b", "b": True, "us": 2 * US},
+    {"k": "a", "x": -0.0, "n": None, "s": "a", "b": False, "us": 1 * US},
+    {"k": "a", "x": NAN, "n": 2, "s": "ß", "b": None, "us": 2 * US},
+    {"k": "a", "x": None, "n": -1, "s": "b", "b": True, "us": 3 * US},
+    {"k": "a", "x": 0.0, "n": 7, "s": "a", "b": False, "us": 0},
+    {"k": "a", "x": -NAN, "n": -1, "s": None, "b": True, "us": 4 * US},
+]
+HAND_CASES: list[tuple[Spec, str, float, int, Any]] = [
+    # (spec, entity, T in seconds after BASE, arrived, the value worked out from the document)
+    (Spec("last_k", "x", None, "all", k=3), "a", 5, 6, [NAN, NAN, 1.5]),  # seq 5, (3 null), 2, 0
+    (Spec("first_k", "x", None, "all", k=3), "a", 5, 6, [0.0, -0.0, 1.5]),  # -0.0 kept
+    (Spec("last_k", "n", None, "all", k=2), "a", 5, 6, [-1, -1]),
+    (Spec("first_k", "s", None, "all", k=2), "a", 5, 6, ["a", "a"]),
+    (Spec("last_k", "s", None, "all", k=3), "a", 5, 6, ["b", "ß", "b"]),  # repeats kept
+    (Spec("first_k", "b", None, "all", k=3), "a", 5, 6, [False, False, True]),
+    (Spec("last_k", "b", "1s", "all", k=2), "a", 3, 6, [True]),  # [2s, 3s): seq 2's b is null
+    (Spec("last_k", "ts", None, "all", k=2), "a", 5, 6, [BASE_US + 4 * US, BASE_US + 3 * US]),
+    (Spec("first_k", "ts", None, "b", k=10_000), "a", 5, 6, [BASE_US + 2 * US, BASE_US + 3 * US, BASE_US + 4 * US]),
+    (Spec("last_k", "x", None, "all", k=3), "a", 5, 3, [NAN, 1.5, -0.0]),  # seq 2 after seq 0 at 2s
+    (Spec("last_k", "x", "1s", "all", k=3), "a", 3, 6, [NAN, 1.5]),  # [2s, 3s)
+    (Spec("first_k", "x", "1s", "all", k=2), "a", 3, 6, [1.5, NAN]),
+    (Spec("first_k", "n", "3s/1s", "all", k=2), "a", 5.5, 6, [2, 2]),  # hopped: [2s, 5.5s)
+    (Spec("last_k", "n", "5s", "all", k=3), "a", 5.5, 6, [-1, -1, 2]),  # [0.5s, 5.5s)
+    (Spec("last_k", "x", None, "all", k=3), "a", 0, 6, None),  # ts < T: nothing yet
+    (Spec("last_distinct_k", "x", None, "all", k=3), "a", 5, 6, [NAN, 1.5, 0.0]),  # one NaN, one zero
+    (Spec("last_distinct_k", "x", None, "all", k=10_000), "a", 5, 6, [NAN, 1.5, 0.0]),
+    (Spec("last_distinct_k", "x", None, "all", k=2), "a", 5, 3, [NAN, 1.5]),
+    (Spec("last_distinct_k", "s", None, "all", k=2), "a", 5, 6, ["b", "ß"]),  # "b" placed by seq 3
+    (Spec("last_distinct_k", "b", None, "all", k=4), "a", 5, 6, [True, False]),
+    (Spec("last_distinct_k", "n", None, "s == 'a'", k=2), "a", 5, 6, [7]),  # seq 1 has a null n
+    (Spec("last_distinct_k", "b", "1s", "all", k=2), "a", 4.5, 6, [True]),
+    (Spec("last_distinct_k", "ts", None, "all", k=2), "a", 2.5, 6, [BASE_US + 2 * US, BASE_US + 1 * US]),
+    (Spec("count_by", "n", None, "all"), "a", 5, 6, {-1: 2, 2: 2, 7: 1}),
+    (Spec("count_by", "s", None, "all", k=2), "a", 5, 6, {"a": 2, "b": 2}),  # "ß": 1 cut
+    (Spec("count_by", "s", None, "n even"), "a", 5, 6, {"b": 1, "ß": 1}),  # by code point
+    (Spec("count_by", "b", None, "x > 0"), "a", 5, 6, {True: 2}),  # 1.5 and the NaN; a null b
+    (Spec("count_by", "b", "4s/4s", "all"), "a", 3.9, 6, {False: 2, True: 2}),  # false first
+    (Spec("count_by", "b", "4s/4s", "all", k=1), "a", 3.9, 6, {False: 2}),
+    (Spec("count_by", "n", "1s", "all"), "a", 1.5, 6, None),  # one event, its n null
+    (Spec("count_by", "s", None, "all"), "nobody", 5, 6, None),
+]
+
+
+@pytest.mark.parametrize("case", range(len(HAND_CASES)))
+def test_list_and_map_oracles_on_a_hand_worked_log(case: int) -> None:
+    """The SQL gives the values worked out by hand from the document (so a wrong oracle cannot
+    agree with a wrong engine unnoticed), and so do both engines."""
+    spec, entity, t, arrived, want = HAND_CASES[case]
+    query = [(entity, BASE_US + round(t * US), arrived)]
+    (got,) = oracle(HAND, [spec], query)
+    assert same(got[0], want), (spec, got[0], want)
+    batch, per_event = engines(HAND, [spec], query, "1h")
+    assert same(batch[0][0], want, polars=True), (spec, batch[0][0], want)
+    assert per_event[0] is not None and same(per_event[0][0], want), (spec, per_event[0], want)
+
+
+def test_every_list_and_map_kind_is_worked_by_hand() -> None:
+    worked = {(s.kind, s.arg) for s, *_ in HAND_CASES}
+    for kind in [*LISTS, "count_by"]:
+        assert {arg for k, arg in worked if k == kind} == set(ARGS[kind]), kind

@@ -689,6 +689,9 @@ class OnlineReader:
         pick = _projection(prog.feature_names, feats)
         # a feature of the query time moves with T between window edges: never reused
         cache = None if self._reads_query_time[name] else self.cache
+        collections = cache is not None and any(
+            f.expr.dtype.is_collection for f in view.ir.features
+        )
         windows = self._windows[name]
         keys = [(name, e) for e in entities]
         memos = cache.get(keys) if cache is not None else [None] * len(keys)
@@ -718,6 +721,8 @@ class OnlineReader:
                 if cache is not None and blob is not None:
                     span = answer_span(state, t, windows, prog.lateness)
                     fresh.append((key, _Answer(blob, *span, values)))
+            if collections:  # the cached answer's lists and maps are never handed out
+                values = tuple(_copied(v) for v in values)
             answers[e] = (*pick(values), True)
         if cache is not None and (fresh or reused):
             cache.put(fresh, reused)
@@ -905,6 +910,15 @@ class OnlineReader:
             if edge_type(dtype := self.views[name].ir.feature(f).expr.dtype) != PL_TYPES[dtype]
         }
         return df.with_columns(pl.col(f).cast(t) for f, t in edges.items()) if edges else df
+
+
+def _copied(value: Any) -> Any:
+    """A list or map value as a new object (its items are immutable scalars); others as is."""
+    if type(value) is list:
+        return list(value)
+    if type(value) is dict:
+        return dict(value)
+    return value
 
 
 def _served_version(view: FeatureView, served: str | None, entity: Any) -> VersionMismatchError:
