@@ -36,6 +36,8 @@ from featurepipe.errors import FeaturepipeError
 CONFIG_FILE = "featurepipe.toml"
 PYPROJECT = "pyproject.toml"
 KEYS = ("definitions", "data_root", "redis_url", "kafka_bootstrap", "prefix", "group")
+# tables of settings read by one command, which checks their content (`featurepipe monitor`)
+TABLES = ("monitor",)
 
 
 class ProjectConfigError(FeaturepipeError):
@@ -132,12 +134,16 @@ def load_project(repo: str | Path | None = None) -> Project:
         root = found[0].parent if found else Path.cwd().resolve()
     config_file, table = found if found else (None, {})
     where = str(config_file) if config_file else "project configuration"
-    unknown = sorted(set(table) - set(KEYS))
+    unknown = sorted(set(table) - set(KEYS) - set(TABLES))
     if unknown:
         raise ProjectConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(KEYS)})"
+            f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(KEYS + TABLES)})"
         )
     for key, value in table.items():
+        if key in TABLES:
+            if not isinstance(value, dict):
+                raise ProjectConfigError(f"{where}: '{key}' must be a table ([{key}])")
+            continue
         if not isinstance(value, str) or not value:
             raise ProjectConfigError(f"{where}: '{key}' must be a non-empty string, got {value!r}")
 

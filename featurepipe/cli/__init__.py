@@ -6,7 +6,7 @@ import sys
 
 from rich.markup import escape
 
-from featurepipe.cli import batch, dev, kafka, online, project  # noqa: F401  (registers commands)
+from featurepipe.cli import batch, dev, kafka, monitor, online, project  # noqa: F401  (registers commands)
 from featurepipe.cli.app import app
 from featurepipe.cli.common import console
 from featurepipe.errors import FeaturepipeError

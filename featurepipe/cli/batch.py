@@ -570,6 +570,13 @@ def training_set(
     partitions: Annotated[
         int, typer.Option(min=1, help="Entity hash partitions (bounds memory).")
     ] = 1,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            help="Record the training set's feature distributions as each view version's "
+            "monitoring baseline (`featurepipe monitor`); --no-baseline for an evaluation set."
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Point-in-time-correct training set for label rows (Parquet, CSV or Arrow IPC) from the
@@ -607,6 +614,13 @@ def training_set(
     out_shown = typed_and_resolved(project, out)
     out = project.path(out)
     write_training_set(df, out, store.last_lineage)
+    baselines: list[Path] = []
+    if baseline:  # the distributions this version of the model is trained on
+        from featurepipe.monitor import record_baseline
+
+        baselines = record_baseline(
+            store, df, store.last_lineage, origin=f"training set {out_shown}"
+        )
     if as_json:
         print_json(
             {
@@ -629,6 +643,7 @@ def training_set(
                     view: {"fingerprint": info["fingerprint"], "features": info["features"]}
                     for view, info in store.last_lineage.views.items()
                 },
+                "baselines": [str(p) for p in baselines],
                 "seconds": round(time.perf_counter() - t, 3),
             }
         )
@@ -653,6 +668,11 @@ def training_set(
     for view, info in store.last_lineage.views.items():
         console.print(
             f"view [cyan]{view}[/] fingerprint {info['fingerprint']}: {len(info['features'])} feature(s)"
+        )
+    if baselines:
+        console.print(
+            f"monitoring baseline recorded for {len(baselines)} view version(s) "
+            "(`featurepipe monitor --current <served logs or fresh features>`)"
         )
     console.print(
         f"wrote {df.height:,} rows x {df.width} columns to {escape(out_shown)} in "

@@ -1,0 +1,271 @@
+"""``featurepipe monitor``: drift and null-rate alarms against a trained version's baseline;
+``featurepipe monitor baseline``: record that baseline."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from featurepipe.cli.app import app
+from featurepipe.cli.common import (
+    DefsOpt,
+    JsonOpt,
+    RepoOpt,
+    console,
+    event_log_files,
+    print_json,
+    project_for,
+    typed_and_resolved,
+    typed_path,
+    when,
+)
+from featurepipe.errors import FeaturepipeError
+from featurepipe.project import Project
+
+THRESHOLDS_FILE = "monitor.toml"
+
+monitor_app = typer.Typer(
+    name="monitor",
+    invoke_without_command=True,
+    no_args_is_help=False,
+    help="Drift and null-rate alarms: current feature data against the baseline of the "
+    "trained version (exit 1 when an alarm fires). `monitor baseline` records a baseline.",
+)
+app.add_typer(monitor_app, name="monitor")
+
+
+@monitor_app.callback()
+def monitor(
+    ctx: typer.Context,
+    current: Annotated[
+        Path | None,
+        typer.Option(
+            help="The data to check: a Parquet file, directory or glob (relative to the project "
+            "root) of served-feature logs, or of feature columns (a training set)."
+        ),
+    ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Baseline file to compare with (default: the registry's baseline of the view "
+            "version named in the data's lineage or log)."
+        ),
+    ] = None,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write a static HTML report here.")
+    ] = None,
+    psi: Annotated[
+        float | None, typer.Option(min=0.0, help="PSI alarm threshold (default 0.2).")
+    ] = None,
+    null_rate_delta: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="Null-rate change (absolute) that alarms (default 0.01)."),
+    ] = None,
+    ks_pvalue: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="KS p-value below which a shift alarms (default 0.001)."
+        ),
+    ] = None,
+    thresholds: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"Thresholds file (TOML; default: {THRESHOLDS_FILE} at the project root, if any)."
+        ),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Served-feature logs: rows served at or after this time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Served-feature logs: rows served before this time.")
+    ] = None,
+    repo: RepoOpt = None,
+    defs: DefsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check current feature data against the baseline of the version that produced it:
+    PSI and KS for numbers, PSI, Jensen-Shannon and new categories for categories, null rate
+    and out-of-range share for all. Exit code 1 when an alarm fires (for cron and CI)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if current is None:
+        raise FeaturepipeError(
+            "--current is required: the served-feature logs or training set to check "
+            "(or record a baseline with `featurepipe monitor baseline`)"
+        )
+    from featurepipe.batch.registry import Registry
+    from featurepipe.monitor import monitor as run
+    from featurepipe.monitor import read_baseline, read_current
+    from featurepipe.monitor.report import summary, tables, to_json, write_html
+
+    project = project_for(repo, defs, definitions=False)
+    cli = {
+        k: v
+        for k, v in (("psi", psi), ("null_rate_delta", null_rate_delta), ("ks_pvalue", ks_pvalue))
+        if v is not None
+    }
+    th = _thresholds(project, thresholds, cli)
+    files = event_log_files(project, current)
+    data = read_current(files, since=when(since, "--since"), until=when(until, "--until"))
+    base = None
+    if baseline is not None:
+        shown, note = typed_path(project, baseline)
+        if not project.path(baseline).exists():
+            raise FeaturepipeError(f"--baseline {shown}: no such file{note}")
+        base = read_baseline(project.path(baseline))
+    report = run(
+        data, registry=Registry(project.state_dir / "registry"), baseline=base, thresholds=th
+    )
+    if html is not None:
+        write_html(report, th, project.path(html))
+    if as_json:
+        print_json(to_json(report, th))
+    else:
+        for t in tables(report):
+            console.print(t)
+        for v in report.views:
+            for n in v.notes:
+                console.print(f"[yellow]note[/] view {escape(v.view)}: {escape(n)}")
+        if html is not None:
+            console.print(f"HTML report: {escape(typed_and_resolved(project, html))}")
+        style = "green" if report.ok else "red"
+        console.print(f"[{style}]{escape(summary(report))}[/]")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@monitor_app.command("baseline")
+def record(
+    features: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated 'view:feature' or 'view' (with --entities)."),
+    ] = None,
+    entities: Annotated[
+        Path | None,
+        typer.Option(
+            help="Label rows (entity keys, a timestamp) as Parquet, CSV or Arrow IPC: the "
+            "training data's query points; the features are computed as `training-set` does."
+        ),
+    ] = None,
+    training_set: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of --entities/--features: a training set written by "
+            "`featurepipe training-set` (its lineage names the view versions)."
+        ),
+    ] = None,
+    timestamp: Annotated[
+        str, typer.Option(help="Timestamp column of the label rows.")
+    ] = "event_timestamp",
+    repo: RepoOpt = None,
+    defs: DefsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record the baseline of each view version in a training set, in the registry."""
+    from featurepipe.monitor import record_baseline
+
+    if training_set is not None:
+        if entities is not None or features is not None:
+            raise FeaturepipeError(
+                "--training-set records from a written training set: leave out --entities "
+                "and --features (or give those two instead)"
+            )
+        written, rows, origin = _from_training_set(repo, defs, training_set)
+    else:
+        if entities is None or features is None:
+            raise FeaturepipeError(
+                "give --entities and --features (the training data's label rows and features), "
+                "or --training-set"
+            )
+        project = project_for(repo, defs)
+        from featurepipe.store import FeatureStore
+
+        store = FeatureStore(project.root, project.definitions)
+        refs = [f.strip() for f in features.split(",") if f.strip()]
+        labels = _labels(project, store, entities, refs, timestamp)
+        frame = store.get_historical_features(labels, refs, timestamp=timestamp)
+        assert store.last_lineage is not None
+        origin = f"training data of {typed_path(project, entities)[0]}"
+        written = record_baseline(store, frame, store.last_lineage, origin=origin)
+        rows = frame.height
+    if as_json:
+        print_json({"rows": rows, "origin": origin, "baselines": [str(p) for p in written]})
+        return
+    for p in written:
+        console.print(f"baseline of {rows:,} rows: {escape(str(p))}")
+
+
+def _from_training_set(
+    repo: Path | None, defs: str | None, path: Path
+) -> tuple[list[Path], int, str]:
+    import polars as pl
+
+    from featurepipe.batch.lineage import read_lineage
+    from featurepipe.batch.registry import Registry
+    from featurepipe.monitor import record_baseline
+
+    project = project_for(repo, defs, definitions=False)
+    shown, note = typed_path(project, path)
+    full = project.path(path)
+    if not full.is_file():
+        raise FeaturepipeError(f"--training-set {shown}: no such file{note}")
+    lineage = read_lineage(full)
+    frame = pl.read_parquet(full)
+    target: Any = Registry(project.state_dir / "registry")
+    if project.definitions.exists():
+        from featurepipe.store import FeatureStore
+
+        target = FeatureStore(project.root, project.definitions)  # declared types
+    views = lineage.get("views", {})
+    written = record_baseline(target, frame, views, origin=f"training set {shown}", lineage=lineage)
+    return written, frame.height, f"training set {shown}"
+
+
+def _labels(project: Project, store: Any, entities: Path, refs: list[str], timestamp: str) -> Any:
+    from featurepipe.batch.sources import read_table
+    from featurepipe.errors import DataError
+    from featurepipe.ir.types import DType
+
+    views = [store.definitions.view(v) for v in store.resolve(refs)]
+    text_keys = [
+        part for v in views for part in v.entity.parts if v.source.fields[part][0] is DType.STR
+    ]
+    shown, note = typed_path(project, entities)
+    full = project.path(entities)
+    if not full.exists():
+        raise DataError(f"--entities {shown}: no such file{note}")
+    return read_table(full, timestamp=timestamp, text_columns=text_keys, name=f"{shown}{note}")
+
+
+def _thresholds(project: Project, given: Path | None, cli: dict[str, Any]) -> Any:
+    """Thresholds from ``--thresholds``, else ``monitor.toml`` at the project root, else the
+    ``monitor`` table of the project's configuration; command-line values replace the
+    defaults (per-feature entries still win)."""
+    from featurepipe.monitor.check import ThresholdsError, thresholds_from_table
+
+    table: dict[str, Any] = {}
+    where = "thresholds"
+    if given is not None:
+        shown, note = typed_path(project, given)
+        path: Path | None = project.path(given)
+        assert path is not None
+        if not path.is_file():
+            raise ThresholdsError(f"--thresholds {shown}: no such file{note}")
+    else:
+        path = project.root / THRESHOLDS_FILE
+        if not path.is_file():
+            path = None
+            table = dict(project.settings.get("monitor") or {})
+            where = f"{project.config_file}: monitor"
+    if path is not None:
+        where = str(path)
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ThresholdsError(f"cannot read thresholds {path}: {e}") from None
+        table = table.get("monitor", table)
+    return thresholds_from_table(table, where, cli)
