@@ -83,6 +83,15 @@ def monitor(
     until: Annotated[
         str | None, typer.Option(help="Served-feature logs: rows served before this time.")
     ] = None,
+    consistency: Annotated[
+        bool,
+        typer.Option(
+            "--consistency",
+            help="Instead of drift: recompute every value of the served-feature logs with the "
+            "batch engine at the same entity, request time and request, and compare bit for "
+            "bit (exit 1 on any mismatch: skew or loss).",
+        ),
+    ] = False,
     repo: RepoOpt = None,
     defs: DefsOpt = None,
     as_json: JsonOpt = False,
@@ -102,6 +111,9 @@ def monitor(
     from featurepipe.monitor import read_baseline, read_current
     from featurepipe.monitor.report import summary, tables, to_json, write_html
 
+    if consistency:
+        _consistency(repo, defs, current, since, until, as_json)
+        return
     project = project_for(repo, defs, definitions=False)
     cli = {
         k: v
@@ -269,3 +281,68 @@ def _thresholds(project: Project, given: Path | None, cli: dict[str, Any]) -> An
             raise ThresholdsError(f"cannot read thresholds {path}: {e}") from None
         table = table.get("monitor", table)
     return thresholds_from_table(table, where, cli)
+
+
+def _consistency(
+    repo: Path | None,
+    defs: str | None,
+    current: Path,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+) -> None:
+    """`monitor --consistency`: the served values against the batch engine's, bit for bit."""
+    import polars as pl
+
+    from featurepipe.monitor.consistency import check_consistency
+    from featurepipe.store import FeatureStore
+
+    project = project_for(repo, defs)
+    files = event_log_files(project, current)
+    log = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    lo, hi = when(since, "--since"), when(until, "--until")
+    if (lo is not None or hi is not None) and "served_at" not in log.columns:
+        raise FeaturepipeError("--since/--until select served-feature log rows by served_at")
+    if lo is not None:
+        log = log.filter(pl.col("served_at") >= lo)
+    if hi is not None:
+        log = log.filter(pl.col("served_at") < hi)
+    store = FeatureStore(project.root, project.definitions)
+    report = check_consistency(store, log)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        from featurepipe.cli.common import table
+
+        out = table("view", "feature", "compared", "mismatched", "first mismatch")
+        for f in report.features:
+            first = f.examples[0] if f.examples else None
+            shown = (
+                ""
+                if first is None
+                else f"entity {first['entity']} at {first['request_time']}: served "
+                f"{first['served']!r}, recomputed {first['recomputed']!r}"
+            )
+            style = "red" if f.mismatched else "green"
+            out.add_row(
+                escape(f.view),
+                escape(f.feature),
+                f"{f.compared:,}",
+                f"[{style}]{f.mismatched:,}[/]",
+                escape(shown),
+            )
+        console.print(out)
+        for reason, n in report.skipped.items():
+            console.print(f"[yellow]not recomputed[/]: {n:,} served values of {escape(reason)}")
+        verdict = (
+            f"[green]consistent: {report.compared:,} served values equal the batch engine's, "
+            "bit for bit[/]"
+            if report.ok
+            else f"[red]INCONSISTENT: {report.mismatched:,} of {report.compared:,} served values "
+            "differ from the batch engine's (skew or loss)"
+            + (", some could not be recomputed" if report.skipped else "")
+            + "[/]"
+        )
+        console.print(verdict)
+    if not report.ok:
+        raise typer.Exit(1)
