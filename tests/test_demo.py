@@ -21,3 +21,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     for fragment in ("0 mismatches", "before the cut-over", "malformed", "drift", "lineage pins"):
         assert fragment in text, fragment
     assert (tmp_path / "demo" / "train.parquet").exists()
+    # monitoring: the planted null-country bug (day 27, 01-28) alarms, first seen on its day
+    assert "ALARM last_country" in text
+    assert "first day above twice the training share: 01-28 (planted 01-28)" in text
+    report = tmp_path / "demo" / "monitor.html"
+    assert report.exists() and "last_country" in report.read_text()

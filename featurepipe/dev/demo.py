@@ -16,7 +16,8 @@ from rich.table import Table
 START = datetime(2026, 1, 1, tzinfo=UTC)
 DAYS = 30
 SHIFT_DAY, BUG_DAY, FIT_END_DAY, CUTOVER_DAY = 20, 27, 18, 24
-DRIFTS_SHOWN = 12
+ALARMS_SHOWN = 8
+MONITORED_DAYS = 5
 
 
 def _fitting_table(*columns: str) -> Table:
@@ -27,15 +28,22 @@ def _fitting_table(*columns: str) -> Table:
     return t
 
 
+def _daily_share(frame: pl.DataFrame, hit: pl.Expr) -> list[tuple[str, float]]:
+    """(day, share of rows where ``hit``) per day of ``event_timestamp``, in order."""
+    daily = (
+        frame.group_by(pl.col("event_timestamp").dt.truncate("1d").alias("day"))
+        .agg(hit.mean().alias("share"))
+        .sort("day")
+    )
+    return [(d.strftime("%m-%d"), float(v)) for d, v in daily.iter_rows()]
+
+
 def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data/demo")) -> bool:
-    from featurepipe.batch.drift import compare as drift
-    from featurepipe.batch.drift import ranked
-    from featurepipe.batch.fit import baseline, fit
-    from featurepipe.batch.sources import read_events
+    from featurepipe.batch.fit import fit
     from featurepipe.dev import infra
     from featurepipe.dev.datagen import generate_transactions
-    from featurepipe.errors import FeaturepipeError
-    from featurepipe.ir.timebase import to_epoch_us
+    from featurepipe.monitor import ThresholdSet, monitor, read_current, record_baseline
+    from featurepipe.monitor.report import write_html
     from featurepipe.online.layout import OnlineStoreLayout
     from featurepipe.online.materialize import materialize
     from featurepipe.online.redis_conn import connect
@@ -104,10 +112,11 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
     train = store.get_historical_features(labels, ["user_spend"])
     assert store.last_lineage is not None
     write_training_set(train, workdir / "train.parquet", store.last_lineage)
+    record_baseline(store, train, store.last_lineage, origin="the demo's training set")
     lineage = read_lineage(workdir / "train.parquet")
     pinned = lineage["views"]["user_spend"]["fingerprint"]
     console.print(
-        f"{train.height:,} rows x {train.width} columns -> {workdir / 'train.parquet'}; lineage pins user_spend {pinned}  ({time.perf_counter() - t:.1f}s)"
+        f"{train.height:,} rows x {train.width} columns -> {workdir / 'train.parquet'}; lineage pins user_spend {pinned}; its feature distributions are the monitoring baseline  ({time.perf_counter() - t:.1f}s)"
     )
 
     t = step(5, f"materialize online state up to day {CUTOVER_DAY} into Redis")
@@ -192,35 +201,61 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
         f"{parity.queries:,} online lookups x {len(parity.features)} features: {verdict}  ({time.perf_counter() - t:.1f}s)"
     )
 
-    t = step(9, "drift: the last 3 days against the frozen baseline")
-    base = store.registry.baseline("user_spend", view.fingerprint)
-    if base is None:  # step 3 fitted this very version
-        raise FeaturepipeError(f"no baseline for user_spend {view.fingerprint} in the registry")
-    history, _ = read_events(view.source, root=workdir)
-    since = START + timedelta(days=DAYS - 3)
-    current = baseline(
-        store.definitions,
-        "user_spend",
-        history.collect().lazy(),
-        max_points=20_000,
-        points_from_us=to_epoch_us(since),
+    t = step(
+        9, f"monitoring: the last {MONITORED_DAYS} days against the trained version's baseline"
     )
-    drifts = ranked(drift(base, current))
-    for d in drifts[:DRIFTS_SHOWN]:
-        console.print(f"  [yellow]drift[/] {escape(d.text)}")
-    shown = (
-        f"showing {DRIFTS_SHOWN} of {len(drifts)} drifting feature statistics (largest first)"
-        if len(drifts) > DRIFTS_SHOWN
-        else f"{len(drifts)} drifting feature statistics"
+    since = START + timedelta(days=DAYS - MONITORED_DAYS)
+    recent = (
+        log.filter(pl.col("event_time") >= since)
+        .pipe(lambda df: df.sample(min(20_000, df.height), seed=2))
+        .select("user_id", pl.col("event_time").alias("event_timestamp"))
+        .sort("event_timestamp")
     )
-    console.print(f"{shown}  ({time.perf_counter() - t:.1f}s)")
+    current = store.get_historical_features(recent, ["user_spend"])
+    assert store.last_lineage is not None
+    write_training_set(current, workdir / "recent.parquet", store.last_lineage)
+    th = ThresholdSet()
+    checked = monitor(
+        read_current([workdir / "recent.parquet"]), registry=store.registry, thresholds=th
+    )
+    html = write_html(checked, th, workdir / "monitor.html")
+    alarms = sorted(checked.alarms, key=lambda f: -(f.psi or 0.0))
+    for f in alarms[:ALARMS_SHOWN]:
+        stats = [f"PSI {f.psi:.2f}" if f.psi is not None else ""]
+        if f.ks_statistic is not None:
+            stats.append(f"KS D {f.ks_statistic:.2f}")
+        if "null_rate" in f.alarms and f.null_rate is not None:
+            stats.append(
+                f"null {100 * (f.baseline_null_rate or 0):.1f}% -> {100 * f.null_rate:.1f}%"
+            )
+        console.print(
+            f"  [red]ALARM[/] {escape(f.feature)}: {', '.join(s for s in stats if s)} "
+            f"({', '.join(f.alarms)})"
+        )
+    if len(alarms) > ALARMS_SHOWN:
+        console.print(f"  ... and {len(alarms) - ALARMS_SHOWN} more in the report")
+    # the planted bug: 'country' arrives null from BUG_DAY; the definition maps it to UNKNOWN
+    unknown = pl.col("last_country").eq("UNKNOWN")
+    before = float(train.select(unknown.mean()).item() or 0.0)
+    daily = _daily_share(current, unknown)
+    first = next((d for d, v in daily if v > 2 * before), "-")
+    console.print(
+        f"  the planted null 'country' bug: last_country UNKNOWN {100 * before:.1f}% in training; "
+        f"per day now: {', '.join(f'{d} {100 * v:.1f}%' for d, v in daily)}; first day above "
+        f"twice the training share: {first} (planted {START + timedelta(days=BUG_DAY):%m-%d})"
+    )
+    console.print(
+        f"{len(checked.alarms)} of {sum(len(v.features) for v in checked.views)} features drift "
+        f"(the new segment, lifetime counts growing) or changed their null rate; HTML report: "
+        f"{html}  ({time.perf_counter() - t:.1f}s)"
+    )
 
     console.rule("[bold]summary")
     console.print(
         f"one definition (feature_defs/fraud.py, {len(view.feature_names)} features) ran in batch "
         f"(training set, materialize) and per event (Kafka -> Redis); end-to-end parity found "
         f"{parity.mismatches} differing values; the null 'country' bug and the new segment show up "
-        f"as drift. Total {time.perf_counter() - t_all:.0f}s."
+        f"as drift and null-rate alarms. Total {time.perf_counter() - t_all:.0f}s."
     )
     for k in client.scan_iter(match=OnlineStoreLayout(prefix).key_pattern(), count=5000):
         client.delete(k)
