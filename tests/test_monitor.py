@@ -461,3 +461,40 @@ def test_training_set_records_the_baseline_and_the_project_file_holds_thresholds
     (root / "featurepipe.toml").write_text('definitions = "feature_defs"\nmonitor = "strict"\n')
     out = _run(root, "monitor", "--current", "logs")
     assert out.returncode == 2 and "'monitor' must be a table" in out.stdout
+
+
+def test_alarm_triggers_a_fresh_training_set_and_the_command(project: Path, tmp_path: Path) -> None:
+    """On an alarm: the report is kept as JSON, a training set of the alarmed view over the
+    last 3 days of label rows is built (its lineage names the report) and the configured
+    command runs with both paths; without an alarm nothing is triggered."""
+    from featurepipe.store import read_lineage
+
+    root = tmp_path / "proj"
+    shutil.copytree(project, root, ignore=shutil.ignore_patterns(".featurepipe", "logs", "*.html"))
+    args = ("training-set", "--entities", "labels.parquet", "--features", "user_spend")
+    assert _run(root, *args, "--out", "train.parquet").returncode == 0
+    planted = plant(pl.read_parquet(root / "train.parquet"), seed=5)
+    (root / "logs").mkdir()
+    served_log(planted, VIEW.fingerprint).write_parquet(root / "logs" / "served-000001.parquet")
+    hook = (
+        f"{sys.executable} -c \"import os, pathlib; pathlib.Path('hook.txt').write_text("
+        "os.environ['FEATUREPIPE_MONITOR_REPORT'] + '|' + os.environ['FEATUREPIPE_RETRAIN_SET'])\""
+    )
+    trigger = ("--retrain-labels", "labels2.parquet", "--retrain-days", "3", "--on-alarm", hook)
+    out = _run(root, "monitor", "--current", "logs", *trigger, "--retrain-out", "fresh.parquet")
+    assert out.returncode == 1, out.stdout + out.stderr
+    report_path, fresh = (root / "hook.txt").read_text().split("|")
+    assert Path(fresh) == root / "fresh.parquet"
+    alarms = json.loads(Path(report_path).read_text())["alarms"]
+    assert {a["feature"] for a in alarms} == PLANTED
+    labels = pl.read_parquet(root / "labels2.parquet")
+    newest = labels["event_timestamp"].max()
+    want = labels.filter(pl.col("event_timestamp") >= newest - timedelta(days=3)).height  # type: ignore[operator]
+    assert 0 < want < labels.height
+    assert pl.read_parquet(fresh).height == want
+    lineage = read_lineage(fresh)
+    assert lineage["trigger"]["report"] == report_path and lineage["entity_rows"] == want
+    # no alarm: nothing triggered
+    (root / "hook.txt").unlink()
+    out = _run(root, "monitor", "--current", "train.parquet", *trigger)
+    assert out.returncode == 0 and not (root / "hook.txt").exists()

@@ -42,9 +42,12 @@ class Lineage:
     features: list[str]
     views: dict[str, dict[str, Any]] = field(default_factory=dict)
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # what asked for this training set, when not a person: a monitoring alarm's report
+    trigger: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, default=str, sort_keys=True)
+        fields = {k: v for k, v in self.__dict__.items() if not (k == "trigger" and v is None)}
+        return json.dumps(fields, default=str, sort_keys=True)
 
 
 def source_lineage(report: SourceReport, last_label_time: str) -> dict[str, Any]:

@@ -92,6 +92,32 @@ def monitor(
             "bit (exit 1 on any mismatch: skew or loss).",
         ),
     ] = False,
+    on_alarm: Annotated[
+        str | None,
+        typer.Option(
+            help="When an alarm fires, run this shell command (from the project root), with "
+            "FEATUREPIPE_MONITOR_REPORT set to the alarm report (JSON) and "
+            "FEATUREPIPE_RETRAIN_SET to the fresh training set if --retrain-labels made one.",
+        ),
+    ] = None,
+    retrain_labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="When an alarm fires, build a fresh point-in-time training set of the alarmed "
+            "views from these label rows (Parquet, CSV or Arrow IPC), keeping those of the last "
+            "--retrain-days days; its lineage points at the alarm report.",
+        ),
+    ] = None,
+    retrain_days: Annotated[
+        int, typer.Option(min=1, help="Days of label rows (before the newest) to retrain on.")
+    ] = 30,
+    retrain_out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the fresh training set (default: under .featurepipe/)."),
+    ] = None,
+    timestamp: Annotated[
+        str, typer.Option(help="Timestamp column of --retrain-labels.")
+    ] = "event_timestamp",
     repo: RepoOpt = None,
     defs: DefsOpt = None,
     as_json: JsonOpt = False,
@@ -114,6 +140,8 @@ def monitor(
     if consistency:
         _consistency(repo, defs, current, since, until, as_json)
         return
+    if retrain_labels is None and retrain_out is not None:
+        raise FeaturepipeError("--retrain-out names the training set --retrain-labels builds")
     project = project_for(repo, defs, definitions=False)
     cli = {
         k: v
@@ -147,7 +175,78 @@ def monitor(
         style = "green" if report.ok else "red"
         console.print(f"[{style}]{escape(summary(report))}[/]")
     if not report.ok:
+        if on_alarm is not None or retrain_labels is not None:
+            _on_alarm(project, repo, defs, report, th, on_alarm, retrain_labels, retrain_days,
+                      retrain_out, timestamp, quiet=as_json)  # fmt: skip
         raise typer.Exit(1)
+
+
+def _on_alarm(
+    project: Project,
+    repo: Path | None,
+    defs: str | None,
+    report: Any,
+    th: Any,
+    command: str | None,
+    labels_path: Path | None,
+    days: int,
+    out: Path | None,
+    timestamp: str,
+    *,
+    quiet: bool,
+) -> None:
+    """The retraining trigger: the alarm report kept as JSON, then a fresh training set of the
+    alarmed views over the last ``days`` days of label rows (its lineage naming the report),
+    then the user's command."""
+    import json
+    import os
+    import subprocess
+    from datetime import UTC, datetime, timedelta
+
+    import polars as pl
+
+    from featurepipe.monitor.report import to_json
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    alarms_dir = project.state_dir / "monitor"
+    alarms_dir.mkdir(parents=True, exist_ok=True)
+    report_path = alarms_dir / f"alarm-{stamp}.json"
+    report_path.write_text(json.dumps(to_json(report, th), default=str), encoding="utf-8")
+
+    def say(text: str) -> None:
+        if not quiet:  # stdout is the JSON document only
+            console.print(text)
+
+    say(f"alarm report: {escape(str(report_path))}")
+    env = {**os.environ, "FEATUREPIPE_MONITOR_REPORT": str(report_path)}
+    if labels_path is not None:
+        from featurepipe.batch.sources import read_table
+        from featurepipe.store import FeatureStore, write_training_set
+
+        with_defs = project_for(repo, defs)
+        store = FeatureStore(with_defs.root, with_defs.definitions)
+        views = sorted({f.view for f in report.alarms})
+        shown, note = typed_path(project, labels_path)
+        labels = read_table(project.path(labels_path), timestamp=timestamp, name=f"{shown}{note}")
+        newest = labels[timestamp].max()
+        if newest is None:
+            raise FeaturepipeError(f"--retrain-labels {shown}: no label rows{note}")
+        assert isinstance(newest, datetime)
+        recent = labels.filter(pl.col(timestamp) >= newest - timedelta(days=days))
+        df = store.get_historical_features(recent, views, timestamp=timestamp)
+        lineage = store.last_lineage
+        assert lineage is not None
+        lineage.trigger = {"report": str(report_path), "alarms": to_json(report, th)["alarms"]}
+        target = project.path(out) if out is not None else alarms_dir / f"retrain-{stamp}.parquet"
+        write_training_set(df, target, lineage)
+        env["FEATUREPIPE_RETRAIN_SET"] = str(target)
+        say(
+            f"fresh training set of {', '.join(views)}: {df.height:,} label rows of the last "
+            f"{days} days (to {newest.isoformat()}) -> {escape(str(target))}"
+        )
+    if command is not None:
+        done = subprocess.run(command, shell=True, cwd=project.root, env=env, check=False)
+        say(f"--on-alarm command exited with {done.returncode}")
 
 
 @monitor_app.command("baseline")
