@@ -47,6 +47,7 @@ from featurepipe.dsl.expr import (
     when,
 )
 from featurepipe.dsl.loader import Definitions
+from featurepipe.dsl.monitoring import monitor
 from featurepipe.errors import (
     DataError,
     DefinitionError,
@@ -113,6 +114,7 @@ __all__ = [
     "mean",
     "min",
     "mode",
+    "monitor",
     "query_time",
     "request",
     "since_last",

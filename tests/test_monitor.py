@@ -21,7 +21,7 @@ import featurepipe as fp
 from featurepipe.batch.registry import Registry
 from featurepipe.compile.polars_aggs import TS, BatchProgram
 from featurepipe.dev.datagen import generate_transactions
-from featurepipe.monitor import (
+from featurepipe.monitoring import (
     BaselineError,
     CurrentView,
     compute_baseline,
@@ -31,8 +31,8 @@ from featurepipe.monitor import (
     read_current,
     record_baseline,
 )
-from featurepipe.monitor.check import ThresholdsError, thresholds_from_table
-from featurepipe.monitor.report import to_html
+from featurepipe.monitoring.check import ThresholdsError, thresholds_from_table
+from featurepipe.monitoring.report import to_html
 from featurepipe.parity.harness import normalize_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def test_baseline_round_trip(tmp_path: Path) -> None:
         "l": "list[float]",
     }
     base = compute_baseline(frame, "v", "abc123", types, origin="unit")
-    from featurepipe.monitor.baseline import save_baseline
+    from featurepipe.monitoring.baseline import save_baseline
 
     path = save_baseline(reg, base)
     assert path == tmp_path / "registry" / "v" / "monitor-abc123.json"
@@ -273,7 +273,7 @@ class _Parsed(HTMLParser):
 
 
 def test_html_report_is_self_contained_with_the_numbers(registry: Registry) -> None:
-    from featurepipe.monitor.check import ThresholdSet
+    from featurepipe.monitoring.check import ThresholdSet
 
     report = monitor(current_of(plant(feature_frame(3), 3)), registry=registry)
     page = to_html(report, ThresholdSet())
@@ -498,3 +498,45 @@ def test_alarm_triggers_a_fresh_training_set_and_the_command(project: Path, tmp_
     (root / "hook.txt").unlink()
     out = _run(root, "monitor", "--current", "train.parquet", *trigger)
     assert out.returncode == 0 and not (root / "hook.txt").exists()
+
+
+def test_thresholds_declared_in_the_definitions(project: Path, tmp_path: Path) -> None:
+    """`fp.monitor(...)` per feature in the view's definition: it leaves the fingerprint
+    alone, silences or tightens that feature's alarms, and the project's thresholds file still
+    has the last word; mistakes are refused when the definitions load."""
+    root = tmp_path / "proj"
+    shutil.copytree(project, root, ignore=shutil.ignore_patterns(".featurepipe", "logs", "*.html"))
+    fraud = root / "feature_defs" / "fraud.py"
+    plain = fraud.read_text()
+    decorator = '@fp.feature_view(entity=user, source=transactions, lateness="1h")'
+    assert decorator in plain
+    declared = plain.replace(
+        decorator,
+        '@fp.feature_view(entity=user, source=transactions, lateness="1h", monitor={'
+        f'"{SHIFTED_CATEGORY}": fp.monitor(skip=True), "txn_count_24h": fp.monitor(null_rate=0.5)}})',
+    )
+    fraud.write_text(declared)
+    view = fp.load_definitions(root / "feature_defs").view("user_spend")
+    assert view.fingerprint == VIEW.fingerprint  # thresholds are not what a feature computes
+    assert view.monitoring == {SHIFTED_CATEGORY: {"skip": True}, "txn_count_24h": {"null_rate_delta": 0.5}}
+    args = ("training-set", "--entities", "labels.parquet", "--features", "user_spend")
+    assert _run(root, *args, "--out", "train.parquet").returncode == 0
+    planted = plant(pl.read_parquet(root / "train.parquet"), seed=5)
+    (root / "logs").mkdir()
+    served_log(planted, VIEW.fingerprint).write_parquet(root / "logs" / "served-000001.parquet")
+    out = _run(root, "monitor", "--current", "logs", "--json")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert {a["feature"] for a in json.loads(out.stdout)["alarms"]} == PLANTED - {SHIFTED_CATEGORY}
+    # the operator's file overrides the definition
+    (root / "monitor.toml").write_text(f"[features.{SHIFTED_CATEGORY}]\nskip = false\n")
+    out = _run(root, "monitor", "--current", "logs", "--json")
+    assert {a["feature"] for a in json.loads(out.stdout)["alarms"]} == PLANTED
+    # mistakes are definition errors
+    for bad, message in (
+        ('"nope": fp.monitor(psi=0.3)', "monitor=: no feature named 'nope'"),
+        ('"txn_count_24h": fp.monitor(psy=0.3)', "unknown threshold 'psy'"),
+        ('"txn_count_24h": fp.monitor(psi=-1)', "'psi' must be a number >= 0"),
+    ):
+        fraud.write_text(plain.replace(decorator, decorator[:-1] + f", monitor={{{bad}}})"))
+        with pytest.raises(fp.DefinitionError, match=message):
+            fp.load_definitions(root / "feature_defs")

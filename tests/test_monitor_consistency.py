@@ -24,7 +24,7 @@ import polars as pl
 import pytest
 
 from featurepipe import load_definitions
-from featurepipe.monitor.consistency import check_consistency
+from featurepipe.monitoring.consistency import check_consistency
 from featurepipe.online.materialize import materialize
 from featurepipe.online.redis_conn import connect
 from featurepipe.store import FeatureStore

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 from scipy.spatial.distance import jensenshannon
 
-from featurepipe.monitor.stats import (
+from featurepipe.monitoring.stats import (
     EPSILON,
     bin_counts,
     js_distance,

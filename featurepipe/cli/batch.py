@@ -616,7 +616,7 @@ def training_set(
     write_training_set(df, out, store.last_lineage)
     baselines: list[Path] = []
     if baseline:  # the distributions this version of the model is trained on
-        from featurepipe.monitor import record_baseline
+        from featurepipe.monitoring import record_baseline
 
         baselines = record_baseline(
             store, df, store.last_lineage, origin=f"training set {out_shown}"

@@ -133,9 +133,9 @@ def monitor(
             "(or record a baseline with `featurepipe monitor baseline`)"
         )
     from featurepipe.batch.registry import Registry
-    from featurepipe.monitor import monitor as run
-    from featurepipe.monitor import read_baseline, read_current
-    from featurepipe.monitor.report import summary, tables, to_json, write_html
+    from featurepipe.monitoring import monitor as run
+    from featurepipe.monitoring import read_baseline, read_current
+    from featurepipe.monitoring.report import summary, tables, to_json, write_html
 
     if consistency:
         _consistency(repo, defs, current, since, until, as_json)
@@ -205,7 +205,7 @@ def _on_alarm(
 
     import polars as pl
 
-    from featurepipe.monitor.report import to_json
+    from featurepipe.monitoring.report import to_json
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     alarms_dir = project.state_dir / "monitor"
@@ -277,7 +277,7 @@ def record(
     as_json: JsonOpt = False,
 ) -> None:
     """Record the baseline of each view version in a training set, in the registry."""
-    from featurepipe.monitor import record_baseline
+    from featurepipe.monitoring import record_baseline
 
     if training_set is not None:
         if entities is not None or features is not None:
@@ -317,7 +317,7 @@ def _from_training_set(
 
     from featurepipe.batch.lineage import read_lineage
     from featurepipe.batch.registry import Registry
-    from featurepipe.monitor import record_baseline
+    from featurepipe.monitoring import record_baseline
 
     project = project_for(repo, defs, definitions=False)
     shown, note = typed_path(project, path)
@@ -356,7 +356,7 @@ def _thresholds(project: Project, given: Path | None, cli: dict[str, Any]) -> An
     """Thresholds from ``--thresholds``, else ``monitor.toml`` at the project root, else the
     ``monitor`` table of the project's configuration; command-line values replace the
     defaults (per-feature entries still win)."""
-    from featurepipe.monitor.check import ThresholdsError, thresholds_from_table
+    from featurepipe.monitoring.check import ThresholdsError, thresholds_from_table
 
     table: dict[str, Any] = {}
     where = "thresholds"
@@ -379,7 +379,22 @@ def _thresholds(project: Project, given: Path | None, cli: dict[str, Any]) -> An
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
             raise ThresholdsError(f"cannot read thresholds {path}: {e}") from None
         table = table.get("monitor", table)
-    return thresholds_from_table(table, where, cli)
+    return thresholds_from_table(table, where, cli, _declared(project))
+
+
+def _declared(project: Project) -> dict[str, dict[str, Any]]:
+    """The definitions' thresholds (``fp.monitor``) by ``view:feature``; none without
+    definitions (monitoring a frame needs none)."""
+    if not project.definitions.exists():
+        return {}
+    from featurepipe.batch.registry import load_definitions
+
+    defs = load_definitions(project.definitions, registry=project.state_dir / "registry")
+    return {
+        f"{view.name}:{name}": values
+        for view in defs.views.values()
+        for name, values in view.monitoring.items()
+    }
 
 
 def _consistency(
@@ -393,7 +408,7 @@ def _consistency(
     """`monitor --consistency`: the served values against the batch engine's, bit for bit."""
     import polars as pl
 
-    from featurepipe.monitor.consistency import check_consistency
+    from featurepipe.monitoring.consistency import check_consistency
     from featurepipe.store import FeatureStore
 
     project = project_for(repo, defs)

@@ -42,8 +42,8 @@ def run_demo(console: Console, events: int = 100_000, workdir: Path = Path("data
     from featurepipe.batch.fit import fit
     from featurepipe.dev import infra
     from featurepipe.dev.datagen import generate_transactions
-    from featurepipe.monitor import ThresholdSet, monitor, read_current, record_baseline
-    from featurepipe.monitor.report import write_html
+    from featurepipe.monitoring import ThresholdSet, monitor, read_current, record_baseline
+    from featurepipe.monitoring.report import write_html
     from featurepipe.online.layout import OnlineStoreLayout
     from featurepipe.online.materialize import materialize
     from featurepipe.online.redis_conn import connect

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from featurepipe.dsl import artifacts
 from featurepipe.dsl.expr import Expr
+from featurepipe.dsl.monitoring import view_thresholds
 from featurepipe.errors import DefinitionError, UnsupportedOperationError
 from featurepipe.ir import nodes as ir
 from featurepipe.ir.aggs import KINDS
@@ -154,11 +155,14 @@ class FeatureView:
         source: Source,
         outputs: Mapping[str, Any],
         lateness_us: int,
+        monitor: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.entity = entity
         self.source = source
         self.ir = build_view_ir(name, entity, source, outputs, lateness_us)
+        # alarm thresholds per feature for `featurepipe monitor`: not in the fingerprint
+        self.monitoring = view_thresholds(name, self.feature_names, monitor)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -190,11 +194,14 @@ def feature_view(
     source: Source,
     name: str | None = None,
     lateness: str = "1h",
+    monitor: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[[Any], Mapping[str, Any]]], FeatureView]:
     """Declare a feature view from a function of the symbolic event row.
 
     ``lateness`` bounds how far behind the newest event of an entity a late event (or a query)
     may be and still be answered exactly from online state; see docs/semantics.md.
+    ``monitor``: alarm thresholds of `featurepipe monitor` per feature,
+    ``{"amount_sum_24h": fp.monitor(psi=0.3), "first_seen_at": fp.monitor(skip=True)}``.
     """
 
     def decorate(fn: Callable[[Any], Mapping[str, Any]]) -> FeatureView:
@@ -209,7 +216,7 @@ def feature_view(
                 "a feature view must return a non-empty dict of feature name -> expression",
                 view=view_name,
             )
-        return FeatureView(view_name, entity, source, outputs, lateness_us)
+        return FeatureView(view_name, entity, source, outputs, lateness_us, monitor)
 
     return decorate
 

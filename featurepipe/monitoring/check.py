@@ -24,36 +24,17 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from featurepipe.errors import FeaturepipeError
-from featurepipe.monitor.baseline import category_values, kind_of, numeric_values
-from featurepipe.monitor.stats import bin_counts, js_distance, ks_2samp, proportion_pvalue, psi
-
-
-class ThresholdsError(FeaturepipeError):
-    """A thresholds table holds an unknown key or a value of the wrong type."""
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    psi: float = 0.2
-    ks_pvalue: float = 0.001
-    ks_statistic: float = 0.1
-    js: float = 0.1
-    null_rate_delta: float = 0.01
-    null_pvalue: float = 0.001
-    out_of_range: float = 0.02
-    new_category: float = 0.02
-    min_rows: int = 200
-    skip: bool = False  # not monitored at all
-
-
-KEYS = {f.name: f.type for f in fields(Thresholds)}
+from featurepipe.dsl.monitoring import Thresholds as Thresholds  # the thresholds' one statement
+from featurepipe.dsl.monitoring import ThresholdsError as ThresholdsError
+from featurepipe.dsl.monitoring import threshold_values
+from featurepipe.monitoring.baseline import category_values, kind_of, numeric_values
+from featurepipe.monitoring.stats import bin_counts, js_distance, ks_2samp, proportion_pvalue, psi
 
 
 @dataclass
@@ -69,31 +50,11 @@ class ThresholdSet:
         return self.features.get(feature, self.default)
 
 
-def _values(table: Mapping[str, Any], where: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in KEYS:
-            raise ThresholdsError(
-                f"{where}: unknown threshold '{key}' (known: {', '.join(sorted(KEYS))})"
-            )
-        want = KEYS[key]
-        if want == "bool":
-            ok = isinstance(value, bool)
-        elif want == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        else:
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-        if not ok:
-            what = {"bool": "true or false", "int": "a whole number >= 1"}.get(
-                str(want), "a number >= 0"
-            )
-            raise ThresholdsError(f"{where}: '{key}' must be {what}, got {value!r}")
-        out[key] = float(value) if want == "float" else value
-    return out
-
-
 def thresholds_from_table(
-    table: Mapping[str, Any], where: str = "thresholds", cli: Mapping[str, Any] | None = None
+    table: Mapping[str, Any],
+    where: str = "thresholds",
+    cli: Mapping[str, Any] | None = None,
+    declared: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ThresholdSet:
     """A ``ThresholdSet`` from a table like::
 
@@ -105,20 +66,30 @@ def thresholds_from_table(
         skip = true
 
     ``cli``: thresholds given on the command line; they replace the table's defaults, and
-    per-feature entries still win over them (they are more specific)."""
+    per-feature entries still win over them (they are more specific). ``declared``: the
+    definitions' per-feature thresholds (``fp.monitor``), keyed ``view:feature``: over the
+    defaults and the command line, under the table's own per-feature entries (the operator's
+    word is the last)."""
     per_feature = table.get("features", {})
     if not isinstance(per_feature, Mapping):
         raise ThresholdsError(f"{where}: 'features' must be a table of feature tables")
     default = replace(
         Thresholds(),
-        **_values({k: v for k, v in table.items() if k != "features"}, where),
+        **threshold_values({k: v for k, v in table.items() if k != "features"}, where),
         **(cli or {}),
     )
     out = ThresholdSet(default)
+    for name, values in (declared or {}).items():
+        out.features[name] = replace(default, **values)
     for name, entry in per_feature.items():
         if not isinstance(entry, Mapping):
             raise ThresholdsError(f"{where}: features.{name} must be a table")
-        out.features[str(name)] = replace(default, **_values(entry, f"{where}: features.{name}"))
+        base = out.features.get(str(name), default)
+        values = threshold_values(entry, f"{where}: features.{name}")
+        out.features[str(name)] = replace(base, **values)
+        if ":" not in str(name):  # a bare feature name also covers its declared view:feature
+            for key in [k for k in out.features if k.endswith(f":{name}")]:
+                out.features[key] = replace(out.features[key], **values)
     return out
 
 

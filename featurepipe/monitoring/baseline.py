@@ -37,7 +37,7 @@ import polars as pl
 
 from featurepipe.batch.registry import Registry
 from featurepipe.errors import FeaturepipeError
-from featurepipe.monitor.stats import bin_counts, quantile_edges
+from featurepipe.monitoring.stats import bin_counts, quantile_edges
 
 if TYPE_CHECKING:
     from featurepipe.batch.lineage import Lineage

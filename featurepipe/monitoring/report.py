@@ -16,7 +16,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from featurepipe.monitor.check import FeatureResult, Report, ThresholdSet
+from featurepipe.monitoring.check import FeatureResult, Report, ThresholdSet
 
 BASE_COLOR = "#8da0cb"
 CUR_COLOR = "#fc8d62"

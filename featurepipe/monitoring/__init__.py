@@ -3,7 +3,7 @@
 ``record_baseline`` keeps, per view version (fingerprint), the distribution of every feature
 of a training set in the registry; ``monitor`` compares current data (a training set, a frame
 of features, or served-feature logs) with it and reports drift and null-rate alarms. The
-statistics are in ``featurepipe.monitor.stats``, the thresholds in ``featurepipe.monitor.check``;
+statistics are in ``featurepipe.monitoring.stats``, the thresholds in ``featurepipe.monitoring.check``;
 docs/monitoring.md describes both.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from featurepipe.batch.registry import Registry
-from featurepipe.monitor.baseline import (
+from featurepipe.monitoring.baseline import (
     BaselineError,
     compute_baseline,
     load_baseline,
@@ -21,8 +21,8 @@ from featurepipe.monitor.baseline import (
     record_baseline,
     recorded,
 )
-from featurepipe.monitor.check import Report, Thresholds, ThresholdSet, check_view
-from featurepipe.monitor.inputs import CurrentView, read_current
+from featurepipe.monitoring.check import Report, Thresholds, ThresholdSet, check_view
+from featurepipe.monitoring.inputs import CurrentView, read_current
 
 
 def monitor(
