@@ -11,6 +11,8 @@ ones inside functions and under ``TYPE_CHECKING``. The layers, lowest first:
     runtimes    batch, stream, online (see RUNTIME_LINKS for the imports allowed between them)
     parity      parity: replay through both paths and compare
     facade      store (FeatureStore), testing (assert_parity), the package's public API
+    services    serve (the HTTP feature server), monitoring (drift, consistency): built on
+                the facade
     tools       cli, dev (embedded services, demo, data generator)
 
 A module may import from its own layer or any layer below it, never from a layer above.
@@ -40,6 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtimes", ("featurepipe.batch", "featurepipe.stream", "featurepipe.online")),
     ("parity", ("featurepipe.parity",)),
     ("facade", ("featurepipe.store", "featurepipe.testing", "featurepipe")),
+    ("services", ("featurepipe.serve", "featurepipe.monitoring")),
     ("tools", ("featurepipe.cli", "featurepipe.dev")),
 ]
 

@@ -6,7 +6,8 @@ import sys
 
 from rich.markup import escape
 
-from featurepipe.cli import batch, dev, kafka, monitor, online, project  # noqa: F401  (registers commands)
+# importing a command module registers its commands
+from featurepipe.cli import batch, dev, kafka, monitor, online, project, serve  # noqa: F401
 from featurepipe.cli.app import app
 from featurepipe.cli.common import console
 from featurepipe.errors import FeaturepipeError
