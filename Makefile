@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/training_sets.py --quick
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/http_serving.py
 	$(BIN)/python benchmarks/stream_speed.py
 	$(BIN)/python benchmarks/hopped_windows.py
 	$(BIN)/python benchmarks/kinds.py
