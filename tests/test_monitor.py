@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -540,3 +541,115 @@ def test_thresholds_declared_in_the_definitions(project: Path, tmp_path: Path) -
         fraud.write_text(plain.replace(decorator, decorator[:-1] + f", monitor={{{bad}}})"))
         with pytest.raises(fp.DefinitionError, match=message):
             fp.load_definitions(root / "feature_defs")
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """``name{labels}`` -> value of a Prometheus text page (comments left out)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_service_exposes_the_last_round_as_gauges(registry: Registry) -> None:
+    """`monitor --every`: each round's statistics as Prometheus gauges, equal to the report's;
+    a failing round is counted and the previous gauges stay."""
+    import threading
+    import time
+
+    from featurepipe.monitoring.service import serve_forever
+
+    planted = plant(feature_frame(2), seed=2)
+    rounds: list[Any] = []
+    fail = threading.Event()
+
+    def check() -> Any:
+        if fail.is_set():
+            raise OSError("a log file is unreadable")
+        return monitor(current_of(planted), registry=registry)
+
+    stop, port = threading.Event(), _free_port()
+    worker = threading.Thread(
+        target=serve_forever, args=(check, 0.2, port),
+        kwargs={"stop": stop, "on_round": lambda r, e: rounds.append(r or e)}, daemon=True,
+    )  # fmt: skip
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(rounds) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        got = _scrape(port)
+        report = rounds[0]
+        by = {(f.view, f.feature): f for v in report.views for f in v.features}
+        for (view, feature), f in by.items():
+            labels = f'{{feature="{feature}",view="{view}"}}'
+            assert got[f"featurepipe_monitor_alarm{labels}"] == (1.0 if f.alarms else 0.0)
+            if f.psi is not None:
+                assert got[f"featurepipe_monitor_psi{labels}"] == pytest.approx(f.psi, rel=1e-12)
+            if f.null_rate is not None:
+                assert got[f"featurepipe_monitor_null_rate{labels}"] == pytest.approx(f.null_rate, rel=1e-12)
+        assert {k for (k, v) in by.items() if v.alarms} == {("user_spend", f) for f in PLANTED}
+        assert got["featurepipe_monitor_alarms"] == len(PLANTED)
+        fail.set()
+        seen = len(rounds)
+        while len(rounds) < seen + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = _scrape(port)
+        assert after["featurepipe_monitor_run_errors_total"] >= 1
+        assert after["featurepipe_monitor_alarms"] == len(PLANTED)  # the last good round's
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+
+
+def test_cli_service_mode(project: Path, tmp_path: Path) -> None:
+    """`featurepipe monitor --every 1s --metrics-port P` serves the gauges until stopped."""
+    import signal
+    import time
+    import urllib.error
+
+    root = tmp_path / "proj"
+    shutil.copytree(project, root, ignore=shutil.ignore_patterns(".featurepipe", "logs", "*.html"))
+    args = ("training-set", "--entities", "labels.parquet", "--features", "user_spend")
+    assert _run(root, *args, "--out", "train.parquet").returncode == 0
+    (root / "logs").mkdir()
+    planted = plant(pl.read_parquet(root / "train.parquet"), seed=5)
+    served_log(planted, VIEW.fingerprint).write_parquet(root / "logs" / "served-000001.parquet")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "featurepipe.cli", "monitor", "--current", "logs", "--every", "1s",
+         "--metrics-port", str(port)],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        got: dict[str, float] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and got.get("featurepipe_monitor_runs_total", 0) < 1:
+            try:
+                got = _scrape(port)
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.2)
+        alarming = {
+            k.split('feature="')[1].split('"')[0]
+            for k, v in got.items()
+            if k.startswith("featurepipe_monitor_alarm{") and v == 1.0
+        }
+        assert alarming == PLANTED, got
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert "Traceback" not in out + err and "monitoring every 1s" in out

@@ -118,6 +118,18 @@ def monitor(
     timestamp: Annotated[
         str, typer.Option(help="Timestamp column of --retrain-labels.")
     ] = "event_timestamp",
+    every: Annotated[
+        str | None,
+        typer.Option(
+            help="Run as a service: check again at this interval (e.g. 5m), reading new log "
+            "files each time, with the last round's statistics as Prometheus gauges on "
+            "--metrics-port; runs until interrupted.",
+        ),
+    ] = None,
+    metrics_port: Annotated[int, typer.Option(help="Port of /metrics with --every.")] = 9108,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address of /metrics with --every.")
+    ] = "127.0.0.1",
     repo: RepoOpt = None,
     defs: DefsOpt = None,
     as_json: JsonOpt = False,
@@ -149,17 +161,25 @@ def monitor(
         if v is not None
     }
     th = _thresholds(project, thresholds, cli)
-    files = event_log_files(project, current)
-    data = read_current(files, since=when(since, "--since"), until=when(until, "--until"))
     base = None
     if baseline is not None:
         shown, note = typed_path(project, baseline)
         if not project.path(baseline).exists():
             raise FeaturepipeError(f"--baseline {shown}: no such file{note}")
         base = read_baseline(project.path(baseline))
-    report = run(
-        data, registry=Registry(project.state_dir / "registry"), baseline=base, thresholds=th
-    )
+    lo, hi = when(since, "--since"), when(until, "--until")
+
+    def check() -> Any:
+        files = event_log_files(project, current)  # again each round: new log files count
+        data = read_current(files, since=lo, until=hi)
+        return run(
+            data, registry=Registry(project.state_dir / "registry"), baseline=base, thresholds=th
+        )
+
+    if every is not None:
+        _service(check, every, metrics_host, metrics_port)
+        return
+    report = check()
     if html is not None:
         write_html(report, th, project.path(html))
     if as_json:
@@ -460,3 +480,34 @@ def _consistency(
         console.print(verdict)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _service(check: Any, every: str, host: str, port: int) -> None:
+    """`monitor --every`: rounds until interrupted, gauges on /metrics, one line per round."""
+    from datetime import UTC, datetime
+
+    from featurepipe.dsl.definitions import parse_duration
+    from featurepipe.monitoring.report import summary
+    from featurepipe.monitoring.service import serve_forever
+
+    try:
+        every_s = parse_duration(every) / 1_000_000
+    except ValueError as e:
+        raise FeaturepipeError(f"--every: {e}") from None
+    console.print(
+        f"monitoring every {every}; Prometheus gauges on http://{host}:{port}/metrics "
+        "(featurepipe_monitor_alarm, _psi, _null_rate, ...); Ctrl-C to stop"
+    )
+
+    def said(report: Any, error: Exception | None) -> None:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if error is not None:
+            console.print(f"{stamp} [red]round failed[/]: {escape(str(error))}")
+        else:
+            style = "green" if report.ok else "red"
+            console.print(f"{stamp} [{style}]{escape(summary(report))}[/]")
+
+    try:
+        serve_forever(check, every_s, port, addr=host, on_round=said)
+    except KeyboardInterrupt:
+        console.print("stopped")
