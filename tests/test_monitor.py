@@ -617,6 +617,7 @@ def test_service_exposes_the_last_round_as_gauges(registry: Registry) -> None:
 
 def test_cli_service_mode(project: Path, tmp_path: Path) -> None:
     """`featurepipe monitor --every 1s --metrics-port P` serves the gauges until stopped."""
+    import contextlib
     import signal
     import time
     import urllib.error
@@ -638,10 +639,8 @@ def test_cli_service_mode(project: Path, tmp_path: Path) -> None:
         got: dict[str, float] = {}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and got.get("featurepipe_monitor_runs_total", 0) < 1:
-            try:
+            with contextlib.suppress(urllib.error.URLError, ConnectionError):
                 got = _scrape(port)
-            except (urllib.error.URLError, ConnectionError):
-                pass
             time.sleep(0.2)
         alarming = {
             k.split('feature="')[1].split('"')[0]
