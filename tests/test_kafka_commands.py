@@ -19,7 +19,11 @@ import polars as pl
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
+from featurepipe import load_definitions
 from featurepipe.dev import infra
+from featurepipe.ir.timebase import to_epoch_us
+from featurepipe.online.lookup import OnlineReader
+from featurepipe.online.redis_conn import connect
 from featurepipe.stream import dlq
 from featurepipe.stream.dead_letters import DeadLetter, DeadLetterPublisher
 from featurepipe.stream.produce import ensure_topics, produce_raw
@@ -543,3 +547,72 @@ def test_dev_up_on_chosen_ports(tmp_path: Path) -> None:
         assert f"(running on {kport})" in other.stdout
     finally:
         _ok(_fp(tmp_path, "dev", "down"))
+
+
+def test_produce_keys_a_composite_view_by_its_composite_text(
+    services: infra.DevServices, tmp_path: Path
+) -> None:
+    """A view keyed by (user_id, merchant_id): `produce --view` keys each message by the
+    composite text (docs: parts escaped, joined by '|'), from Parquet, CSV (the contract's int
+    part read as an int: "007" is 7) and JSON lines; the stream worker then accepts every one
+    (no key mismatch dead-lettered)."""
+    from featurepipe.stream.worker import StreamWorker, WorkerConfig
+
+    topic = unique("tx-pairs")
+    repo = tmp_path / "repo"
+    (repo / "feature_defs").mkdir(parents=True)
+    (repo / "feature_defs" / "pairs.py").write_text(f'''
+from datetime import datetime
+from pydantic import BaseModel
+import featurepipe as fp
+
+class Tx(BaseModel):
+    user_id: str
+    merchant_id: int
+    amount: float
+    event_time: datetime
+
+tx = fp.Source("pair_tx", schema=Tx, timestamp="event_time", stream=fp.KafkaSource(topic="{topic}"))
+pair = fp.Entity("user_merchant", key=("user_id", "merchant_id"))
+
+@fp.feature_view(entity=pair, source=tx, lateness="1h")
+def pair_spend(t):
+    return {{"n": fp.count(), "total": fp.sum(t.amount)}}
+''')
+    b = services.kafka_bootstrap
+    pl.DataFrame(
+        {"user_id": ["u1", "u|2", "u1"], "merchant_id": [7, 7, 8], "amount": [1.0, 2.0, 4.0],
+         "event_time": [datetime(2026, 1, 5, 10, m, tzinfo=UTC) for m in (0, 1, 2)]},
+    ).write_parquet(repo / "events.parquet")  # fmt: skip
+    (repo / "events.csv").write_text(
+        "user_id,merchant_id,amount,event_time\nu1,007,8.0,2026-01-05T10:03:00Z\n"
+    )
+    (repo / "events.jsonl").write_text(
+        '{"user_id": "u\\\\3", "merchant_id": 9, "amount": 16.0, "event_time": "2026-01-05T10:04:00Z"}\n'
+    )
+    for name in ("events.parquet", "events.csv", "events.jsonl"):
+        _ok(_fp(repo, "produce", "--events", name, "--view", "pair_spend", "--bootstrap", b))
+    sent = _read_topic(b, topic, 5)
+    # by hand: parts joined by '|', a '|' or '\' inside a str part escaped by a backslash
+    assert sorted(m.key for m in sent) == sorted(
+        [b"u1|7", b"u\\|2|7", b"u1|8", b"u1|7", b"u\\\\3|9"]
+    )
+    prefix = unique("fp-pairs")
+    defs = load_definitions(repo / "feature_defs")
+    client = connect(services.redis_url)
+    try:
+        counters = StreamWorker(
+            defs, WorkerConfig(bootstrap=b, group_id=prefix, prefix=prefix, idle_exit_s=3,
+                               max_events=5), client,
+        ).run()  # fmt: skip
+        assert counters.valid == 5 and counters.invalid == 0
+        got = OnlineReader(client, [defs.view("pair_spend")], prefix).read(
+            [("u1", 7), ("u|2", 7), ("u1", 8), ("u\\3", 9)], {"pair_spend": ["n", "total"]},
+            at_us=to_epoch_us(datetime(2026, 1, 5, 11, tzinfo=UTC)),
+        )  # fmt: skip
+        assert [(r["n"], r["total"]) for r in got] == [(2, 9.0), (1, 2.0), (1, 4.0), (1, 16.0)]
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()

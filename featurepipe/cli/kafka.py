@@ -63,17 +63,12 @@ def _view_topic(project: Project, view: str) -> tuple[str, str, Source]:
     return v.source.stream.topic, v.entity.key, v.source
 
 
-def _refuse_composite(project: Project, view: str, key: str) -> None:
-    """`produce` keys messages by one column: a view keyed by several fields is refused."""
+def _key_columns(project: Project, view: str, key: str) -> str:
+    """The key column(s) of a view's messages: a composite key's parts, comma-separated."""
     v = load_defs(project).view(view)
     if v.entity.composite and key == v.entity.key:
-        raise FeaturepipeError(
-            f"view '{view}' is keyed by ({', '.join(v.entity.parts)}): `featurepipe produce` "
-            "does not key messages by a composite key yet; send them keyed by its text "
-            "(featurepipe.ir.entity_keys.compose_values) or with "
-            "featurepipe.stream.produce.produce_frame(events, topic, bootstrap, "
-            "key=view.entity.parts)"
-        )
+        return ",".join(v.entity.parts)
+    return key
 
 
 def _only_topic(project: Project, what: str) -> str:
@@ -94,8 +89,7 @@ def _produce_target(
     """(topic, key, the contract if known) from --view / --topic / --key / the definitions."""
     if view is not None:
         v_topic, v_key, source = _view_topic(project, view)
-        _refuse_composite(project, view, key or v_key)
-        return topic or v_topic, key or v_key, source
+        return topic or v_topic, _key_columns(project, view, key or v_key), source
     if topic is not None and key is not None:
         if not project.definitions.exists():
             return topic, key, None
@@ -110,8 +104,7 @@ def _produce_target(
                 f"no feature view reads topic '{topic}': pass --key (the entity key column)"
             )
         return topic, key, None
-    _refuse_composite(project, found[0], key or found[1])
-    return topic, key or found[1], found[2]
+    return topic, _key_columns(project, found[0], key or found[1]), found[2]
 
 
 PRODUCE_HELP = (
@@ -150,7 +143,12 @@ def produce(
         str | None, typer.Option(help="Topic to send to (instead of the view's).")
     ] = None,
     key: Annotated[
-        str | None, typer.Option(help="Column to key the messages by (default: the entity key).")
+        str | None,
+        typer.Option(
+            help="Column to key the messages by (default: the entity key); several "
+            "comma-separated for a composite key (user_id,merchant_id: keyed by their composite "
+            "text, as the stream worker expects)."
+        ),
     ] = None,
     bootstrap: BootstrapOpt = None,
     rate: Annotated[
@@ -317,7 +315,8 @@ def _read_logs(
         if left == 0:
             break
         try:
-            parts.append(read_event_log(file, key, source=source, limit=left))
+            columns = tuple(key.split(",")) if "," in key else key
+            parts.append(read_event_log(file, columns, source=source, limit=left))
         except ProduceError as e:
             if shown is None:
                 raise

@@ -177,7 +177,7 @@ class EventLog:
     path: Path
     format: str
     count: int
-    key: str
+    key: str | tuple[str, ...]  # several: a composite key's parts
     non_finite: int = 0  # NaN/infinite floats, sent as null
     _frame: pl.DataFrame | None = None
     _limit: int | None = None
@@ -200,9 +200,14 @@ def event_format(path: Path) -> str:
 
 
 def read_event_log(
-    path: Path, key: str, *, source: Source | None = None, limit: int | None = None
+    path: Path,
+    key: str | tuple[str, ...],
+    *,
+    source: Source | None = None,
+    limit: int | None = None,
 ) -> EventLog:
-    """The events of ``path`` (the first ``limit`` of them), keyed by column ``key``.
+    """The events of ``path`` (the first ``limit`` of them), keyed by column ``key`` (or by
+    the composite text of several columns, ``featurepipe.ir.entity_keys``).
 
     ``source``: the contract, when known, reads CSV columns as the types it declares."""
     fmt = event_format(path)
@@ -224,10 +229,11 @@ def read_event_log(
             df = _read_csv(path, key, source, limit)
     except (pl.exceptions.PolarsError, OSError) as e:
         raise ProduceError(f"cannot read {fmt} event log '{path}': {e}") from None
-    if key not in df.columns:
+    missing = [k for k in ((key,) if isinstance(key, str) else key) if k not in df.columns]
+    if missing:
         raise ProduceError(
-            f"event log '{path}' has no column '{key}' to key the messages by (columns: "
-            f"{', '.join(df.columns)})"
+            f"event log '{path}' has no column {', '.join(map(repr, missing))} to key the "
+            f"messages by (columns: {', '.join(df.columns)})"
         )
     return EventLog(path, fmt, df.height, key, non_finite_floats(df), _frame=df)
 
@@ -235,7 +241,9 @@ def read_event_log(
 _CASTS = {DType.INT: pl.Int64, DType.FLOAT: pl.Float64, DType.BOOL: pl.Boolean}
 
 
-def _read_csv(path: Path, key: str, source: Source | None, limit: int | None) -> pl.DataFrame:
+def _read_csv(
+    path: Path, key: str | tuple[str, ...], source: Source | None, limit: int | None
+) -> pl.DataFrame:
     """CSV with timestamps parsed; declared non-datetime fields read as text, then converted to
     their declared type value by value, a value that does not convert staying the text it was.
     """
@@ -244,7 +252,7 @@ def _read_csv(path: Path, key: str, source: Source | None, limit: int | None) ->
     as_text: dict[str, type[pl.DataType]] = {
         n: pl.String for n, (t, _) in declared.items() if t is not DType.DATETIME and n in names
     }
-    if key in names:
+    if isinstance(key, str) and key in names:  # a plain key is sent as its text anyway
         as_text.setdefault(key, pl.String)
     df = pl.read_csv(path, try_parse_dates=True, schema_overrides=as_text, n_rows=limit)
     for name, (dtype, _) in declared.items():
@@ -316,7 +324,7 @@ def _datetime_text(text: pl.Series) -> pl.Series:
     return out.alias(text.name)
 
 
-def _jsonl_messages(path: Path, key: str, limit: int | None) -> Iterator[Message]:
+def _jsonl_messages(path: Path, key: str | tuple[str, ...], limit: int | None) -> Iterator[Message]:
     decode = msgspec.json.Decoder().decode
     n = 0
     with path.open("rb") as f:
@@ -328,7 +336,13 @@ def _jsonl_messages(path: Path, key: str, limit: int | None) -> Iterator[Message
                 doc = decode(value)
             except msgspec.DecodeError:
                 doc = None
-            k = doc.get(key) if isinstance(doc, dict) else None
+            k: Any = None
+            if isinstance(doc, dict):
+                k = (
+                    doc.get(key)
+                    if isinstance(key, str)
+                    else compose_values([doc.get(p) for p in key])
+                )
             yield (None if k is None else str(k).encode()), value
             n += 1
             if limit is not None and n >= limit:
