@@ -165,6 +165,28 @@ CASES: list[tuple[str, Case]] = [
     ("mean skips nulls", Case(
         "Aggregations skip null inputs",
         lambda t: fp.mean(t.x), [ev(0, x=1.0), ev(1, x=None), ev(2, x=3.0)], 3.0, 2.0)),
+    # ---- lists and maps --------------------------------------------------------------------
+    ("last_k newest first", Case(
+        "the values of the k newest events with a non-null `x`, **newest first**",
+        lambda t: fp.last_k(t.n, 2), [ev(0, n=1), ev(1, n=None), ev(2, n=3), ev(2, n=4)], 3.0, [4, 3],
+        note="a tie in time: the later arrival is newer")),
+    ("first_k oldest first", Case(
+        "the values of the k oldest such events, **oldest first**",
+        lambda t: fp.first_k(t.x, 3), [ev(1, x=-0.0), ev(0, x=2.5)], 2.0, [2.5, -0.0])),
+    ("last_distinct_k by newest event", Case(
+        "the k distinct values seen most recently, **newest first**",
+        lambda t: fp.last_distinct_k(t.s, 2), [ev(0, s="a"), ev(1, s="b"), ev(2, s="a")], 3.0, ["a", "b"])),
+    ("count_by order", Case(
+        "**count descending, then value ascending**",
+        lambda t: fp.count_by(t.s, top_k=2), [ev(0, s="c"), ev(1, s="b"), ev(2, s="a"), ev(3, s="b")], 4.0,
+        {"b": 2, "a": 1})),
+    ("lists are null, not empty", Case(
+        "is null, not empty, when the",
+        lambda t: fp.last_k(t.n, 2, window="5s"), [ev(0, n=1)], 60.0, None)),
+    ("by= buckets ordered by key", Case(
+        "ordered by bucket ascending",
+        lambda t: fp.sum(t.n, by=t.s), [ev(0, s="b", n=1), ev(1, s="a", n=2), ev(2, s=None, n=4), ev(3, s="b", n=8)],
+        4.0, {"a": 2, "b": 9}, note="the null bucket's event is skipped")),
     ("mode skips nulls", Case(
         "Aggregations skip null inputs",
         lambda t: fp.mode(t.n), [ev(0, n=None), ev(1, n=None), ev(2, n=4)], 3.0, 4,
@@ -357,6 +379,12 @@ def _normalized(text: str) -> str:
 def same(got: Any, want: Any) -> bool:
     if want is None:
         return got is None
+    if isinstance(want, dict):  # a batch map is a list of {key, value} entries, in order
+        if isinstance(got, list):
+            got = {e["key"]: e["value"] for e in got}
+        return isinstance(got, dict) and list(got) == list(want) and all(same(got[k], want[k]) for k in want)
+    if isinstance(want, list):
+        return isinstance(got, list) and len(got) == len(want) and all(map(same, got, want))
     if isinstance(want, float):
         return type(got) is float and _bits(got) == (QNAN if want != want else _bits(want))
     return type(got) is type(want) and got == want
