@@ -169,6 +169,7 @@ class FeatureStore:
         full_feature_names: bool = False,
         partitions: int = 1,
         engine: Engine = "auto",
+        cluster: str | None = None,
     ) -> pl.DataFrame:
         """Point-in-time-correct features for each row of ``entity_df``.
 
@@ -176,6 +177,12 @@ class FeatureStore:
         column, only events that had arrived before T. Rows keep their order and their other
         columns (labels). ``partitions > 1`` processes entities in hash partitions, one at a
         time, to bound memory.
+
+        ``cluster``: compute the partitions as tasks on a Dask cluster instead, at this
+        scheduler address (``"tcp://10.0.0.5:8786"``), or ``"local"`` (``"local:N"``) for N
+        worker processes on this machine, started for the call; the result is the same, bit
+        for bit (``docs/distributed.md``; needs ``pip install 'featurepipe[distributed]'``).
+        Workers read the sources themselves: they must see the files at the same paths.
 
         Before any data is read, each view's entity key column and the timestamp column are
         checked: a missing column, or one whose type is not the contract's (text keys for an
@@ -189,18 +196,40 @@ class FeatureStore:
                 f"entity frame has no timestamp column '{timestamp}' (pass timestamp=...)"
             )
         wanted = self.resolve(features)
-        batch = BatchEngine(
-            self.root, quarantine_dir=self.quarantine_dir, featurepipe_version=_version()
-        )
-        out = batch.historical_features(
-            frame,
-            [(self.definitions.view(v), names) for v, names in wanted.items()],
-            timestamp=timestamp,
-            references=list(features),
-            full_feature_names=full_feature_names,
-            partitions=partitions,
-            engine=engine,
-        )
+        requests = [(self.definitions.view(v), names) for v, names in wanted.items()]
+        if cluster is None:
+            batch = BatchEngine(
+                self.root, quarantine_dir=self.quarantine_dir, featurepipe_version=_version()
+            )
+            out = batch.historical_features(
+                frame,
+                requests,
+                timestamp=timestamp,
+                references=list(features),
+                full_feature_names=full_feature_names,
+                partitions=partitions,
+                engine=engine,
+            )
+        else:
+            from featurepipe.batch.distributed import dask_runner
+
+            # workers resolve the source paths the plan names: absolute, not this process's cwd
+            batch = BatchEngine(
+                self.root.resolve(),
+                quarantine_dir=self.quarantine_dir,
+                featurepipe_version=_version(),
+            )
+            with dask_runner(cluster) as runner:  # reachable, with workers, before any read
+                out = batch.historical_features(
+                    frame,
+                    requests,
+                    timestamp=timestamp,
+                    references=list(features),
+                    full_feature_names=full_feature_names,
+                    partitions=partitions,
+                    engine=engine,
+                    runner=runner,
+                )
         self.source_reports.update(out.reports)
         self.last_lineage = out.lineage
         return out.frame

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import polars as pl
 
@@ -199,12 +200,15 @@ class BatchEngine:
         full_feature_names: bool = False,
         partitions: int = 1,
         engine: Engine = "auto",
+        runner: PartitionRunner | None = None,
     ) -> TrainingSet:
         """Point-in-time-correct values of the requested features of each view for each row.
 
         A row at time T sees only events with ts < T and, where the source declares an arrival
         column, only events that had arrived before T. Rows keep their order and their other
         columns. ``references`` are the feature references as the user wrote them (lineage).
+        ``runner``: computes the partitions elsewhere (``featurepipe.batch.distributed``);
+        by default they are computed here, one after another.
         """
         t_us = query_times(frame, timestamp)
         if t_us.null_count():
@@ -241,7 +245,14 @@ class BatchEngine:
             lineage.sources[src.name] = source_lineage(report, format_us(last_label))
             lineage.views[view.name] = {"fingerprint": view.fingerprint, "features": names}
             values = self._view_features(
-                view, keys[view.name], t_us, requests_of[view.name], events, partitions, engine
+                view,
+                keys[view.name],
+                t_us,
+                requests_of[view.name],
+                events,
+                partitions,
+                engine,
+                runner,
             )
             for n in names:
                 out_name = f"{view.name}__{n}" if full_feature_names else n
@@ -264,42 +275,108 @@ class BatchEngine:
         events: pl.LazyFrame,
         partitions: int,
         engine: Engine,
+        runner: PartitionRunner | None = None,
     ) -> pl.DataFrame:
         key = view.entity.key
         events = with_composite_key(events, view.ir.entity_parts)
         queries = pl.DataFrame([keys.alias(key), t_us.alias(TS), *request]).with_row_index(ROW_ID)
+        tasks = partition_tasks(view, queries, events, partitions, engine)
+        if runner is not None and tasks:
+            return _reassemble(runner.run(tasks), partitions)
         program = BatchProgram(view.ir)
-        if partitions <= 1:
-            return _partition_features(program, view, queries, events, engine)
-        # Larger than memory: each entity-hash partition is read by its own streaming scan (the
-        # filter runs inside the scan; Polars' partitioned sink buffers too much to keep memory
-        # flat), then ordered and computed alone. Memory ~ one partition; cost: one scan each.
-        part = (pl.col(key).hash(7) % partitions).alias("__part")
-        parts = []
-        q_part = queries.with_columns(part)
-        for p in range(partitions):
-            q = q_part.filter(pl.col("__part") == p).drop("__part")
-            if q.height == 0:
-                continue
-            ev = events.filter(pl.col(key).hash(7) % partitions == p).pipe(
-                in_arrival_order, view.source
-            )
-            parts.append(_partition_features(program, view, q, ev, engine))
-        if not parts:
-            return _partition_features(
-                program, view, queries, events.pipe(in_arrival_order, view.source), engine
-            )
-        return pl.concat(parts).sort(ROW_ID)
+        arrival = view.source.arrival
+        if not tasks:  # no label rows: the whole (empty) query at once
+            if partitions > 1:
+                events = events.pipe(in_arrival_order, view.source)
+            return partition_features(program, arrival, queries, events, engine)
+        return _reassemble(
+            [partition_features(program, arrival, t.queries, t.events, engine) for t in tasks],
+            partitions,
+        )
 
 
-def _partition_features(
-    program: BatchProgram,
+@dataclass(frozen=True)
+class PartitionTask:
+    """One entity-hash partition of one view's training-set rows: all a worker needs.
+
+    ``ir``: the view, compiled where it runs; ``queries``: the partition's label rows (row id,
+    key, time, request fields); ``events``: the lazy plan that reads the partition's events,
+    contract-checked and in arrival order (a Polars plan: paths and expressions, no data).
+    """
+
+    view: str
+    ir: ir.ViewIR
+    arrival: str | None
+    partition: int
+    partitions: int
+    queries: pl.DataFrame
+    events: pl.LazyFrame
+    engine: Engine
+
+    def compute(self) -> pl.DataFrame:
+        """The partition's features and ``__row_id``, as the local engine computes them."""
+        return partition_features(
+            BatchProgram(self.ir), self.arrival, self.queries, self.events, self.engine
+        )
+
+
+class PartitionRunner(Protocol):
+    """Computes partition tasks elsewhere; returns their results in the tasks' order."""
+
+    def run(self, tasks: Sequence[PartitionTask]) -> list[pl.DataFrame]: ...
+
+
+def partition_tasks(
     view: FeatureView,
+    queries: pl.DataFrame,
+    events: pl.LazyFrame,
+    partitions: int,
+    engine: Engine,
+) -> list[PartitionTask]:
+    """The view's work as tasks, one per entity-hash partition that holds label rows.
+
+    One partition (``partitions <= 1``): every row, the events as read (already in arrival
+    order). Larger than memory: each entity-hash partition is read by its own streaming scan
+    (the filter runs inside the scan; Polars' partitioned sink buffers too much to keep memory
+    flat), then ordered and computed alone. Memory ~ one partition; cost: one scan each.
+    """
+    if queries.height == 0:
+        return []
+
+    def task(p: int, q: pl.DataFrame, ev: pl.LazyFrame) -> PartitionTask:
+        return PartitionTask(
+            view.name, view.ir, view.source.arrival, p, max(partitions, 1), q, ev, engine
+        )
+
+    if partitions <= 1:
+        return [task(0, queries, events)]
+    key = view.entity.key
+    q_part = queries.with_columns((pl.col(key).hash(7) % partitions).alias("__part"))
+    tasks = []
+    for p in range(partitions):
+        q = q_part.filter(pl.col("__part") == p).drop("__part")
+        if q.height == 0:
+            continue
+        ev = events.filter(pl.col(key).hash(7) % partitions == p).pipe(
+            in_arrival_order, view.source
+        )
+        tasks.append(task(p, q, ev))
+    return tasks
+
+
+def _reassemble(parts: list[pl.DataFrame], partitions: int) -> pl.DataFrame:
+    """The partitions' rows back in label-row order (one partition: already in it)."""
+    return parts[0] if partitions <= 1 else pl.concat(parts).sort(ROW_ID)
+
+
+def partition_features(
+    program: BatchProgram,
+    arrival: str | None,
     q: pl.DataFrame,
     ev: pl.LazyFrame,
     engine: Engine,
 ) -> pl.DataFrame:
-    arrival = view.source.arrival
+    """The features of the label rows ``q`` from the events ``ev`` (one partition, or all)."""
     if arrival is not None:
         # __seq is the arrival rank; a row at T sees only events that arrived before T
         arrivals = ev.select(pl.col(arrival)).collect(engine=engine).to_series()

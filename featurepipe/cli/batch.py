@@ -570,6 +570,20 @@ def training_set(
     partitions: Annotated[
         int, typer.Option(min=1, help="Entity hash partitions (bounds memory).")
     ] = 1,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="Where the partitions are computed: 'local' (here, one after another) or "
+            "'dask' (as tasks on a Dask cluster, see --address; same result, bit for bit)."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --engine dask: the scheduler's address (e.g. tcp://10.0.0.5:8786); "
+            "default: 'local', worker processes on this machine started for the job."
+        ),
+    ] = None,
     baseline: Annotated[
         bool,
         typer.Option(
@@ -591,6 +605,11 @@ def training_set(
             f"metadata; name the file with a .parquet extension (e.g. --out "
             f"{out.with_suffix('.parquet')})"
         )
+    if engine not in ("local", "dask"):
+        raise FeaturepipeError(f"--engine {engine}: expected 'local' or 'dask'")
+    if address is not None and engine != "dask":
+        raise FeaturepipeError("--address names a Dask scheduler: it needs --engine dask")
+    cluster = (address or "local") if engine == "dask" else None
     t = time.perf_counter()
     project = project_for(repo, defs)
     store = FeatureStore(project.root, project.definitions)
@@ -609,7 +628,9 @@ def training_set(
         name=f"{shown}{note}",
     )
     _check_labels(labels, f"labels '{shown}'{note}", timestamp, views, wanted)
-    df = store.get_historical_features(labels, refs, timestamp=timestamp, partitions=partitions)
+    df = store.get_historical_features(
+        labels, refs, timestamp=timestamp, partitions=partitions, cluster=cluster
+    )
     assert store.last_lineage is not None
     out_shown = typed_and_resolved(project, out)
     out = project.path(out)
