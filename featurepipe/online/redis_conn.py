@@ -18,6 +18,8 @@ print it), with a message saying to percent-encode it.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import redis
 
@@ -64,6 +66,9 @@ def connect(
 ) -> redis.Redis:
     """A client for the online store, checked with PING; raises OnlineStoreError naming the URL.
 
+    A Redis Cluster node is refused (``OnlineStoreError``) before anything is read or written:
+    the store's commit spans slots (docs/online-store.md, "Redis Cluster").
+
     The client returns bytes (``decode_responses=False``): state values are binary. Without
     ``url`` the URL comes from ``resolve_url`` for ``project``.
     """
@@ -93,7 +98,16 @@ def connect(
             f"invalid online store URL {shown!r} ({origin}): {scrub(str(e), resolved)}"
         ) from None
     try:
-        client.ping()
+        # one round trip: PING checks the connection (its error is the one reported), INFO
+        # cluster and HELLO (no arguments: the protocol stays) tell a cluster node; either may
+        # be refused (ACL, an older server) without failing the connection
+        pipe = client.pipeline(transaction=False)
+        pipe.ping()
+        pipe.info("cluster")
+        pipe.execute_command("HELLO")  # type: ignore[no-untyped-call]
+        pong, info, hello = pipe.execute(raise_on_error=False)
+        if isinstance(pong, Exception):
+            raise pong
     except redis.exceptions.AuthenticationError as e:
         client.close()
         raise OnlineStoreError(
@@ -104,4 +118,24 @@ def connect(
         raise OnlineStoreError(
             f"cannot reach Redis at {shown} ({origin}): {scrub(str(e), resolved)}"
         ) from e
+    if _cluster_mode(info, hello):
+        client.close()
+        raise OnlineStoreError(
+            f"Redis at {shown} ({origin}) is a Redis Cluster node: featurepipe does not support "
+            "Redis Cluster yet (the stream worker commits many entities and its offsets in one "
+            "transaction). Use a single primary, with replicas and Sentinel for failover"
+        )
     return client
+
+
+def _cluster_mode(info: Any, hello: Any) -> bool:
+    """Whether the replies to ``INFO cluster`` and ``HELLO`` (either may be an exception: the
+    command was refused) say the server runs in cluster mode."""
+    if isinstance(info, Mapping) and str(info.get("cluster_enabled", "0")) == "1":
+        return True
+    if isinstance(hello, list | tuple):  # RESP2: a flat list of names and values
+        hello = dict(zip(hello[::2], hello[1::2], strict=False))
+    if isinstance(hello, Mapping):
+        mode = hello.get(b"mode", hello.get("mode"))
+        return (mode.decode() if isinstance(mode, bytes) else mode) == "cluster"
+    return False
