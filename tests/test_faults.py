@@ -10,9 +10,11 @@ events, bit for bit.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -95,13 +97,43 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[str, int, Path]]:
 
 
 def _restart_empty(port: int, workdir: Path) -> None:
-    """Kill the valkey-server on ``port`` and start an empty one there (no persistence)."""
+    """Kill the valkey-server on ``port`` and start an empty one there (no persistence).
+
+    The old server must be gone (process and listening socket) before the new one starts:
+    else the new one cannot bind, the port still answers for a moment, and the next
+    connection is reset. The replacement is stopped when the test session ends."""
+    killed = []
     for line in os.popen(f"ss -ltnp 'sport = :{port}'").read().splitlines():
         if "pid=" in line:
             pid = int(line.split("pid=")[1].split(",")[0])
             os.kill(pid, signal.SIGKILL)
-    infra.start_redis(port, workdir / "valkey-2.log")
+            killed.append(pid)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (
+        any(_alive(pid) for pid in killed) or _listening(port)
+    ):
+        time.sleep(0.02)
+    proc = infra.start_redis(port, workdir / "valkey-2.log")
+    atexit.register(_stop, proc)
     assert infra._wait_port(port, 10)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, already dead, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _listening(port: int) -> bool:
+    return bool(os.popen(f"ss -ltn 'sport = :{port}'").read().splitlines()[1:])
+
+
+def _stop(proc: Any) -> None:
+    proc.kill()
+    proc.wait()
 
 
 def test_lookup_on_a_store_never_written_raises(services: infra.DevServices) -> None:
