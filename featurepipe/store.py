@@ -7,6 +7,7 @@ lookups to the online store (``featurepipe.online.lookup.OnlineReader``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from featurepipe.ir.timebase import to_epoch_us
 from featurepipe.project import load_project
 
 DEFAULT_TIMESTAMP = "event_timestamp"
+LOG_ENDPOINT = "python"  # the served-feature log's endpoint for in-process lookups
 
 
 class FeatureStore:
@@ -39,6 +41,11 @@ class FeatureStore:
     definitions:
         The definitions package, relative to ``repo_path`` (default: the project's
         ``definitions``, else ``feature_defs``).
+    log_dir, log_sample:
+        Keep a served-feature log of ``get_online_features`` (a ``log_sample`` share of the
+        lookups, as rolling Parquet files in ``log_dir``, docs/serving-http.md's schema, what
+        `featurepipe monitor` reads); written from a background thread, flushed by ``close()``
+        (or leaving a ``with`` block) and at exit.
     """
 
     def __init__(
@@ -49,6 +56,9 @@ class FeatureStore:
         quarantine_dir: str | Path | None = None,
         redis_url: str | None = None,
         prefix: str | None = None,
+        log_dir: str | Path | None = None,
+        log_sample: float = 1.0,
+        log_endpoint: str = LOG_ENDPOINT,
     ) -> None:
         project = load_project(repo_path).with_definitions(definitions)
         self.project = project
@@ -66,6 +76,40 @@ class FeatureStore:
         )
         self.last_lineage: Lineage | None = None
         self.source_reports: dict[str, SourceReport] = {}
+        self._served_log: Any = None
+        self._log_endpoint = log_endpoint  # the log's `endpoint` column: who looked up
+        if log_dir is not None:
+            self._served_log = self._open_log(project.path(log_dir), log_sample)
+
+    def _open_log(self, directory: Path, sample: float) -> Any:
+        """The served-feature log of this store's lookups (docs/serving-http.md's schema, what
+        `featurepipe monitor` reads), written from a background thread; flushed by ``close``
+        and at exit."""
+        import atexit
+
+        from featurepipe.online.served_log import ServedLog
+
+        if not 0.0 <= sample <= 1.0:
+            raise DataError(f"log_sample={sample!r} must be a share between 0 and 1")
+        dtypes = {
+            name: {f.name: f.expr.dtype for f in view.ir.features}
+            for name, view in self.definitions.views.items()
+        }
+        log = ServedLog(directory, sample, dtypes, flush_seconds=5.0)
+        atexit.register(log.close)
+        return log
+
+    def close(self) -> None:
+        """Write what the served-feature log holds (when ``log_dir`` was given)."""
+        if self._served_log is not None:
+            self._served_log.close()
+            self._served_log = None
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- online ----------------------------------------------------------------------------------
     def get_online_features(
@@ -132,11 +176,28 @@ class FeatureStore:
                 connect(self.redis_url, project=self.project), views, self.prefix
             )
         at_us = None if at is None else to_epoch_us(at)
+        on_rows = None
+        if self._served_log is not None:
+            from featurepipe.online.served_log import Lookup
+
+            if at_us is None:  # the log records the request time used: fix "now" here
+                at_us = time.time_ns() // 1000
+            log, t, endpoint = self._served_log, at_us, self._log_endpoint
+            served = {name: self.definitions.view(name).fingerprint for name in wanted}
+
+            def on_rows(rows: list[dict[str, Any]]) -> None:
+                log.offer(endpoint, None, Lookup(dict(wanted), keys, req, t, rows, served))
+
         if as_dicts:
-            return self._reader.read_keyed(
+            rows = self._reader.read_keyed(
                 keys, wanted, at_us=at_us, fingerprints=fingerprints, request=req
             )
-        return self._reader.frame(keys, wanted, at_us=at_us, fingerprints=fingerprints, request=req)
+            if on_rows is not None:
+                on_rows(rows)
+            return rows
+        return self._reader.frame(
+            keys, wanted, at_us=at_us, fingerprints=fingerprints, request=req, on_rows=on_rows
+        )
 
     # -- references --------------------------------------------------------------------------
     def resolve(self, features: Sequence[str]) -> dict[str, list[str]]:

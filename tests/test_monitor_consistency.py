@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+import featurepipe as fp
 from featurepipe import load_definitions
 from featurepipe.monitoring.consistency import check_consistency
 from featurepipe.online.materialize import materialize
@@ -227,3 +228,38 @@ def test_cli_exit_codes(project: tuple[Path, str, str], redis_url: str, tmp_path
     assert not got["ok"] and got["mismatched"] > 0
     out = run("--current", str(tmp_path / "stale.parquet"), "--consistency")
     assert out.returncode == 1 and "INCONSISTENT" in out.stdout and "u1" in out.stdout
+
+
+def test_in_process_lookups_and_get_keep_a_served_log_that_recomputes_exactly(
+    project: tuple[Path, str, str], redis_url: str, tmp_path: Path
+) -> None:
+    """`FeatureStore(log_dir=...)` and `featurepipe get --log-dir` write the served-feature
+    log (the server's schema) of their lookups; recomputed, every value agrees."""
+    from featurepipe.online.served_log import SCHEMA
+
+    root, good, _ = project
+    logs = tmp_path / "served"
+    with FeatureStore(root, redis_url=redis_url, prefix=good, log_dir=logs) as store:
+        store.get_online_features({"user_id": USERS}, ["spend"], at=UNTIL, request={"amount": AMOUNTS})
+        store.get_online_features(
+            {"user_id": ["u1"]}, ["spend:total", "spend:last_amounts"], as_dicts=True,
+            at=T0 + timedelta(minutes=45),
+        )  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "featurepipe.cli", "get", "--entity", "user_id=u2", "--features",
+         "spend:by_country,spend:last_at", "--at", "2026-03-01T01:30:00Z", "--log-dir", str(logs),
+         "--repo", str(root), "--redis-url", redis_url, "--prefix", good],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    log = pl.concat([pl.read_parquet(f) for f in sorted(logs.glob("served-*.parquet"))])
+    assert dict(log.schema) == SCHEMA
+    assert log.height == len(USERS) * len(FEATURES) + 2 + 2
+    assert sorted(set(log["endpoint"])) == ["get", "python"]
+    assert sorted(set(log["request_time"])) == [
+        T0 + timedelta(minutes=45), T0 + timedelta(minutes=90), UNTIL
+    ]
+    report = check_consistency(FeatureStore(root), log)
+    assert report.ok and report.compared == log.height, report.to_json()
+    with pytest.raises(fp.DataError, match="log_sample"):
+        FeatureStore(root, log_dir=logs, log_sample=1.5)

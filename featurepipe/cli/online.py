@@ -235,6 +235,13 @@ def get(
             "e.g. 2026-01-15T08:30:00Z)."
         ),
     ] = None,
+    log_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Append this lookup to the served-feature log in this directory (Parquet, "
+            "read by `featurepipe monitor`; endpoint 'get')."
+        ),
+    ] = None,
 ) -> None:
     """Online lookup of features for some entities: one row per request row, with the entity
     keys, the features and <view>_found (False: no online state, the declared defaults)."""
@@ -266,7 +273,14 @@ def get(
         pins[name] = value
     at_time = when(at, "--at")
     project = project_for(repo, defs)
-    store = FeatureStore(project.root, project.definitions, redis_url=redis_url, prefix=prefix)
+    store = FeatureStore(
+        project.root,
+        project.definitions,
+        redis_url=redis_url,
+        prefix=prefix,
+        log_dir=None if log_dir is None else project.path(log_dir),
+        log_endpoint="get",
+    )
     refs = [f.strip() for f in features.split(",") if f.strip()]
     # each key's text as its declared type; a key no requested view uses is refused by the store
     views = [store.definitions.view(name) for name in store.resolve(refs)]
@@ -298,13 +312,14 @@ def get(
                 request_values[k].append(parse_request_value(k, fields[k], v))
             except DataError as e:
                 raise DataError(f"--request {k}={v}: {e}") from None
-    df = store.get_online_features(
-        keys,
-        refs,
-        at=at_time,
-        fingerprints=pins,
-        request=request_values if request is not None else None,
-    )
+    with store:  # writes the served-feature log (--log-dir) before the command ends
+        df = store.get_online_features(
+            keys,
+            refs,
+            at=at_time,
+            fingerprints=pins,
+            request=request_values if request is not None else None,
+        )
     maps = [n for n, t in df.schema.items() if is_map_column(t)]
     records = [{**r, **{n: map_value(r[n]) for n in maps}} for r in df.iter_rows(named=True)]
     if as_json:

@@ -875,15 +875,19 @@ class OnlineReader:
         wanted: Mapping[str, Sequence[str]],
         *,
         request: Mapping[str, Sequence[Any]] | None = None,
+        on_rows: Callable[[list[dict[str, Any]]], None] | None = None,
         **kwargs: Any,
     ) -> pl.DataFrame:
         """``read_keyed`` as a DataFrame: one row per request row; the entity key columns (in
         the order of the requested views), then per view its features and ``<view>_found``.
         ``request``: as for ``read_keyed`` (the request values are not repeated in the
-        frame)."""
+        frame). ``on_rows``: given the rows as ``read_keyed`` returns them (the served-feature
+        log), before the frame is made."""
         columns = self.check_keys(keys, wanted)
         _check_columns(list(columns), wanted)
         rows = self._read_columns(columns, wanted, request=request, **kwargs)
+        if on_rows is not None:
+            on_rows(rows)
         schema: dict[str, Any] = {
             k: PL_TYPES[self.views[names[0]].source.fields[k][0]]
             for k, names in self.keys_of(wanted).items()

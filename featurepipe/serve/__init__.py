@@ -7,10 +7,10 @@
 served; ``runner.run`` starts uvicorn. See docs/serving-http.md.
 """
 
+from featurepipe.online.served_log import SCHEMA as SERVED_LOG_SCHEMA
 from featurepipe.serve.app import FeatureServer, create_app
 from featurepipe.serve.config import ServeConfig
 from featurepipe.serve.errors import ServeError
-from featurepipe.serve.served_log import SCHEMA as SERVED_LOG_SCHEMA
 from featurepipe.serve.service import LookupService
 
 __all__ = [

@@ -18,13 +18,13 @@ from typing import Any
 
 import msgspec
 
+from featurepipe.online.served_log import ServedLog
 from featurepipe.serve import feast, native
 from featurepipe.serve.config import ServeConfig
 from featurepipe.serve.errors import Problem, ServeError, problem
 from featurepipe.serve.metrics import CONTENT_TYPE, ServeMetrics
 from featurepipe.serve.openapi import docs_page, openapi
 from featurepipe.serve.readiness import readiness
-from featurepipe.serve.served_log import ServedLog
 from featurepipe.serve.service import Lookup, LookupService
 
 log = logging.getLogger("featurepipe.serve")

@@ -12,27 +12,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.ir.types import DType
 from featurepipe.online.lookup import OnlineReader, entity_columns, request_columns
+from featurepipe.online.served_log import Lookup as Lookup  # what the log records
 from featurepipe.serve.config import ServeConfig
 from featurepipe.serve.errors import ServeError
 from featurepipe.store import FeatureStore
-
-
-@dataclass
-class Lookup:
-    """One answered lookup: what was asked and the rows read."""
-
-    wanted: dict[str, list[str]]  # view -> features, in request order
-    keys: dict[str, list[Any]]  # entity key -> one value per request row
-    request: dict[str, list[Any]] | None
-    at_us: int  # the request time the windows were finalized at
-    rows: list[dict[str, Any]]  # per request row: features and <view>_found
-    fingerprints: dict[str, str]  # view -> the version served
 
 
 class LookupService:

@@ -8,68 +8,14 @@ text in UTC. Anything else (numbers, strings, booleans, null, lists, maps) is se
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
 from typing import Any
 
 from featurepipe.ir.types import DType
 from featurepipe.online.lookup import parse_request_value
+from featurepipe.online.served_log import column_encoder as column_encoder  # the one encoding
+from featurepipe.online.served_log import rfc3339 as rfc3339
 from featurepipe.serve.errors import ServeError
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
-
-
-def rfc3339(us: int) -> str:
-    """Epoch microseconds as RFC 3339 UTC text, fractional digits only when needed."""
-    t = _EPOCH + timedelta(microseconds=us)
-    base = t.strftime("%Y-%m-%dT%H:%M:%S")
-    frac = us % 1_000_000
-    if frac == 0:
-        return base + "Z"
-    if frac % 1000 == 0:
-        return f"{base}.{frac // 1000:03d}Z"
-    return f"{base}.{frac:06d}Z"
-
-
-def _float(v: Any) -> Any:
-    if v is None or math.isfinite(v):
-        return v
-    return "NaN" if v != v else _NON_FINITE[v]
-
-
-def _datetime(v: Any) -> Any:
-    return None if v is None else rfc3339(v)
-
-
-def _generic(v: Any) -> Any:
-    """Lists and maps (and what they hold) with their non-finite floats spelled out."""
-    if isinstance(v, float):
-        return _float(v)
-    if isinstance(v, list | tuple):
-        return [_generic(x) for x in v]
-    if isinstance(v, dict):  # a map: keys as JSON object keys (text), in the map's order
-        return {_key(k): _generic(x) for k, x in v.items()}
-    return v
-
-
-def _key(k: Any) -> str:
-    """A map key as the JSON text of the key (``true``, ``42``, or the string itself)."""
-    if isinstance(k, bool):
-        return "true" if k else "false"
-    return k if isinstance(k, str) else str(k)
-
-
-def column_encoder(dtype: DType | None) -> Callable[[list[Any]], list[Any]] | None:
-    """A function making a column of ``dtype`` JSON-safe; None when it already is."""
-    if dtype is DType.FLOAT:
-        return lambda column: [v if v is None or math.isfinite(v) else _float(v) for v in column]
-    if dtype is DType.DATETIME:
-        return lambda column: [_datetime(v) for v in column]
-    if dtype in (DType.INT, DType.BOOL, DType.STR):
-        return None
-    return lambda column: [_generic(v) for v in column]
 
 
 def request_values(fields: dict[str, DType], given: dict[str, list[Any]]) -> dict[str, list[Any]]:

@@ -1,4 +1,5 @@
-"""Served-feature log: a sample of lookups, with what was served, as rolling Parquet files.
+"""Served-feature log: a sample of lookups, with what was served, as rolling Parquet files,
+written by the HTTP server and by ``FeatureStore(log_dir=...)`` (in-process lookups, ``get``).
 
 The request path only draws the sample and puts the lookup on a bounded queue (never blocking:
 a full queue drops the lookup and counts it); a background thread turns lookups into rows and
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import random
@@ -19,7 +21,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +30,82 @@ import msgspec
 import polars as pl
 
 from featurepipe.ir.types import DType
-from featurepipe.serve.service import Lookup
-from featurepipe.serve.values import column_encoder
 
-log = logging.getLogger("featurepipe.serve")
+log = logging.getLogger("featurepipe.served_log")
+
+
+@dataclass
+class Lookup:
+    """One answered lookup: what was asked and the rows read."""
+
+    wanted: dict[str, list[str]]  # view -> features, in request order
+    keys: dict[str, list[Any]]  # entity key -> one value per request row
+    request: dict[str, list[Any]] | None
+    at_us: int  # the request time the windows were finalized at
+    rows: list[dict[str, Any]]  # per request row: features and <view>_found
+    fingerprints: dict[str, str]  # view -> the version served
+
+
+# ---- values as the HTTP endpoints send them (JSON) ----------------------------------------
+# JSON has no NaN or infinity, and a JSON encoder would turn them into null silently: such
+# floats are the strings "NaN", "Infinity" and "-Infinity" (as protobuf's JSON mapping does).
+# Datetime features (epoch microseconds inside featurepipe) are RFC 3339 text in UTC. Anything
+# else (numbers, strings, booleans, null, lists, maps) is sent as it is.
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def rfc3339(us: int) -> str:
+    """Epoch microseconds as RFC 3339 UTC text, fractional digits only when needed."""
+    t = _EPOCH + timedelta(microseconds=us)
+    base = t.strftime("%Y-%m-%dT%H:%M:%S")
+    frac = us % 1_000_000
+    if frac == 0:
+        return base + "Z"
+    if frac % 1000 == 0:
+        return f"{base}.{frac // 1000:03d}Z"
+    return f"{base}.{frac:06d}Z"
+
+
+def _float(v: Any) -> Any:
+    if v is None or math.isfinite(v):
+        return v
+    return "NaN" if v != v else _NON_FINITE[v]
+
+
+def _datetime(v: Any) -> Any:
+    return None if v is None else rfc3339(v)
+
+
+def _generic(v: Any) -> Any:
+    """Lists and maps (and what they hold) with their non-finite floats spelled out."""
+    if isinstance(v, float):
+        return _float(v)
+    if isinstance(v, list | tuple):
+        return [_generic(x) for x in v]
+    if isinstance(v, dict):  # a map: keys as JSON object keys (text), in the map's order
+        return {_key(k): _generic(x) for k, x in v.items()}
+    return v
+
+
+def _key(k: Any) -> str:
+    """A map key as the JSON text of the key (``true``, ``42``, or the string itself)."""
+    if isinstance(k, bool):
+        return "true" if k else "false"
+    return k if isinstance(k, str) else str(k)
+
+
+def column_encoder(dtype: DType | None) -> Callable[[list[Any]], list[Any]] | None:
+    """A function making a column of ``dtype`` JSON-safe; None when it already is."""
+    if dtype is DType.FLOAT:
+        return lambda column: [v if v is None or math.isfinite(v) else _float(v) for v in column]
+    if dtype is DType.DATETIME:
+        return lambda column: [_datetime(v) for v in column]
+    if dtype in (DType.INT, DType.BOOL, DType.STR):
+        return None
+    return lambda column: [_generic(v) for v in column]
+
 
 SCHEMA: dict[str, Any] = {
     "request_id": pl.String,  # one per HTTP request
