@@ -303,7 +303,7 @@ def test_query_beyond_lateness_names_iso_times() -> None:
 
 
 def _demo(cwd: Path, columns: int) -> subprocess.CompletedProcess[str]:
-    # 4,000 generated events (fixed seed) drift in more statistics than the 12 listed
+    # 4,000 generated events (fixed seed) alarm on more features than the 8 listed
     return _fp("demo", "--events", "4000", "--workdir", str(cwd / "demo"), cwd=cwd, columns=columns)
 
 
@@ -316,11 +316,12 @@ def test_demo_output_is_not_cut_and_says_what_it_leaves_out(tmp_path: Path) -> N
         assert out.returncode == 0, (cols, out.stdout + out.stderr)
         assert "…" not in out.stdout, (cols, out.stdout)  # no cell, header or title cut
         assert max(len(line) for line in out.stdout.splitlines()) <= cols
-        # the drift list is cut to its largest entries and says so
-        m = re.search(r"showing (\d+) of (\d+) drifting feature statistics", _flat(out.stdout))
+        # the monitoring alarms are cut to the largest (by PSI) and say how many more there are
+        m = re.search(r"\.\.\. and (\d+) more in the report", _flat(out.stdout))
         assert m is not None, out.stdout
-        listed = [line for line in out.stdout.splitlines() if line.startswith("  drift ")]
-        assert int(m.group(1)) == len(listed) == 12 < int(m.group(2))
+        listed = [line for line in out.stdout.splitlines() if line.startswith("  ALARM ")]
+        total = re.search(r"(\d+) of 25 features drift", _flat(out.stdout))
+        assert total is not None and len(listed) == 8 and 8 + int(m.group(1)) == int(total.group(1))
         # the online lookup table: every feature name whole on its row
         for name in ("txn_count_24h", "amount_sum_24h", "last_country", "foreign_count_24h"):
             assert re.search(rf"│ {name}\s+│", out.stdout), (cols, name)
