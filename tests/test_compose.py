@@ -176,3 +176,14 @@ def test_published_host_ports_are_unique(services: dict[str, dict[str, Any]]) ->
     ports = [port for svc in services.values() for port in _published_ports(svc)]
     assert ports, "expected at least one published port"
     assert len(ports) == len(set(ports)), f"duplicate host ports: {sorted(ports)}"
+
+
+def test_several_workers_share_the_partitions(services: dict[str, dict[str, Any]]) -> None:
+    """The worker service runs more than one replica (one consumer group: the default), and a
+    topic the broker creates on first use has a partition for each of them."""
+    replicas = int((services["worker"].get("deploy") or {}).get("replicas", 1))
+    assert replicas >= 2
+    command = services["worker"]["command"]
+    command_text = " ".join(command) if isinstance(command, list) else str(command)
+    assert "--group" not in command_text  # every replica in the project's group
+    assert int(_env(services["kafka"])["KAFKA_NUM_PARTITIONS"]) >= replicas

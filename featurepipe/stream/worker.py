@@ -106,6 +106,7 @@ class StreamWorker:
         self.consumer: WorkerConsumer | None = None
         self.dead_letters: DeadLetterPublisher | None = None
         self.assigned_once = False
+        self.rebalancing = False  # revoked, not yet assigned again
         self.pending: set[TopicPartition] = set()  # assigned, not yet checked and positioned
         # the partitions the group gave this worker, readable from other threads (the consumer
         # itself is called from the worker's thread only: librdkafka serves rebalance callbacks
@@ -161,8 +162,14 @@ class StreamWorker:
                 polled = self.positions.check(polled)
                 now = time.monotonic()
                 got_messages = any(polled.values())
-                if got_messages or not self.assigned_once or self.positions.expect:
-                    # idle time counts once partitions are assigned and positions verified
+                if (
+                    got_messages
+                    or not self.assigned_once
+                    or self.positions.expect
+                    or self.rebalancing
+                ):
+                    # idle time counts once partitions are assigned and positions verified, and
+                    # not while the group rebalances (polls return nothing while it rejoins)
                     idle_since = now
                 if got_messages:
                     self.digests = {
@@ -383,10 +390,12 @@ class StreamWorker:
         self.pending.update(partitions)
         self.owned = self.owned | frozenset(partitions)
         self.assigned_once = True
+        self.rebalancing = False
         log.info("assigned %s", sorted((tp.topic, tp.partition) for tp in partitions))
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
         # another worker may own these entities next: never serve from a stale cache
+        self.rebalancing = True  # until the next assignment (maybe of nothing)
         self.checkpoint.drop_cache()
         self.pending.difference_update(partitions)
         self.owned = self.owned - frozenset(partitions)
