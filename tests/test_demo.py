@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,5 +25,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     # monitoring: the planted null-country bug (day 27, 01-28) alarms, first seen on its day
     assert "ALARM last_country" in text
     assert "first day above twice the training share: 01-28 (planted 01-28)" in text
+    # the served lookups' log, recomputed by the batch engine, agrees value for value
+    assert re.search(r"monitor --consistency`\): [\d,]+ compared, 0 differ", text), text
     report = tmp_path / "demo" / "monitor.html"
     assert report.exists() and "last_country" in report.read_text()
