@@ -404,6 +404,46 @@ class Ranges:
         at = prv.gather((hi - 1).clip(0, n - 1))
         return pl.select(pl.when((hi > 0) & (at >= lo)).then(at)).to_series().cast(I64)
 
+    def bucket_sums(
+        self, window: Window, bucket: pl.Series, fields: dict[str, pl.Series], count: str
+    ) -> pl.DataFrame | None:
+        """(``__q``, ``bucket``, the sums of ``fields``) for every query and every bucket with
+        a visible event (``fields[count]`` > 0): sums over the events of [lo, hi) whose
+        ``bucket`` is that value (null: no bucket). Per (entity, bucket) group the events are
+        contiguous in (group, row) order, so each sum is a difference of prefix sums found by
+        binary search: O(events + queries x the entity's buckets), whatever the window. None
+        when that is more work than the (query, event) pairs of the window (many distinct
+        values, short windows): the caller takes the pairs."""
+        ev = pl.DataFrame(
+            {RANK: self.events[RANK].cast(I64), "bucket": bucket, **fields}
+        ).with_row_index("__row")
+        ev = ev.with_columns(pl.col("__row").cast(I64)).filter(pl.col("bucket").is_not_null())
+        groups = ev.select(RANK, "bucket").unique().sort(RANK, "bucket").with_row_index("__g")
+        ev = ev.join(groups, on=[RANK, "bucket"], how="left").sort("__g", "__row")
+        key = _group_key(ev["__g"], ev["__row"])
+        q = pl.DataFrame(
+            {
+                "__q": pl.int_range(self.q.height, eager=True, dtype=I64),
+                RANK: self.q[RANK].cast(I64),
+                "__lo": self.lo(window).cast(I64),
+                "__hi": self.q["hi"].cast(I64),
+            }
+        )
+        per_entity = groups.group_by(RANK).len()
+        work = q.join(per_entity, on=RANK, how="inner")["len"].sum()
+        if work > (q["__hi"] - q["__lo"]).sum():
+            return None
+        pairs = q.join(groups, on=RANK, how="inner").sort("__q", "bucket")
+        hi = key.search_sorted(_group_key(pairs["__g"], pairs["__hi"]), side="left")
+        lo = key.search_sorted(_group_key(pairs["__g"], pairs["__lo"]), side="left")
+        out = pairs.select("__q", "bucket").with_columns(
+            _range_sum(ev[name], lo, hi).alias(name) for name in fields
+        )
+        return out.filter(pl.col(count) > 0)
+
+    def maps(self, frame: pl.DataFrame, value: pl.Expr) -> pl.Series:
+        return maps_of(frame, self.q.height, value)
+
     def bucketed(
         self, window: Window, bucket: str, aggregations: dict[str, pl.Expr], value: pl.Expr
     ) -> pl.Series:
@@ -460,6 +500,24 @@ def bucket_maps(
         .group_by(query, maintain_order=True)
         .agg(pl.struct(pl.col(bucket).alias("key"), value.alias("value")).alias("map"))
     )
+
+
+def _group_key(group: pl.Series, row: pl.Series) -> pl.Series:
+    """(group, row) as one sortable Int128: groups apart, rows in order within a group."""
+    frame = pl.DataFrame({"g": group, "r": row})
+    return _eval(frame, pl.col("g").cast(I128) * _SHIFT + pl.col("r").cast(I128))
+
+
+def maps_of(frame: pl.DataFrame, queries: int, value: pl.Expr) -> pl.Series:
+    """Per query ``__q`` of ``frame`` (rows ordered by query, then bucket), the list of
+    {key: bucket, value} entries; null for a query without rows."""
+    grouped = frame.group_by("__q", maintain_order=True).agg(
+        pl.struct(pl.col("bucket").alias("key"), value.alias("value")).alias("map")
+    )
+    aligned = pl.DataFrame({"__q": pl.int_range(queries, eager=True, dtype=I64)}).join(
+        grouped, on="__q", how="left", maintain_order="left"
+    )
+    return aligned["map"]
 
 
 def _marked_rows(mark: pl.Series) -> pl.Series:

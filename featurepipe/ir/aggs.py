@@ -77,6 +77,18 @@ class RangeKernels(Protocol):
 
     def distinct_count(self, key: str, window: Window) -> pl.Series: ...
 
+    def bucket_sums(
+        self, window: Window, bucket: pl.Series, fields: dict[str, pl.Series], count: str
+    ) -> pl.DataFrame | None:
+        """(``__q``, ``bucket``, the sums of ``fields``) per query and bucket with a visible
+        event (``fields[count] > 0``), ordered by query then bucket; None when the (query,
+        event) pairs are less work (the caller takes them)."""
+        ...
+
+    def maps(self, frame: pl.DataFrame, value: pl.Expr) -> pl.Series:
+        """Per query, ``frame``'s rows (``bucket_sums``) as a map {bucket: ``value``}."""
+        ...
+
     def bucketed(
         self, window: Window, bucket: str, aggregations: dict[str, pl.Expr], value: pl.Expr
     ) -> pl.Series:
@@ -178,6 +190,12 @@ class AggKind(ABC):
         """The msgpack form of ``acc``: deterministic, so equal states give equal bytes."""
         return acc
 
+    def summed(self, agg: Agg) -> tuple[str, ...] | None:
+        """The accumulator fields when each is a plain sum over the events (and one of them,
+        ``n``, counts them): such a kind computes per bucket from prefix sums
+        (``RangeKernels.bucket_sums``); None otherwise."""
+        return None
+
     # True for a kind whose fold reads the query time ``t`` (generated into the query only): it
     # needs a window and no hop (compaction and tiles fold without a query time)
     needs_query_time: ClassVar[bool] = False
@@ -269,6 +287,9 @@ class Count(AggKind):
     ) -> dict[str, pl.Series]:
         return {"n": kr.range_sum(col("n"), agg.span)}
 
+    def summed(self, agg: Agg) -> tuple[str, ...] | None:
+        return ("n",)
+
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         return {"n": col("n").sum()}
 
@@ -359,6 +380,9 @@ class Sum(AggKind):
 
     def _summed(self, agg: Agg) -> tuple[str, ...]:
         return self.fields if self.fixed_point(agg) else ("n", "total")
+
+    def summed(self, agg: Agg) -> tuple[str, ...] | None:
+        return None if self.needs_query_time else self._summed(agg)
 
     def over_range(
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
@@ -527,6 +551,9 @@ class Var(AggKind):
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
     ) -> dict[str, pl.Series]:
         return {f: kr.range_sum(col(f), agg.span) for f in self.fields}
+
+    def summed(self, agg: Agg) -> tuple[str, ...] | None:
+        return self.fields
 
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         return {f: col(f).sum() for f in self.fields}
@@ -1183,7 +1210,10 @@ class CountBy(Mode):
     then value ascending; ``top_k`` keeps the first k entries. The accumulator is mode's."""
 
     name = "count_by"
-    plan = "value counts over (query, event) pairs, ordered by count then value"
+    plan = (
+        "prefix counts per (entity, value), or value counts over (query, event) pairs when "
+        "fewer; ordered by count then value"
+    )
 
     def result_type(self, arg: DType | None) -> DType:
         _need(
@@ -1213,6 +1243,17 @@ class CountBy(Mode):
     ) -> dict[str, pl.Expr]:
         key = out.inner.fields[0].dtype  # type: ignore[attr-defined]  # list of {key, value}
         return {"value": pl.when(valid).then(v).otherwise(None).cast(key)}
+
+    def over_range(
+        self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
+    ) -> dict[str, pl.Series]:
+        # a count per (entity, value) from prefix sums; finalize_expr orders and cuts it
+        value = col("value")
+        n = value.is_not_null().cast(I64).alias("n")
+        sums = kr.bucket_sums(agg.span, value, {"n": n}, "n")
+        if sums is None:  # many distinct values in short windows: the pairs are less work
+            return self.by_pairs(agg, col, kr)
+        return {"counts": kr.maps(sums, pl.col("n"))}
 
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         counts = col("value").drop_nulls().value_counts(name="value")
@@ -1345,6 +1386,14 @@ class Bucketed(AggKind):
     def over_range(
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
     ) -> dict[str, pl.Series]:
+        inner = self.inner(agg)
+        summed = self.base.summed(inner)
+        if summed is not None:  # sums per (entity, bucket): prefix sums, no pairs
+            fields = {col(f).name: col(f) for f in summed}
+            sums = kr.bucket_sums(agg.span, col("bucket"), fields, col("n").name)
+            if sums is not None:
+                value = self.base.finalize_expr(inner, lambda n: pl.col(col(n).name))
+                return {"map": kr.maps(sums, value)}
         aggregations, value = self.parts(agg, lambda n: pl.col(col(n).name))
         return {"map": kr.bucketed(agg.span, col("bucket").name, aggregations, value)}
 
