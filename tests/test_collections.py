@@ -617,3 +617,20 @@ def test_bucket_kernels_agree_with_the_per_event_path(path: str) -> None:
         else {"v39": 39}
     )
     assert same(got[1], want_sum), got
+
+
+def test_two_rows_of_one_entity_have_their_own_lists(repo: tuple[Path, str], redis_url: str) -> None:
+    root, prefix = repo
+    view = load_definitions(root / "feature_defs").view("recent")
+    reader = OnlineReader(connect(redis_url), [view], prefix)
+    at_us = int(UNTIL.timestamp()) * 1_000_000
+    rows = reader.read_keyed({"user_id": ["u1", "u1"]}, {"recent": ["last_amounts", "country_counts"]}, at_us=at_us)
+    rows[0]["last_amounts"].append(1.0)
+    rows[0]["country_counts"].clear()
+    assert same(rows[1]["last_amounts"], [30.5, -0.0])
+    assert rows[1]["country_counts"] == {"US": 2, "DE": 1, "FR": 1}
+
+
+def test_by_gives_maps_of_numbers_only() -> None:
+    with pytest.raises(fp.UnsupportedOperationError, match="max of a datetime input per bucket"):
+        view({"f": lambda t: fp.max(t.ts, by=t.s)})

@@ -77,8 +77,8 @@ def plant(frame: pl.DataFrame, seed: int) -> pl.DataFrame:
 
 def served_log(frame: pl.DataFrame, fingerprint: str) -> pl.DataFrame:
     """``frame`` as a served-feature log: one row per lookup row and feature, the schema the
-    feature server writes (featurepipe.serve.served_log.SCHEMA)."""
-    from featurepipe.serve.served_log import SCHEMA
+    feature server writes (featurepipe.online.served_log.SCHEMA)."""
+    from featurepipe.online.served_log import SCHEMA
     from featurepipe.serve.values import rfc3339
 
     n = frame.height
@@ -652,3 +652,36 @@ def test_cli_service_mode(project: Path, tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert "Traceback" not in out + err and "monitoring every 1s" in out
+
+
+def test_the_more_specific_threshold_wins_whatever_the_order() -> None:
+    for features in (
+        {"v1:amount": {"psi": 0.5}, "amount": {"psi": 0.1}},
+        {"amount": {"psi": 0.1}, "v1:amount": {"psi": 0.5}},
+    ):
+        ts = thresholds_from_table({"features": features})
+        assert ts.for_feature("v1", "amount").psi == 0.5
+        assert ts.for_feature("v2", "amount").psi == 0.1
+
+
+def test_service_mode_refuses_one_off_options(project: Path) -> None:
+    for extra in (("--on-alarm", "true"), ("--json",), ("--consistency",), ("--html", "r.html")):
+        out = _run(project, "monitor", "--current", "labels.parquet", "--every", "1m", *extra)
+        assert out.returncode == 2 and "--every runs monitoring as a service" in out.stdout, extra
+
+
+def test_a_failed_retraining_still_runs_the_command(project: Path, tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    shutil.copytree(project, root, ignore=shutil.ignore_patterns(".featurepipe", "logs", "*.html"))
+    args = ("training-set", "--entities", "labels.parquet", "--features", "user_spend")
+    assert _run(root, *args, "--out", "train.parquet").returncode == 0
+    (root / "logs").mkdir()
+    planted = plant(pl.read_parquet(root / "train.parquet"), seed=5)
+    served_log(planted, VIEW.fingerprint).write_parquet(root / "logs" / "served-000001.parquet")
+    pl.DataFrame({"user_id": ["u1"]}).write_parquet(root / "nolabels.parquet")  # no timestamp
+    hook = f"{sys.executable} -c \"import pathlib; pathlib.Path('hook.txt').write_text('ran')\""
+    out = _run(root, "monitor", "--current", "logs", "--retrain-labels", "nolabels.parquet",
+               "--on-alarm", hook)  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "the fresh training set failed" in out.stdout
+    assert (root / "hook.txt").read_text() == "ran"

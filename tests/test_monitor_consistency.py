@@ -263,3 +263,25 @@ def test_in_process_lookups_and_get_keep_a_served_log_that_recomputes_exactly(
     assert report.ok and report.compared == log.height, report.to_json()
     with pytest.raises(fp.DataError, match="log_sample"):
         FeatureStore(root, log_dir=logs, log_sample=1.5)
+
+
+def test_the_log_is_what_was_served(project: tuple[Path, str, str], redis_url: str, tmp_path: Path) -> None:
+    """The log keeps a snapshot: rows changed by the caller after the lookup, NumPy keys and a
+    NaN request value are logged as served, and recompute exactly."""
+    import numpy as np
+
+    root, good, _ = project
+    logs = tmp_path / "served"
+    with FeatureStore(root, redis_url=redis_url, prefix=good, log_dir=logs) as store:
+        rows = store.get_online_features(
+            {"user_id": np.array(["u1", "u2"])}, ["spend:ratio", "spend:last_amounts"],
+            at=UNTIL, request={"amount": [math.nan, np.float64(2.0)]}, as_dicts=True,
+        )  # fmt: skip
+        rows[0]["last_amounts"].append(999.0)
+    log = pl.read_parquet(sorted(logs.glob("served-*.parquet")))
+    assert log.height == 4
+    amounts = log.filter((pl.col("feature") == "last_amounts") & (pl.col("row") == 0))["value"]
+    assert amounts.to_list() == ["[0.1,30.5,-0.0]"]
+    assert json.loads(log["request"][0]) == {"amount": "NaN"}
+    report = check_consistency(FeatureStore(root), log)
+    assert report.ok and report.compared == 4, report.to_json()

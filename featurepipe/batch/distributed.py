@@ -59,10 +59,14 @@ def worker_environment() -> dict[str, str]:
         installed = version("featurepipe")
     except PackageNotFoundError:  # imported from a source tree
         installed = "not installed"
+    # the entity-hash partition is taken of the label rows here and of the events there: the
+    # hash must be the same function on both sides (builds of one Polars version may differ)
+    probe = [*pl.Series(["user-42", "u|7", ""]).hash(7), *pl.Series([42, -1]).hash(7)]
     return {
         "featurepipe": installed,
         "polars": pl.__version__,
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "polars_hash": ",".join(map(str, probe)),
     }
 
 

@@ -149,6 +149,14 @@ def monitor(
     from featurepipe.monitoring import read_baseline, read_current
     from featurepipe.monitoring.report import summary, tables, to_json, write_html
 
+    if every is not None and (
+        consistency or on_alarm or retrain_labels is not None or html is not None or as_json
+    ):
+        raise FeaturepipeError(
+            "--every runs monitoring as a service (Prometheus gauges on --metrics-port): it "
+            "takes none of --consistency, --on-alarm, --retrain-labels, --html, --json (alert "
+            "on featurepipe_monitor_alarm; run one-off checks without --every)"
+        )
     if consistency:
         _consistency(repo, defs, current, since, until, as_json)
         return
@@ -221,7 +229,7 @@ def _on_alarm(
     import json
     import os
     import subprocess
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
     import polars as pl
 
@@ -240,30 +248,12 @@ def _on_alarm(
     say(f"alarm report: {escape(str(report_path))}")
     env = {**os.environ, "FEATUREPIPE_MONITOR_REPORT": str(report_path)}
     if labels_path is not None:
-        from featurepipe.batch.sources import read_table
-        from featurepipe.store import FeatureStore, write_training_set
-
-        with_defs = project_for(repo, defs)
-        store = FeatureStore(with_defs.root, with_defs.definitions)
-        views = sorted({f.view for f in report.alarms})
-        shown, note = typed_path(project, labels_path)
-        labels = read_table(project.path(labels_path), timestamp=timestamp, name=f"{shown}{note}")
-        newest = labels[timestamp].max()
-        if newest is None:
-            raise FeaturepipeError(f"--retrain-labels {shown}: no label rows{note}")
-        assert isinstance(newest, datetime)
-        recent = labels.filter(pl.col(timestamp) >= newest - timedelta(days=days))
-        df = store.get_historical_features(recent, views, timestamp=timestamp)
-        lineage = store.last_lineage
-        assert lineage is not None
-        lineage.trigger = {"report": str(report_path), "alarms": to_json(report, th)["alarms"]}
-        target = project.path(out) if out is not None else alarms_dir / f"retrain-{stamp}.parquet"
-        write_training_set(df, target, lineage)
-        env["FEATUREPIPE_RETRAIN_SET"] = str(target)
-        say(
-            f"fresh training set of {', '.join(views)}: {df.height:,} label rows of the last "
-            f"{days} days (to {newest.isoformat()}) -> {escape(str(target))}"
-        )
+        try:  # a failed retraining must not keep the alarm's command from running
+            target = _retrain(project, repo, defs, report, th, labels_path, days, out, timestamp,
+                              report_path, stamp, say)  # fmt: skip
+            env["FEATUREPIPE_RETRAIN_SET"] = str(target)
+        except (FeaturepipeError, OSError, pl.exceptions.PolarsError) as e:
+            console.print(f"[red]the fresh training set failed[/]: {escape(str(e))}")
     if command is not None:
         done = subprocess.run(command, shell=True, cwd=project.root, env=env, check=False)
         say(f"--on-alarm command exited with {done.returncode}")
@@ -511,3 +501,62 @@ def _service(check: Any, every: str, host: str, port: int) -> None:
         serve_forever(check, every_s, port, addr=host, on_round=said)
     except KeyboardInterrupt:
         console.print("stopped")
+
+
+def _retrain(
+    project: Project,
+    repo: Path | None,
+    defs: str | None,
+    report: Any,
+    th: Any,
+    labels_path: Path,
+    days: int,
+    out: Path | None,
+    timestamp: str,
+    report_path: Path,
+    stamp: str,
+    say: Any,
+) -> Path:
+    """The fresh training set of the alarmed views over the last ``days`` days of labels."""
+    from datetime import datetime, timedelta
+
+    import polars as pl
+
+    from featurepipe.batch.sources import read_table
+    from featurepipe.ir.types import DType
+    from featurepipe.monitoring.report import to_json
+    from featurepipe.store import FeatureStore, write_training_set
+
+    with_defs = project_for(repo, defs)
+    store = FeatureStore(with_defs.root, with_defs.definitions)
+    views = sorted({f.view for f in report.alarms})
+    # a text key stays text in a CSV ("007" is not 7), as training-set reads labels
+    text_keys = [
+        part
+        for name in views
+        for v in [store.definitions.view(name)]
+        for part in v.entity.parts
+        if v.source.fields[part][0] is DType.STR
+    ]
+    shown, note = typed_path(project, labels_path)
+    labels = read_table(
+        project.path(labels_path), timestamp=timestamp, text_columns=text_keys,
+        name=f"{shown}{note}",
+    )  # fmt: skip
+    newest = labels[timestamp].max() if labels.height else None
+    if not isinstance(newest, datetime):
+        raise FeaturepipeError(f"--retrain-labels {shown}: no label rows{note}")
+    recent = labels.filter(pl.col(timestamp) >= newest - timedelta(days=days))
+    df = store.get_historical_features(recent, views, timestamp=timestamp)
+    lineage = store.last_lineage
+    assert lineage is not None
+    lineage.trigger = {"report": str(report_path), "alarms": to_json(report, th)["alarms"]}
+    target = (
+        project.path(out) if out is not None else report_path.parent / f"retrain-{stamp}.parquet"
+    )
+    write_training_set(df, target, lineage)
+    say(
+        f"fresh training set of {', '.join(views)}: {df.height:,} label rows of the last "
+        f"{days} days (to {newest.isoformat()}) -> {escape(str(target))}"
+    )
+    return target

@@ -601,6 +601,11 @@ def _bucketed(kind: str, by: ir.Node, value: DType, default: Any) -> DType:
         )
     if default is not None:
         raise TypeError(f"{kind}(by=...) takes no default: a bucket is there only with its events")
+    if value not in (DType.INT, DType.FLOAT):
+        raise UnsupportedOperationError(
+            f"{kind}(by=...) gives a map of numbers; {kind} of a {value} input per bucket is not "
+            "offered"
+        )
     return map_of(by.dtype, value)
 
 

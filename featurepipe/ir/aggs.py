@@ -1056,9 +1056,15 @@ class LastK(AggKind):
             f"p = {value}",
             f"if p is not None and (len({acc}) < {n} or {ts} {beats} {acc}[-1][0] or "
             f"({ts} == {acc}[-1][0] and {seq} {beats} {acc}[-1][1])):",
-            # (ts, seq) is unique per event, so the sort never compares two values
-            f"    {acc}.append(({ts}, {seq}, p))",
-            f"    {acc}.sort(reverse={self.newest})",
+            # beating the first kept too (the usual case: the buffer is folded in time order):
+            # in front; else in its place. (ts, seq) is unique per event, so the sort never
+            # compares two values
+            f"    if not {acc} or {ts} {beats} {acc}[0][0] or "
+            f"({ts} == {acc}[0][0] and {seq} {beats} {acc}[0][1]):",
+            f"        {acc}.insert(0, ({ts}, {seq}, p))",
+            "    else:",
+            f"        {acc}.append(({ts}, {seq}, p))",
+            f"        {acc}.sort(reverse={self.newest})",
             f"    del {acc}[{n}:]",
         ]
 

@@ -84,6 +84,9 @@ def thresholds_from_table(
     for name, entry in per_feature.items():
         if not isinstance(entry, Mapping):
             raise ThresholdsError(f"{where}: features.{name} must be a table")
+    # bare feature names first, then view:feature entries: the more specific one wins,
+    # whatever the order of the table
+    for name, entry in sorted(per_feature.items(), key=lambda kv: ":" in str(kv[0])):
         base = out.features.get(str(name), default)
         values = threshold_values(entry, f"{where}: features.{name}")
         out.features[str(name)] = replace(base, **values)

@@ -191,6 +191,8 @@ def _labels(view: FeatureView, lookups: pl.DataFrame) -> pl.DataFrame:
             values = [g.get(field_name) for g in given]
             if dtype is DType.DATETIME:
                 values = [None if v is None else _parse_time(v) for v in values]
+            elif dtype is DType.FLOAT:  # NaN and infinities are logged as text
+                values = [_NON_FINITE[v] if isinstance(v, str) else v for v in values]
             cols[field_name] = pl.Series(field_name, values, dtype=_POLARS[dtype])
     return pl.DataFrame(cols)
 

@@ -520,6 +520,9 @@ class OnlineReader:
         self.cache = AnswerCache(cache_bytes) if cache_bytes > 0 else None
         self._windows = {name: query_windows(prog) for name, prog in self.programs.items()}
         self._reads: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, DType], ...]] = {}
+        self._collections = {
+            v.name: any(f.expr.dtype.is_collection for f in v.ir.features) for v in views
+        }
         # values that move with T between window edges (the query time, decayed sums)
         self._reads_query_time = {
             v.name: v.ir.reads_query_time or any(kind_of(a).needs_query_time for a in v.ir.aggs)
@@ -666,11 +669,15 @@ class OnlineReader:
                 columns.append((names, per_view[name], answers))
         if len(columns) == 1:
             names, column, answers = columns[0]
-            return [dict(zip(names, answers[e], strict=True)) for e in column]
-        rows: list[dict[str, Any]] = [{} for _ in range(n)]
-        for names, column, answers in columns:
-            for row, e in zip(rows, column, strict=True):
-                row.update(zip(names, answers[e], strict=True))
+            rows = [dict(zip(names, answers[e], strict=True)) for e in column]
+        else:
+            rows = [{} for _ in range(n)]
+            for names, column, answers in columns:
+                for row, e in zip(rows, column, strict=True):
+                    row.update(zip(names, answers[e], strict=True))
+        if any(self._collections[name] for name in wanted):
+            # two rows of one entity share its answer: each row gets its own lists and maps
+            rows = [{k: _copied(v) for k, v in row.items()} for row in rows]
         return rows
 
     def _answer(
@@ -689,9 +696,6 @@ class OnlineReader:
         pick = _projection(prog.feature_names, feats)
         # a feature of the query time moves with T between window edges: never reused
         cache = None if self._reads_query_time[name] else self.cache
-        collections = cache is not None and any(
-            f.expr.dtype.is_collection for f in view.ir.features
-        )
         windows = self._windows[name]
         keys = [(name, e) for e in entities]
         memos = cache.get(keys) if cache is not None else [None] * len(keys)
@@ -721,9 +725,7 @@ class OnlineReader:
                 if cache is not None and blob is not None:
                     span = answer_span(state, t, windows, prog.lateness)
                     fresh.append((key, _Answer(blob, *span, values)))
-            if collections:  # the cached answer's lists and maps are never handed out
-                values = tuple(_copied(v) for v in values)
-            answers[e] = (*pick(values), True)
+            answers[e] = (*pick(values), True)  # lists and maps copied per row (_read)
         if cache is not None and (fresh or reused):
             cache.put(fresh, reused)
         return answers

@@ -128,6 +128,34 @@ _encode = msgspec.json.encode
 _IDLE: Any = object()  # what the thread gets when nothing came before the next flush
 
 
+def _snapshot(got: Lookup) -> Lookup:
+    """``got`` with its own rows (lists and maps copied) and plain key and request values
+    (a NumPy scalar, which a lookup accepts, as the Python number it stands for)."""
+    rows = [{k: _copy(v) for k, v in row.items()} for row in got.rows]
+    keys = {k: [_plain(v) for v in col] for k, col in got.keys.items()}
+    request = (
+        None
+        if got.request is None
+        else {k: [_plain(v) for v in col] for k, col in got.request.items()}
+    )
+    return Lookup(dict(got.wanted), keys, request, got.at_us, rows, dict(got.fingerprints))
+
+
+def _copy(v: Any) -> Any:
+    if type(v) is list:
+        return list(v)
+    if type(v) is dict:
+        return dict(v)
+    return v
+
+
+def _plain(v: Any) -> Any:
+    if v is None or type(v) in (bool, int, float, str):
+        return v
+    item = getattr(v, "item", None)  # NumPy scalars (numpy.str_ too)
+    return item() if callable(item) else v
+
+
 class ServedLog:
     """Samples lookups and writes them from a background thread.
 
@@ -176,8 +204,8 @@ class ServedLog:
         if self.sample < 1.0 and self._random.random() >= self.sample:
             return
         rid = request_id or uuid.uuid4().hex
-        try:
-            self._queue.put_nowait((endpoint, rid, time.time_ns() // 1000, got))
+        try:  # a snapshot: the caller may change its rows (lists, maps) once answered
+            self._queue.put_nowait((endpoint, rid, time.time_ns() // 1000, _snapshot(got)))
         except queue.Full:
             self._dropped("queue_full", 1)
 
@@ -219,7 +247,7 @@ class ServedLog:
         request: list[str | None] = (
             [None] * n
             if not req
-            else [_encode({k: req[k][i] for k in req}).decode() for i in range(n)]
+            else [_encode({k: _generic(req[k][i]) for k in req}).decode() for i in range(n)]
         )
         for view, feats in got.wanted.items():
             found = [r[f"{view}_found"] for r in got.rows]
