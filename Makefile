@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench bench-training lint clean
+.PHONY: venv browser demo test bench bench-training lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +16,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/featurepipe demo
 
-test: $(STAMP)
+# Debian's Chromium renders the monitoring report in a test; installed where apt can (as root)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "note: no Chromium (apt-get install chromium): the HTML report's browser test is skipped"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)

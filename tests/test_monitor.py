@@ -685,3 +685,45 @@ def test_a_failed_retraining_still_runs_the_command(project: Path, tmp_path: Pat
     assert out.returncode == 1, out.stdout + out.stderr
     assert "the fresh training set failed" in out.stdout
     assert (root / "hook.txt").read_text() == "ran"
+
+
+def test_html_report_renders_in_headless_chromium(registry: Registry, tmp_path: Path) -> None:
+    """The report opened by a real browser (Debian's Chromium, installed by `make test`),
+    headless, from the file alone: the rendered page holds the key numbers, every chart is
+    drawn (SVG elements with a size), and a screenshot is taken (a PNG of the page)."""
+    import struct
+
+    from featurepipe.monitoring.check import ThresholdSet
+    from featurepipe.monitoring.report import write_html
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:  # `make test` installs it where apt can; said in the summary (-ra)
+        pytest.skip("no Chromium on this machine: apt-get install chromium")
+    report = monitor(current_of(plant(feature_frame(3), 3)), registry=registry)
+    page = write_html(report, ThresholdSet(), tmp_path / "report.html")
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2400",
+    ]  # fmt: skip
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    rendered = dom.stdout
+    got = {f.feature: f for f in report.views[0].features}
+    assert f"{100 * got[NULL_FEATURE].null_rate:.2f}%" in rendered
+    assert f"{got[SHIFTED_NUMERIC].ks_statistic:.3f}" in rendered
+    assert f"{got[SHIFTED_CATEGORY].psi:.3f}" in rendered
+    assert rendered.count("<svg") >= 2 + len(TYPES)
+    shot = tmp_path / "report.png"
+    done = subprocess.run(
+        [browser, *flags, f"--screenshot={shot}", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
+    head = shot.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", head[16:24])
+    assert (width, height) == (1280, 2400)
+    assert shot.stat().st_size > 20_000  # a drawn page, not a blank one
