@@ -390,10 +390,7 @@ class Ranges:
         )
         picked = pl.DataFrame({"__q": ranks["__q"], "v": values.gather(marked.gather(ranks["r"]))})
         lists = picked.group_by("__q", maintain_order=True).agg("v")
-        aligned = pl.DataFrame({"__q": pl.int_range(nq, eager=True, dtype=I64)}).join(
-            lists, on="__q", how="left", maintain_order="left"
-        )
-        return aligned["v"].fill_null(pl.lit([], pl.List(values.dtype)))
+        return per_query(lists, nq)["v"].fill_null(pl.lit([], pl.List(values.dtype)))
 
     def last_marked(self, mark: pl.Series, window: Window) -> pl.Series:
         """Row of the last marked event in [lo, hi), or null."""
@@ -448,10 +445,7 @@ class Ranges:
         self, window: Window, bucket: str, aggregations: dict[str, pl.Expr], value: pl.Expr
     ) -> pl.Series:
         maps = bucket_maps(self._pairs(window), "__q", bucket, aggregations, value)
-        aligned = pl.DataFrame({"__q": pl.int_range(self.q.height, eager=True, dtype=I64)}).join(
-            maps, on="__q", how="left", maintain_order="left"
-        )
-        return aligned["map"]
+        return per_query(maps, self.q.height)["map"]
 
     def _pairs(self, window: Window) -> pl.DataFrame:
         """Every (query ``__q``, visible event) pair, with the event's columns."""
@@ -470,9 +464,7 @@ class Ranges:
 
     def by_pairs(self, window: Window, aggregations: dict[str, pl.Expr]) -> dict[str, pl.Series]:
         grouped = self._pairs(window).group_by("__q").agg(**aggregations)
-        aligned = pl.DataFrame({"__q": pl.int_range(self.q.height, eager=True, dtype=I64)}).join(
-            grouped, on="__q", how="left", maintain_order="left"
-        )
+        aligned = per_query(grouped, self.q.height)
         return {name: aligned[name] for name in aggregations}
 
     def distinct_count(self, key: str, window: Window) -> pl.Series:
@@ -514,10 +506,15 @@ def maps_of(frame: pl.DataFrame, queries: int, value: pl.Expr) -> pl.Series:
     grouped = frame.group_by("__q", maintain_order=True).agg(
         pl.struct(pl.col("bucket").alias("key"), value.alias("value")).alias("map")
     )
-    aligned = pl.DataFrame({"__q": pl.int_range(queries, eager=True, dtype=I64)}).join(
+    return per_query(grouped, queries)["map"]
+
+
+def per_query(grouped: pl.DataFrame, queries: int) -> pl.DataFrame:
+    """``grouped`` (one row per query ``__q`` that has any) as one row per query, in query
+    order; nulls for the others."""
+    return pl.DataFrame({"__q": pl.int_range(queries, eager=True, dtype=I64)}).join(
         grouped, on="__q", how="left", maintain_order="left"
     )
-    return aligned["map"]
 
 
 def _marked_rows(mark: pl.Series) -> pl.Series:

@@ -1105,7 +1105,7 @@ class LastK(AggKind):
 
     def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
         values = col("values")
-        return pl.when(values.list.len() > 0).then(values).otherwise(None)
+        return _null_if_empty(values)
 
 
 class FirstK(LastK):
@@ -1189,7 +1189,12 @@ class LastDistinctK(AggKind):
 
     def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
         values = col("values")
-        return pl.when(values.list.len() > 0).then(values).otherwise(None)
+        return _null_if_empty(values)
+
+
+def _null_if_empty(values: pl.Expr) -> pl.Expr:
+    """A list or map column with no entry as null (the kinds' "nothing to aggregate")."""
+    return pl.when(values.list.len() > 0).then(values).otherwise(None)
 
 
 def _newest_distinct(acc: dict[Any, tuple[int, int]], v: Any, at: tuple[int, int], k: int) -> None:
@@ -1271,7 +1276,7 @@ class CountBy(Mode):
         ordered = e.sort_by([count, key], descending=[True, False])
         top = self._top(agg)
         counts = col("counts").list.eval(ordered if top is None else ordered.head(top))
-        return pl.when(counts.list.len() > 0).then(counts).otherwise(None)
+        return _null_if_empty(counts)
 
 
 KINDS: dict[str, AggKind] = {
@@ -1411,7 +1416,7 @@ class Bucketed(AggKind):
 
     def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
         entries = col("map")
-        return pl.when(entries.list.len() > 0).then(entries).otherwise(None)
+        return _null_if_empty(entries)
 
 
 _BUCKETED: dict[str, Bucketed] = {}

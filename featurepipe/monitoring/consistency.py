@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from featurepipe.compile.polars_rows import edge_type
 from featurepipe.errors import DataError
 from featurepipe.ir.timebase import to_epoch_us
 from featurepipe.ir.types import DType
@@ -176,7 +177,7 @@ def _labels(view: FeatureView, lookups: pl.DataFrame) -> pl.DataFrame:
     entities = [json.loads(e) for e in lookups["entity"].to_list()]
     for part in view.entity.parts:
         dtype = view.source.fields[part][0]
-        cols[part] = pl.Series(part, [e.get(part) for e in entities], dtype=_POLARS[dtype])
+        cols[part] = pl.Series(part, [e.get(part) for e in entities], dtype=edge_type(dtype))
     cols[_TS] = lookups["request_time"].cast(pl.Datetime("us", "UTC")).alias(_TS)
     if view.ir.request_fields:
         given = [
@@ -193,17 +194,8 @@ def _labels(view: FeatureView, lookups: pl.DataFrame) -> pl.DataFrame:
                 values = [None if v is None else _parse_time(v) for v in values]
             elif dtype is DType.FLOAT:  # NaN and infinities are logged as text
                 values = [_NON_FINITE[v] if isinstance(v, str) else v for v in values]
-            cols[field_name] = pl.Series(field_name, values, dtype=_POLARS[dtype])
+            cols[field_name] = pl.Series(field_name, values, dtype=edge_type(dtype))
     return pl.DataFrame(cols)
-
-
-_POLARS: dict[DType, pl.DataType] = {
-    DType.INT: pl.Int64(),
-    DType.FLOAT: pl.Float64(),
-    DType.BOOL: pl.Boolean(),
-    DType.STR: pl.String(),
-    DType.DATETIME: pl.Datetime("us", "UTC"),
-}
 
 
 def _served_value(dtype: DType, text: str | None) -> Any:

@@ -677,7 +677,7 @@ class OnlineReader:
                     row.update(zip(names, answers[e], strict=True))
         if any(self._collections[name] for name in wanted):
             # two rows of one entity share its answer: each row gets its own lists and maps
-            rows = [{k: _copied(v) for k, v in row.items()} for row in rows]
+            rows = [{k: copied(v) for k, v in row.items()} for row in rows]
         return rows
 
     def _answer(
@@ -918,7 +918,7 @@ class OnlineReader:
         return df.with_columns(pl.col(f).cast(t) for f, t in edges.items()) if edges else df
 
 
-def _copied(value: Any) -> Any:
+def copied(value: Any) -> Any:
     """A list or map value as a new object (its items are immutable scalars); others as is."""
     if type(value) is list:
         return list(value)

@@ -30,6 +30,7 @@ import msgspec
 import polars as pl
 
 from featurepipe.ir.types import DType
+from featurepipe.online.lookup import copied
 
 log = logging.getLogger("featurepipe.served_log")
 
@@ -131,7 +132,7 @@ _IDLE: Any = object()  # what the thread gets when nothing came before the next 
 def _snapshot(got: Lookup) -> Lookup:
     """``got`` with its own rows (lists and maps copied) and plain key and request values
     (a NumPy scalar, which a lookup accepts, as the Python number it stands for)."""
-    rows = [{k: _copy(v) for k, v in row.items()} for row in got.rows]
+    rows = [{k: copied(v) for k, v in row.items()} for row in got.rows]
     keys = {k: [_plain(v) for v in col] for k, col in got.keys.items()}
     request = (
         None
@@ -139,14 +140,6 @@ def _snapshot(got: Lookup) -> Lookup:
         else {k: [_plain(v) for v in col] for k, col in got.request.items()}
     )
     return Lookup(dict(got.wanted), keys, request, got.at_us, rows, dict(got.fingerprints))
-
-
-def _copy(v: Any) -> Any:
-    if type(v) is list:
-        return list(v)
-    if type(v) is dict:
-        return dict(v)
-    return v
 
 
 def _plain(v: Any) -> Any:
