@@ -68,6 +68,66 @@ class Cluster:
                 total += int(c.dbsize())
         return total
 
+    def node_id(self, node: Node) -> str:
+        with node.client() as c:
+            got = c.execute_command("CLUSTER", "MYID")
+        return got.decode() if isinstance(got, bytes) else str(got)
+
+    def owner(self, slot: int) -> Node:
+        with self.nodes[0].client() as c:
+            for start, end, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                if int(start) <= slot <= int(end):
+                    return next(n for n in self.nodes if n.port == int(primary[1]))
+        raise LookupError(f"no node owns slot {slot}")
+
+    def migrate_slot(self, slot: int, target: Node, batch: int = 5, pause_s: float = 0.02) -> int:
+        """Move ``slot`` to ``target`` the way ``valkey-cli --cluster reshard`` does
+        (IMPORTING/MIGRATING, MIGRATE a few keys at a time, then SETSLOT NODE everywhere),
+        pausing between batches so that clients meet the half-moved slot. Keys moved."""
+        source = self.owner(slot)
+        if source is target:
+            return 0
+        src_id, dst_id = self.node_id(source), self.node_id(target)
+        moved = 0
+        with source.client() as src, target.client() as dst:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while True:
+                keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+                if not keys:
+                    break
+                src.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
+                )
+                moved += len(keys)
+                time.sleep(pause_s)
+            for node in [target, source, *(n for n in self.nodes if n not in (source, target))]:
+                with node.client() as c:
+                    c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        return moved
+
+    def redirections(self) -> int:
+        """ASK and TRYAGAIN replies of every node so far (INFO errorstats): how often clients
+        met a slot being moved."""
+        total = 0
+        for node in self.nodes:
+            with node.client() as c:
+                stats = c.info("errorstats")
+            total += sum(
+                int(v["count"]) if isinstance(v, dict) else int(str(v).split("=")[-1])
+                for k, v in stats.items()
+                if k in ("errorstat_ASK", "errorstat_TRYAGAIN")
+            )
+        return total
+
+    def dbsize_under(self, prefix: str) -> int:
+        """Keys under ``prefix`` on all masters together."""
+        total = 0
+        for node in self.nodes:
+            with node.client() as c:
+                total += sum(1 for _ in c.scan_iter(match=f"{prefix}:*", count=1000))
+        return total
+
 
 def _free_ports(n: int) -> list[int]:
     """``n`` distinct free loopback ports (held open together so none repeats)."""

@@ -55,6 +55,12 @@ RUNTIME_LINKS: dict[tuple[str, str], str] = {
     ("featurepipe.online.cli_materialize", "featurepipe.batch.registry"): (
         "the materialize command loads the definitions with the fitted artifacts in force"
     ),
+    ("featurepipe.online.cli_materialize", "featurepipe.batch.distributed"): (
+        "the materialize command runs the shards on a Dask cluster with the training sets' runner"
+    ),
+    ("featurepipe.batch.distributed", "featurepipe.online.materialize"): (
+        "the Dask runner computes materialization shards (a type only: a task computes itself)"
+    ),
     ("featurepipe.stream", "featurepipe.online"): (
         "the stream worker keeps the online store current: it writes states and offsets "
         "through the online store's own modules (keys, commits)"

@@ -1,4 +1,4 @@
-"""Training-set partitions as tasks on a Dask cluster (``pip install 'featurepipe[distributed]'``).
+"""Training-set partitions and materialization shards as tasks on a Dask cluster (``pip install 'featurepipe[distributed]'``).
 
 The local engine computes entity-hash partitions one after another; here each partition is a
 task (``featurepipe.batch.engine.PartitionTask``) that a Dask worker computes: the view's IR
@@ -24,12 +24,15 @@ import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from featurepipe.batch.engine import PartitionTask
 from featurepipe.errors import FeaturepipeError
+
+if TYPE_CHECKING:
+    from featurepipe.online.materialize import StateTask
 
 EXTRA = "pip install 'featurepipe[distributed]'"
 LOCAL = "local"  # a cluster of worker processes on this machine, started for the job
@@ -68,6 +71,11 @@ def worker_environment() -> dict[str, str]:
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "polars_hash": ",".join(map(str, probe)),
     }
+
+
+def _compute_states(task: StateTask) -> pl.DataFrame:
+    """A worker's task: one materialization shard's states."""
+    return task.compute()
 
 
 def compute_partition(task: PartitionTask, queries: pl.DataFrame) -> pl.DataFrame:
@@ -175,7 +183,38 @@ class DaskRunner:
             client.cancel([f for f in futures if not f.done()])
         return [r for r in out if r is not None]
 
-    def _failed(self, task: PartitionTask, e: Exception) -> ClusterError:
+    def states(self, tasks: Sequence[StateTask]) -> Iterator[pl.DataFrame]:
+        """Materialization shards (``featurepipe.online.materialize.StateTask``): each result
+        as it completes, in any order (the states of distinct entities are independent); a
+        failed task stops the job. Workers compute, this process writes to Redis."""
+        dist = _distributed()
+        client = self._client
+        run = uuid.uuid4().hex[:8]
+        futures = [
+            client.submit(
+                _compute_states,
+                t,
+                key=f"featurepipe-materialize-{t.view}-{t.partition}of{t.partitions}-{run}",
+                pure=False,
+            )
+            for t in tasks
+        ]
+        where = {f.key: i for i, f in enumerate(futures)}
+        try:
+            for future in dist.as_completed(futures):
+                i = where[future.key]
+                try:
+                    result: pl.DataFrame = future.result()
+                except FeaturepipeError:
+                    raise
+                except Exception as e:
+                    raise self._failed(tasks[i], e) from None
+                future.release()
+                yield result
+        finally:
+            client.cancel([f for f in futures if not f.done()])
+
+    def _failed(self, task: PartitionTask | StateTask, e: Exception) -> ClusterError:
         what = (
             f"partition {task.partition} of {task.partitions} of view '{task.view}' failed on "
             f"the Dask cluster at {self.address}"

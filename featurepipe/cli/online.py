@@ -45,6 +45,36 @@ def materialize(
         bool,
         typer.Option(help="Accept input without any usable event (replaces states by nothing)."),
     ] = False,
+    topic_partitions: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Redis Cluster only: the partition count of the view's topic, the first time "
+            "the store meets it (states are kept by Kafka partition).",
+        ),
+    ] = None,
+    partitions: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Entity hash partitions, each replayed alone (bounds memory; the unit of work "
+            "of --engine dask). A partitioned run restarts when interrupted.",
+        ),
+    ] = 1,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="Where the states are computed: 'local' (here) or 'dask' (the partitions as "
+            "tasks on a Dask cluster, see --address; the same states, byte for byte)."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --engine dask: the scheduler's address (e.g. tcp://10.0.0.5:8786); "
+            "default: 'local', worker processes on this machine started for the job."
+        ),
+    ] = None,
 ) -> None:
     """Bulk-load every entity's online state as of UNTIL from Parquet into Redis."""
     from featurepipe.online.cli_materialize import materialize_command
@@ -62,6 +92,10 @@ def materialize(
         registry=project.state_dir / "registry",
         resume=resume,
         allow_empty=allow_empty,
+        topic_partitions=topic_partitions,
+        shards=partitions,
+        engine=engine,
+        address=address,
         console=console,
     )
     if code:

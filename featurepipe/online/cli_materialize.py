@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from pathlib import Path
 
@@ -37,6 +38,10 @@ def materialize_command(
     allow_empty: bool = False,
     root: Path = Path("."),
     registry: Path | None = None,
+    topic_partitions: int | None = None,
+    shards: int = 1,
+    engine: str = "local",
+    address: str | None = None,
     console: Console | None = None,
 ) -> int:
     """Materialize one view (or every view of ``defs``) up to ``until``; returns the exit code.
@@ -60,9 +65,20 @@ def materialize_command(
         views = [d.views[view]] if view is not None else list(d.views.values())
         if events is not None and len(views) != 1:
             raise FeaturepipeError("--events needs --view: it replaces one view's source path")
+        if engine not in ("local", "dask"):
+            raise FeaturepipeError(f"--engine must be 'local' or 'dask', got '{engine}'")
+        if address is not None and engine != "dask":
+            raise FeaturepipeError("--address needs --engine dask")
         client = connect(redis_url)
         url_shown = redact(resolve_url(redis_url)[0])
+        stack = contextlib.ExitStack()
+        runner = None
         try:
+            if engine == "dask":
+                from featurepipe.batch.distributed import dask_runner
+
+                # reachable, with workers of the same versions, before anything is written
+                runner = stack.enter_context(dask_runner(address or "local"))
             for v in views:
                 with progress_bar(console, f"{v.name} entities") as bar:
                     task = bar.add_task("materialize", total=None)
@@ -83,6 +99,9 @@ def materialize_command(
                         progress=advance,
                         resume=resume,
                         allow_empty=allow_empty,
+                        partitions=topic_partitions,
+                        shards=shards,
+                        runner=runner,
                     )
                 resumed = (
                     f", resumed after entity {report.resumed_from!r}"
@@ -114,6 +133,7 @@ def materialize_command(
                     soft_wrap=True,
                 )
         finally:
+            stack.close()
             client.close()
     except FeaturepipeError as e:
         console.print(f"[red]error:[/] {escape(' '.join(str(e).split()))}", soft_wrap=True)

@@ -18,7 +18,8 @@ every key of one entity (one per view) lives in the same slot and one node can u
 all of an entity's views together. The entity value is encoded by ``encode_entity`` so that the
 tag is exactly the entity: ints in decimal, strings with ``%``, ``{`` and ``}`` percent-escaped
 (``%25``, ``%7B``, ``%7D``) and the empty string as ``%`` (an empty tag ``{}`` would make Redis
-hash the whole key, splitting the entity's views across slots).
+hash the whole key, splitting the entity's views across slots). On a Redis Cluster the store
+tags keys by Kafka partition instead (``featurepipe.online.cluster_store.PartitionedLayout``).
 """
 
 from __future__ import annotations

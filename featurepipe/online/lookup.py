@@ -47,8 +47,8 @@ from featurepipe.online.state_store import (
     DEFAULT_PREFIX,
     MAX_STATE_BYTES,
     Client,
-    StateStore,
     StoredState,
+    open_store,
 )
 
 FOUND = "_found"  # per view: whether the entity had any online state
@@ -514,7 +514,7 @@ class OnlineReader:
         bytes are those it was computed from and the request time changes no window."""
         self.client = client
         self.generation = generation
-        self.store = StateStore(client, prefix)
+        self.store = open_store(client, prefix)
         self.views = {v.name: v for v in views}
         self.programs = {v.name: ViewProgram(v.ir) for v in views}
         self.cache = AnswerCache(cache_bytes) if cache_bytes > 0 else None

@@ -22,11 +22,11 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 import redis
@@ -36,8 +36,10 @@ from featurepipe.compile.polars_aggs import SEQ
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.ir.entity_keys import with_composite_key
+from featurepipe.ir.nodes import ViewIR
 from featurepipe.ir.timebase import as_utc, to_epoch_us
 from featurepipe.ir.types import DType
+from featurepipe.online.cluster_store import UNSTREAMED_PARTITIONS, pseudo_topic
 from featurepipe.online.errors import OnlineStoreError
 from featurepipe.online.state_store import (
     CUTOVER_EVENT_TIME,
@@ -47,6 +49,7 @@ from featurepipe.online.state_store import (
     MaterializeProgress,
     StateStore,
     ViewMeta,
+    open_store,
 )
 
 Progress = Callable[[int, int], None]
@@ -82,6 +85,10 @@ def materialize(
     resume: bool = True,
     allow_empty: bool = False,
     basis: str = "materialize",
+    topic: str | None = None,
+    partitions: int | None = None,
+    shards: int = 1,
+    runner: StateRunner | None = None,
 ) -> MaterializeReport:
     """Write every entity's state after the events with ``ts < until`` to the online store.
 
@@ -92,11 +99,24 @@ def materialize(
     refused before anything in the store changes, unless ``allow_empty``: replacing every live
     state by nothing is almost always a wrong path or a broken export, not an intent.
     A fresh (not resumed) run starts a new store generation (``basis``).
+
+    On a Redis Cluster the states are kept by the Kafka partition of ``topic`` (the view's
+    stream topic by default) their entity's events go to: ``partitions`` is that topic's
+    partition count, needed the first time the store meets the topic (``recover`` asks the
+    broker for it).
+
+    ``shards`` > 1 splits the entities into that many entity-hash shards, each replayed alone
+    (memory ~ one shard's events); ``runner`` computes the shards elsewhere (a Dask cluster,
+    ``featurepipe.batch.distributed.DaskRunner``). Each entity's state is the same bytes either
+    way. A sharded run is not resumed after an interruption: it starts over (a new generation).
     """
     t0 = time.perf_counter()
     if batch_size < 1:
         raise OnlineStoreError(f"batch_size must be >= 1, got {batch_size}")
-    store = StateStore(client, prefix)
+    if shards < 1:
+        raise OnlineStoreError(f"shards must be >= 1, got {shards}")
+    sharded = shards > 1 or runner is not None
+    store = open_store(client, prefix)
     key = view.entity.key
     key_type = view.entity_dtype
     if key_type not in (DType.STR, DType.INT):
@@ -109,7 +129,7 @@ def materialize(
     fingerprint = view.fingerprint
     lf, report = read_events(view.source, root=root, path=path, end=until_dt)
     lf = with_composite_key(lf, view.ir.entity_parts)
-    run_id = _run_identity(fingerprint, until_us, report)
+    run_id = _run_identity(fingerprint, until_us, report, shards if sharded else 0)
     fields = list(view.source.fields)
     ts_col = view.source.timestamp
     usable = pl.col(key).is_not_null() & pl.col(ts_col).is_not_null()
@@ -123,9 +143,12 @@ def materialize(
         )
 
     try:
+        if store.partitioned:
+            _route(store, view, topic, partitions)
         saved = store.read_progress(view)
         if (
             resume
+            and not sharded
             and saved is not None
             and (saved.run, saved.until, saved.fingerprint) == (run_id, until_us, fingerprint)
         ):
@@ -142,20 +165,28 @@ def materialize(
         raise OnlineStoreError(f"view '{view.name}': cannot read or reset progress: {e}") from e
     resumed_from = last
 
-    todo_filter = usable if last is None else usable & (pl.col(key) > pl.lit(last))
     fields = list(dict.fromkeys([*fields, key]))  # a composite key is a column of its own
-    todo_q = lf.filter(todo_filter).select(*fields, SEQ).sort(key, SEQ)
     skipped_q = lf.select((~usable).sum().alias("skipped"))
-    todo, skipped_df = pl.collect_all([todo_q, skipped_q])
     total_entities = entities_df.height
-    skipped = int(skipped_df["skipped"][0])
+    if sharded:
+        skipped = int(skipped_q.collect()["skipped"][0])
+        tasks = shard_tasks(view, lf.filter(usable), fields, max(shards, 1))
+        computed = (t.compute() for t in tasks) if runner is None else runner.states(tasks)
+        states: Iterator[tuple[Entity, bytes, int]] = (
+            row for frame in computed for row in frame.iter_rows()
+        )
+    else:
+        todo_filter = usable if last is None else usable & (pl.col(key) > pl.lit(last))
+        todo_q = lf.filter(todo_filter).select(*fields, SEQ).sort(key, SEQ)
+        todo, skipped_df = pl.collect_all([todo_q, skipped_q])
+        skipped = int(skipped_df["skipped"][0])
+        states = _entity_states(ViewProgram(view.ir), todo, fields, key, last)
 
-    prog = ViewProgram(view.ir)
     batches = 0
     if progress is not None:
         progress(done_entities, total_entities)
     batch: list[tuple[Entity, bytes, int]] = []
-    for item in _entity_states(prog, todo, fields, key, last):
+    for item in states:
         batch.append(item)
         if len(batch) < batch_size:
             continue
@@ -208,6 +239,67 @@ def materialize(
         quarantined=report.quarantined,
         stale_deleted=stale,
     )
+
+
+# the columns of a shard's result
+STATE = "__state"
+EVENTS = "__events"
+_SHARD_SEED = 7  # the entity-hash of training-set partitions, so shards line up with them
+
+
+@dataclass(frozen=True)
+class StateTask:
+    """One entity-hash shard of a materialization: all a worker needs to compute its states.
+
+    ``ir``: the view, compiled where it runs; ``events``: the lazy plan that reads the shard's
+    usable events before the cut-over (a Polars plan: paths and expressions, no data).
+    ``compute`` returns one row per entity: the key, its state bytes and its event count.
+    """
+
+    view: str
+    ir: ViewIR
+    key: str
+    fields: tuple[str, ...]
+    partition: int
+    partitions: int
+    events: pl.LazyFrame
+
+    def compute(self) -> pl.DataFrame:
+        fields = list(self.fields)
+        todo = self.events.select(*fields, SEQ).sort(self.key, SEQ).collect()
+        rows = list(_entity_states(ViewProgram(self.ir), todo, fields, self.key, None))
+        return pl.DataFrame(
+            {
+                self.key: pl.Series([r[0] for r in rows], dtype=todo.schema[self.key]),
+                STATE: pl.Series([r[1] for r in rows], dtype=pl.Binary),
+                EVENTS: pl.Series([r[2] for r in rows], dtype=pl.Int64),
+            }
+        )
+
+
+class StateRunner(Protocol):
+    """Computes ``StateTask``s elsewhere; yields their results as they complete."""
+
+    def states(self, tasks: Sequence[StateTask]) -> Iterator[pl.DataFrame]: ...
+
+
+def shard_tasks(
+    view: FeatureView, events: pl.LazyFrame, fields: list[str], shards: int
+) -> list[StateTask]:
+    """The view's materialization as one task per entity-hash shard (``events``: usable)."""
+    key = view.entity.key
+    return [
+        StateTask(
+            view.name,
+            view.ir,
+            key,
+            tuple(fields),
+            p,
+            shards,
+            events if shards == 1 else events.filter(pl.col(key).hash(_SHARD_SEED) % shards == p),
+        )
+        for p in range(shards)
+    ]
 
 
 def _entity_states(
@@ -275,11 +367,28 @@ def _write_batch(
     return done_entities, done_events
 
 
+def _route(store: StateStore, view: FeatureView, topic: str | None, partitions: int | None) -> None:
+    """Record where a partitioned store (a Redis Cluster) keeps the view's states."""
+    stream = view.source.stream
+    topic = topic or (stream.topic if stream is not None else pseudo_topic(view.name))
+    count = partitions or store.recorded_partitions(topic)
+    if count is None and stream is None:
+        count = UNSTREAMED_PARTITIONS
+    if count is None:
+        raise OnlineStoreError(
+            f"view '{view.name}': the online store is a Redis Cluster, which keeps states by "
+            f"the Kafka partition of topic '{topic}', and it has not recorded that topic's "
+            "partition count yet: pass --topic-partitions <the topic's partition count>, or run "
+            "`featurepipe recover`, which asks the broker"
+        )
+    store.register_routing({view.name: topic}, {topic: count})
+
+
 def _file_entry(f: dict[str, Any]) -> dict[str, Any]:
     return {"path": f["path"], "rows": f["rows"], "min_ts": f["min_ts"], "max_ts": f["max_ts"]}
 
 
-def _run_identity(fingerprint: str, until_us: int, report: SourceReport) -> str:
+def _run_identity(fingerprint: str, until_us: int, report: SourceReport, shards: int = 0) -> str:
     """What a resumed run must share with the interrupted one: view, cut-over and input files."""
     files = []
     for f in report.files:
@@ -289,8 +398,11 @@ def _run_identity(fingerprint: str, until_us: int, report: SourceReport) -> str:
         except OSError:
             size, mtime = -1, -1
         files.append([*_file_entry(f).values(), size, mtime])
-    blob = json.dumps([fingerprint, until_us, files, report.quarantined], default=str)
+    parts: list[Any] = [fingerprint, until_us, files, report.quarantined]
+    if shards:  # a sharded run is never resumed by an unsharded one (nor the reverse)
+        parts.append(shards)
+    blob = json.dumps(parts, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-__all__ = ["MaterializeReport", "materialize"]
+__all__ = ["MaterializeReport", "StateRunner", "StateTask", "materialize", "shard_tasks"]

@@ -63,11 +63,12 @@ def redact(url: str) -> str:
 
 def connect(
     url: str | None = None, *, timeout: float = 5.0, project: Project | None = None
-) -> redis.Redis:
+) -> redis.Redis | redis.RedisCluster:
     """A client for the online store, checked with PING; raises OnlineStoreError naming the URL.
 
-    A Redis Cluster node is refused (``OnlineStoreError``) before anything is read or written:
-    the store's commit spans slots (docs/online-store.md, "Redis Cluster").
+    The URL of a Redis Cluster node gives a cluster client (``redis.RedisCluster``), with which
+    the store keeps its keys by Kafka partition (``featurepipe.online.state_store.open_store``;
+    docs/online-store.md, "Redis Cluster").
 
     The client returns bytes (``decode_responses=False``): state values are binary. Without
     ``url`` the URL comes from ``resolve_url`` for ``project``.
@@ -119,13 +120,27 @@ def connect(
             f"cannot reach Redis at {shown} ({origin}): {scrub(str(e), resolved)}"
         ) from e
     if _cluster_mode(info, hello):
+        # a cluster: the store lays its keys out by Kafka partition (docs/online-store.md)
         client.close()
-        raise OnlineStoreError(
-            f"Redis at {shown} ({origin}) is a Redis Cluster node: featurepipe does not support "
-            "Redis Cluster yet (the stream worker commits many entities and its offsets in one "
-            "transaction). Use a single primary, with replicas and Sentinel for failover"
-        )
+        return _cluster_client(resolved, shown, origin, timeout)
     return client
+
+
+def _cluster_client(resolved: str, shown: str, origin: str, timeout: float) -> redis.RedisCluster:
+    """A cluster client from the URL of any node (it discovers the others), checked."""
+    try:
+        cluster = redis.RedisCluster.from_url(
+            resolved,
+            socket_connect_timeout=timeout,
+            socket_timeout=max(timeout, 60.0),
+            decode_responses=False,
+        )
+        cluster.ping()
+    except redis.exceptions.RedisError as e:
+        raise OnlineStoreError(
+            f"Redis Cluster at {shown} ({origin}) cannot be used: {scrub(str(e), resolved)}"
+        ) from e
+    return cluster
 
 
 def _cluster_mode(info: Any, hello: Any) -> bool:

@@ -59,6 +59,7 @@ __all__ = [
     "StoreNotInitializedError",
     "StoredState",
     "ViewMeta",
+    "open_store",
 ]
 
 Client = redis.Redis | redis.RedisCluster
@@ -139,6 +140,8 @@ class StateWrite(NamedTuple):
 class StateStore:
     """Reads and writes the online store under one key prefix."""
 
+    partitioned = False  # keys grouped by Kafka partition (a Redis Cluster store)
+
     def __init__(self, client: Client, prefix: str = DEFAULT_PREFIX) -> None:
         self.client = client
         self.layout = OnlineStoreLayout(prefix)
@@ -153,6 +156,21 @@ class StateStore:
     @property
     def prefix(self) -> str:
         return self.layout.prefix
+
+    # -- routing (a partitioned store only) ---------------------------------------------------
+    def register_routing(self, topics: Mapping[str, str], partitions: Mapping[str, int]) -> None:
+        """Record each view's topic and each topic's partition count. A single Redis keeps
+        states by entity alone and needs neither; a Redis Cluster store does (its slots are
+        Kafka partitions, ``featurepipe.online.cluster_store``)."""
+
+    def recorded_partitions(self, topic: str) -> int | None:
+        """The partition count a partitioned store recorded for ``topic``; None otherwise."""
+        return None
+
+    def partition_of(self, view: ViewLike, entity: Entity) -> int | None:
+        """The Kafka partition whose slot holds the entity's state; None on a single Redis
+        (any partition may carry an entity's events)."""
+        return None
 
     # -- entity states -----------------------------------------------------------------------
     def read_states(self, wanted: Iterable[tuple[ViewLike, Entity]]) -> list[StoredState | None]:
@@ -524,6 +542,16 @@ class StateStore:
         for k in keys:  # one DEL per key: keys of different entities may be in different slots
             pipe.delete(k)
         return sum(int(n) for n in pipe.execute())
+
+
+def open_store(client: Client, prefix: str = DEFAULT_PREFIX) -> StateStore:
+    """The store for ``client``: keyed by entity on a single Redis, by Kafka partition on a
+    Redis Cluster (``featurepipe.online.cluster_store``)."""
+    if isinstance(client, redis.RedisCluster):
+        from featurepipe.online.cluster_store import PartitionedStateStore
+
+        return PartitionedStateStore(client, prefix)
+    return StateStore(client, prefix)
 
 
 def _text(v: Any) -> str:

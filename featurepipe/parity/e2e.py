@@ -16,7 +16,7 @@ from featurepipe.ir.timebase import from_epoch_us
 from featurepipe.ir.types import DType
 from featurepipe.online.lookup import OnlineReader
 from featurepipe.online.redis_conn import connect
-from featurepipe.online.state_store import StateStore
+from featurepipe.online.state_store import open_store
 from featurepipe.parity.harness import ParityReport, QueryTail, compare, normalize_events
 from featurepipe.stream.kafka_conn import require_broker
 from featurepipe.stream.produce import ensure_topics, produce_frame
@@ -136,7 +136,7 @@ def run_e2e(
     )
     report.features = compare(view, batch, expected, q_key, q_ts, [ev.height] * len(q_ts))
     if not keep:
-        StateStore(client, prefix).clear()
+        open_store(client, prefix).clear()
     return report
 
 

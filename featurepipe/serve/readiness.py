@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from featurepipe.online.errors import OnlineStoreError
-from featurepipe.online.state_store import StateStore
+from featurepipe.online.state_store import open_store
 from featurepipe.serve.service import LookupService
 
 
@@ -22,7 +22,7 @@ def readiness(service: LookupService) -> tuple[bool, dict[str, Any]]:
     try:
         reader = service.reader()
         reader.client.ping()
-        store = StateStore(reader.client, service.prefix)
+        store = open_store(reader.client, service.prefix)
         generation = store.read_generation()
         views: dict[str, dict[str, Any]] = {}
         for name, view in service.views.items():

@@ -52,6 +52,7 @@ _BROKER_REFUSED = (MessageSizeTooLargeError, RecordListTooLargeError)
 # reason categories (bounded: counters and metric labels use them, never the free text)
 NOT_KEYED = "not keyed by entity"
 KEY_MISMATCH = "key is not the entity"
+WRONG_PARTITION = "not on the key's partition"
 EMPTY = "empty message"
 TOO_LARGE = "payload too large"
 INVALID = "invalid event"
@@ -63,6 +64,7 @@ UNEXPECTED = "unexpected error"
 CATEGORIES = (
     NOT_KEYED,
     KEY_MISMATCH,
+    WRONG_PARTITION,
     EMPTY,
     TOO_LARGE,
     INVALID,

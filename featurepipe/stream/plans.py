@@ -9,7 +9,14 @@ from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.dsl.loader import Definitions
 from featurepipe.ir.entity_keys import compose
-from featurepipe.stream.dead_letters import KEY_MISMATCH, NOT_KEYED, Refused, categorize
+from featurepipe.online.partitioning import partition_of
+from featurepipe.stream.dead_letters import (
+    KEY_MISMATCH,
+    NOT_KEYED,
+    WRONG_PARTITION,
+    Refused,
+    categorize,
+)
 from featurepipe.stream.errors import StreamError
 from featurepipe.stream.validate import EventValidator, Invalid
 
@@ -28,11 +35,14 @@ class TopicPlan:
     validator: EventValidator
     views: list[ViewPlan]
     fields: frozenset[str] = field(init=False)
+    # the topic's partition count when the online store keeps states by partition (a Redis
+    # Cluster): each message must then be on the partition its key hashes to; 0 = any
+    partitions: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.fields = frozenset(self.validator.source.fields)
 
-    def check_key(self, key: bytes | None, event: dict[str, Any]) -> None:
+    def check_key(self, key: bytes | None, event: dict[str, Any], partition: int = -1) -> None:
         """Per-entity order and single ownership need messages keyed by the entity.
 
         A message without a key is refused, not repartitioned: the producer's partitioner would
@@ -59,6 +69,15 @@ class TopicPlan:
                 KEY_MISMATCH,
                 f"message key {key[:64]!r} is not the entity '{name}' = {str(entity)[:64]!r}: "
                 "the topic must be keyed by the entity",
+            )
+        if self.partitions and partition_of(key, self.partitions) != partition:
+            raise Refused(
+                WRONG_PARTITION,
+                f"{WRONG_PARTITION}: the message keyed {key[:64]!r} is on partition "
+                f"{partition}, but Kafka's default (murmur2) partitioner puts that key on "
+                f"{partition_of(key, self.partitions)} of {self.partitions}, where the online "
+                "store (a Redis Cluster) keeps its state: produce with the murmur2 partitioner "
+                "(confluent-kafka/librdkafka: partitioner=murmur2_random)",
             )
 
     def category(self, error: Invalid) -> str:

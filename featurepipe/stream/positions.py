@@ -32,6 +32,7 @@ from typing import Any
 import xxhash
 from kafka import TopicPartition
 
+from featurepipe.online.errors import OnlineStoreError
 from featurepipe.online.state_store import Position, StateStore
 from featurepipe.stream.consumers import WorkerConsumer
 from featurepipe.stream.errors import StreamError
@@ -74,6 +75,8 @@ class StartPositions:
         self, consumer: WorkerConsumer, partitions: Iterable[TopicPartition]
     ) -> str:
         """The store's generation (created for a brand-new store); raises if it was lost."""
+        if self.store.partitioned:
+            self._route(consumer)
         generation = self.store.read_generation()
         if generation is None:
             remembered = [
@@ -103,6 +106,24 @@ class StartPositions:
             )
         self.store.bind(generation.id)
         return generation.id
+
+    def _route(self, consumer: WorkerConsumer) -> None:
+        """A store kept by Kafka partition (a Redis Cluster): record each view's topic and the
+        topic's partition count, or refuse a layout built for other ones; from now on every
+        message must be on the partition its key hashes to (``TopicPlan.check_key``)."""
+        counts: dict[str, int] = {}
+        for topic in self.plans:
+            ids = consumer.partitions_for_topic(topic) or set()
+            if not ids:
+                raise StreamError(f"topic '{topic}' has no partitions on the broker")
+            counts[topic] = len(ids)
+        views = {vp.view.name: topic for topic, plan in self.plans.items() for vp in plan.views}
+        try:
+            self.store.register_routing(views, counts)
+        except OnlineStoreError as e:
+            raise StreamError(str(e)) from e
+        for topic, plan in self.plans.items():
+            plan.partitions = counts[topic]
 
     def prepare(
         self, consumer: WorkerConsumer, partitions: list[TopicPartition]

@@ -26,7 +26,7 @@ from kafka.errors import KafkaError
 
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.online.materialize import MaterializeReport, Progress, materialize
-from featurepipe.online.state_store import DEFAULT_PREFIX, Client, StateStore
+from featurepipe.online.state_store import DEFAULT_PREFIX, Client, open_store
 from featurepipe.settings import kafka_security
 from featurepipe.stream.errors import StreamError
 from featurepipe.stream.kafka_conn import require_broker
@@ -101,6 +101,8 @@ def recover(
     starts = partition_starts(bootstrap, stream_topics(views, topics))
     report = RecoverReport()
     for v in views:
+        stream = v.source.stream
+        topic = None if stream is None else (topics or {}).get(v.source.name, stream.topic)
         report.views.append(
             materialize(
                 v,
@@ -112,10 +114,12 @@ def recover(
                 resume=False,
                 allow_empty=allow_empty,
                 basis="recover",
+                topic=topic,
+                partitions=sum(1 for t, _ in starts if t == topic) or None,
                 progress=None if progress is None else progress(v.name),
             )
         )
-    store = StateStore(client, prefix)
+    store = open_store(client, prefix)
     store.reset_positions(group, starts)
     generation = store.read_generation()
     report.positions = starts

@@ -15,8 +15,17 @@ from featurepipe.stream.errors import StreamError
 log = logging.getLogger("featurepipe.stream")
 T = TypeVar("T")
 
-# a paused or restarting Redis must not kill the worker: it waits, then resumes the batch
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
+# a paused or restarting Redis must not kill the worker: it waits, then resumes the batch; so
+# must a Redis Cluster moving a slot or failing over (redis-py follows MOVED/ASK and retries
+# TRYAGAIN itself, then gives up with ClusterError)
+TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OSError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
 
 
 class Backoff:

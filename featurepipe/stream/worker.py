@@ -26,12 +26,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from kafka import KafkaProducer, TopicPartition
 
 from featurepipe.compile.python_state import collector_paused
 from featurepipe.dsl.loader import Definitions
-from featurepipe.online.state_store import DEFAULT_PREFIX, Partition, StateStore
+from featurepipe.online.state_store import DEFAULT_PREFIX, Client, Partition, open_store
 from featurepipe.settings import kafka_client, kafka_security
 from featurepipe.stream.checkpoint import Checkpoint, EntityKey, Quarantine
 from featurepipe.stream.consumers import PositionOutOfRange, WorkerConsumer, open_consumer
@@ -84,7 +83,7 @@ class StreamWorker:
         self,
         defs: Definitions,
         config: WorkerConfig,
-        client: redis.Redis,
+        client: Client,
         *,
         views: list[str] | None = None,
         topics: dict[str, str] | None = None,
@@ -98,7 +97,7 @@ class StreamWorker:
         self.metrics = WorkerMetrics(self.counters)
         self.stop_requested = threading.Event()
         self.retry = Backoff(self.stop_requested, self._count_retry)
-        store = StateStore(client, config.prefix)
+        store = open_store(client, config.prefix)
         self.checkpoint = Checkpoint(store, config.group_id, self.retry)
         self.positions = StartPositions(
             store, config.group_id, self.plans, config.start_from, config.verify_timeout_s
@@ -228,7 +227,7 @@ class StreamWorker:
             for m in msgs:
                 try:
                     event = parse(m.value)
-                    check_key(m.key, event)
+                    check_key(m.key, event, tp.partition)
                 except Invalid as e:
                     dead.append(DeadLetter(tp.topic, m, e.reason, plan.category(e)))
                     continue
