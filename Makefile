@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/hopped_windows.py
 	$(BIN)/python benchmarks/kinds.py
 	$(BIN)/python benchmarks/hopped_windows.py --events 600000 --users 100
+	$(BIN)/python benchmarks/redis_cluster.py
+	$(BIN)/python benchmarks/materialize_shards.py
 	$(BIN)/python -m pytest -q -m slow
 
 bench-training: $(STAMP)

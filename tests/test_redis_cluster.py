@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,10 +31,11 @@ from featurepipe.online.cluster_store import PartitionedStateStore
 from featurepipe.online.errors import OnlineStoreError
 from featurepipe.online.materialize import materialize
 from featurepipe.online.redis_conn import connect
-from featurepipe.online.state_store import StateStore, open_store
+from featurepipe.online.state_store import StateStore, StateWrite, StoredState, open_store
 from featurepipe.parity.e2e import run_e2e
 from featurepipe.stream.errors import StreamError
 from featurepipe.stream.produce import encode_event, ensure_topics, produce_frame
+from featurepipe.stream.recover import recover
 from featurepipe.stream.worker import StreamWorker, WorkerConfig
 from tests.online_check import online_vs_batch
 from tests.services import services, unique
@@ -60,6 +62,35 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pl.DataFrame
     path = tmp_path_factory.mktemp("cluster") / "transactions.parquet"
     df.write_parquet(path)
     return path, df, df["event_time"].sort()[df.height * 2 // 3]
+
+
+MORE_VIEWS = """
+
+merchant = fp.Entity("merchant", key="merchant_id")
+merchant_tx = fp.Source(
+    "merchant_tx", schema=Transaction, timestamp="event_time",
+    batch=fp.ParquetSource("data/transactions/"),
+    stream=fp.KafkaSource(topic="merchant_transactions"),
+)
+
+
+@fp.feature_view(entity=merchant, source=merchant_tx, lateness="1h")
+def merchant_spend(t):  # type: ignore[no-untyped-def]
+    return {"merchant_tx_24h": fp.count(window="24h"), "merchant_sum_7d": fp.sum(t.amount, window="7d")}
+
+
+@fp.feature_view(entity=user, source=transactions, lateness="1h")
+def user_counts(t):  # type: ignore[no-untyped-def]
+    return {"user_tx_24h": fp.count(window="24h")}
+"""
+
+
+@pytest.fixture(scope="module")
+def two_views(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """feature_defs plus a second view of the users' topic and a view of another topic."""
+    root = tmp_path_factory.mktemp("two_views")
+    (root / "fraud.py").write_text((ROOT / "feature_defs" / "fraud.py").read_text() + MORE_VIEWS)
+    return load_definitions(root)
 
 
 @pytest.fixture
@@ -106,6 +137,63 @@ def test_connect_gives_a_cluster_client_from_any_node(redis_cluster: Cluster) ->
             client.close()
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_user_not_allowed_info_still_gets_a_cluster_client_or_one_clear_error(redis_cluster: Cluster, protocol: int) -> None:
+    """A reader restricted by ACL (no INFO) is told a cluster by HELLO, in either protocol; it
+    gets a cluster client, or, when the ACL also refuses what the cluster client needs (CLUSTER
+    SLOTS), one clear error with the password masked: never a plain client on one node."""
+    user, password = f"reader-{uuid.uuid4().hex[:8]}", "s3cret-pw"
+    nodes = redis_cluster.nodes
+    for node in nodes:  # ACLs are per node
+        with node.client() as admin:
+            admin.acl_setuser(
+                user, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                commands=["+@read", "+@connection"],
+            )  # fmt: skip
+    try:
+        url = f"redis://{user}:{password}@127.0.0.1:{nodes[0].port}/0?protocol={protocol}"
+        with (
+            redis.Redis.from_url(url) as restricted,
+            pytest.raises(redis.exceptions.NoPermissionError),
+        ):
+            restricted.info("cluster")
+        try:
+            client = connect(url)
+        except OnlineStoreError as e:
+            assert password not in str(e) and "\n" not in str(e)
+            assert "Redis Cluster at" in str(e), e
+        else:
+            assert isinstance(client, redis.RedisCluster)
+            client.close()
+    finally:
+        for node in nodes:
+            with node.client() as admin:
+                admin.acl_deluser(user)
+
+
+def test_a_standalone_server_still_connects_with_a_user_not_allowed_info(redis_url: str) -> None:
+    """A single server is never taken for a cluster, not even when INFO is refused."""
+    connect(redis_url).close()
+    user, password = f"reader-{uuid.uuid4().hex[:8]}", "s3cret-pw"
+    with redis.Redis.from_url(redis_url) as admin:
+        try:
+            admin.acl_setuser(
+                user, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                commands=["+@read", "+@connection"],
+            )  # fmt: skip
+        except redis.exceptions.ResponseError as e:
+            pytest.skip(f"this test server does not let us create a user: {e}")
+        try:
+            kwargs = admin.connection_pool.connection_kwargs
+            host, port = kwargs["host"], kwargs["port"]
+            for protocol in (2, 3):
+                client = connect(f"redis://{user}:{password}@{host}:{port}/0?protocol={protocol}")
+                assert isinstance(client, redis.Redis) and client.ping()
+                client.close()
+        finally:
+            admin.acl_deluser(user)
+
+
 def test_materialize_spreads_over_every_master_and_equals_a_single_redis(
     defs: Any, cluster: Any, redis_url: str, redis_cluster: Cluster, events: Any
 ) -> None:
@@ -132,6 +220,7 @@ def test_materialize_spreads_over_every_master_and_equals_a_single_redis(
     # each state lives in the slot of its partition's head (one slot per partition)
     store = open_store(cluster, prefix)
     assert isinstance(store, PartitionedStateStore)
+    store.load_routing()
     for user in users[:40]:
         topic, p = store.layout.partition(view.name, user)
         assert cluster.keyslot(store.layout.state_key(view.name, user)) == cluster.keyslot(
@@ -330,16 +419,19 @@ def test_a_node_that_lost_its_data_is_refused_never_answered(
     at = datetime(2030, 1, 1)
     with FeatureStore(ROOT, redis_url=redis_cluster.url, prefix=prefix) as fs:
         before = fs.get_online_features({"user_id": users}, ["user_spend"], at=at)
+    store = open_store(cluster, prefix)
+    assert isinstance(store, PartitionedStateStore)
+    store.load_routing()
+    keys = {user: store.layout.state_key(view.name, user) for user in users}
     victim = redis_cluster.nodes[1]
     with victim.client() as c:
         lost_slots = {cluster.keyslot(k) for k in c.scan_iter(match=f"{prefix}:*", count=1000)}
         assert lost_slots
         c.flushall()
-    store = open_store(cluster, prefix)
     answered = refused = 0
     with FeatureStore(ROOT, redis_url=redis_cluster.url, prefix=prefix) as fs:
         for i, user in enumerate(users):
-            key = store.layout.state_key(view.name, user)
+            key = keys[user]
             try:
                 row = fs.get_online_features({"user_id": [user]}, ["user_spend"], at=at)
             except OnlineStoreError as e:
@@ -356,6 +448,132 @@ def test_a_node_that_lost_its_data_is_refused_never_answered(
         pytest.raises(OnlineStoreError),
     ):
         fs.get_online_features({"user_id": users}, ["user_spend"], at=at)
+    store.clear()
+
+
+def test_recover_after_a_master_lost_its_data_then_the_worker_ends_exact(
+    defs: Any, cluster: Any, redis_cluster: Cluster, services: infra.DevServices, tmp_path: Path
+) -> None:
+    """The operator's path after a master restarted empty under a streaming store: the worker
+    refuses, `recover` rebuilds every partition up to a cut-over and resets the positions, and
+    the worker then ends exactly at the batch path over the whole log."""
+    log = generate_transactions(4_000, users=150, seed=46)
+    topic = unique("tx-rec")
+    ensure_topics(services.kafka_bootstrap, {topic: 6, topic + ".dlq": 1})
+    produce_frame(log, topic, services.kafka_bootstrap, "user_id")
+    prefix = unique("fpc-rec")
+    _stream(defs, cluster, services.kafka_bootstrap, topic, prefix, log.height)
+    with redis_cluster.nodes[2].client() as c:
+        c.flushall()
+    with pytest.raises((StreamError, OnlineStoreError)) as refused:
+        _stream(defs, cluster, services.kafka_bootstrap, topic, prefix, 1)
+    assert "recover" in str(refused.value)
+    until = log["event_time"].sort()[log.height // 2]
+    path = tmp_path / "history.parquet"
+    log.filter(pl.col("event_time") < until).write_parquet(path)
+    report = recover(
+        [defs.view("user_spend")], until, cluster, services.kafka_bootstrap, group=prefix,
+        prefix=prefix, topics={"transactions": topic}, paths={"user_spend": path},
+    )  # fmt: skip
+    assert sorted(report.positions) == [(topic, p) for p in range(6)]
+    counters = _stream(defs, cluster, services.kafka_bootstrap, topic, prefix, log.height)
+    assert counters.before_cutover == log.filter(pl.col("event_time") < until).height
+    view = defs.view("user_spend")
+    assert online_vs_batch(view, cluster, prefix, log, require_found=True) == 0
+    open_store(cluster, prefix).clear()
+
+
+def test_a_stale_worker_s_identical_commit_is_not_taken_for_its_own_retry(cluster: Any) -> None:
+    """Two workers apply the same messages of a partition (the stale one before a rebalance
+    reached it): the second commit lands on the same end position with the same digest, but
+    its states count the messages twice. Only the attempt that wrote the position may count
+    it as its own (a retry after a lost reply); the other is told the position moved."""
+    prefix = unique("fpc-attempt")
+    stale, owner = open_store(cluster, prefix), open_store(cluster, prefix)
+    stale.register_routing({"v": "t"}, {"t": 2})
+    generation, _ = stale.create_generation("stream", {"v": "fp1"})
+    for s in (stale, owner):
+        s.bind(generation.id)
+    assert stale.init_positions("g", {("t", 0): 0, ("t", 1): 0})
+    tp = ("t", stale.partition_of("v", "u1"))
+    once = [StateWrite("v", "u1", b"count=10", "fp1")]
+    twice = [StateWrite("v", "u1", b"count=20", "fp1")]
+    assert stale.commit("g", once, {tp: 5}, {tp: 0}, {tp: "d5"}, attempt="a")
+    assert not owner.commit("g", twice, {tp: 5}, {tp: 0}, {tp: "d5"}, attempt="b")
+    assert stale.commit("g", once, {tp: 5}, {tp: 0}, {tp: "d5"}, attempt="a")  # its own retry
+    assert stale.read_states([("v", "u1")]) == [StoredState(b"count=10", "fp1")]
+    assert stale.read_positions("g")[tp].offset == 5
+    stale.clear()
+
+
+def test_materializing_one_view_keeps_another_s_lost_partitions_refused(
+    two_views: Any, cluster: Any, redis_cluster: Cluster, events: Any
+) -> None:
+    """A master lost its data; re-materializing one view of the topic starts a new generation
+    but must not stamp the lost heads as current: the other view's entities there would read
+    as 'not found'. Recovering both views lays the topic out again."""
+    path, df, until = events
+    prefix = unique("fpc-stamp")
+    users, counts = two_views.view("user_spend"), two_views.view("user_counts")
+    for view in (users, counts):
+        materialize(view, until, cluster, path=path, prefix=prefix, partitions=PARTITIONS)
+    before = df.filter(pl.col("event_time") < until)
+    with redis_cluster.nodes[0].client() as c:
+        c.flushall()
+    materialize(counts, until, cluster, path=path, prefix=prefix, partitions=PARTITIONS)
+    with pytest.raises(OnlineStoreError, match="recover"):
+        online_vs_batch(users, cluster, prefix, before)
+    # as `recover` does: each view with the views it rebuilds next
+    materialize(users, until, cluster, path=path, prefix=prefix, rebuilding=["user_counts"])
+    with pytest.raises(OnlineStoreError, match="materialization is running"):
+        online_vs_batch(counts, cluster, prefix, before)  # flagged until it is rebuilt too
+    materialize(counts, until, cluster, path=path, prefix=prefix)
+    for view in (users, counts):
+        assert online_vs_batch(view, cluster, prefix, before, require_found=True) == 0
+    open_store(cluster, prefix).clear()
+
+
+def test_a_worker_on_a_topic_new_to_the_store_lays_it_out(
+    two_views: Any, cluster: Any, services: infra.DevServices, events: Any
+) -> None:
+    path, df, until = events
+    prefix = unique("fpc-newtopic")
+    materialize(two_views.view("user_spend"), until, cluster, path=path, prefix=prefix,
+                partitions=PARTITIONS)  # fmt: skip
+    topic = unique("tx-new")
+    ensure_topics(services.kafka_bootstrap, {topic: 3, topic + ".dlq": 1})
+    produce_frame(df, topic, services.kafka_bootstrap, "merchant_id")
+    worker = StreamWorker(
+        two_views,
+        WorkerConfig(bootstrap=services.kafka_bootstrap, group_id=prefix, prefix=prefix,
+                     idle_exit_s=3, max_events=df.height),
+        cluster, views=["merchant_spend"], topics={"merchant_tx": topic},
+    )  # fmt: skip
+    counters = worker.run()
+    assert counters.valid == df.height and counters.invalid == 0
+    merchants = two_views.view("merchant_spend")
+    assert online_vs_batch(merchants, cluster, prefix, df, require_found=True) == 0
+    before = df.filter(pl.col("event_time") < until)
+    assert online_vs_batch(two_views.view("user_spend"), cluster, prefix, before) == 0
+    open_store(cluster, prefix).clear()
+
+
+def test_a_lost_materialization_record_stops_the_worker(
+    cluster: Any, redis_cluster: Cluster, defs: Any, services: infra.DevServices, events: Any
+) -> None:
+    """The master holding a view's materialization record restarted empty while its heads
+    survived: the cut-over is unknown, so a worker would apply events before it again."""
+    path, df, until = events
+    prefix = unique("fpc-meta")
+    view = defs.view("user_spend")
+    materialize(view, until, cluster, path=path, prefix=prefix, partitions=PARTITIONS)
+    store = open_store(cluster, prefix)
+    cluster.delete(store.layout.meta_key(view.name))  # what the master lost
+    topic = unique("tx-meta")
+    ensure_topics(services.kafka_bootstrap, {topic: PARTITIONS, topic + ".dlq": 1})
+    produce_frame(df, topic, services.kafka_bootstrap, "user_id")
+    with pytest.raises((StreamError, OnlineStoreError), match="recover"):
+        _stream(defs, cluster, services.kafka_bootstrap, topic, prefix, df.height)
     store.clear()
 
 

@@ -18,7 +18,11 @@ pytest_plugins = ["redis_server"]  # fixtures redis_url, store
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "featurepipe"
-OWNERS = {"featurepipe/online/state_store.py", "featurepipe/online/layout.py"}
+OWNERS = {
+    "featurepipe/online/state_store.py",
+    "featurepipe/online/cluster_store.py",  # the same store on a Redis Cluster
+    "featurepipe/online/layout.py",
+}
 # still to move onto StateStore.clear(): the demo deletes its scratch prefix itself
 PENDING = {"featurepipe/dev/demo.py"}
 

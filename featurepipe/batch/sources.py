@@ -574,7 +574,16 @@ def read_events(
 
 def in_arrival_order(events: pl.LazyFrame, source: Source) -> pl.LazyFrame:
     """Sort by arrival (the arrival column, else file then row order); number as ``__seq``."""
-    order = [source.arrival, "__file_no", ROW] if source.arrival else ["__file_no", ROW]
+    if source.arrival is None:
+        # file then row order is the order the files are concatenated in: number the rows as
+        # they stream by (no sort, so a caller's later filter keeps memory flat)
+        names = events.collect_schema().names()
+        return events.with_row_index(SEQ).select(
+            *(n for n in names if n != "__file_no"),
+            pl.col(source.timestamp).alias(TS),
+            pl.col(SEQ).cast(pl.Int64),
+        )
+    order = [source.arrival, "__file_no", ROW]
     return (
         events.sort(order)
         .with_columns(

@@ -57,8 +57,8 @@ def materialize(
         int,
         typer.Option(
             min=1,
-            help="Entity hash partitions, each replayed alone (bounds memory; the unit of work "
-            "of --engine dask). A partitioned run restarts when interrupted.",
+            help="Entity hash partitions, each replayed alone: the unit of work of --engine "
+            "dask. A partitioned run restarts when interrupted.",
         ),
     ] = 1,
     engine: Annotated[

@@ -69,6 +69,11 @@ def materialize_command(
             raise FeaturepipeError(f"--engine must be 'local' or 'dask', got '{engine}'")
         if address is not None and engine != "dask":
             raise FeaturepipeError("--address needs --engine dask")
+        if topic_partitions is not None and len(views) != 1:
+            raise FeaturepipeError(
+                "--topic-partitions is the partition count of one view's topic: give --view "
+                "(or let `featurepipe recover` ask the broker for every topic)"
+            )
         client = connect(redis_url)
         url_shown = redact(resolve_url(redis_url)[0])
         stack = contextlib.ExitStack()

@@ -40,8 +40,8 @@ from featurepipe.online.layout import (
     OnlineStoreLayout,
     ViewLike,
     ViewMeta,
-    _glob_escape,
     encode_entity,
+    glob_escape,
     parse_position_value,
     position_value,
     view_name,
@@ -54,10 +54,10 @@ from featurepipe.online.state_store import (
     StateWrite,
     StoredState,
     StoreIdentityError,
-    _check_generation,
-    _now,
-    _stored,
-    _text,
+    as_text,
+    check_generation,
+    now_text,
+    stored_state,
 )
 
 # slots of a view without a stream (no partitioner to follow): spread over the cluster
@@ -68,23 +68,30 @@ COUNT = "n"
 # One partition's commit: KEYS[1] = the head, KEYS[2..] = state keys. ARGV[1] = the bound
 # generation ('' = unbound), ARGV[2] = the group's position field, ARGV[3] = the offset the
 # batch started at ('' = none expected), ARGV[4] = the new position ('' = none), ARGV[5] = '1'
-# when a missing position means it moved, then (kind, value, fingerprint) per state key: kind
-# 's' writes a state, 'q' a quarantine. Returns {1} written, {2} already written (a retry after
-# a lost reply), {0} moved (nothing written), {-1, gen} another generation (nothing written).
+# when a missing position means it moved, ARGV[6] = the commit's attempt id (the same for every
+# retry of one batch; '' = none), ARGV[7] = the attempt field, ARGV[8] = the partition count the
+# writer routed with, then (kind, value, fingerprint) per state key: kind 's' writes a state,
+# 'q' a quarantine. Returns {1} written, {2} written before by this very attempt (a retry after
+# a lost reply), {0} moved (nothing written), {-1, gen} another generation, {-2, n} laid out for
+# another partition count (nothing written).
 _COMMIT_SCRIPT = """
 local gen = redis.call('HGET', KEYS[1], 'gen')
 if ARGV[1] ~= '' and gen ~= ARGV[1] then return {-1, gen or ''} end
+local n = redis.call('HGET', KEYS[1], 'n')
+if n ~= ARGV[8] then return {-2, n or ''} end
 if ARGV[3] ~= '' then
   local have = redis.call('HGET', KEYS[1], ARGV[2])
   if not have then
     if ARGV[5] == '1' then return {0} end
   elseif string.match(have, '^[^:]*') ~= ARGV[3] then
-    if have == ARGV[4] then return {2} end
+    if ARGV[6] ~= '' and have == ARGV[4] and redis.call('HGET', KEYS[1], ARGV[7]) == ARGV[6] then
+      return {2}
+    end
     return {0}
   end
 end
 for i = 2, #KEYS do
-  local j = 6 + (i - 2) * 3
+  local j = 9 + (i - 2) * 3
   if ARGV[j] == 'q' then
     redis.call('HDEL', KEYS[i], 's')
     redis.call('HSET', KEYS[i], 'q', ARGV[j + 1], 'f', ARGV[j + 2])
@@ -93,6 +100,7 @@ for i = 2, #KEYS do
   end
 end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], ARGV[2], ARGV[4]) end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], ARGV[7], ARGV[6]) end
 return {1}
 """
 _COMMIT_SHA = hashlib.sha1(_COMMIT_SCRIPT.encode()).hexdigest()
@@ -102,6 +110,22 @@ _COMMIT_SHA = hashlib.sha1(_COMMIT_SCRIPT.encode()).hexdigest()
 _INIT_SCRIPT = """
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then return -1 end
 return redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3])
+"""
+
+# A new generation in one head: KEYS[1] = head, ARGV[1] = the previous generation id ('' =
+# none), ARGV[2] = the new id, ARGV[3] = the partition count, ARGV[4] = '1' when every view of
+# the head's topic is being rebuilt, ARGV[5..] = flags to set (b:<view> of views yet to be
+# rebuilt). A head that is not the previous generation's (missing: its master restarted empty;
+# another id: restored from an old snapshot) keeps its evidence unless its topic is rebuilt
+# whole. Returns 1 stamped, 0 left alone.
+_STAMP_SCRIPT = """
+local gen = redis.call('HGET', KEYS[1], 'gen')
+if ARGV[4] == '1' or (gen and gen == ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'gen', ARGV[2], 'n', ARGV[3])
+  for i = 5, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], '1') end
+  return 1
+end
+return 0
 """
 
 # The generation record where none is (one key): returns its fields, or {} when created here.
@@ -148,7 +172,9 @@ class PartitionedLayout(OnlineStoreLayout):
             raise OnlineStoreError(
                 f"view '{name}' has no partition routing in the online store (key "
                 f"'{self.routing_key()}'): it was never materialized or streamed into this "
-                "Redis Cluster under this prefix. Run `featurepipe materialize` first"
+                "Redis Cluster under this prefix (run `featurepipe materialize` first), or the "
+                "master holding the routing restarted empty (rebuild with `featurepipe "
+                "recover --until <cut-over>`)"
             )
         return topic, count
 
@@ -161,7 +187,7 @@ class PartitionedLayout(OnlineStoreLayout):
         return f"{self.tag(topic, p)}:{{{encode_entity(entity)}}}:{view_name(view)}"
 
     def state_key_pattern(self, view: ViewLike) -> str:
-        return f"{_glob_escape(self.prefix)}:{{*}}:{{*}}:{_glob_escape(view_name(view))}"
+        return f"{glob_escape(self.prefix)}:{{*}}:{{*}}:{glob_escape(view_name(view))}"
 
     def entity_text(self, key: str | bytes, view: ViewLike) -> str | None:
         text = key.decode() if isinstance(key, bytes) else key
@@ -181,6 +207,10 @@ class PartitionedLayout(OnlineStoreLayout):
         return out
 
 
+class _CountChanged(StoreIdentityError):
+    """A head is laid out for another partition count than the routing this store read."""
+
+
 class PartitionedStateStore(StateStore):
     """``StateStore`` on a Redis Cluster: the same contract, keys grouped by Kafka partition."""
 
@@ -192,8 +222,7 @@ class PartitionedStateStore(StateStore):
         self.layout = PartitionedLayout(prefix)
         self.cluster = True
         self.scripted_reads = False
-        self._commit_loaded = False
-        self.load_routing()
+        self._loaded = False  # the routing is read on first use (no I/O in the constructor)
 
     # -- routing ----------------------------------------------------------------------------
     @property
@@ -202,11 +231,13 @@ class PartitionedStateStore(StateStore):
 
     def load_routing(self) -> Routing:
         raw = {
-            _text(k): _text(v) for k, v in self.client.hgetall(self.layout.routing_key()).items()
+            as_text(k): as_text(v)
+            for k, v in self.client.hgetall(self.layout.routing_key()).items()
         }
         routing = self.layout.routing
         routing.topics = {k[2:]: v for k, v in raw.items() if k.startswith("t:")}
         routing.partitions = {k[2:]: int(v) for k, v in raw.items() if k.startswith("n:")}
+        self._loaded = True
         return routing
 
     def register_routing(self, topics: Mapping[str, str], partitions: Mapping[str, int]) -> None:
@@ -221,7 +252,7 @@ class PartitionedStateStore(StateStore):
             if count < 1:
                 raise OnlineStoreError(f"topic '{topic}': partition count {count} is not >= 1")
             pipe.hsetnx(key, f"n:{topic}", str(count))
-        pipe.execute()
+        created = pipe.execute()[len(topics) :]
         routing = self.load_routing()
         for view, topic in topics.items():
             if routing.topics.get(view) != topic:
@@ -238,9 +269,37 @@ class PartitionedStateStore(StateStore):
                     "partitions, so entities moved partition. Rebuild the store under a new "
                     "prefix (`featurepipe recover --prefix ...`) for the new count"
                 )
+        new = [t for t, c in zip(partitions, created, strict=True) if c]
+        if new:
+            self._lay_out(new)
+
+    def _lay_out(self, topics: Sequence[str]) -> None:
+        """Heads for topics this store has just met, in the current generation (if there is
+        one yet: a first generation stamps them itself). Only where the topic has no head at
+        all: a missing head of a topic with others is a lost one, and stays missing."""
+        generation = self.read_generation()
+        if generation is None:
+            return
+        for topic in topics:
+            heads = self.layout.heads([topic])
+            pipe = self.client.pipeline(transaction=False)
+            for _, _, head in heads:
+                pipe.exists(head)
+            if any(pipe.execute()):
+                continue
+            pipe = self.client.pipeline(transaction=False)
+            for _, _, head in heads:
+                pipe.hsetnx(head, GEN, generation.id)
+                pipe.hsetnx(head, COUNT, str(self.routing.partitions[topic]))
+            pipe.execute()
 
     def recorded_partitions(self, topic: str) -> int | None:
+        self._ensure_loaded()
         return self.routing.partitions.get(topic)
+
+    def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            self.load_routing()
 
     def partition_of(self, view: ViewLike, entity: Entity) -> int | None:
         self._routed([view])
@@ -249,11 +308,15 @@ class PartitionedStateStore(StateStore):
     def _routed(self, views: Iterable[ViewLike]) -> None:
         """Reload the routing when a view is not in it (routed since this store was opened,
         e.g. by a materialize after a reader started)."""
-        if any(view_name(v) not in self.routing.topics for v in views):
+        if not self._loaded or any(view_name(v) not in self.routing.topics for v in views):
             self.load_routing()
 
     def _topics(self) -> list[str]:
+        self._ensure_loaded()
         return sorted(self.routing.partitions)
+
+    def _views_of(self, topic: str) -> set[str]:
+        return {v for v, t in self.routing.topics.items() if t == topic}
 
     # -- materialization records ------------------------------------------------------------
     def start_materialization(self, view: ViewLike, progress: MaterializeProgress) -> None:
@@ -270,11 +333,12 @@ class PartitionedStateStore(StateStore):
         pipe.delete(self.layout.meta_key(view))
         pipe.delete(self.layout.progress_key(view))
         for (t, _, head), names in zip(heads, fields, strict=True):
-            groups = [f for f in map(_text, names) if f.startswith("o:")]
+            groups = [f for f in map(as_text, names) if f.startswith(("o:", "c:"))]
             if groups:
                 pipe.hdel(head, *groups)
             if t == topic:
                 pipe.hset(head, flag, "1")
+                pipe.hdel(head, f"m:{view_name(view)}")
         pipe.hset(self.layout.progress_key(view), mapping=progress.to_hash())
         pipe.execute()
 
@@ -286,42 +350,100 @@ class PartitionedStateStore(StateStore):
         pipe.delete(self.layout.progress_key(view))
         for _, _, head in self.layout.heads([topic]):
             pipe.hdel(head, flag)
+            # each head remembers that the view was materialized, and up to when: a lost
+            # meta key (its master restarted empty) is then told from a never-materialized view
+            pipe.hset(head, f"m:{view_name(view)}", str(meta.materialized_until))
         pipe.execute()
 
+    def read_meta(self, view: ViewLike) -> ViewMeta | None:
+        """``StateStore.read_meta``; refuses when the record is gone but the partitions'
+        heads say the view was materialized (the master holding the record lost it): a
+        worker would otherwise apply events before the cut-over a second time."""
+        meta = super().read_meta(view)
+        if meta is not None:
+            return meta
+        self._routed([view])
+        name = view_name(view)
+        topic = self.routing.topics.get(name)
+        if topic is None:
+            return None
+        pipe = self.client.pipeline(transaction=False)
+        for _, _, head in self.layout.heads([topic]):
+            pipe.hexists(head, f"m:{name}")
+        if any(pipe.execute()):
+            raise StoreIdentityError(
+                f"view '{name}': the record of its materialization (key "
+                f"'{self.layout.meta_key(name)}') is gone, but the partitions' heads say it was "
+                "materialized: the master holding the record restarted empty or from an older "
+                "snapshot. Its cut-over is unknown; rebuild with `featurepipe recover --until "
+                "<cut-over>`"
+            )
+        return None
+
     # -- generation ---------------------------------------------------------------------------
-    def new_generation(self, basis: str, views: Mapping[str, str]) -> Generation:
-        """A new epoch: the record, then its id in every head (a commit checks its head)."""
+    def new_generation(
+        self, basis: str, views: Mapping[str, str], rebuilding: Iterable[str] = ()
+    ) -> Generation:
+        """A new epoch: the record, then its id in the heads, each one compared and set.
+
+        A head moves to the new generation only if it is the previous one's, or if every
+        view of its topic is rebuilt from now on (``views`` now, ``rebuilding`` next): a head
+        that is missing or from another generation is the evidence of a lost or rolled-back
+        master, and readers keep refusing its partition until the views there are rebuilt.
+        Heads of a topic laid out again flag the views rebuilt next (``b:<view>``)."""
         previous = self.read_generation()
         merged = {**(previous.views if previous else {}), **views}
-        generation = Generation(uuid.uuid4().hex, basis, _now(), merged)
+        generation = Generation(uuid.uuid4().hex, basis, now_text(), merged)
         key = self.layout.generation_key()
         pipe = self.client.pipeline(transaction=False)
         pipe.delete(key)
         pipe.hset(key, mapping=generation.to_hash())
-        for topic, _, head in self.layout.heads(self._topics()):
-            pipe.hset(head, mapping={GEN: generation.id, COUNT: self.routing.partitions[topic]})
         pipe.execute()
+        later = {view_name(v) for v in rebuilding}
+        rebuilt = {view_name(v) for v in views} | later
+        for topic in self._topics():
+            whole = self._views_of(topic) <= rebuilt
+            flags = [f"b:{v}" for v in sorted(self._views_of(topic) & later)]
+            args = [
+                "" if previous is None else previous.id,
+                generation.id,
+                str(self.routing.partitions[topic]),
+                "1" if whole else "0",
+                *(flags if whole else []),
+            ]
+            for _, _, head in self.layout.heads([topic]):
+                self.client.eval(_STAMP_SCRIPT, 1, head, *args)
         return generation
 
     def create_generation(self, basis: str, views: Mapping[str, str]) -> tuple[Generation, bool]:
-        candidate = Generation(uuid.uuid4().hex, basis, _now(), dict(views))
+        candidate = Generation(uuid.uuid4().hex, basis, now_text(), dict(views))
         flat: list[Any] = [x for kv in candidate.to_hash().items() for x in kv]
         got = self.client.eval(_CREATE_GENERATION_SCRIPT, 1, self.layout.generation_key(), *flat)
-        created = not got
-        generation = candidate
-        if not created:
+        if got:
             raw = got if isinstance(got, dict) else dict(zip(got[::2], got[1::2], strict=True))
-            generation = Generation.from_hash(raw)
-        # heads of a brand-new store (or of topics new to it) get the generation's id
+            return Generation.from_hash(raw), False
+        # the first generation of this store: its heads (none can be lost: there were none
+        # under a generation before; an old head keeps its foreign id and is refused)
         pipe = self.client.pipeline(transaction=False)
         for topic, _, head in self.layout.heads(self._topics()):
-            pipe.hsetnx(head, GEN, generation.id)
+            pipe.hsetnx(head, GEN, candidate.id)
             pipe.hsetnx(head, COUNT, str(self.routing.partitions[topic]))
         pipe.execute()
-        return generation, created
+        return candidate, True
 
     # -- reads with the store's checks ---------------------------------------------------------
     def read_states_in_generation(
+        self,
+        wanted: Sequence[tuple[ViewLike, Entity]],
+        expected: str | None = None,
+    ) -> list[StoredState | None]:
+        try:
+            return self._read_checked(wanted, expected)
+        except _CountChanged:  # re-laid out since the routing was read: read it again, once
+            self.load_routing()
+            return self._read_checked(wanted, expected)
+
+    def _read_checked(
         self,
         wanted: Sequence[tuple[ViewLike, Entity]],
         expected: str | None = None,
@@ -348,8 +470,8 @@ class PartitionedStateStore(StateStore):
         generation, *rest = pipe.execute()
         head_rows = rest[: len(heads)]
         rows = rest[len(heads) :]
-        current = None if generation is None else _text(generation)
-        _check_generation(
+        current = None if generation is None else as_text(generation)
+        check_generation(
             current,
             expected,
             self.prefix,
@@ -364,14 +486,14 @@ class PartitionedStateStore(StateStore):
                     "holding it restarted empty or from an older snapshot. Nothing of it can "
                     "be served; rebuild with `featurepipe recover --until <cut-over>`"
                 )
-            if _text(gen) != current:
+            if as_text(gen) != current:
                 raise StoreIdentityError(
-                    f"{where} is generation {_text(gen)}, not the store's {current}: it was "
+                    f"{where} is generation {as_text(gen)}, not the store's {current}: it was "
                     "restored from an older snapshot, or a new generation is being written. "
                     "Retry; if it persists, rebuild with `featurepipe recover`"
                 )
             if count is None or int(count) != self.routing.partitions[topic]:
-                raise StoreIdentityError(
+                raise _CountChanged(
                     f"{where} is laid out for {None if count is None else int(count)} "
                     f"partitions, not {self.routing.partitions[topic]}: rebuild the store"
                 )
@@ -382,7 +504,7 @@ class PartitionedStateStore(StateStore):
                         "its entities are not all written. Rerun `featurepipe materialize` "
                         "to finish"
                     )
-        return [_stored(row) for row in rows]
+        return [stored_state(row) for row in rows]
 
     def fetch_states_in_generation(
         self,
@@ -406,7 +528,7 @@ class PartitionedStateStore(StateStore):
         out: dict[Partition, Position] = {}
         for (topic, p, _), value in zip(heads, pipe.execute(), strict=True):
             if value is not None:
-                out[(topic, p)] = Position(*parse_position_value(_text(value)))
+                out[(topic, p)] = Position(*parse_position_value(as_text(value)))
         return out
 
     def init_positions(self, group: str, positions: Mapping[Partition, int]) -> bool:
@@ -445,13 +567,20 @@ class PartitionedStateStore(StateStore):
         offsets: Mapping[Partition, int],
         expected: Mapping[Partition, int],
         digests: Mapping[Partition, str] | None = None,
+        attempt: str | None = None,
     ) -> bool:
         """``StateStore.commit`` as one script per partition of the batch, each atomic in its
         slot: check the head's generation and the group's position, write the partition's
         states and its new position. Partitions are independent (an entity's events are all
         in one), so a batch can land partly: False after the first partition whose position
-        moved, the partitions before it written, exactly as if committed one by one."""
+        moved, the partitions before it written, exactly as if committed one by one.
+
+        ``attempt`` identifies the batch across retries: a retry after a lost reply finds its
+        own attempt id with its end position and counts as written; the same position written
+        by another worker (the same messages applied again) counts as moved."""
         digests = digests or {}
+        writes = list(writes)
+        self._routed(w.view for w in writes)
         by_partition: dict[Partition, list[StateWrite]] = {tp: [] for tp in offsets}
         for w in writes:
             tp = self.layout.partition(w.view, w.entity)
@@ -472,6 +601,9 @@ class PartitionedStateStore(StateStore):
                 "" if tp not in expected else str(expected[tp]),
                 position_value(offsets[tp], digests.get(tp)),
                 "1" if self.generation is not None else "0",
+                attempt or "",
+                f"c:{group}",
+                str(self.routing.partitions[topic]),
             ]
             for w in by_partition[tp]:
                 keys.append(self.layout.state_key(w.view, w.entity))
@@ -482,6 +614,12 @@ class PartitionedStateStore(StateStore):
             got = self._run_commit(keys, args)
             if int(got[0]) == -1:
                 self._check_head_generation(topic, p)
+            if int(got[0]) == -2:
+                raise StoreIdentityError(
+                    f"partition {topic}[{p}] is laid out for {as_text(got[1]) or 'no'} "
+                    f"partitions, not the {self.routing.partitions[topic]} this worker routes "
+                    "with: the store was rebuilt for another partition count. Restart the worker"
+                )
             if int(got[0]) == 0:
                 return False
         return True
@@ -511,7 +649,7 @@ class PartitionedStateStore(StateStore):
                 "restarted empty or from an older snapshot): writing on would mix epochs; "
                 "rebuild with `featurepipe recover --until <cut-over>`"
             )
-        _check_generation(_text(current), self.generation, self.prefix)
+        check_generation(as_text(current), self.generation, self.prefix)
         raise StoreIdentityError(f"{where}: generation changed during the commit; retry")
 
 

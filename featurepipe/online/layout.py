@@ -122,15 +122,15 @@ class OnlineStoreLayout:
 
     def offsets_key_pattern(self) -> str:
         """SCAN MATCH pattern of the offsets hash of every worker group."""
-        return f"{_glob_escape(self.prefix)}:offsets:*"
+        return f"{glob_escape(self.prefix)}:offsets:*"
 
     def key_pattern(self) -> str:
         """SCAN MATCH pattern of every key under the prefix."""
-        return f"{_glob_escape(self.prefix)}:*"
+        return f"{glob_escape(self.prefix)}:*"
 
     def state_key_pattern(self, view: ViewLike) -> str:
         """SCAN MATCH pattern of every state key of ``view`` (glob characters escaped)."""
-        return f"{_glob_escape(self.prefix)}:{{*}}:{_glob_escape(view_name(view))}"
+        return f"{glob_escape(self.prefix)}:{{*}}:{glob_escape(view_name(view))}"
 
     def entity_text(self, key: str | bytes, view: ViewLike) -> str | None:
         """The encoded entity of a state key of ``view``, or None if it is not one."""
@@ -142,7 +142,7 @@ class OnlineStoreLayout:
         return None if "{" in inner or "}" in inner else inner
 
 
-def _glob_escape(text: str) -> str:
+def glob_escape(text: str) -> str:
     return _GLOB_SPECIAL.sub(r"\\\1", text)
 
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +53,8 @@ from featurepipe.online.state_store import (
 )
 
 Progress = Callable[[int, int], None]
+# a Redis Cluster with no reachable node raises RedisClusterException, not a RedisError
+_REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
 
 
 @dataclass
@@ -89,6 +91,7 @@ def materialize(
     partitions: int | None = None,
     shards: int = 1,
     runner: StateRunner | None = None,
+    rebuilding: Sequence[str] = (),
 ) -> MaterializeReport:
     """Write every entity's state after the events with ``ts < until`` to the online store.
 
@@ -106,7 +109,7 @@ def materialize(
     broker for it).
 
     ``shards`` > 1 splits the entities into that many entity-hash shards, each replayed alone
-    (memory ~ one shard's events); ``runner`` computes the shards elsewhere (a Dask cluster,
+    (each shard scans the whole input); ``runner`` computes the shards elsewhere (a Dask cluster,
     ``featurepipe.batch.distributed.DaskRunner``). Each entity's state is the same bytes either
     way. A sharded run is not resumed after an interruption: it starts over (a new generation).
     """
@@ -156,18 +159,19 @@ def materialize(
             done_entities, done_events = saved.entities, saved.events
         else:
             last, done_entities, done_events = None, 0, 0
-            store.new_generation(basis, {view.name: fingerprint})
+            store.new_generation(basis, {view.name: fingerprint}, rebuilding)
             # no meta key while running: a worker cannot mistake a partial store for a complete one
             store.start_materialization(
                 view, MaterializeProgress(run_id, until_us, fingerprint, None, 0, 0)
             )
-    except redis.exceptions.RedisError as e:
+    except _REDIS_ERRORS as e:
         raise OnlineStoreError(f"view '{view.name}': cannot read or reset progress: {e}") from e
     resumed_from = last
 
     fields = list(dict.fromkeys([*fields, key]))  # a composite key is a column of its own
     skipped_q = lf.select((~usable).sum().alias("skipped"))
     total_entities = entities_df.height
+    computed: Iterator[pl.DataFrame] = iter(())
     if sharded:
         skipped = int(skipped_q.collect()["skipped"][0])
         tasks = shard_tasks(view, lf.filter(usable), fields, max(shards, 1))
@@ -183,27 +187,31 @@ def materialize(
         states = _entity_states(ViewProgram(view.ir), todo, fields, key, last)
 
     batches = 0
-    if progress is not None:
-        progress(done_entities, total_entities)
-    batch: list[tuple[Entity, bytes, int]] = []
-    for item in states:
-        batch.append(item)
-        if len(batch) < batch_size:
-            continue
-        done_entities, done_events = _write_batch(
-            store, view, batch, run_id, until_us, done_entities, done_events
-        )
-        batches += 1
-        batch = []
+    try:
         if progress is not None:
             progress(done_entities, total_entities)
-    if batch:
-        done_entities, done_events = _write_batch(
-            store, view, batch, run_id, until_us, done_entities, done_events
-        )
-        batches += 1
-        if progress is not None:
-            progress(done_entities, total_entities)
+        batch: list[tuple[Entity, bytes, int]] = []
+        for item in states:
+            batch.append(item)
+            if len(batch) < batch_size:
+                continue
+            done_entities, done_events = _write_batch(
+                store, view, batch, run_id, until_us, done_entities, done_events
+            )
+            batches += 1
+            batch = []
+            if progress is not None:
+                progress(done_entities, total_entities)
+        if batch:
+            done_entities, done_events = _write_batch(
+                store, view, batch, run_id, until_us, done_entities, done_events
+            )
+            batches += 1
+            if progress is not None:
+                progress(done_entities, total_entities)
+    finally:  # a runner's pending tasks are cancelled now, not when collected
+        if sharded and isinstance(computed, Generator):
+            computed.close()
 
     if done_entities != total_entities:  # the log changed under a resumed run
         raise OnlineStoreError(
@@ -222,7 +230,7 @@ def materialize(
             source_files=[_file_entry(f) for f in report.files],
         )
         store.finish_materialization(view, meta)
-    except redis.exceptions.RedisError as e:
+    except _REDIS_ERRORS as e:
         raise OnlineStoreError(
             f"view '{view.name}': Redis error while finishing ({e}); rerun to finish"
         ) from e
@@ -359,7 +367,7 @@ def _write_batch(
         store.write_states_with_progress(
             view, view.fingerprint, [(entity, blob) for entity, blob, _ in batch], record
         )
-    except redis.exceptions.RedisError as e:
+    except _REDIS_ERRORS as e:
         raise OnlineStoreError(
             f"view '{view.name}': Redis error writing entities {batch[0][0]!r}..{batch[-1][0]!r} "
             f"({e}); rerun to resume"

@@ -136,9 +136,11 @@ def _cluster_client(resolved: str, shown: str, origin: str, timeout: float) -> r
             decode_responses=False,
         )
         cluster.ping()
-    except redis.exceptions.RedisError as e:
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as e:
         raise OnlineStoreError(
-            f"Redis Cluster at {shown} ({origin}) cannot be used: {scrub(str(e), resolved)}"
+            f"Redis Cluster at {shown} ({origin}) cannot be used: {scrub(str(e), resolved)} "
+            "(a cluster client asks a node for the slot map: the user needs CLUSTER SLOTS, "
+            "ACL +cluster|slots, besides reads and writes)"
         ) from e
     return cluster
 

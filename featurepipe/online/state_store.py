@@ -178,7 +178,7 @@ class StateStore:
         pipe = self.client.pipeline(transaction=False)
         for view, entity in wanted:
             pipe.hmget(self.layout.state_key(view, entity), STATE_FIELDS)
-        return [_stored(row) for row in pipe.execute()]
+        return [stored_state(row) for row in pipe.execute()]
 
     def write_states_with_progress(
         self,
@@ -264,11 +264,14 @@ class StateStore:
         raw = self.client.hgetall(self.layout.generation_key())
         return Generation.from_hash(raw) if raw else None
 
-    def new_generation(self, basis: str, views: Mapping[str, str]) -> Generation:
-        """Start a new epoch (materialize, recover); views of the previous epoch are kept."""
+    def new_generation(
+        self, basis: str, views: Mapping[str, str], rebuilding: Iterable[str] = ()
+    ) -> Generation:
+        """Start a new epoch (materialize, recover); views of the previous epoch are kept.
+        ``rebuilding``: other views this run rebuilds too (a partitioned store uses it)."""
         previous = self.read_generation()
         merged = {**(previous.views if previous else {}), **views}
-        generation = Generation(uuid.uuid4().hex, basis, _now(), merged)
+        generation = Generation(uuid.uuid4().hex, basis, now_text(), merged)
         key = self.layout.generation_key()
         pipe = self.client.pipeline(transaction=True)
         pipe.delete(key)
@@ -279,7 +282,7 @@ class StateStore:
     def create_generation(self, basis: str, views: Mapping[str, str]) -> tuple[Generation, bool]:
         """The current generation, creating it if there is none; True when created here."""
         key = self.layout.generation_key()
-        candidate = Generation(uuid.uuid4().hex, basis, _now(), dict(views))
+        candidate = Generation(uuid.uuid4().hex, basis, now_text(), dict(views))
         with self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -302,7 +305,7 @@ class StateStore:
         """The current generation; ``StoreNotInitializedError`` if there is none,
         ``StoreIdentityError`` if it is not ``expected``."""
         generation = self.read_generation()
-        _check_generation(
+        check_generation(
             None if generation is None else generation.id,
             expected,
             self.layout.prefix,
@@ -330,7 +333,7 @@ class StateStore:
         generation, *rest = pipe.execute()
         rows = rest[len(views) :]
         self._check_read(views, generation, rest[: len(views)], rows, expected)
-        return [_stored(row) for row in rows]
+        return [stored_state(row) for row in rows]
 
     def fetch_states_in_generation(
         self,
@@ -363,8 +366,8 @@ class StateStore:
             running = flat[1 : len(head)]
             rows = [flat[i : i + width] for i in range(len(head), len(flat), width)]
             self._check_read(views, flat[0], running, rows, expected)
-            expected = _text(flat[0])  # every part from the generation of the first
-            out += [_stored(row) for row in rows]
+            expected = as_text(flat[0])  # every part from the generation of the first
+            out += [stored_state(row) for row in rows]
         return out
 
     def _run_read_script(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
@@ -384,8 +387,8 @@ class StateStore:
     ) -> None:
         """The checks of a read: the store holds generation ``expected`` (any when None) and
         no view of ``views`` has a materialization running (``running``: EXISTS per view)."""
-        _check_generation(
-            None if generation is None else _text(generation),
+        check_generation(
+            None if generation is None else as_text(generation),
             expected,
             self.layout.prefix,
             lambda: any(v is not None for row in rows for v in row) or self._holds_keys(),
@@ -416,7 +419,7 @@ class StateStore:
         """Where ``group`` resumes every partition it has a position for."""
         raw = self.client.hgetall(self.layout.offsets_key(group))
         return {
-            parse_offset_field(_text(k)): Position(*parse_position_value(_text(v)))
+            parse_offset_field(as_text(k)): Position(*parse_position_value(as_text(v)))
             for k, v in raw.items()
         }
 
@@ -464,8 +467,8 @@ class StateStore:
         if self.generation is None:
             return
         current = pipe.hget(self.layout.generation_key(), "id")
-        _check_generation(
-            None if current is None else _text(current), self.generation, self.layout.prefix
+        check_generation(
+            None if current is None else as_text(current), self.generation, self.layout.prefix
         )
 
     def commit(
@@ -475,6 +478,7 @@ class StateStore:
         offsets: Mapping[Partition, int],
         expected: Mapping[Partition, int],
         digests: Mapping[Partition, str] | None = None,
+        attempt: str | None = None,
     ) -> bool:
         """Write ``writes`` and ``group``'s next ``offsets`` in one MULTI/EXEC transaction.
 
@@ -487,6 +491,8 @@ class StateStore:
         restart can check that the topic still holds that message. When the store is bound to
         a generation, a different or missing one raises ``StoreIdentityError``: the store was
         emptied or replaced under the worker, and writing on would mix two epochs.
+        ``attempt`` (the batch's id across retries) is for a partitioned store's per-partition
+        commits; one transaction needs none.
         """
         key = self.layout.offsets_key(group)
         digests = digests or {}
@@ -515,7 +521,7 @@ class StateStore:
                     for start, have in zip(starts, stored, strict=True):
                         if have is None and self.generation is not None:
                             return False  # a position this worker resumed from has vanished
-                        if have is not None and parse_position_value(_text(have))[0] != start:
+                        if have is not None and parse_position_value(as_text(have))[0] != start:
                             return False
                     pipe.multi()
                     for state_key, mapping, quarantined in hashes:
@@ -554,26 +560,26 @@ def open_store(client: Client, prefix: str = DEFAULT_PREFIX) -> StateStore:
     return StateStore(client, prefix)
 
 
-def _text(v: Any) -> str:
+def as_text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _now() -> str:
+def now_text() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _stored(row: Sequence[Any]) -> StoredState | None:
+def stored_state(row: Sequence[Any]) -> StoredState | None:
     blob, fingerprint, quarantine = row
     if blob is None and quarantine is None:
         return None
     return StoredState(
         blob,
-        None if fingerprint is None else _text(fingerprint),
-        None if quarantine is None else _text(quarantine),
+        None if fingerprint is None else as_text(fingerprint),
+        None if quarantine is None else as_text(quarantine),
     )
 
 
-def _check_generation(
+def check_generation(
     current: str | None,
     expected: str | None,
     prefix: str,

@@ -29,6 +29,15 @@ class Problem(NamedTuple):
     message: str
 
 
+# a Redis Cluster resharding, failing over or unreachable (the last is not a RedisError)
+_CLUSTER_UNAVAILABLE = (
+    redis.exceptions.ClusterError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterException,
+)
+
+
 def problem(exc: BaseException) -> Problem | None:
     """The HTTP answer for ``exc``; None for an unexpected error (a bug: 500, logged)."""
     if isinstance(exc, ServeError):
@@ -49,6 +58,8 @@ def problem(exc: BaseException) -> Problem | None:
         return Problem(503, "store_unavailable", str(exc))
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return Problem(503, "store_unavailable", f"the online store cannot be reached: {exc}")
+    if isinstance(exc, _CLUSTER_UNAVAILABLE):  # a Redis Cluster moving slots or failing over
+        return Problem(503, "store_unavailable", f"the online store is unavailable: {exc}")
     if isinstance(exc, FeaturepipeError):
         return Problem(400, "bad_request", str(exc))
     return None

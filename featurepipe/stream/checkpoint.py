@@ -19,6 +19,7 @@ events until it is rebuilt (``featurepipe recover``). Every other entity is unaf
 
 from __future__ import annotations
 
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -198,7 +199,8 @@ class Checkpoint:
         """Store the ``touched`` states (serialized by ``prepare``, called here if it was not),
         the quarantines found since the last commit and the next ``offsets``, if the stored
         offsets are still ``expected`` (where the batch started). False, with the cache
-        dropped, when another worker has moved them: nothing of the batch was written.
+        dropped, when another worker has moved them: nothing of the batch was written (on a
+        partitioned store, nothing of that partition and the ones after it).
         After a commit the cache is trimmed to its bounds."""
         if self._prepared is None or self._prepared[0] is not touched:
             self.prepare(touched)
@@ -210,7 +212,10 @@ class Checkpoint:
             for ck, (vp, why) in self.new_quarantines.items()
         ]
         self.new_quarantines = {}
-        if self.retry(lambda: self.store.commit(self.group, writes, offsets, expected, digests)):
+        attempt = uuid.uuid4().hex  # one id for every retry of this batch's commit
+        if self.retry(
+            lambda: self.store.commit(self.group, writes, offsets, expected, digests, attempt)
+        ):
             self._trim()
             return True
         self.drop_cache()

@@ -100,7 +100,7 @@ def recover(
     """
     starts = partition_starts(bootstrap, stream_topics(views, topics))
     report = RecoverReport()
-    for v in views:
+    for i, v in enumerate(views):
         stream = v.source.stream
         topic = None if stream is None else (topics or {}).get(v.source.name, stream.topic)
         report.views.append(
@@ -116,6 +116,7 @@ def recover(
                 basis="recover",
                 topic=topic,
                 partitions=sum(1 for t, _ in starts if t == topic) or None,
+                rebuilding=[w.name for w in views[i + 1 :]],
                 progress=None if progress is None else progress(v.name),
             )
         )

@@ -25,6 +25,7 @@ TRANSIENT = (
     redis.exceptions.ClusterError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterException,  # no node reachable (not a RedisError)
 )
 
 

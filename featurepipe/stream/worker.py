@@ -40,6 +40,7 @@ from featurepipe.stream.dead_letters import (
     QUARANTINED,
     STATE_TOO_LARGE,
     UNEXPECTED,
+    WRONG_PARTITION,
     DeadLetter,
     DeadLetterPublisher,
 )
@@ -112,6 +113,7 @@ class StreamWorker:
         # on the polling thread, and a call from another thread can wait on them forever)
         self.owned: frozenset[TopicPartition] = frozenset()
         self.digests: dict[Partition, str] = {}  # last message read per partition, this batch
+        self.recounted: dict[str, float] = {}  # topic -> when its partitions were last counted
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -229,7 +231,10 @@ class StreamWorker:
                     event = parse(m.value)
                     check_key(m.key, event, tp.partition)
                 except Invalid as e:
-                    dead.append(DeadLetter(tp.topic, m, e.reason, plan.category(e)))
+                    category = plan.category(e)
+                    if category == WRONG_PARTITION:
+                        self._check_partition_count(plan)
+                    dead.append(DeadLetter(tp.topic, m, e.reason, category))
                     continue
                 except Exception as e:  # an input the contract check did not foresee
                     dead.append(DeadLetter(tp.topic, m, f"{type(e).__name__}: {e}", UNEXPECTED))
@@ -378,6 +383,27 @@ class StreamWorker:
         owned = [tp for tp in self.consumer.assignment() if (tp.topic, tp.partition) in offsets]
         self.pending.update(owned)
         self.consumer.pause(*owned)
+
+    def _check_partition_count(self, plan: TopicPlan) -> None:
+        """A message not on its key's partition: a producer with another partitioner (dead-
+        letter it), or the topic gained partitions and producers already route by the new
+        count. Asked of the broker (fresh metadata, at most once a second per topic): a new
+        count stops the worker before this batch commits, since the store's layout no longer
+        finds the entities that moved."""
+        now = time.monotonic()
+        if now - self.recounted.get(plan.topic, -1e9) < 1.0:
+            return
+        self.recounted[plan.topic] = now
+        from featurepipe.stream.recover import partition_starts
+
+        count = len(partition_starts(self.config.bootstrap, [plan.topic]))
+        if count != plan.partitions:
+            raise StreamError(
+                f"topic '{plan.topic}' now has {count} partitions; the online store (a Redis "
+                f"Cluster, kept by partition) is laid out for {plan.partitions}: entities moved "
+                "partition. Rebuild the store for the new count under a new prefix: "
+                "`featurepipe recover --until <cut-over> --prefix <new prefix>`"
+            )
 
     def _count_retry(self) -> None:
         self.counters.flush_retries += 1
