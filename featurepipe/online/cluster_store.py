@@ -276,11 +276,15 @@ class PartitionedStateStore(StateStore):
     def _lay_out(self, topics: Sequence[str]) -> None:
         """Heads for topics this store has just met, in the current generation (if there is
         one yet: a first generation stamps them itself). Only where the topic has no head at
-        all: a missing head of a topic with others is a lost one, and stays missing."""
+        all and none of its views is in the generation: otherwise the topic was known (its
+        routing record was lost with a master) and a missing head is a lost one, which stays
+        missing."""
         generation = self.read_generation()
         if generation is None:
             return
         for topic in topics:
+            if self._views_of(topic) & set(generation.views):
+                continue
             heads = self.layout.heads([topic])
             pipe = self.client.pipeline(transaction=False)
             for _, _, head in heads:
