@@ -228,7 +228,7 @@ class FeatureStore:
         *,
         timestamp: str = DEFAULT_TIMESTAMP,
         full_feature_names: bool = False,
-        partitions: int = 1,
+        partitions: int | None = None,
         engine: Engine = "auto",
         cluster: str | None = None,
     ) -> pl.DataFrame:
@@ -236,8 +236,10 @@ class FeatureStore:
 
         A row at time T sees only events with ts < T and, where the source declares an arrival
         column, only events that had arrived before T. Rows keep their order and their other
-        columns (labels). ``partitions > 1`` processes entities in hash partitions, one at a
-        time, to bound memory.
+        columns (labels). Entities are processed in hash partitions, one at a time, which
+        bounds memory and, measured, also saves time: ``partitions`` sets their count; by
+        default about one per 400,000 events of the source (one below 800,000). The result
+        does not depend on it, bit for bit.
 
         ``cluster``: compute the partitions as tasks on a Dask cluster instead, at this
         scheduler address (``"tcp://10.0.0.5:8786"``), or ``"local"`` (``"local:N"``) for N

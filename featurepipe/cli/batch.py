@@ -568,8 +568,13 @@ def training_set(
         str, typer.Option(help="Timestamp column of the label rows.")
     ] = "event_timestamp",
     partitions: Annotated[
-        int, typer.Option(min=1, help="Entity hash partitions (bounds memory).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Entity hash partitions (bound memory; the result does not depend on them). "
+            "Default: about one per 400,000 events of the source.",
+        ),
+    ] = None,
     engine: Annotated[
         str,
         typer.Option(
