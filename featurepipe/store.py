@@ -238,8 +238,8 @@ class FeatureStore:
         column, only events that had arrived before T. Rows keep their order and their other
         columns (labels). Entities are processed in hash partitions, one at a time, which
         bounds memory and, measured, also saves time: ``partitions`` sets their count; by
-        default about one per 400,000 events of the source (one below 800,000). The result
-        does not depend on it, bit for bit.
+        default about one per 400,000 events of the source (one below 800,000 events, at most
+        one per 10,000 label rows). The result does not depend on it, bit for bit.
 
         ``cluster``: compute the partitions as tasks on a Dask cluster instead, at this
         scheduler address (``"tcp://10.0.0.5:8786"``), or ``"local"`` (``"local:N"``) for N

@@ -157,3 +157,16 @@ def test_cli_materialize_on_the_dask_engine(
         client.close()
 
 
+
+
+def test_training_set_partitions_follow_the_event_and_label_counts() -> None:
+    """Worked by hand from the rule: ~400,000 events each, one below 800,000 events, at most
+    one per 10,000 label rows, at most 64."""
+    from featurepipe.batch.engine import auto_partitions
+
+    assert auto_partitions(799_999, 1_000_000) == 1
+    assert auto_partitions(800_000, 1_000_000) == 2
+    assert auto_partitions(10_000_000, 1_000_000) == 25
+    assert auto_partitions(10_000_000, 120_000) == 12
+    assert auto_partitions(10_000_000, 9_999) == 1
+    assert auto_partitions(1_000_000_000, 100_000_000) == 64

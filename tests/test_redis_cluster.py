@@ -577,6 +577,23 @@ def test_a_lost_materialization_record_stops_the_worker(
     store.clear()
 
 
+def test_a_lost_routing_and_materialization_record_are_refused_too(
+    cluster: Any, defs: Any, events: Any
+) -> None:
+    """The routing record and the view's record were on the master that lost them: the view
+    is unrouted, yet the generation knows it, so its cut-over is not 'none' but unknown."""
+    path, _, until = events
+    prefix = unique("fpc-routing")
+    view = defs.view("user_spend")
+    materialize(view, until, cluster, path=path, prefix=prefix, partitions=PARTITIONS)
+    store = open_store(cluster, prefix)
+    assert isinstance(store, PartitionedStateStore)
+    cluster.delete(store.layout.meta_key(view.name), store.layout.routing_key())
+    with pytest.raises(OnlineStoreError, match="recover"):
+        open_store(cluster, prefix).read_meta(view.name)
+    store.clear()
+
+
 def test_the_cli_materializes_and_looks_up_on_the_cluster(
     redis_cluster: Cluster, events: Any
 ) -> None:

@@ -242,7 +242,9 @@ class BatchEngine:
                     quarantine_dir=self.quarantine_dir,
                 )
             events, report = events_cache[src.name]
-            parts = partitions if partitions is not None else auto_partitions(report.rows)
+            parts = (
+                partitions if partitions is not None else auto_partitions(report.rows, len(t_us))
+            )
             if partitions is None and parts <= 1:  # read unordered to count it first
                 events = in_arrival_order(events, src)
             out.reports[src.name] = report
@@ -304,15 +306,18 @@ class BatchEngine:
 # and 1.4 GB, 16 6.6 s and 0.8 GB, 32 8.5 s and 0.7 GB (each partition scans the whole input);
 # 10M x 1M: 16 partitions 15.5 s and 1.6 GB, 32 16.4 s and 1.3 GB (benchmarks/RESULTS.md)
 AUTO_EVENTS_PER_PARTITION = 400_000
+AUTO_LABELS_PER_PARTITION = 10_000  # fewer label rows: a partition's scan costs more than it saves
 MAX_AUTO_PARTITIONS = 64
 
 
-def auto_partitions(events: int) -> int:
-    """Entity-hash partitions for a source of ``events`` rows: about 400,000 events each (one
-    below 800,000 events), at most 64."""
+def auto_partitions(events: int, labels: int) -> int:
+    """Entity-hash partitions for a source of ``events`` rows and ``labels`` label rows: about
+    400,000 events each (one below 800,000 events), at most one per 10,000 label rows, at most
+    64."""
     if events < 2 * AUTO_EVENTS_PER_PARTITION:
         return 1
-    return min(MAX_AUTO_PARTITIONS, -(-events // AUTO_EVENTS_PER_PARTITION))
+    by_events = -(-events // AUTO_EVENTS_PER_PARTITION)
+    return max(1, min(MAX_AUTO_PARTITIONS, by_events, labels // AUTO_LABELS_PER_PARTITION))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ that covers them commit together. A view without a stream is routed under the ps
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -120,9 +121,13 @@ return redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3])
 # whole. Returns 1 stamped, 0 left alone.
 _STAMP_SCRIPT = """
 local gen = redis.call('HGET', KEYS[1], 'gen')
-if ARGV[4] == '1' or (gen and gen == ARGV[1]) then
+if ARGV[4] == '1' then
   redis.call('HSET', KEYS[1], 'gen', ARGV[2], 'n', ARGV[3])
   for i = 5, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], '1') end
+  return 1
+end
+if gen and gen == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'gen', ARGV[2])
   return 1
 end
 return 0
@@ -297,6 +302,16 @@ class PartitionedStateStore(StateStore):
                 pipe.hsetnx(head, COUNT, str(self.routing.partitions[topic]))
             pipe.execute()
 
+    def _record_views(self, generation: Generation, views: Mapping[str, str]) -> None:
+        """Add views (name -> fingerprint) a worker streams to the generation record: if the
+        routing record and a topic's heads are lost later, the topic is not taken for a new
+        one (``_lay_out``), and its views' lost cut-overs are refused (``read_meta``)."""
+        merged = {**views, **generation.views}
+        if merged != generation.views:
+            self.client.hset(
+                self.layout.generation_key(), "views", json.dumps(merged, sort_keys=True)
+            )
+
     def recorded_partitions(self, topic: str) -> int | None:
         self._ensure_loaded()
         return self.routing.partitions.get(topic)
@@ -370,6 +385,15 @@ class PartitionedStateStore(StateStore):
         name = view_name(view)
         topic = self.routing.topics.get(name)
         if topic is None:
+            generation = self.read_generation()
+            if generation is not None and name in generation.views:
+                raise StoreIdentityError(
+                    f"view '{name}': the online store's generation knows it, but its routing "
+                    f"and its materialization record are gone (key "
+                    f"'{self.layout.routing_key()}'): the master holding them restarted empty. "
+                    "Its cut-over is unknown; rebuild with `featurepipe recover --until "
+                    "<cut-over>`"
+                )
             return None
         pipe = self.client.pipeline(transaction=False)
         for _, _, head in self.layout.heads([topic]):
@@ -405,8 +429,12 @@ class PartitionedStateStore(StateStore):
         pipe.execute()
         later = {view_name(v) for v in rebuilding}
         rebuilt = {view_name(v) for v in views} | later
+        # a view the previous generation knew but the routing does not (its record was lost
+        # with a master): no topic can be told complete, so none is laid out again
+        known = set(previous.views) if previous is not None else set()
+        complete = known <= set(self.routing.topics) | set(views)
         for topic in self._topics():
-            whole = self._views_of(topic) <= rebuilt
+            whole = complete and self._views_of(topic) <= rebuilt
             flags = [f"b:{v}" for v in sorted(self._views_of(topic) & later)]
             args = [
                 "" if previous is None else previous.id,
@@ -425,7 +453,9 @@ class PartitionedStateStore(StateStore):
         got = self.client.eval(_CREATE_GENERATION_SCRIPT, 1, self.layout.generation_key(), *flat)
         if got:
             raw = got if isinstance(got, dict) else dict(zip(got[::2], got[1::2], strict=True))
-            return Generation.from_hash(raw), False
+            existing = Generation.from_hash(raw)
+            self._record_views(existing, views)
+            return existing, False
         # the first generation of this store: its heads (none can be lost: there were none
         # under a generation before; an old head keeps its foreign id and is refused)
         pipe = self.client.pipeline(transaction=False)

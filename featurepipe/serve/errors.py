@@ -29,12 +29,12 @@ class Problem(NamedTuple):
     message: str
 
 
-# a Redis Cluster resharding, failing over or unreachable (the last is not a RedisError)
+# a Redis Cluster resharding or failing over
 _CLUSTER_UNAVAILABLE = (
     redis.exceptions.ClusterError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
-    redis.exceptions.RedisClusterException,
+    redis.exceptions.SlotNotCoveredError,
 )
 
 
@@ -58,7 +58,11 @@ def problem(exc: BaseException) -> Problem | None:
         return Problem(503, "store_unavailable", str(exc))
     if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return Problem(503, "store_unavailable", f"the online store cannot be reached: {exc}")
-    if isinstance(exc, _CLUSTER_UNAVAILABLE):  # a Redis Cluster moving slots or failing over
+    if isinstance(exc, _CLUSTER_UNAVAILABLE) or (
+        # no node reachable: redis-py's bare RedisClusterException, like its client errors
+        isinstance(exc, redis.exceptions.RedisClusterException)
+        and "cannot be connected" in str(exc)
+    ):
         return Problem(503, "store_unavailable", f"the online store is unavailable: {exc}")
     if isinstance(exc, FeaturepipeError):
         return Problem(400, "bad_request", str(exc))

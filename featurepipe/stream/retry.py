@@ -25,8 +25,17 @@ TRANSIENT = (
     redis.exceptions.ClusterError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.TryAgainError,
-    redis.exceptions.RedisClusterException,  # no node reachable (not a RedisError)
+    redis.exceptions.SlotNotCoveredError,  # a slot no master serves (during a failover)
 )
+
+
+def transient(e: BaseException) -> bool:
+    """Whether ``e`` is an outage to wait out. redis-py raises "no node of the cluster can be
+    reached" as a bare ``RedisClusterException`` (not a RedisError), the class of its
+    deterministic client errors too (keys of different slots): only the former is waited for."""
+    if isinstance(e, TRANSIENT):
+        return True
+    return isinstance(e, redis.exceptions.RedisClusterException) and "cannot be connected" in str(e)
 
 
 class Backoff:
@@ -54,7 +63,9 @@ class Backoff:
         while True:
             try:
                 return fn()
-            except TRANSIENT as e:
+            except Exception as e:
+                if not transient(e):
+                    raise
                 self.on_retry()
                 log.warning("online store unavailable (%s); retrying in %.1fs", e, delay)
                 if self.stop.is_set():

@@ -59,6 +59,12 @@ _FRESHNESS_SAMPLES = 200  # per batch: the newest events stand for it
 _LAG_EVERY_S = 2.0
 
 
+# messages off their key's partition make the worker ask the broker for the topic's partition
+# count at most this often (seconds), waiting at most this long for the answer
+RECOUNT_S = 30.0
+RECOUNT_TIMEOUT_S = 15.0
+
+
 @dataclass
 class WorkerConfig:
     bootstrap: str
@@ -218,6 +224,7 @@ class StreamWorker:
         next_offsets: dict[Partition, int] = {}
         first_offsets: dict[Partition, int] = {}
         keep = valid.append
+        misplaced: dict[str, TopicPlan] = {}  # topics with messages off their key's partition
         for tp, msgs in polled.items():
             if not msgs:
                 continue
@@ -233,13 +240,15 @@ class StreamWorker:
                 except Invalid as e:
                     category = plan.category(e)
                     if category == WRONG_PARTITION:
-                        self._check_partition_count(plan)
+                        misplaced[plan.topic] = plan
                     dead.append(DeadLetter(tp.topic, m, e.reason, category))
                     continue
                 except Exception as e:  # an input the contract check did not foresee
                     dead.append(DeadLetter(tp.topic, m, f"{type(e).__name__}: {e}", UNEXPECTED))
                     continue
                 keep((plan, m, event))
+        for plan in misplaced.values():  # before anything of the batch is written
+            self._check_partition_count(plan)
         self._load_states(valid)
         checkpoint = self.checkpoint
         cache = checkpoint.cache
@@ -385,23 +394,40 @@ class StreamWorker:
         self.consumer.pause(*owned)
 
     def _check_partition_count(self, plan: TopicPlan) -> None:
-        """A message not on its key's partition: a producer with another partitioner (dead-
-        letter it), or the topic gained partitions and producers already route by the new
-        count. Asked of the broker (fresh metadata, at most once a second per topic): a new
-        count stops the worker before this batch commits, since the store's layout no longer
-        finds the entities that moved."""
+        """Messages not on their key's partition: a producer with another partitioner (they
+        are dead-lettered), or the topic gained partitions and producers already route by the
+        new count. Asked of the broker (fresh metadata; at most once per ``RECOUNT_S`` per
+        topic, bounded by ``RECOUNT_TIMEOUT_S``): a new count stops the worker before this
+        batch commits, since the store's layout no longer finds the entities that moved. An
+        answer that does not come in time counts as unchanged (logged): the messages stay in
+        the dead-letter topic, from which they can be replayed."""
         now = time.monotonic()
-        if now - self.recounted.get(plan.topic, -1e9) < 1.0:
+        if now - self.recounted.get(plan.topic, -1e9) < RECOUNT_S:
             return
-        self.recounted[plan.topic] = now
         from featurepipe.stream.recover import partition_starts
 
-        count = len(partition_starts(self.config.bootstrap, [plan.topic]))
-        if count != plan.partitions:
+        answer: list[int] = []
+        failed: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                answer.append(len(partition_starts(self.config.bootstrap, [plan.topic])))
+            except Exception as e:  # reported below; the worker goes on
+                failed.append(e)
+
+        asking = threading.Thread(target=ask, name="featurepipe-recount", daemon=True)
+        asking.start()
+        asking.join(RECOUNT_TIMEOUT_S)
+        self.recounted[plan.topic] = time.monotonic()
+        if not answer:
+            why = failed[0] if failed else f"no answer in {RECOUNT_TIMEOUT_S:g} s"
+            log.warning("cannot count the partitions of %s (%s): dead-lettering", plan.topic, why)
+            return
+        if answer[0] != plan.partitions:
             raise StreamError(
-                f"topic '{plan.topic}' now has {count} partitions; the online store (a Redis "
-                f"Cluster, kept by partition) is laid out for {plan.partitions}: entities moved "
-                "partition. Rebuild the store for the new count under a new prefix: "
+                f"topic '{plan.topic}' now has {answer[0]} partitions; the online store (a "
+                f"Redis Cluster, kept by partition) is laid out for {plan.partitions}: entities "
+                "moved partition. Rebuild the store for the new count under a new prefix: "
                 "`featurepipe recover --until <cut-over> --prefix <new prefix>`"
             )
 
