@@ -62,17 +62,7 @@ from featurepipe.online.redis_conn import connect  # noqa: E402
 from featurepipe.online.state_store import open_store  # noqa: E402
 from featurepipe.stream.produce import ensure_topics, produce_frame  # noqa: E402
 from featurepipe.stream.worker import StreamWorker, WorkerConfig  # noqa: E402
-from tests.redis_cluster import (  # noqa: E402
-    MASTERS,
-    START_TIMEOUT_S,
-    Cluster,
-    _binary,
-    _form,
-    _free_ports,
-    _start_node,
-    _stop,
-    _wait_ping,
-)
+from tests.redis_cluster import MASTERS, Cluster, start_cluster, stop_cluster  # noqa: E402
 
 VIEW = "user_spend"
 PARTITIONS = 12  # of the topic, and the cluster store's layout
@@ -94,24 +84,6 @@ class Side:
             t = psutil.Process(pid).cpu_times()
             total += t.user + t.system
         return total
-
-
-def start_cluster(workdir: Path) -> Cluster:
-    """Three masters on free loopback ports, slots split in three, cluster_state:ok."""
-    binary = _binary()
-    ports = _free_ports(2 * MASTERS)
-    nodes = []
-    try:
-        for i in range(MASTERS):
-            nodes.append(_start_node(binary, workdir, ports[i], ports[MASTERS + i]))
-        deadline = time.monotonic() + START_TIMEOUT_S
-        for node in nodes:
-            _wait_ping(node, deadline)
-        _form(nodes)
-    except BaseException:
-        _stop(nodes)
-        raise
-    return Cluster(nodes, workdir)
 
 
 def quantile_ms(samples_ns: list[int], q: float) -> float:
@@ -269,7 +241,7 @@ def services() -> Iterator[tuple[Cluster, infra.DevServices]]:
             if started:
                 infra.down(workdir=workdir / "dev")
             if cluster is not None:
-                _stop(cluster.nodes)
+                stop_cluster(cluster)
 
 
 def timed(what: str, fn: Callable[[], Any]) -> Any:

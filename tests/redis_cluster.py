@@ -229,20 +229,34 @@ def _stop(nodes: list[Node]) -> None:
             node.proc.stderr.close()
 
 
+def start_cluster(workdir: Path) -> Cluster:
+    """Three masters on free loopback ports under ``workdir``, slots split in three,
+    ``cluster_state:ok``; stop them with ``stop_cluster``."""
+    binary = _binary()
+    ports = _free_ports(2 * MASTERS)
+    nodes: list[Node] = []
+    try:
+        for i in range(MASTERS):
+            nodes.append(_start_node(binary, workdir, ports[i], ports[MASTERS + i]))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for node in nodes:
+            _wait_ping(node, deadline)
+        _form(nodes)
+    except BaseException:
+        _stop(nodes)
+        raise
+    return Cluster(nodes, workdir)
+
+
+def stop_cluster(cluster: Cluster) -> None:
+    _stop(cluster.nodes)
+
+
 @pytest.fixture(scope="module")
 def redis_cluster() -> Iterator[Cluster]:
-    binary = _binary()
     with tempfile.TemporaryDirectory(prefix="fp-cluster-") as tmp:
-        workdir = Path(tmp)
-        ports = _free_ports(2 * MASTERS)
-        nodes: list[Node] = []
+        cluster = start_cluster(Path(tmp))
         try:
-            for i in range(MASTERS):
-                nodes.append(_start_node(binary, workdir, ports[i], ports[MASTERS + i]))
-            deadline = time.monotonic() + START_TIMEOUT_S
-            for node in nodes:
-                _wait_ping(node, deadline)
-            _form(nodes)
-            yield Cluster(nodes, workdir)
+            yield cluster
         finally:
-            _stop(nodes)
+            stop_cluster(cluster)

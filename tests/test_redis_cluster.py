@@ -265,6 +265,30 @@ def _stream(
     return worker.run()
 
 
+def _assert_states_of_one_single_redis_worker(
+    defs: Any,
+    cluster: Any,
+    prefix: str,
+    redis_url: str,
+    bootstrap: str,
+    topic: str,
+    log: pl.DataFrame,
+) -> None:
+    """Every user's state under ``prefix`` on the cluster is the bytes one uninterrupted
+    worker writes on a single Redis from the same topic."""
+    single = connect(redis_url)
+    try:
+        single_prefix = unique("fps-ref")
+        _stream(defs, single, bootstrap, topic, single_prefix, log.height)
+        users = sorted(log["user_id"].unique().to_list())
+        got = _states(open_store(cluster, prefix), "user_spend", users)
+        want = _states(StateStore(single, single_prefix), "user_spend", users)
+        assert all(s is not None for s in got) and got == want
+        StateStore(single, single_prefix).clear()
+    finally:
+        single.close()
+
+
 def test_a_restarted_worker_on_the_cluster_ends_byte_identical_to_a_single_redis_run(
     defs: Any, cluster: Any, redis_url: str, services: infra.DevServices
 ) -> None:
@@ -279,17 +303,9 @@ def test_a_restarted_worker_on_the_cluster_ends_byte_identical_to_a_single_redis
     rest = _stream(defs, cluster, services.kafka_bootstrap, topic, prefix, 5_000 - first.valid)
     assert first.valid + rest.valid == 5_000 and rest.invalid == 0
     # on a single Redis: one uninterrupted worker
-    single = connect(redis_url)
-    try:
-        single_prefix = unique("fps-restart")
-        _stream(defs, single, services.kafka_bootstrap, topic, single_prefix, 5_000)
-        users = sorted(log["user_id"].unique().to_list())
-        got = _states(open_store(cluster, prefix), "user_spend", users)
-        want = _states(StateStore(single, single_prefix), "user_spend", users)
-        assert all(s is not None for s in got) and got == want
-        StateStore(single, single_prefix).clear()
-    finally:
-        single.close()
+    _assert_states_of_one_single_redis_worker(
+        defs, cluster, prefix, redis_url, services.kafka_bootstrap, topic, log
+    )
     # the positions are in the partitions' heads, at the end of each partition
     positions = open_store(cluster, prefix).read_positions(prefix)
     assert sorted(positions) == [(topic, p) for p in range(4)]
@@ -343,17 +359,9 @@ def test_slots_moved_between_masters_while_the_worker_streams(
     assert moved > 50  # keys really moved under the worker
     met = redis_cluster.redirections() - redirected
     assert met > 0  # commits or reads met half-moved slots (ASK, TRYAGAIN) and went on
-    single = connect(redis_url)
-    try:
-        single_prefix = unique("fps-move")
-        _stream(defs, single, services.kafka_bootstrap, topic, single_prefix, log.height)
-        users = sorted(log["user_id"].unique().to_list())
-        got = _states(open_store(cluster, prefix), "user_spend", users)
-        want = _states(StateStore(single, single_prefix), "user_spend", users)
-        assert all(s is not None for s in got) and got == want
-        StateStore(single, single_prefix).clear()
-    finally:
-        single.close()
+    _assert_states_of_one_single_redis_worker(
+        defs, cluster, prefix, redis_url, services.kafka_bootstrap, topic, log
+    )
     assert online_vs_batch(defs.view("user_spend"), cluster, prefix, log, require_found=True) == 0
     store.clear()
 

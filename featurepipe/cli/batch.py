@@ -13,6 +13,7 @@ from rich.progress import Progress, TaskID
 
 from featurepipe.cli.app import app
 from featurepipe.cli.common import (
+    AddressOpt,
     DefsOpt,
     JsonOpt,
     RepoOpt,
@@ -582,13 +583,7 @@ def training_set(
             "'dask' (as tasks on a Dask cluster, see --address; same result, bit for bit)."
         ),
     ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(
-            help="With --engine dask: the scheduler's address (e.g. tcp://10.0.0.5:8786); "
-            "default: 'local', worker processes on this machine started for the job."
-        ),
-    ] = None,
+    address: AddressOpt = None,
     baseline: Annotated[
         bool,
         typer.Option(

@@ -38,6 +38,13 @@ BootstrapOpt = Annotated[
         "kafka_bootstrap, dev up, 127.0.0.1:9092)."
     ),
 ]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="With --engine dask: the scheduler's address (e.g. tcp://10.0.0.5:8786); "
+        "default: 'local', worker processes on this machine started for the job."
+    ),
+]
 RedisUrlOpt = Annotated[
     str | None,
     typer.Option(help="Online store URL (else $REDIS_URL, the project's redis_url, dev up)."),

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from featurepipe.cli.app import app
 from featurepipe.cli.common import (
+    AddressOpt,
     BootstrapOpt,
     DefsOpt,
     JsonOpt,
@@ -68,13 +69,7 @@ def materialize(
             "tasks on a Dask cluster, see --address; the same states, byte for byte)."
         ),
     ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(
-            help="With --engine dask: the scheduler's address (e.g. tcp://10.0.0.5:8786); "
-            "default: 'local', worker processes on this machine started for the job."
-        ),
-    ] = None,
+    address: AddressOpt = None,
 ) -> None:
     """Bulk-load every entity's online state as of UNTIL from Parquet into Redis."""
     from featurepipe.online.cli_materialize import materialize_command

@@ -189,7 +189,11 @@ class PartitionedLayout(OnlineStoreLayout):
 
     def state_key(self, view: ViewLike, entity: Entity) -> str:
         topic, p = self.partition(view, entity)
-        return f"{self.tag(topic, p)}:{{{encode_entity(entity)}}}:{view_name(view)}"
+        return self.state_key_in(topic, p, view, entity)
+
+    def state_key_in(self, topic: str, partition: int, view: ViewLike, entity: Entity) -> str:
+        """The state key of an entity whose partition is already known."""
+        return f"{self.tag(topic, partition)}:{{{encode_entity(entity)}}}:{view_name(view)}"
 
     def state_key_pattern(self, view: ViewLike) -> str:
         return f"{glob_escape(self.prefix)}:{{*}}:{{*}}:{glob_escape(view_name(view))}"
@@ -494,7 +498,7 @@ class PartitionedStateStore(StateStore):
         for view, entity in wanted:
             topic, p = self.layout.partition(view, entity)
             heads.setdefault(self.layout.head_key(topic, p), (topic, p))
-            keys.append(self.layout.state_key(view, entity))
+            keys.append(self.layout.state_key_in(topic, p, view, entity))
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.layout.generation_key(), "id")
         for head in heads:
@@ -640,7 +644,7 @@ class PartitionedStateStore(StateStore):
                 str(self.routing.partitions[topic]),
             ]
             for w in by_partition[tp]:
-                keys.append(self.layout.state_key(w.view, w.entity))
+                keys.append(self.layout.state_key_in(topic, p, w.view, w.entity))
                 if w.quarantine is None:
                     args += ["s", w.state, w.fingerprint]
                 else:
