@@ -58,6 +58,7 @@ from featurepipe.ir.types import DType
 from featurepipe.settings import future_tolerance as configured_tolerance
 
 ROW = "__row"
+FILE_NO = "__file_no"  # the file's place in the read order
 FILE = "__file"
 REASON = "__reason"
 _ISO = "%Y-%m-%dT%H:%M:%S%.f"  # as Python's isoformat: no fraction when it is zero
@@ -359,7 +360,7 @@ def _whole_file_refused(file: Path, i: int, source: Source, why: str) -> pl.Lazy
     return pl.LazyFrame().select(
         pl.int_range(0, _rows_in(file), dtype=pl.get_index_type()).alias(ROW),
         pl.lit(str(file)).alias(FILE),
-        pl.lit(i, pl.Int64).alias("__file_no"),
+        pl.lit(i, pl.Int64).alias(FILE_NO),
         *[pl.lit(None, _TARGET[dtype]).alias(n) for n, (dtype, _) in source.fields.items()],
         pl.lit(why).alias(REASON),
         pl.lit(True).alias("__bad"),
@@ -491,7 +492,7 @@ def read_events(
             .select(
                 pl.col(ROW),
                 pl.lit(str(file)).alias(FILE),
-                pl.lit(i, pl.Int64).alias("__file_no"),
+                pl.lit(i, pl.Int64).alias(FILE_NO),
                 *cols,
                 pl.concat_str(reasons, separator="; ", ignore_nulls=True).alias(REASON),
                 pl.any_horizontal(bad).alias("__bad"),
@@ -579,17 +580,17 @@ def in_arrival_order(events: pl.LazyFrame, source: Source) -> pl.LazyFrame:
         # they stream by (no sort, so a caller's later filter keeps memory flat)
         names = events.collect_schema().names()
         return events.with_row_index(SEQ).select(
-            *(n for n in names if n != "__file_no"),
+            *(n for n in names if n != FILE_NO),
             pl.col(source.timestamp).alias(TS),
             pl.col(SEQ).cast(pl.Int64),
         )
-    order = [source.arrival, "__file_no", ROW]
+    order = [source.arrival, FILE_NO, ROW]
     return (
         events.sort(order)
         .with_columns(
             pl.col(source.timestamp).alias(TS), pl.int_range(pl.len(), dtype=pl.Int64).alias(SEQ)
         )
-        .drop("__file_no")
+        .drop(FILE_NO)
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from featurepipe.ir.types import DType
@@ -203,6 +203,25 @@ class ViewIR:
                 elif isinstance(node, FeatureRef):
                     todo.append(node.name)
         return tuple((f, d) for f, d in self.request_fields if f in read)
+
+    def restricted_to(self, feats: Sequence[str]) -> ViewIR:
+        """The view with only the features ``feats`` and those they reference, in view order:
+        the same values for those features from fewer aggregations (a training set of a few
+        features of a wide view computes only what they need)."""
+        keep: set[str] = set()
+        todo = list(feats)
+        while todo:
+            name = todo.pop()
+            if name in keep:
+                continue
+            keep.add(name)
+            todo += [n.name for n in self.feature(name).expr.walk() if isinstance(n, FeatureRef)]
+        return replace(self, features=tuple(f for f in self.features if f.name in keep))
+
+    @property
+    def fields_read(self) -> frozenset[str]:
+        """The source fields the view's aggregations read (their values, filters, buckets)."""
+        return frozenset(n.name for a in self.aggs for n in a.walk() if isinstance(n, Field))
 
     @property
     def reads_query_time(self) -> bool:
