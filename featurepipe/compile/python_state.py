@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from itertools import pairwise
 from operator import itemgetter
@@ -29,6 +29,7 @@ import msgspec
 from featurepipe import kernels as k
 from featurepipe.compile.python_rows import CodeGen
 from featurepipe.errors import StateError, UnsupportedOperationError
+from featurepipe.ir import aggs as kinds
 from featurepipe.ir import nodes as ir
 from featurepipe.ir.aggs import AggKind, kind_of
 from featurepipe.ir.timebase import format_us
@@ -85,6 +86,27 @@ class State:
             f"buffer={len(self.buffer)} events, compacted={self.compacted!r}, "
             f"tiles={[len(t) for t in self.tiles]})"
         )
+
+
+# kinds whose fold gives the same accumulator in any order of the events: sums of exact
+# integers, a strict best (equal values are the same value: -0.0 is 0.0 once prepared), a
+# unique (ts, seq) order, sets, a list kept sorted by (ts, seq)
+ORDER_FREE_FOLDS: frozenset[type[AggKind]] = frozenset(
+    {
+        kinds.Count,
+        kinds.Sum,
+        kinds.Mean,
+        kinds.Var,
+        kinds.Std,
+        kinds.Min,
+        kinds.Max,
+        kinds.First,
+        kinds.Last,
+        kinds.CountDistinct,
+        kinds.LastK,
+        kinds.FirstK,
+    }
+)
 
 
 def _fold_block(agg: ir.Agg, i: int) -> list[str]:
@@ -408,7 +430,15 @@ class ViewProgram:
 
     def ingest(self, state: State, event: Mapping[str, Any], seq: int) -> None:
         """Fold one event (datetimes as epoch micros) into the entity's state."""
-        rec = self._row(event, seq)
+        self.ingest_record(state, self._row(event, seq))
+
+    def record(self, event: Mapping[str, Any], seq: int) -> tuple[Any, ...]:
+        """The event's record (``REC_*``): what ``ingest`` folds; ``compile.polars_records``
+        computes the same for many events at once."""
+        return self._row(event, seq)  # type: ignore[no-any-return]
+
+    def ingest_record(self, state: State, rec: tuple[Any, ...]) -> None:
+        """Fold one event's record (``record``) into the entity's state."""
         ts = rec[REC_TS]
         if ts < state.horizon:
             self._compact(state.compacted, rec)  # very late: only lifetime accumulators use it
@@ -472,6 +502,38 @@ class ViewProgram:
                 for i in [i for i in tiles if i < first]:
                     del tiles[i]
                 state.tile_floor[g] = first
+
+    @property
+    def assembles(self) -> bool:
+        """Whether ``assemble`` builds the state ``ingest_record`` would: no hopped windows
+        (tiles depend on when events left the buffer) and every lifetime aggregation folds
+        its events to the same accumulator in any order."""
+        return not self.groups and all(
+            type(self.kinds[i]) in ORDER_FREE_FOLDS for i in self.lifetime
+        )
+
+    @property
+    def retention_us(self) -> int:
+        """How far behind the newest event the buffer reaches: the longest window plus the
+        lateness (no hopped windows)."""
+        return self.max_window + self.lateness
+
+    def assemble(self, max_ts: int, older: Iterable[Any], newer: list[Any]) -> State:
+        """An entity's state after ingesting its records, built at once (``assembles``):
+        ``newer``, its records with ts >= ``max_ts`` - ``retention_us`` in (ts, seq) order,
+        is the buffer; ``older``, the others in any order, is folded into the lifetime
+        accumulators. One by one, the buffer ends with exactly the records at or after the
+        final horizon (``ingest_record``: the horizon only grows; a record behind it is
+        folded on arrival or at the next eviction; ties stay in arrival order) and every
+        other record is folded once: the same state."""
+        state = self.new_state()
+        state.max_ts = max_ts
+        state.horizon = max(NO_TS, max_ts - self.retention_us)
+        compact, compacted = self._compact, state.compacted
+        for rec in older:
+            compact(compacted, rec)
+        state.buffer = newer
+        return state
 
     def can_answer(self, state: State, t: int) -> bool:
         return bool(state.max_ts == NO_TS or t >= state.max_ts - self.lateness)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ import redis
 
 from featurepipe.batch.sources import SourceReport, read_events
 from featurepipe.compile.polars_aggs import SEQ
+from featurepipe.compile.polars_records import EXACT, record_plan
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.ir.entity_keys import with_composite_key
@@ -184,7 +186,7 @@ def materialize(
         todo_q = lf.filter(todo_filter).select(*fields, SEQ).sort(key, SEQ)
         todo, skipped_df = pl.collect_all([todo_q, skipped_q])
         skipped = int(skipped_df["skipped"][0])
-        states = _entity_states(ViewProgram(view.ir), todo, fields, key, last)
+        states = entity_states(ViewProgram(view.ir), todo, fields, key, last)
 
     batches = 0
     try:
@@ -275,7 +277,7 @@ class StateTask:
     def compute(self) -> pl.DataFrame:
         fields = list(self.fields)
         todo = self.events.select(*fields, SEQ).sort(self.key, SEQ).collect()
-        rows = list(_entity_states(ViewProgram(self.ir), todo, fields, self.key, None))
+        rows = list(entity_states(ViewProgram(self.ir), todo, fields, self.key, None))
         return pl.DataFrame(
             {
                 self.key: pl.Series([r[0] for r in rows], dtype=todo.schema[self.key]),
@@ -310,18 +312,19 @@ def shard_tasks(
     ]
 
 
-def _entity_states(
+def entity_states(
     prog: ViewProgram, todo: pl.DataFrame, fields: list[str], key: str, last: Entity | None
 ) -> Iterator[tuple[Entity, bytes, int]]:
     """(entity, state bytes, events) per entity of ``todo`` (sorted by entity, arrival)."""
-    ki = fields.index(key)
-    n = len(fields)
+    if prog.assembles and record_plan(prog.view) is not None:
+        yield from _assembled_states(prog, todo, fields, key, last)
+        return
     previous: Any = last
     current: Any = None
     state: Any = None  # ViewProgram state, opaque here
     count = 0
-    for row in todo.iter_rows():
-        entity = row[ki]
+    ingest = prog.ingest_record
+    for entity, rec in _event_records(prog, todo, fields, key):
         if state is None or entity != current:
             if state is not None:
                 yield current, _dump(prog, state, current), count
@@ -332,10 +335,66 @@ def _entity_states(
                 )
             current = previous = entity
             state, count = prog.new_state(), 0
-        prog.ingest(state, dict(zip(fields, row[:n], strict=True)), row[n])
+        ingest(state, rec)
         count += 1
     if state is not None:
         yield current, _dump(prog, state, current), count
+
+
+def _assembled_states(
+    prog: ViewProgram, todo: pl.DataFrame, fields: list[str], key: str, last: Entity | None
+) -> Iterator[tuple[Entity, bytes, int]]:
+    """``entity_states`` by ``ViewProgram.assemble``: each entity's records split (in Polars)
+    into those behind its final horizon, folded, and the buffer, already in (ts, seq) order."""
+    ts = pl.col(prog.view.timestamp)
+    newer = (ts >= ts.max().over(key) - prog.retention_us).alias("__newer")
+    ordered = todo.with_columns(newer).sort(
+        key, "__newer", pl.when("__newer").then(ts).otherwise(0), SEQ
+    )
+    sizes = ordered.group_by(key, maintain_order=True).agg(
+        (~pl.col("__newer")).sum().alias("older"), pl.len().alias("n"), ts.max().alias("max_ts")
+    )
+    records = (rec for _, rec in _event_records(prog, ordered.drop("__newer"), fields, key))
+    previous: Any = last
+    for entity, older, n, max_ts in sizes.iter_rows():
+        if previous is not None and not entity > previous:
+            raise OnlineStoreError(
+                f"entities are not in increasing order ({entity!r} after {previous!r}): "
+                "resuming would be unsafe"
+            )
+        previous = entity
+        folded = list(islice(records, older))  # first: the entity's records come in this order
+        state = prog.assemble(max_ts, folded, list(islice(records, n - older)))
+        yield entity, _dump(prog, state, entity), n
+
+
+RECORD_CHUNK = 65_536  # events turned into records at once: bounds the Python objects alive
+
+
+def _event_records(
+    prog: ViewProgram, todo: pl.DataFrame, fields: list[str], key: str
+) -> Iterator[tuple[Entity, tuple[Any, ...]]]:
+    """(entity, record) per event of ``todo`` (``fields`` then ``__seq``), in order: computed
+    by the vectorized row stage (``compile.polars_records``), the row function taking the
+    rows it marks inexact, or every row when the view has no such plan. Either way the
+    records are the row function's, so the states are the same bytes."""
+    n = len(fields)
+    plan = record_plan(prog.view)
+    if plan is None:
+        ki = fields.index(key)
+        for row in todo.iter_rows():
+            yield row[ki], prog.record(dict(zip(fields, row[:n], strict=True)), row[n])
+        return
+    for offset in range(0, todo.height, RECORD_CHUNK):
+        part = todo.slice(offset, RECORD_CHUNK)
+        frame = part.select(*plan.columns, plan.exact)
+        records = plan.records(frame)
+        exact = frame.get_column(EXACT)
+        if not exact.all():
+            for i in (~exact).arg_true().to_list():
+                row = part.row(i)
+                records[i] = prog.record(dict(zip(fields, row[:n], strict=True)), row[n])
+        yield from zip(part.get_column(key).to_list(), records, strict=True)
 
 
 def _dump(prog: ViewProgram, state: Any, entity: Entity) -> bytes:

@@ -1,0 +1,164 @@
+"""The per-event row stage as one Polars plan: ``ViewProgram``'s records, vectorized.
+
+A record is ``(ts, seq, mask, p0, ..., p{n-1})`` (``python_state.REC_*``): the event time, its
+arrival rank, the bits of the aggregations whose ``where`` holds, and each aggregation's
+prepared input (``AggKind.prepare_code``). ``record_plan`` computes the same values, of the
+same Python types once read back with ``DataFrame.rows``, from the batch row compiler
+(``polars_rows.translate``); ``PREPARED`` has one entry per kind, beside its ``prepare_code``.
+
+Where a record's Python value is not a column value (a fixed-point sum saturated to a flag
+string, an int whose square exceeds a float's exact range) or its bits are not certain to
+survive (any NaN), the plan marks the row inexact, and the caller computes that row with
+``ViewProgram``'s row function. A view with a kind that has no entry, or a ``by=`` bucket,
+gets no plan (``None``): the caller replays every event. ``tests/test_polars_records.py``
+holds every entry to the row function on generated events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from featurepipe.compile.polars_rows import translate
+from featurepipe.ir import aggs as kinds
+from featurepipe.ir import nodes as ir
+from featurepipe.ir.aggs import fixed_expr, float_input, kind_of
+
+SEQ = "__seq"
+EXACT = "__exact"
+# a value (or the two halves of a pair) and the rows where the plan's value is not the row
+# function's (None: every row is)
+Prepared = tuple[pl.Expr | tuple[pl.Expr, pl.Expr], pl.Expr | None]
+MAX_MASK_BITS = 62  # the mask is an Int64 column
+EXACT_INT_SQUARE = 2**26  # |v| below it: v * v and v * 2**40 are exact in binary64
+
+
+def _identity(agg: ir.Agg, v: pl.Expr) -> Prepared:
+    return v, _nan(v) if float_input(agg) else None
+
+
+def _nan(v: pl.Expr) -> pl.Expr:
+    return v.is_nan().fill_null(False)
+
+
+def _canonical_zero(agg: ir.Agg, v: pl.Expr) -> Prepared:
+    """``v + 0.0 if v == 0.0 else v`` for a float input: -0.0 is 0.0."""
+    if not float_input(agg):
+        return v, None
+    return pl.when(v == 0.0).then(pl.lit(0.0)).otherwise(v), _nan(v)
+
+
+def _fixed(agg: ir.Agg, v: pl.Expr) -> Prepared:
+    """``kernels.to_fixed`` of a float input (ints are summed as they are)."""
+    if not float_input(agg):
+        return v, None
+    q, pos, neg, nan = fixed_expr(v)
+    return pl.when(v.is_not_null()).then(q), (pos | neg | nan).fill_null(False)
+
+
+def _fixed_pair(agg: ir.Agg, v: pl.Expr) -> Prepared:
+    """``(to_fixed(v), to_fixed(v * v))``, as two columns (a list column reads back slowly)."""
+    x = v.cast(pl.Float64)
+    q, pos, neg, nan = fixed_expr(x)
+    q2, pos2, neg2, nan2 = fixed_expr(x * x)
+    inexact = pos | neg | nan | pos2 | neg2 | nan2
+    if not float_input(agg):  # the row function squares the int exactly, then rounds
+        inexact = inexact | (v.abs() >= EXACT_INT_SQUARE)
+    valid = v.is_not_null()
+    return (pl.when(valid).then(q), pl.when(valid).then(q2)), inexact.fill_null(False)
+
+
+def _as_float(agg: ir.Agg, v: pl.Expr) -> Prepared:
+    x = v.cast(pl.Float64)
+    return x, _nan(x)
+
+
+# kind -> the Polars form of its prepare_code; kinds absent here (the sketch's bucket keys,
+# count_by, by= buckets) are replayed per event
+PREPARED: dict[type[kinds.AggKind], Callable[[ir.Agg, pl.Expr], Prepared]] = {
+    kinds.Count: _identity,
+    kinds.Sum: _fixed,
+    kinds.Mean: _fixed,
+    kinds.DecayedSum: _as_float,
+    kinds.Var: _fixed_pair,
+    kinds.Std: _fixed_pair,
+    kinds.Min: _canonical_zero,
+    kinds.Max: _canonical_zero,
+    kinds.First: _identity,
+    kinds.Last: _identity,
+    kinds.LastK: _identity,
+    kinds.FirstK: _identity,
+    kinds.CountDistinct: _canonical_zero,  # a NaN key ("nan") is inexact: the row function's
+    kinds.Mode: _canonical_zero,
+    kinds.LastDistinctK: _canonical_zero,
+}
+
+
+@dataclass(frozen=True)
+class RecordPlan:
+    """``columns``: the record's values in order, then the second halves of its pairs;
+    ``pairs``: (record position, column of the second half); ``exact``: whether the row's
+    record is the row function's (else compute that row with it)."""
+
+    columns: tuple[pl.Expr, ...]
+    width: int
+    pairs: tuple[tuple[int, int], ...]
+    exact: pl.Expr
+
+    def records(self, frame: pl.DataFrame) -> list[tuple[Any, ...]]:
+        """The records of ``frame`` (``columns`` computed): one tuple per row."""
+        lists = [frame.to_series(i).to_list() for i in range(len(self.columns))]
+        for at, second in self.pairs:
+            lists[at] = [
+                None if a is None else (a, b) for a, b in zip(lists[at], lists[second], strict=True)
+            ]
+        return list(zip(*lists[: self.width], strict=True))
+
+
+def record_plan(view: ir.ViewIR) -> RecordPlan | None:
+    """The records of ``view`` as Polars expressions over its events (fields by name, the
+    arrival rank as ``__seq``, datetimes as epoch micros), or None when a kind has no entry."""
+    aggs = view.aggs
+    if len(aggs) > MAX_MASK_BITS:
+        return None
+
+    def leaf(n: ir.Node) -> pl.Expr | None:
+        return pl.col(n.name) if isinstance(n, ir.Field) else None
+
+    values: list[pl.Expr] = []
+    seconds: list[pl.Expr] = []
+    pairs: list[tuple[int, int]] = []
+    inexact: list[pl.Expr] = []
+    mask_terms: list[pl.Expr] = []
+    for i, agg in enumerate(aggs):
+        prepare = PREPARED.get(type(kind_of(agg)))
+        if prepare is None or agg.by is not None:
+            return None
+        v = pl.lit(True) if agg.arg is None else translate(agg.arg, leaf)
+        value, off = prepare(agg, v)
+        if isinstance(value, tuple):
+            value, second = value
+            pairs.append((3 + i, 3 + len(aggs) + len(seconds)))
+            seconds.append(second.alias(f"__q{i}"))
+        values.append(value.alias(f"__p{i}"))
+        if off is not None:
+            inexact.append(off)
+        bit = pl.lit(1 << i, pl.Int64)
+        if agg.where is None:
+            mask_terms.append(bit)
+        else:
+            holds = translate(agg.where, leaf).fill_null(False)
+            mask_terms.append(pl.when(holds).then(bit).otherwise(pl.lit(0, pl.Int64)))
+    mask = pl.sum_horizontal(mask_terms) if mask_terms else pl.lit(0, pl.Int64)
+    columns = (
+        pl.col(view.timestamp).alias("__ts"),
+        pl.col(SEQ).alias("__rseq"),
+        mask.cast(pl.Int64).alias("__mask"),
+        *values,
+        *seconds,
+    )
+    exact = ~pl.any_horizontal(inexact) if inexact else pl.lit(True)
+    return RecordPlan(columns, 3 + len(aggs), tuple(pairs), exact.alias(EXACT))
