@@ -25,7 +25,19 @@ from featurepipe.ir.aggs import kind_of
 from featurepipe.online.materialize import entity_states
 from featurepipe.parity.harness import normalize_events
 from tests.schema import BASE, frame, scaled, view
-from tests.test_oracle_duckdb import KINDS, LISTS, Spec, logs, specs
+from tests.test_oracle_duckdb import (
+    BOOLS,
+    FLOATS,
+    INTS,
+    KEYS,
+    KINDS,
+    LISTS,
+    TEXT,
+    US,
+    Spec,
+    logs,
+    specs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_KINDS = sorted({*KINDS, *LISTS, "count_by"})
@@ -51,7 +63,8 @@ def same(got: Any, want: Any) -> bool:
 
 
 def replayed(prog: ViewProgram, events: pl.DataFrame, fields: list[str], key: str) -> dict[Any, bytes]:
-    """The naive reference: each entity's events ingested one by one in arrival order."""
+    """The naive reference: each entity's events ingested one by one in arrival order (no
+    materialize code: ``ViewProgram.ingest``, as the stream worker calls it)."""
     states: dict[Any, Any] = {}
     for row in events.sort("__seq").iter_rows(named=True):
         state = states.setdefault(row[key], prog.new_state())
@@ -123,6 +136,9 @@ def test_a_wide_view_takes_the_fast_path_and_writes_the_replayed_bytes() -> None
     want = replayed(prog, events, fields, v.entity.key)
     got = materialized(ViewProgram(v.ir), events, fields, v.entity.key)
     assert got == want
+    todo = events.select(*fields, "__seq").sort(v.entity.key, "__seq")
+    forced = {e: b for e, b, _ in entity_states(prog, todo, fields, v.entity.key, None, per_event=True)}
+    assert forced == want  # the benchmark's baseline path
 
 
 def test_the_fast_path_is_taken_only_where_it_is_exact() -> None:
@@ -138,3 +154,58 @@ def test_the_fast_path_is_taken_only_where_it_is_exact() -> None:
     assert make(Spec("mode", "s", "5s", "all")).assembles  # windowed: never compacted
     assert record_plan(view({"f": Spec("count_by", "s", "5s", "all").expr}).ir) is None
     assert all(kind in PREPARED for kind in ORDER_FREE_FOLDS)
+
+
+ORDER_FREE = ["count", "sum", "mean", "var", "std", "min", "max", "first", "last", "count_distinct", "last_k", "first_k"]
+
+
+@st.composite
+def dense_logs(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Up to 40 events of one or two entities over 8 s, mostly in time order: several events
+    behind a 1 s horizon per entity."""
+    n = draw(st.integers(2, 40))
+    keys = draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=2, unique=True))
+    rows = [
+        {"k": draw(st.sampled_from(keys)), "x": draw(FLOATS), "n": draw(INTS), "s": draw(TEXT),
+         "b": draw(BOOLS), "us": draw(st.integers(0, 8000)) * 1000}
+        for _ in range(n)
+    ]
+    rows.sort(key=lambda r: r["us"])
+    for i, j in draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=4)):
+        rows[i], rows[j] = rows[j], rows[i]
+    return rows
+
+
+def test_lifetime_last_k_on_a_hand_worked_log() -> None:
+    """last_k(n, 3) over events n = 0..5 at 0..5 s, 1 s window, 1 us lateness: the buffer
+    keeps the events at 4 s and 5 s (horizon 5 s - 1 s - 1 us), and the lifetime list holds
+    the three newest of the rest, newest first: 3, 2, 1."""
+    rows = [{"k": "a", "x": None, "n": i, "s": None, "b": None, "us": i * US} for i in range(6)]
+    v = view({"f0": Spec("last_k", "n", None, "all", k=3).expr, "f1": Spec("count", "", "1s", "all").expr},
+             lateness="1us")
+    prog = ViewProgram(v.ir)
+    state = prog.loads(materialized(prog, _events(rows, v), FIELDS, "k")["a"])
+    assert [rec[1] for rec in state.buffer] == [4, 5]  # arrival ranks
+    assert [value for _, _, value in state.compacted[0]] == [3, 2, 1]
+
+
+@settings(max_examples=scaled(200), deadline=None)
+@given(data=st.data(), rows=dense_logs())
+def test_lifetime_accumulators_folded_in_polars_are_the_replayed_bytes(
+    data: st.DataObject, rows: list[dict[str, Any]]
+) -> None:
+    """Lifetime aggregations of every order-free kind, with and without ``where``, beside a 1 s
+    window and a 1 us lateness: most events fall behind the horizon and are folded by the
+    Polars aggregations (or by the row function where their record is inexact)."""
+    kinds = data.draw(st.lists(st.sampled_from(ORDER_FREE), min_size=1, max_size=5), label="kinds")
+    lifetime = [data.draw(specs(kind), label=kind) for kind in kinds]
+    k = data.draw(st.sampled_from([1, 2, 3]), label="k")  # fewer than the events folded
+    specs_ = [Spec(s.kind, s.arg, None, s.where, s.default, k if s.k else None) for s in lifetime]
+    specs_.append(Spec("count", "", "1s", "all"))
+    v = view({f"f{i}": s.expr for i, s in enumerate(specs_)}, lateness="1us")
+    prog = ViewProgram(v.ir)
+    assert prog.assembles
+    events = _events(rows, v)
+    want = replayed(prog, events, FIELDS, "k")
+    got = materialized(ViewProgram(v.ir), events, FIELDS, "k")
+    assert got == want, (specs_, {k: (prog.loads(got[k]), prog.loads(want[k])) for k in got if got[k] != want.get(k)})

@@ -162,3 +162,128 @@ def record_plan(view: ir.ViewIR) -> RecordPlan | None:
     )
     exact = ~pl.any_horizontal(inexact) if inexact else pl.lit(True)
     return RecordPlan(columns, 3 + len(aggs), tuple(pairs), exact.alias(EXACT))
+
+
+# -- lifetime accumulators ------------------------------------------------------------------------
+# kind -> an entity's lifetime accumulator over its records behind the horizon (exact rows, in
+# (ts, seq) order), as ``ViewProgram``'s compaction folds them: Polars aggregations over the
+# entity's group, and the function turning their values into the accumulator. Only kinds whose
+# fold is order-free (``python_state.ORDER_FREE_FOLDS``) are folded this way.
+Accumulate = tuple[list[pl.Expr], Callable[[list[Any]], Any]]
+
+
+def _count_acc(agg: ir.Agg, i: int, ok: pl.Expr) -> Accumulate:
+    return [(ok & _p(i).is_not_null()).sum()], lambda v: v[0]
+
+
+def _sum_acc(agg: ir.Agg, i: int, ok: pl.Expr) -> Accumulate:
+    valid = ok & _p(i).is_not_null()
+    total = _p(i).filter(valid).cast(pl.Int128).sum()
+    return [valid.sum(), total], lambda v: [v[0], v[1], 0, 0, 0]  # n, total, pos, neg, nan
+
+
+def _var_acc(agg: ir.Agg, i: int, ok: pl.Expr) -> Accumulate:
+    valid = ok & _p(i).is_not_null()
+    sums = [pl.col(f"__{h}{i}").filter(valid).cast(pl.Int128).sum() for h in "pq"]
+    return [valid.sum(), *sums], lambda v: [v[0], v[1], v[2], 0]  # n, s1, s2, flags
+
+
+def _extreme_acc(smallest: bool) -> Callable[[ir.Agg, int, pl.Expr], Accumulate]:
+    def acc(agg: ir.Agg, i: int, ok: pl.Expr) -> Accumulate:
+        valid = ok & _p(i).is_not_null()
+        kept = _p(i).filter(valid)
+        best = kept.min() if smallest else kept.max()
+        return [valid.sum(), best], lambda v: [v[0], v[1], 0]  # n, best, nan
+
+    return acc
+
+
+def _pick_acc(last: bool) -> Callable[[ir.Agg, int, pl.Expr], Accumulate]:
+    def acc(agg: ir.Agg, i: int, ok: pl.Expr) -> Accumulate:
+        rows = _event(i).filter(ok)  # a null input counts: first/last pick the event
+        return [rows.last() if last else rows.first()], lambda v: _triple(v[0], i)
+
+    return acc
+
+
+def _distinct_acc(agg: ir.Agg, i: int, ok: pl.Expr) -> Accumulate:
+    values = _p(i).filter(ok & _p(i).is_not_null()).unique()
+    return [values], lambda v: set(v[0])
+
+
+def _k_acc(newest: bool) -> Callable[[ir.Agg, int, pl.Expr], Accumulate]:
+    def acc(agg: ir.Agg, i: int, ok: pl.Expr) -> Accumulate:
+        n = int(agg.param("k"))
+        rows = _event(i).filter(ok & _p(i).is_not_null())
+        kept = rows.tail(n).reverse() if newest else rows.head(n)
+        return [kept], lambda v: [_triple(d, i) for d in v[0]]
+
+    return acc
+
+
+def _p(i: int) -> pl.Expr:
+    return pl.col(f"__p{i}")
+
+
+def _event(i: int) -> pl.Expr:
+    return pl.struct("__ts", "__rseq", f"__p{i}")
+
+
+def _triple(d: dict[str, Any] | None, i: int) -> tuple[Any, Any, Any] | None:
+    return None if d is None else (d["__ts"], d["__rseq"], d[f"__p{i}"])
+
+
+ACCUMULATED: dict[type[kinds.AggKind], Callable[[ir.Agg, int, pl.Expr], Accumulate]] = {
+    kinds.Count: _count_acc,
+    kinds.Sum: _sum_acc,
+    kinds.Mean: _sum_acc,
+    kinds.Var: _var_acc,
+    kinds.Std: _var_acc,
+    kinds.Min: _extreme_acc(smallest=True),
+    kinds.Max: _extreme_acc(smallest=False),
+    kinds.First: _pick_acc(last=False),
+    kinds.Last: _pick_acc(last=True),
+    kinds.CountDistinct: _distinct_acc,
+    kinds.LastK: _k_acc(newest=True),
+    kinds.FirstK: _k_acc(newest=False),
+}
+
+
+@dataclass(frozen=True)
+class Accumulation:
+    """``aggregations``: Polars aggregations (``__c<j>``) of an entity's exact records behind
+    its horizon (a group of ``RecordPlan.columns``, in (ts, seq) order); ``accumulators``
+    turns one group's values into {aggregation index: lifetime accumulator}."""
+
+    aggregations: tuple[pl.Expr, ...]
+    parts: tuple[tuple[int, int, int, Callable[[list[Any]], Any]], ...]
+
+    def accumulators(self, frame: pl.DataFrame) -> list[dict[int, Any]]:
+        """Per row of ``frame`` (the aggregations' columns), its accumulators."""
+        columns = [frame.get_column(f"__c{j}").to_list() for j in range(len(self.aggregations))]
+        out: list[dict[int, Any]] = []
+        for r in range(frame.height):
+            out.append(
+                {
+                    i: make([columns[j][r] for j in range(start, start + n)])
+                    for i, start, n, make in self.parts
+                }
+            )
+        return out
+
+
+def accumulation(view: ir.ViewIR, lifetime: list[int]) -> Accumulation | None:
+    """The lifetime aggregations ``lifetime`` (indices into ``view.aggs``) folded in Polars,
+    or None when a kind has no entry."""
+    exprs: list[pl.Expr] = []
+    parts: list[tuple[int, int, int, Callable[[list[Any]], Any]]] = []
+    for i in lifetime:
+        agg = view.aggs[i]
+        accumulate = ACCUMULATED.get(type(kind_of(agg)))
+        if accumulate is None:
+            return None
+        ok = pl.lit(True) if agg.where is None else (pl.col("__mask") & (1 << i)) != 0
+        aggregations, make = accumulate(agg, i, ok)
+        parts.append((i, len(exprs), len(aggregations), make))
+        exprs += [e.alias(f"__c{len(exprs) + j}") for j, e in enumerate(aggregations)]
+    return Accumulation(tuple(exprs), tuple(parts))

@@ -518,18 +518,29 @@ class ViewProgram:
         lateness (no hopped windows)."""
         return self.max_window + self.lateness
 
-    def assemble(self, max_ts: int, older: Iterable[Any], newer: list[Any]) -> State:
+    def assemble(
+        self,
+        max_ts: int,
+        older: Iterable[Any],
+        newer: list[Any],
+        accumulated: Mapping[int, Any] | None = None,
+    ) -> State:
         """An entity's state after ingesting its records, built at once (``assembles``):
         ``newer``, its records with ts >= ``max_ts`` - ``retention_us`` in (ts, seq) order,
         is the buffer; ``older``, the others in any order, is folded into the lifetime
         accumulators. One by one, the buffer ends with exactly the records at or after the
         final horizon (``ingest_record``: the horizon only grows; a record behind it is
         folded on arrival or at the next eviction; ties stay in arrival order) and every
-        other record is folded once: the same state."""
+        other record is folded once: the same state. ``accumulated``: lifetime accumulators
+        already holding some of the older records (``compile.polars_records.accumulation``),
+        the rest of them folded on top."""
         state = self.new_state()
         state.max_ts = max_ts
         state.horizon = max(NO_TS, max_ts - self.retention_us)
         compact, compacted = self._compact, state.compacted
+        if accumulated:
+            for i, acc in accumulated.items():
+                compacted[i] = acc
         for rec in older:
             compact(compacted, rec)
         state.buffer = newer

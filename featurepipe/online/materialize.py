@@ -34,7 +34,7 @@ import redis
 
 from featurepipe.batch.sources import SourceReport, read_events
 from featurepipe.compile.polars_aggs import SEQ
-from featurepipe.compile.polars_records import EXACT, record_plan
+from featurepipe.compile.polars_records import EXACT, accumulation, record_plan
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.ir.entity_keys import with_composite_key
@@ -313,10 +313,20 @@ def shard_tasks(
 
 
 def entity_states(
-    prog: ViewProgram, todo: pl.DataFrame, fields: list[str], key: str, last: Entity | None
+    prog: ViewProgram,
+    todo: pl.DataFrame,
+    fields: list[str],
+    key: str,
+    last: Entity | None,
+    *,
+    per_event: bool = False,
 ) -> Iterator[tuple[Entity, bytes, int]]:
-    """(entity, state bytes, events) per entity of ``todo`` (sorted by entity, arrival)."""
-    if prog.assembles and record_plan(prog.view) is not None:
+    """(entity, state bytes, events) per entity of ``todo`` (sorted by entity, arrival).
+
+    Vectorized where the view allows it (``_assembled_states``), else each event ingested
+    in turn; ``per_event`` forces the latter (the reference the former is tested and
+    benchmarked against). The bytes are the same."""
+    if not per_event and prog.assembles and record_plan(prog.view) is not None:
         yield from _assembled_states(prog, todo, fields, key, last)
         return
     previous: Any = last
@@ -344,30 +354,51 @@ def entity_states(
 def _assembled_states(
     prog: ViewProgram, todo: pl.DataFrame, fields: list[str], key: str, last: Entity | None
 ) -> Iterator[tuple[Entity, bytes, int]]:
-    """``entity_states`` by ``ViewProgram.assemble``: each entity's records split (in Polars)
-    into those behind its final horizon, folded, and the buffer, already in (ts, seq) order."""
+    """``entity_states`` by ``ViewProgram.assemble``: in Polars, each entity's events split
+    into those behind its final horizon and the buffer (in (ts, seq) order); the former
+    folded into the lifetime accumulators by Polars aggregations (``accumulation``) where
+    their records are exact, the rest turned into records (``_event_records``)."""
+    plan = record_plan(prog.view)
+    assert plan is not None
     ts = pl.col(prog.view.timestamp)
-    newer = (ts >= ts.max().over(key) - prog.retention_us).alias("__newer")
-    ordered = todo.with_columns(newer).sort(
-        key, "__newer", pl.when("__newer").then(ts).otherwise(0), SEQ
-    )
+    newer = ts >= ts.max().over(key) - prog.retention_us
+    ordered = todo.with_columns(newer.alias(NEWER), plan.exact).sort(key, NEWER, ts, SEQ)
+    folding = accumulation(prog.view, prog.lifetime)
+    if folding is not None:  # exact older events: folded in Polars, never Python objects
+        folded = pl.col(NEWER).not_() & pl.col(EXACT)
+        accumulators = ordered.filter(folded).select(key, *plan.columns)
+        grouped = accumulators.group_by(key, maintain_order=True).agg(*folding.aggregations)
+        vectorized = dict(
+            zip(grouped.get_column(key).to_list(), folding.accumulators(grouped), strict=True)
+        )
+        ordered = ordered.filter(~folded)
+    else:
+        vectorized = {}
     sizes = ordered.group_by(key, maintain_order=True).agg(
-        (~pl.col("__newer")).sum().alias("older"), pl.len().alias("n"), ts.max().alias("max_ts")
+        pl.col(NEWER).not_().sum().alias("older"), pl.len().alias("n")
     )
-    records = (rec for _, rec in _event_records(prog, ordered.drop("__newer"), fields, key))
+    totals = todo.group_by(key, maintain_order=True).agg(pl.len().alias("n"), ts.max())
+    counts = dict(
+        zip(sizes.get_column(key).to_list(), sizes.select("older", "n").rows(), strict=True)
+    )
+    records = (rec for _, rec in _event_records(prog, ordered.drop(NEWER, EXACT), fields, key))
     previous: Any = last
-    for entity, older, n, max_ts in sizes.iter_rows():
+    for entity, n, max_ts in totals.iter_rows():
         if previous is not None and not entity > previous:
             raise OnlineStoreError(
                 f"entities are not in increasing order ({entity!r} after {previous!r}): "
                 "resuming would be unsafe"
             )
         previous = entity
-        folded = list(islice(records, older))  # first: the entity's records come in this order
-        state = prog.assemble(max_ts, folded, list(islice(records, n - older)))
+        older, rest = counts.get(entity, (0, 0))
+        folded_records = list(islice(records, older))  # first: an entity's records come so
+        state = prog.assemble(
+            max_ts, folded_records, list(islice(records, rest - older)), vectorized.get(entity)
+        )
         yield entity, _dump(prog, state, entity), n
 
 
+NEWER = "__newer"
 RECORD_CHUNK = 65_536  # events turned into records at once: bounds the Python objects alive
 
 
