@@ -167,25 +167,28 @@ def record_plan(view: ir.ViewIR) -> RecordPlan | None:
 # -- lifetime accumulators ------------------------------------------------------------------------
 # kind -> an entity's lifetime accumulator over its records behind the horizon (exact rows, in
 # (ts, seq) order), as ``ViewProgram``'s compaction folds them: Polars aggregations over the
-# entity's group, and the function turning their values into the accumulator. Only kinds whose
-# fold is order-free (``python_state.ORDER_FREE_FOLDS``) are folded this way.
-Accumulate = tuple[list[pl.Expr], Callable[[list[Any]], Any]]
+# entity's group, and the function turning their columns (one value per entity) into the
+# accumulators. Only kinds whose fold is order-free (``python_state.ORDER_FREE_FOLDS``) are
+# folded this way.
+Accumulate = tuple[list[pl.Expr], Callable[[list[list[Any]]], list[Any]]]
 
 
 def _count_acc(agg: ir.Agg, i: int, ok: pl.Expr) -> Accumulate:
-    return [(ok & _p(i).is_not_null()).sum()], lambda v: v[0]
+    return [(ok & _p(i).is_not_null()).sum()], lambda c: c[0]
 
 
 def _sum_acc(agg: ir.Agg, i: int, ok: pl.Expr) -> Accumulate:
     valid = ok & _p(i).is_not_null()
     total = _p(i).filter(valid).cast(pl.Int128).sum()
-    return [valid.sum(), total], lambda v: [v[0], v[1], 0, 0, 0]  # n, total, pos, neg, nan
+    # n, total, pos, neg, nan
+    return [valid.sum(), total], lambda c: [[n, t, 0, 0, 0] for n, t in zip(*c, strict=True)]
 
 
 def _var_acc(agg: ir.Agg, i: int, ok: pl.Expr) -> Accumulate:
     valid = ok & _p(i).is_not_null()
     sums = [pl.col(f"__{h}{i}").filter(valid).cast(pl.Int128).sum() for h in "pq"]
-    return [valid.sum(), *sums], lambda v: [v[0], v[1], v[2], 0]  # n, s1, s2, flags
+    # n, s1, s2, flags
+    return [valid.sum(), *sums], lambda c: [[n, a, b, 0] for n, a, b in zip(*c, strict=True)]
 
 
 def _extreme_acc(smallest: bool) -> Callable[[ir.Agg, int, pl.Expr], Accumulate]:
@@ -193,30 +196,34 @@ def _extreme_acc(smallest: bool) -> Callable[[ir.Agg, int, pl.Expr], Accumulate]
         valid = ok & _p(i).is_not_null()
         kept = _p(i).filter(valid)
         best = kept.min() if smallest else kept.max()
-        return [valid.sum(), best], lambda v: [v[0], v[1], 0]  # n, best, nan
+        # n, best, nan
+        return [valid.sum(), best], lambda c: [[n, b, 0] for n, b in zip(*c, strict=True)]
 
     return acc
 
 
 def _pick_acc(last: bool) -> Callable[[ir.Agg, int, pl.Expr], Accumulate]:
     def acc(agg: ir.Agg, i: int, ok: pl.Expr) -> Accumulate:
-        rows = _event(i).filter(ok)  # a null input counts: first/last pick the event
-        return [rows.last() if last else rows.first()], lambda v: _triple(v[0], i)
+        # a null input counts: first/last pick the event, then its value
+        picked = [c.filter(ok).last() if last else c.filter(ok).first() for c in _event(i)]
+        return picked, lambda c: [
+            None if t is None else (t, q, v) for t, q, v in zip(*c, strict=True)
+        ]
 
     return acc
 
 
 def _distinct_acc(agg: ir.Agg, i: int, ok: pl.Expr) -> Accumulate:
     values = _p(i).filter(ok & _p(i).is_not_null()).unique()
-    return [values], lambda v: set(v[0])
+    return [values], lambda c: [set(v) for v in c[0]]
 
 
 def _k_acc(newest: bool) -> Callable[[ir.Agg, int, pl.Expr], Accumulate]:
     def acc(agg: ir.Agg, i: int, ok: pl.Expr) -> Accumulate:
         n = int(agg.param("k"))
-        rows = _event(i).filter(ok & _p(i).is_not_null())
-        kept = rows.tail(n).reverse() if newest else rows.head(n)
-        return [kept], lambda v: [_triple(d, i) for d in v[0]]
+        rows = [c.filter(ok & _p(i).is_not_null()) for c in _event(i)]
+        kept = [r.tail(n).reverse() if newest else r.head(n) for r in rows]
+        return kept, lambda c: [list(zip(*e, strict=True)) for e in zip(*c, strict=True)]
 
     return acc
 
@@ -225,12 +232,8 @@ def _p(i: int) -> pl.Expr:
     return pl.col(f"__p{i}")
 
 
-def _event(i: int) -> pl.Expr:
-    return pl.struct("__ts", "__rseq", f"__p{i}")
-
-
-def _triple(d: dict[str, Any] | None, i: int) -> tuple[Any, Any, Any] | None:
-    return None if d is None else (d["__ts"], d["__rseq"], d[f"__p{i}"])
+def _event(i: int) -> list[pl.Expr]:
+    return [pl.col("__ts"), pl.col("__rseq"), _p(i)]
 
 
 ACCUMULATED: dict[type[kinds.AggKind], Callable[[ir.Agg, int, pl.Expr], Accumulate]] = {
@@ -252,31 +255,26 @@ ACCUMULATED: dict[type[kinds.AggKind], Callable[[ir.Agg, int, pl.Expr], Accumula
 @dataclass(frozen=True)
 class Accumulation:
     """``aggregations``: Polars aggregations (``__c<j>``) of an entity's exact records behind
-    its horizon (a group of ``RecordPlan.columns``, in (ts, seq) order); ``accumulators``
-    turns one group's values into {aggregation index: lifetime accumulator}."""
+    its horizon (a group of ``RecordPlan.columns``, in (ts, seq) order); ``indices``: the
+    aggregations whose lifetime accumulators ``accumulators`` builds from them."""
 
     aggregations: tuple[pl.Expr, ...]
-    parts: tuple[tuple[int, int, int, Callable[[list[Any]], Any]], ...]
+    indices: tuple[int, ...]
+    parts: tuple[tuple[int, int, Callable[[list[list[Any]]], list[Any]]], ...]
 
-    def accumulators(self, frame: pl.DataFrame) -> list[dict[int, Any]]:
-        """Per row of ``frame`` (the aggregations' columns), its accumulators."""
+    def accumulators(self, frame: pl.DataFrame) -> list[tuple[Any, ...]]:
+        """Per row of ``frame`` (the aggregations' columns), its accumulators in ``indices``
+        order."""
         columns = [frame.get_column(f"__c{j}").to_list() for j in range(len(self.aggregations))]
-        out: list[dict[int, Any]] = []
-        for r in range(frame.height):
-            out.append(
-                {
-                    i: make([columns[j][r] for j in range(start, start + n)])
-                    for i, start, n, make in self.parts
-                }
-            )
-        return out
+        built = [make(columns[start : start + n]) for start, n, make in self.parts]
+        return list(zip(*built, strict=True)) if built else [()] * frame.height
 
 
 def accumulation(view: ir.ViewIR, lifetime: list[int]) -> Accumulation | None:
     """The lifetime aggregations ``lifetime`` (indices into ``view.aggs``) folded in Polars,
     or None when a kind has no entry."""
     exprs: list[pl.Expr] = []
-    parts: list[tuple[int, int, int, Callable[[list[Any]], Any]]] = []
+    parts: list[tuple[int, int, Callable[[list[list[Any]]], list[Any]]]] = []
     for i in lifetime:
         agg = view.aggs[i]
         accumulate = ACCUMULATED.get(type(kind_of(agg)))
@@ -284,6 +282,6 @@ def accumulation(view: ir.ViewIR, lifetime: list[int]) -> Accumulation | None:
             return None
         ok = pl.lit(True) if agg.where is None else (pl.col("__mask") & (1 << i)) != 0
         aggregations, make = accumulate(agg, i, ok)
-        parts.append((i, len(exprs), len(aggregations), make))
+        parts.append((len(exprs), len(aggregations), make))
         exprs += [e.alias(f"__c{len(exprs) + j}") for j, e in enumerate(aggregations)]
-    return Accumulation(tuple(exprs), tuple(parts))
+    return Accumulation(tuple(exprs), tuple(lifetime), tuple(parts))

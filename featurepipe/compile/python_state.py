@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import pairwise
 from operator import itemgetter
@@ -523,7 +523,7 @@ class ViewProgram:
         max_ts: int,
         older: Iterable[Any],
         newer: list[Any],
-        accumulated: Mapping[int, Any] | None = None,
+        accumulated: tuple[Sequence[int], Sequence[Any]] | None = None,
     ) -> State:
         """An entity's state after ingesting its records, built at once (``assembles``):
         ``newer``, its records with ts >= ``max_ts`` - ``retention_us`` in (ts, seq) order,
@@ -532,14 +532,14 @@ class ViewProgram:
         final horizon (``ingest_record``: the horizon only grows; a record behind it is
         folded on arrival or at the next eviction; ties stay in arrival order) and every
         other record is folded once: the same state. ``accumulated``: lifetime accumulators
-        already holding some of the older records (``compile.polars_records.accumulation``),
-        the rest of them folded on top."""
+        already holding some of the older records (aggregation indices, their accumulators:
+        ``compile.polars_records.accumulation``), the rest of them folded on top."""
         state = self.new_state()
         state.max_ts = max_ts
         state.horizon = max(NO_TS, max_ts - self.retention_us)
         compact, compacted = self._compact, state.compacted
-        if accumulated:
-            for i, acc in accumulated.items():
+        if accumulated is not None:
+            for i, acc in zip(*accumulated, strict=True):
                 compacted[i] = acc
         for rec in older:
             compact(compacted, rec)

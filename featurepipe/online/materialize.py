@@ -323,9 +323,10 @@ def entity_states(
 ) -> Iterator[tuple[Entity, bytes, int]]:
     """(entity, state bytes, events) per entity of ``todo`` (sorted by entity, arrival).
 
-    Vectorized where the view allows it (``_assembled_states``), else each event ingested
-    in turn; ``per_event`` forces the latter (the reference the former is tested and
-    benchmarked against). The bytes are the same."""
+    Vectorized where the view allows it (``_assembled_states``), else each event's record
+    (vectorized where it can be) ingested in turn; ``per_event`` forces each event through
+    the row function and ``ViewProgram.ingest`` (the stream worker's path: the reference the
+    others are tested and benchmarked against). The bytes are the same."""
     if not per_event and prog.assembles and record_plan(prog.view) is not None:
         yield from _assembled_states(prog, todo, fields, key, last)
         return
@@ -334,7 +335,7 @@ def entity_states(
     state: Any = None  # ViewProgram state, opaque here
     count = 0
     ingest = prog.ingest_record
-    for entity, rec in _event_records(prog, todo, fields, key):
+    for entity, rec in _event_records(prog, todo, fields, key, vectorized=not per_event):
         if state is None or entity != current:
             if state is not None:
                 yield current, _dump(prog, state, current), count
@@ -366,14 +367,20 @@ def _assembled_states(
     folding = accumulation(prog.view, prog.lifetime)
     if folding is not None:  # exact older events: folded in Polars, never Python objects
         folded = pl.col(NEWER).not_() & pl.col(EXACT)
-        accumulators = ordered.filter(folded).select(key, *plan.columns)
-        grouped = accumulators.group_by(key, maintain_order=True).agg(*folding.aggregations)
-        vectorized = dict(
-            zip(grouped.get_column(key).to_list(), folding.accumulators(grouped), strict=True)
-        )
+        vectorized, indices = {}, folding.indices
+        if folding.aggregations:  # none: no lifetime aggregation keeps anything of them
+            grouped = (
+                ordered.filter(folded)
+                .select(key, *plan.columns)
+                .group_by(key, maintain_order=True)
+                .agg(*folding.aggregations)
+            )
+            vectorized = dict(
+                zip(grouped.get_column(key).to_list(), folding.accumulators(grouped), strict=True)
+            )
         ordered = ordered.filter(~folded)
     else:
-        vectorized = {}
+        vectorized, indices = {}, ()
     sizes = ordered.group_by(key, maintain_order=True).agg(
         pl.col(NEWER).not_().sum().alias("older"), pl.len().alias("n")
     )
@@ -392,8 +399,12 @@ def _assembled_states(
         previous = entity
         older, rest = counts.get(entity, (0, 0))
         folded_records = list(islice(records, older))  # first: an entity's records come so
+        accumulated = vectorized.get(entity)
         state = prog.assemble(
-            max_ts, folded_records, list(islice(records, rest - older)), vectorized.get(entity)
+            max_ts,
+            folded_records,
+            list(islice(records, rest - older)),
+            None if accumulated is None else (indices, accumulated),
         )
         yield entity, _dump(prog, state, entity), n
 
@@ -403,14 +414,14 @@ RECORD_CHUNK = 65_536  # events turned into records at once: bounds the Python o
 
 
 def _event_records(
-    prog: ViewProgram, todo: pl.DataFrame, fields: list[str], key: str
+    prog: ViewProgram, todo: pl.DataFrame, fields: list[str], key: str, *, vectorized: bool = True
 ) -> Iterator[tuple[Entity, tuple[Any, ...]]]:
     """(entity, record) per event of ``todo`` (``fields`` then ``__seq``), in order: computed
     by the vectorized row stage (``compile.polars_records``), the row function taking the
     rows it marks inexact, or every row when the view has no such plan. Either way the
     records are the row function's, so the states are the same bytes."""
     n = len(fields)
-    plan = record_plan(prog.view)
+    plan = record_plan(prog.view) if vectorized else None
     if plan is None:
         ki = fields.index(key)
         for row in todo.iter_rows():
