@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/hopped_windows.py --events 600000 --users 100
 	$(BIN)/python benchmarks/redis_cluster.py
 	$(BIN)/python benchmarks/materialize_shards.py
+	$(BIN)/python benchmarks/materialize_speed.py
 	$(BIN)/python -m pytest -q -m slow
 
 bench-training: $(STAMP)

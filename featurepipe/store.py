@@ -237,9 +237,12 @@ class FeatureStore:
         A row at time T sees only events with ts < T and, where the source declares an arrival
         column, only events that had arrived before T. Rows keep their order and their other
         columns (labels). Entities are processed in hash partitions, one at a time, which
-        bounds memory and, measured, also saves time: ``partitions`` sets their count; by
-        default about one per 400,000 events of the source (one below 800,000 events, at most
-        one per 10,000 label rows). The result does not depend on it, bit for bit.
+        bounds memory and, measured, also saves time: ``partitions`` sets their count, and
+        then at most one partition's events are in memory at once (one pass over the input
+        per partition); by default about one per 400,000 events of the source (one below
+        800,000 events, at most one per 10,000 label rows), read several per pass (about 2M
+        events each). Only the requested features, and those they reference, are computed.
+        The result does not depend on any of it, bit for bit.
 
         ``cluster``: compute the partitions as tasks on a Dask cluster instead, at this
         scheduler address (``"tcp://10.0.0.5:8786"``), or ``"local"`` (``"local:N"``) for N

@@ -572,8 +572,9 @@ def training_set(
         int | None,
         typer.Option(
             min=1,
-            help="Entity hash partitions (bound memory; the result does not depend on them). "
-            "Default: about one per 400,000 events of the source.",
+            help="Entity hash partitions (the result does not depend on them). Given: at "
+            "most one partition's events in memory, one pass over the input each. Default: "
+            "about one per 400,000 events of the source, read ~2M events per pass.",
         ),
     ] = None,
     engine: Annotated[
