@@ -22,6 +22,7 @@ from featurepipe.compile.python_state import ORDER_FREE_FOLDS, ViewProgram
 from featurepipe.dev.datagen import generate_transactions
 from featurepipe.dsl.loader import load_definitions
 from featurepipe.ir.aggs import kind_of
+from featurepipe.online import materialize as materialize_module
 from featurepipe.online.materialize import entity_states
 from featurepipe.parity.harness import normalize_events
 from tests.schema import BASE, frame, scaled, view
@@ -72,12 +73,21 @@ def replayed(prog: ViewProgram, events: pl.DataFrame, fields: list[str], key: st
     return {k: prog.dumps(s) for k, s in states.items()}
 
 
-def materialized(prog: ViewProgram, events: pl.DataFrame, fields: list[str], key: str) -> dict[Any, bytes]:
+def materialized(
+    prog: ViewProgram, events: pl.DataFrame, fields: list[str], key: str, min_events: int = 1
+) -> dict[Any, bytes]:
+    """``entity_states`` as materialize runs it; by default every entity assembled, however
+    few its events (``min_events``: ``ASSEMBLE_MIN_EVENTS``, from which they are)."""
     todo = events.select(*fields, "__seq").sort(key, "__seq")
     out = {}
-    for entity, blob, n in entity_states(prog, todo, fields, key, None):
-        assert n == events.filter(pl.col(key) == entity).height
-        out[entity] = blob
+    saved = materialize_module.ASSEMBLE_MIN_EVENTS
+    materialize_module.ASSEMBLE_MIN_EVENTS = min_events
+    try:
+        for entity, blob, n in entity_states(prog, todo, fields, key, None):
+            assert n == events.filter(pl.col(key) == entity).height
+            out[entity] = blob
+    finally:
+        materialize_module.ASSEMBLE_MIN_EVENTS = saved
     return out
 
 
@@ -136,6 +146,8 @@ def test_a_wide_view_takes_the_fast_path_and_writes_the_replayed_bytes() -> None
     want = replayed(prog, events, fields, v.entity.key)
     got = materialized(ViewProgram(v.ir), events, fields, v.entity.key)
     assert got == want
+    # as materialize runs it: entities with few events ingest their records one by one
+    assert materialized(ViewProgram(v.ir), events, fields, v.entity.key, min_events=8) == want
     todo = events.select(*fields, "__seq").sort(v.entity.key, "__seq")
     forced = {e: b for e, b, _ in entity_states(prog, todo, fields, v.entity.key, None, per_event=True)}
     assert forced == want  # the benchmark's baseline path
@@ -209,3 +221,51 @@ def test_lifetime_accumulators_folded_in_polars_are_the_replayed_bytes(
     want = replayed(prog, events, FIELDS, "k")
     got = materialized(ViewProgram(v.ir), events, FIELDS, "k")
     assert got == want, (specs_, {k: (prog.loads(got[k]), prog.loads(want[k])) for k in got if got[k] != want.get(k)})
+
+
+def _rows(*events: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"k": "a", "x": None, "n": None, "s": None, "b": None, "us": i * US, **e} for i, e in enumerate(events)]
+
+
+def test_a_divisor_of_one_value_on_every_row_divides_exactly() -> None:
+    """x / when(b).then(3.0).otherwise(x) with every event on the literal branch: Polars would
+    multiply by the reciprocal of a scalar, 7.0 * (1/3) = 2.333333333333333, where IEEE
+    division (Python's, the stream worker's) gives 7.0 / 3.0 = 2.3333333333333335. Both the
+    materialized state and the batch plan (training sets) must divide."""
+    import featurepipe as fp
+    from featurepipe.compile.polars_aggs import BatchProgram
+
+    v = view({"f": lambda t: fp.last(t.x / fp.when(t.b).then(3.0).otherwise(t.x))})
+    events = _events(_rows({"b": True, "x": 7.0}, {"b": True, "x": 1.0}, {"b": True, "x": 2.0}), v)
+    prog = ViewProgram(v.ir)
+    got = materialized(prog, events, FIELDS, "k")
+    assert got == replayed(prog, events, FIELDS, "k")
+    assert [rec[3] for rec in prog.loads(got["a"]).buffer] == [2.3333333333333335, 1 / 3, 2 / 3]
+    first = int(events["ts"][0]) + 1
+    batch = BatchProgram(v.ir).features(events.lazy(), pl.DataFrame({"k": ["a"], "__ts": [first]}))
+    assert batch["f"].to_list() == [2.3333333333333335]
+
+
+def test_a_literal_compared_with_a_branch_is_not_a_crash() -> None:
+    """lit(0.0) < when(b).then(1.0).otherwise(x) with every event on the literal branch: eager
+    Polars returns a one-row column for it; the records are computed lazily."""
+    import featurepipe as fp
+
+    v = view({"f": lambda t: fp.count(window="5s", where=fp.lit(0.0) < fp.when(t.b).then(1.0).otherwise(t.x))})
+    events = _events(_rows({"b": True, "x": 2.0}, {"b": True, "x": None}), v)
+    prog = ViewProgram(v.ir)
+    assert materialized(prog, events, FIELDS, "k") == replayed(prog, events, FIELDS, "k")
+
+
+def test_entities_are_assembled_a_few_at_a_time(monkeypatch: Any) -> None:
+    """Steps of whole entities (here 50 events): the same bytes, entities in order."""
+    from featurepipe.online import materialize as m
+
+    monkeypatch.setattr(m, "ASSEMBLE_CHUNK", 50)
+    v = load_definitions(ROOT / "feature_defs").view("user_spend")
+    prog = ViewProgram(v.ir)
+    events = normalize_events(v, generate_transactions(3000, users=40, seed=5))
+    fields = list(v.source.fields)
+    got = materialized(prog, events, fields, v.entity.key)
+    assert list(got) == sorted(got)
+    assert got == replayed(prog, events, fields, v.entity.key)

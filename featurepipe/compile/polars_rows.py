@@ -86,11 +86,14 @@ def _divisor(node: ir.Call, b: pl.Expr) -> pl.Expr:
     rounded (7.0 / 3.0 would differ from IEEE division in the last bit). A literal divisor is
     therefore rebuilt as a genuine column (``0.0 * row_index + c``; ``-0.0 * row_index`` for
     c = -0.0), which takes the exact element-wise path. A broadcast literal is not enough:
-    Polars keeps it as a scalar column."""
+    Polars keeps it as a scalar column. Nor is any other divisor safe: one that evaluates to
+    a single value on every row (``when(...).then(3.0)`` with every row on that branch,
+    ``coalesce(null, 3.0)``, a clip at its bound) comes back as a scalar too, so it is made a
+    column by adding ``-0.0 * row_index`` (x + -0.0 is x for every x, -0.0 and NaN included)."""
     lit = node.args[1]
     if isinstance(lit, ir.Literal):
         return _full_column(lit.value)
-    return b
+    return b + pl.int_range(pl.len()).cast(pl.Float64) * -0.0
 
 
 def _full_column(c: float | None) -> pl.Expr:

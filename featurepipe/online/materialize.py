@@ -323,28 +323,55 @@ def entity_states(
 ) -> Iterator[tuple[Entity, bytes, int]]:
     """(entity, state bytes, events) per entity of ``todo`` (sorted by entity, arrival).
 
-    Vectorized where the view allows it (``_assembled_states``), else each event's record
-    (vectorized where it can be) ingested in turn; ``per_event`` forces each event through
-    the row function and ``ViewProgram.ingest`` (the stream worker's path: the reference the
-    others are tested and benchmarked against). The bytes are the same."""
-    if not per_event and prog.assembles and record_plan(prog.view) is not None:
-        yield from _assembled_states(prog, todo, fields, key, last)
-        return
+    About ``ASSEMBLE_CHUNK`` events (whole entities) at a time, each step vectorized where the
+    view allows it and its entities have enough events to pay for it (``_assembled_chunk``),
+    else each event's record (vectorized where it can be) ingested in turn; ``per_event``
+    forces each event through the row function and ``ViewProgram.ingest`` (the stream
+    worker's path: the reference the others are tested and benchmarked against). The bytes
+    are the same."""
+    assembles = not per_event and prog.assembles and record_plan(prog.view) is not None
+    sizes = todo.group_by(key, maintain_order=True).len().get_column("len").to_list()
+    start = end = entities = 0
     previous: Any = last
-    current: Any = None
-    state: Any = None  # ViewProgram state, opaque here
-    count = 0
-    ingest = prog.ingest_record
-    for entity, rec in _event_records(prog, todo, fields, key, vectorized=not per_event):
-        if state is None or entity != current:
-            if state is not None:
-                yield current, _dump(prog, state, current), count
+    for n in sizes:
+        end, entities = end + n, entities + 1
+        if end - start < ASSEMBLE_CHUNK and end < todo.height:
+            continue
+        chunk = todo.slice(start, end - start)
+        if assembles and chunk.height >= ASSEMBLE_MIN_EVENTS * entities:
+            states = _assembled_chunk(prog, chunk, fields, key)
+        else:
+            states = _ingested(prog, chunk, fields, key, vectorized=not per_event)
+        for entity, blob, count in states:
             if previous is not None and not entity > previous:
                 raise OnlineStoreError(
                     f"entities are not in increasing order ({entity!r} after {previous!r}): "
                     "resuming would be unsafe"
                 )
-            current = previous = entity
+            previous = entity
+            yield entity, blob, count
+        start, entities = end, 0
+
+
+ASSEMBLE_CHUNK = 262_144  # events per step, whole entities: bounds the copies and objects alive
+# events per entity from which assembling beats ingesting records one by one: measured on
+# user_spend, 20k entities: 5 events each 0.46 vs 0.38 s, 10: 0.60 vs 0.69 s, 50: 1.4 vs 3.0 s
+ASSEMBLE_MIN_EVENTS = 8
+
+
+def _ingested(
+    prog: ViewProgram, todo: pl.DataFrame, fields: list[str], key: str, *, vectorized: bool
+) -> Iterator[tuple[Entity, bytes, int]]:
+    """The states of ``todo``'s entities, each event's record ingested in turn."""
+    current: Any = None
+    state: Any = None  # ViewProgram state, opaque here
+    count = 0
+    ingest = prog.ingest_record
+    for entity, rec in _event_records(prog, todo, fields, key, vectorized=vectorized):
+        if state is None or entity != current:
+            if state is not None:
+                yield current, _dump(prog, state, current), count
+            current = entity
             state, count = prog.new_state(), 0
         ingest(state, rec)
         count += 1
@@ -352,10 +379,10 @@ def entity_states(
         yield current, _dump(prog, state, current), count
 
 
-def _assembled_states(
-    prog: ViewProgram, todo: pl.DataFrame, fields: list[str], key: str, last: Entity | None
+def _assembled_chunk(
+    prog: ViewProgram, todo: pl.DataFrame, fields: list[str], key: str
 ) -> Iterator[tuple[Entity, bytes, int]]:
-    """``entity_states`` by ``ViewProgram.assemble``: in Polars, each entity's events split
+    """The states of the whole entities of ``todo``: in Polars, each entity's events split
     into those behind its final horizon and the buffer (in (ts, seq) order); the former
     folded into the lifetime accumulators by Polars aggregations (``accumulation``) where
     their records are exact, the rest turned into records (``_event_records``)."""
@@ -363,17 +390,23 @@ def _assembled_states(
     assert plan is not None
     ts = pl.col(prog.view.timestamp)
     newer = ts >= ts.max().over(key) - prog.retention_us
-    ordered = todo.with_columns(newer.alias(NEWER), plan.exact).sort(key, NEWER, ts, SEQ)
+    # lazily: eager evaluation can give a length-1 column for an expression whose every row
+    # takes a literal branch (`lit < when(...)`)
+    ordered = (
+        todo.lazy().with_columns(newer.alias(NEWER), plan.exact).sort(key, NEWER, ts, SEQ).collect()
+    )
     folding = accumulation(prog.view, prog.lifetime)
     if folding is not None:  # exact older events: folded in Polars, never Python objects
         folded = pl.col(NEWER).not_() & pl.col(EXACT)
         vectorized, indices = {}, folding.indices
         if folding.aggregations:  # none: no lifetime aggregation keeps anything of them
             grouped = (
-                ordered.filter(folded)
+                ordered.lazy()
+                .filter(folded)
                 .select(key, *plan.columns)
                 .group_by(key, maintain_order=True)
                 .agg(*folding.aggregations)
+                .collect()
             )
             vectorized = dict(
                 zip(grouped.get_column(key).to_list(), folding.accumulators(grouped), strict=True)
@@ -389,14 +422,7 @@ def _assembled_states(
         zip(sizes.get_column(key).to_list(), sizes.select("older", "n").rows(), strict=True)
     )
     records = (rec for _, rec in _event_records(prog, ordered.drop(NEWER, EXACT), fields, key))
-    previous: Any = last
     for entity, n, max_ts in totals.iter_rows():
-        if previous is not None and not entity > previous:
-            raise OnlineStoreError(
-                f"entities are not in increasing order ({entity!r} after {previous!r}): "
-                "resuming would be unsafe"
-            )
-        previous = entity
         older, rest = counts.get(entity, (0, 0))
         folded_records = list(islice(records, older))  # first: an entity's records come so
         accumulated = vectorized.get(entity)
@@ -429,7 +455,7 @@ def _event_records(
         return
     for offset in range(0, todo.height, RECORD_CHUNK):
         part = todo.slice(offset, RECORD_CHUNK)
-        frame = part.select(*plan.columns, plan.exact)
+        frame = part.lazy().select(*plan.columns, plan.exact).collect()  # lazily: see above
         records = plan.records(frame)
         exact = frame.get_column(EXACT)
         if not exact.all():
