@@ -108,6 +108,11 @@ class RecordPlan:
     pairs: tuple[tuple[int, int], ...]
     exact: pl.Expr
 
+    @property
+    def names(self) -> list[str]:
+        """The columns' names, in order."""
+        return [c.meta.output_name() for c in self.columns]
+
     def records(self, frame: pl.DataFrame) -> list[tuple[Any, ...]]:
         """The records of ``frame`` (``columns`` computed): one tuple per row."""
         lists = [frame.to_series(i).to_list() for i in range(len(self.columns))]
@@ -156,12 +161,19 @@ def record_plan(view: ir.ViewIR) -> RecordPlan | None:
     columns = (
         pl.col(view.timestamp).alias("__ts"),
         pl.col(SEQ).alias("__rseq"),
-        mask.cast(pl.Int64).alias("__mask"),
-        *values,
-        *seconds,
+        _every_row(mask.cast(pl.Int64)).alias("__mask"),
+        *(_every_row(v) for v in values),
+        *(_every_row(v) for v in seconds),
     )
     exact = ~pl.any_horizontal(inexact) if inexact else pl.lit(True)
-    return RecordPlan(columns, 3 + len(aggs), tuple(pairs), exact.alias(EXACT))
+    return RecordPlan(columns, 3 + len(aggs), tuple(pairs), _every_row(exact).alias(EXACT))
+
+
+def _every_row(e: pl.Expr) -> pl.Expr:
+    """``e`` with one value per row, always: Polars (2.1, in-memory engine) returns one value
+    for an expression whose every row takes a literal branch (``lit(0.0) < when(b).then(1.0)
+    .otherwise(x)`` with b true throughout), which a frame of several rows then refuses."""
+    return pl.when(pl.repeat(True, pl.len())).then(e)
 
 
 # -- lifetime accumulators ------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import redis
 
 from featurepipe.batch.sources import SourceReport, read_events
 from featurepipe.compile.polars_aggs import SEQ
-from featurepipe.compile.polars_records import EXACT, accumulation, record_plan
+from featurepipe.compile.polars_records import EXACT, RecordPlan, accumulation, record_plan
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.ir.entity_keys import with_composite_key
@@ -390,10 +390,8 @@ def _assembled_chunk(
     assert plan is not None
     ts = pl.col(prog.view.timestamp)
     newer = ts >= ts.max().over(key) - prog.retention_us
-    # lazily: eager evaluation can give a length-1 column for an expression whose every row
-    # takes a literal branch (`lit < when(...)`)
-    ordered = (
-        todo.lazy().with_columns(newer.alias(NEWER), plan.exact).sort(key, NEWER, ts, SEQ).collect()
+    ordered = todo.with_columns(newer.alias(NEWER), plan.exact, *plan.columns).sort(
+        key, NEWER, ts, SEQ
     )
     folding = accumulation(prog.view, prog.lifetime)
     if folding is not None:  # exact older events: folded in Polars, never Python objects
@@ -401,12 +399,10 @@ def _assembled_chunk(
         vectorized, indices = {}, folding.indices
         if folding.aggregations:  # none: no lifetime aggregation keeps anything of them
             grouped = (
-                ordered.lazy()
-                .filter(folded)
-                .select(key, *plan.columns)
+                ordered.filter(folded)
+                .select(key, *plan.names)
                 .group_by(key, maintain_order=True)
                 .agg(*folding.aggregations)
-                .collect()
             )
             vectorized = dict(
                 zip(grouped.get_column(key).to_list(), folding.accumulators(grouped), strict=True)
@@ -421,7 +417,7 @@ def _assembled_chunk(
     counts = dict(
         zip(sizes.get_column(key).to_list(), sizes.select("older", "n").rows(), strict=True)
     )
-    records = (rec for _, rec in _event_records(prog, ordered.drop(NEWER, EXACT), fields, key))
+    records = iter(_computed_records(prog, plan, ordered, fields))
     for entity, n, max_ts in totals.iter_rows():
         older, rest = counts.get(entity, (0, 0))
         folded_records = list(islice(records, older))  # first: an entity's records come so
@@ -436,6 +432,24 @@ def _assembled_chunk(
 
 
 NEWER = "__newer"
+
+
+def _computed_records(
+    prog: ViewProgram, plan: RecordPlan, frame: pl.DataFrame, fields: list[str]
+) -> list[tuple[Any, ...]]:
+    """The records of ``frame``'s rows from its computed columns (``plan.names``), the row
+    function taking the rows marked inexact."""
+    records = plan.records(frame.select(plan.names))
+    exact = frame.get_column(EXACT)
+    if not exact.all():
+        raw = frame.select(*fields, SEQ)
+        n = len(fields)
+        for i in (~exact).arg_true().to_list():
+            row = raw.row(i)
+            records[i] = prog.record(dict(zip(fields, row[:n], strict=True)), row[n])
+    return records
+
+
 RECORD_CHUNK = 65_536  # events turned into records at once: bounds the Python objects alive
 
 
@@ -455,7 +469,7 @@ def _event_records(
         return
     for offset in range(0, todo.height, RECORD_CHUNK):
         part = todo.slice(offset, RECORD_CHUNK)
-        frame = part.lazy().select(*plan.columns, plan.exact).collect()  # lazily: see above
+        frame = part.select(*plan.columns, plan.exact)
         records = plan.records(frame)
         exact = frame.get_column(EXACT)
         if not exact.all():
