@@ -390,8 +390,11 @@ def _assembled_chunk(
     assert plan is not None
     ts = pl.col(prog.view.timestamp)
     newer = ts >= ts.max().over(key) - prog.retention_us
-    ordered = todo.with_columns(newer.alias(NEWER), plan.exact, *plan.columns).sort(
-        key, NEWER, ts, SEQ
+    # sorted first (the fields), widened after (the record columns, each computed once)
+    ordered = (
+        todo.with_columns(newer.alias(NEWER))
+        .sort(key, NEWER, ts, SEQ)
+        .with_columns(plan.exact, *plan.columns)
     )
     folding = accumulation(prog.view, prog.lifetime)
     if folding is not None:  # exact older events: folded in Polars, never Python objects
