@@ -198,12 +198,18 @@ def _hash_bucket(node: ir.Call, a: list[pl.Expr]) -> pl.Expr:
     return a[0].map_batches(hash_batch, return_dtype=pl.Int64)
 
 
+# every character with a case mapping lies below U+20000 (Basic Multilingual and
+# Supplementary Multilingual Planes), in every Unicode version to date; above it: ideographs,
+# tags, variation selectors, private use (tests/test_case_mapping.py checks both libraries)
+CASED_BELOW = 0x20000
+
+
 @functools.cache
-def _case_differences(kind: str) -> str:
+def _case_differences(kind: str, below: int = CASED_BELOW) -> str:
     """Characters whose case mapping differs between Polars (Rust's Unicode tables) and this
     Python's (``unicodedata.unidata_version``): characters assigned in newer Unicode versions.
-    Computed once per process over every code point."""
-    chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    Computed once per process over every code point below ``below``."""
+    chars = [chr(c) for c in range(below) if not 0xD800 <= c <= 0xDFFF]
     s = pl.Series(chars, dtype=pl.String)
     mapped = (s.str.to_lowercase() if kind == "lower" else s.str.to_uppercase()).to_list()
     py = str.lower if kind == "lower" else str.upper
