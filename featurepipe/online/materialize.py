@@ -138,7 +138,17 @@ def materialize(
     fields = list(view.source.fields)
     ts_col = view.source.timestamp
     usable = pl.col(key).is_not_null() & pl.col(ts_col).is_not_null()
-    entities_df = lf.filter(usable).select(pl.col(key).unique()).collect()
+    columns = list(dict.fromkeys([*fields, key]))  # a composite key is a column of its own
+    skipped_q = lf.select((~usable).sum().alias("skipped"))
+    if sharded:  # each shard reads its own events
+        entities_df = lf.filter(usable).select(pl.col(key).unique()).collect()
+        skipped = int(skipped_q.collect()["skipped"][0])
+    else:  # one read: the events (sorted), their entities, the rows skipped
+        every, skipped_df = pl.collect_all(
+            [lf.filter(usable).select(*columns, SEQ).sort(key, SEQ), skipped_q]
+        )
+        entities_df = every.select(pl.col(key).unique(maintain_order=True))
+        skipped = int(skipped_df["skipped"][0])
     if entities_df.height == 0 and not allow_empty:
         files = len(report.files)
         raise OnlineStoreError(
@@ -170,22 +180,18 @@ def materialize(
         raise OnlineStoreError(f"view '{view.name}': cannot read or reset progress: {e}") from e
     resumed_from = last
 
-    fields = list(dict.fromkeys([*fields, key]))  # a composite key is a column of its own
-    skipped_q = lf.select((~usable).sum().alias("skipped"))
+    fields = columns
     total_entities = entities_df.height
     computed: Iterator[pl.DataFrame] = iter(())
     if sharded:
-        skipped = int(skipped_q.collect()["skipped"][0])
         tasks = shard_tasks(view, lf.filter(usable), fields, max(shards, 1))
         computed = (t.compute() for t in tasks) if runner is None else runner.states(tasks)
         states: Iterator[tuple[Entity, bytes, int]] = (
             row for frame in computed for row in frame.iter_rows()
         )
     else:
-        todo_filter = usable if last is None else usable & (pl.col(key) > pl.lit(last))
-        todo_q = lf.filter(todo_filter).select(*fields, SEQ).sort(key, SEQ)
-        todo, skipped_df = pl.collect_all([todo_q, skipped_q])
-        skipped = int(skipped_df["skipped"][0])
+        todo = every if last is None else every.filter(pl.col(key) > pl.lit(last))
+        del every
         states = entity_states(ViewProgram(view.ir), todo, fields, key, last)
 
     batches = 0
