@@ -189,33 +189,31 @@ class ViewIR:
     def request_fields_read(self, feats: Sequence[str]) -> tuple[tuple[str, DType], ...]:
         """The request fields (in ``request_fields`` order) that the features ``feats`` read,
         directly or through the features they reference."""
+        read = {
+            node.name
+            for name in self.reached(feats)
+            for node in self.feature(name).expr.walk()
+            if isinstance(node, Request)
+        }
+        return tuple((f, d) for f, d in self.request_fields if f in read)
+
+    def reached(self, feats: Sequence[str]) -> set[str]:
+        """The features ``feats`` and every feature they reference, directly or not."""
         seen: set[str] = set()
-        read: set[str] = set()
         todo = list(feats)
         while todo:
             name = todo.pop()
             if name in seen:
                 continue
             seen.add(name)
-            for node in self.feature(name).expr.walk():
-                if isinstance(node, Request):
-                    read.add(node.name)
-                elif isinstance(node, FeatureRef):
-                    todo.append(node.name)
-        return tuple((f, d) for f, d in self.request_fields if f in read)
+            todo += [n.name for n in self.feature(name).expr.walk() if isinstance(n, FeatureRef)]
+        return seen
 
     def restricted_to(self, feats: Sequence[str]) -> ViewIR:
         """The view with only the features ``feats`` and those they reference, in view order:
         the same values for those features from fewer aggregations (a training set of a few
         features of a wide view computes only what they need)."""
-        keep: set[str] = set()
-        todo = list(feats)
-        while todo:
-            name = todo.pop()
-            if name in keep:
-                continue
-            keep.add(name)
-            todo += [n.name for n in self.feature(name).expr.walk() if isinstance(n, FeatureRef)]
+        keep = self.reached(feats)
         return replace(self, features=tuple(f for f in self.features if f.name in keep))
 
     @property
