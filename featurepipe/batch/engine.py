@@ -440,8 +440,8 @@ def _columns_read(view: FeatureView, view_ir: ir.ViewIR, events: pl.LazyFrame) -
 
 
 # events read per pass over the input: ~60 MB of a few narrow columns, plus their copy into
-# partitions; 10M events x 1M labels, 9 features, 25 partitions: 5 passes, 7.1 s and 0.8 GB
-# against 17 s and 1.4 GB for a scan per partition (benchmarks/RESULTS.md)
+# partitions. 10M events x 1M labels, 9 features, 25 partitions: 5 passes, 7.1 s and 1.0 GB;
+# a scan per partition (and every aggregation of the view) took 17 s and 1.4 GB (RESULTS.md)
 PASS_ROWS = 2_000_000
 PART = "__part"
 
