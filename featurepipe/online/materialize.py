@@ -391,7 +391,7 @@ def _assembled_chunk(
     """The states of the whole entities of ``todo``: in Polars, each entity's events split
     into those behind its final horizon and the buffer (in (ts, seq) order); the former
     folded into the lifetime accumulators by Polars aggregations (``accumulation``) where
-    their records are exact, the rest turned into records (``_event_records``)."""
+    their records are exact, the rest turned into records (``_computed_records``)."""
     plan = record_plan(prog.view)
     assert plan is not None
     ts = pl.col(prog.view.timestamp)
