@@ -3,14 +3,14 @@
 A record is ``(ts, seq, mask, p0, ..., p{n-1})`` (``python_state.REC_*``): the event time, its
 arrival rank, the bits of the aggregations whose ``where`` holds, and each aggregation's
 prepared input (``AggKind.prepare_code``). ``record_plan`` computes the same values, of the
-same Python types once read back with ``DataFrame.rows``, from the batch row compiler
+same Python types once read back with ``RecordPlan.records``, from the batch row compiler
 (``polars_rows.translate``); ``PREPARED`` has one entry per kind, beside its ``prepare_code``.
 
 Where a record's Python value is not a column value (a fixed-point sum saturated to a flag
 string, an int whose square exceeds a float's exact range) or its bits are not certain to
 survive (any NaN), the plan marks the row inexact, and the caller computes that row with
 ``ViewProgram``'s row function. A view with a kind that has no entry, or a ``by=`` bucket,
-gets no plan (``None``): the caller replays every event. ``tests/test_polars_records.py``
+gets no plan (``None``): the caller replays every event. ``tests/test_materialize_records.py``
 holds every entry to the row function on generated events.
 """
 
@@ -22,12 +22,13 @@ from typing import Any
 
 import polars as pl
 
+from featurepipe.compile.polars_aggs import SEQ
 from featurepipe.compile.polars_rows import translate
+from featurepipe.compile.python_state import REC_INPUTS
 from featurepipe.ir import aggs as kinds
 from featurepipe.ir import nodes as ir
 from featurepipe.ir.aggs import fixed_expr, float_input, kind_of
 
-SEQ = "__seq"
 EXACT = "__exact"
 # a value (or the two halves of a pair) and the rows where the plan's value is not the row
 # function's (None: every row is)
@@ -146,7 +147,7 @@ def record_plan(view: ir.ViewIR) -> RecordPlan | None:
         value, off = prepare(agg, v)
         if isinstance(value, tuple):
             value, second = value
-            pairs.append((3 + i, 3 + len(aggs) + len(seconds)))
+            pairs.append((REC_INPUTS + i, REC_INPUTS + len(aggs) + len(seconds)))
             seconds.append(second.alias(f"__q{i}"))
         values.append(value.alias(f"__p{i}"))
         if off is not None:
@@ -166,7 +167,7 @@ def record_plan(view: ir.ViewIR) -> RecordPlan | None:
         *(_every_row(v) for v in seconds),
     )
     exact = ~pl.any_horizontal(inexact) if inexact else pl.lit(True)
-    return RecordPlan(columns, 3 + len(aggs), tuple(pairs), _every_row(exact).alias(EXACT))
+    return RecordPlan(columns, REC_INPUTS + len(aggs), tuple(pairs), _every_row(exact).alias(EXACT))
 
 
 def _every_row(e: pl.Expr) -> pl.Expr:

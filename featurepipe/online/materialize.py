@@ -34,7 +34,13 @@ import redis
 
 from featurepipe.batch.sources import SourceReport, read_events
 from featurepipe.compile.polars_aggs import SEQ
-from featurepipe.compile.polars_records import EXACT, RecordPlan, accumulation, record_plan
+from featurepipe.compile.polars_records import (
+    EXACT,
+    Accumulation,
+    RecordPlan,
+    accumulation,
+    record_plan,
+)
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.ir.entity_keys import with_composite_key
@@ -335,7 +341,8 @@ def entity_states(
     forces each event through the row function and ``ViewProgram.ingest`` (the stream
     worker's path: the reference the others are tested and benchmarked against). The bytes
     are the same."""
-    assembles = not per_event and prog.assembles and record_plan(prog.view) is not None
+    plan = None if per_event else record_plan(prog.view)
+    folding = accumulation(prog.view, prog.lifetime) if plan is not None else None
     sizes = todo.group_by(key, maintain_order=True).len().get_column("len").to_list()
     start = end = entities = 0
     previous: Any = last
@@ -344,10 +351,10 @@ def entity_states(
         if end - start < ASSEMBLE_CHUNK and end < todo.height:
             continue
         chunk = todo.slice(start, end - start)
-        if assembles and chunk.height >= ASSEMBLE_MIN_EVENTS * entities:
-            states = _assembled_chunk(prog, chunk, fields, key)
+        if plan is not None and prog.assembles and chunk.height >= ASSEMBLE_MIN_EVENTS * entities:
+            states = _assembled_chunk(prog, plan, folding, chunk, fields, key)
         else:
-            states = _ingested(prog, chunk, fields, key, vectorized=not per_event)
+            states = _ingested(prog, plan, chunk, fields, key)
         for entity, blob, count in states:
             if previous is not None and not entity > previous:
                 raise OnlineStoreError(
@@ -366,14 +373,14 @@ ASSEMBLE_MIN_EVENTS = 8
 
 
 def _ingested(
-    prog: ViewProgram, todo: pl.DataFrame, fields: list[str], key: str, *, vectorized: bool
+    prog: ViewProgram, plan: RecordPlan | None, todo: pl.DataFrame, fields: list[str], key: str
 ) -> Iterator[tuple[Entity, bytes, int]]:
     """The states of ``todo``'s entities, each event's record ingested in turn."""
     current: Any = None
     state: Any = None  # ViewProgram state, opaque here
     count = 0
     ingest = prog.ingest_record
-    for entity, rec in _event_records(prog, todo, fields, key, vectorized=vectorized):
+    for entity, rec in _event_records(prog, plan, todo, fields, key):
         if state is None or entity != current:
             if state is not None:
                 yield current, _dump(prog, state, current), count
@@ -386,14 +393,17 @@ def _ingested(
 
 
 def _assembled_chunk(
-    prog: ViewProgram, todo: pl.DataFrame, fields: list[str], key: str
+    prog: ViewProgram,
+    plan: RecordPlan,
+    folding: Accumulation | None,
+    todo: pl.DataFrame,
+    fields: list[str],
+    key: str,
 ) -> Iterator[tuple[Entity, bytes, int]]:
     """The states of the whole entities of ``todo``: in Polars, each entity's events split
     into those behind its final horizon and the buffer (in (ts, seq) order); the former
     folded into the lifetime accumulators by Polars aggregations (``accumulation``) where
     their records are exact, the rest turned into records (``_computed_records``)."""
-    plan = record_plan(prog.view)
-    assert plan is not None
     ts = pl.col(prog.view.timestamp)
     newer = ts >= ts.max().over(key) - prog.retention_us
     # sorted first (the fields), widened after (the record columns, each computed once)
@@ -402,7 +412,6 @@ def _assembled_chunk(
         .sort(key, NEWER, ts, SEQ)
         .with_columns(plan.exact, *plan.columns)
     )
-    folding = accumulation(prog.view, prog.lifetime)
     if folding is not None:  # exact older events: folded in Polars, never Python objects
         folded = pl.col(NEWER).not_() & pl.col(EXACT)
         vectorized, indices = {}, folding.indices
@@ -463,28 +472,20 @@ RECORD_CHUNK = 65_536  # events turned into records at once: bounds the Python o
 
 
 def _event_records(
-    prog: ViewProgram, todo: pl.DataFrame, fields: list[str], key: str, *, vectorized: bool = True
+    prog: ViewProgram, plan: RecordPlan | None, todo: pl.DataFrame, fields: list[str], key: str
 ) -> Iterator[tuple[Entity, tuple[Any, ...]]]:
     """(entity, record) per event of ``todo`` (``fields`` then ``__seq``), in order: computed
-    by the vectorized row stage (``compile.polars_records``), the row function taking the
-    rows it marks inexact, or every row when the view has no such plan. Either way the
-    records are the row function's, so the states are the same bytes."""
-    n = len(fields)
-    plan = record_plan(prog.view) if vectorized else None
+    by the vectorized row stage (``plan``) with the row function taking the rows it marks
+    inexact, or every row when there is no plan (the view has none, or ``per_event``).
+    Either way the records are the row function's, so the states are the same bytes."""
     if plan is None:
-        ki = fields.index(key)
+        n, ki = len(fields), fields.index(key)
         for row in todo.iter_rows():
             yield row[ki], prog.record(dict(zip(fields, row[:n], strict=True)), row[n])
         return
     for offset in range(0, todo.height, RECORD_CHUNK):
-        part = todo.slice(offset, RECORD_CHUNK)
-        frame = part.select(*plan.columns, plan.exact)
-        records = plan.records(frame)
-        exact = frame.get_column(EXACT)
-        if not exact.all():
-            for i in (~exact).arg_true().to_list():
-                row = part.row(i)
-                records[i] = prog.record(dict(zip(fields, row[:n], strict=True)), row[n])
+        part = todo.slice(offset, RECORD_CHUNK).with_columns(plan.exact, *plan.columns)
+        records = _computed_records(prog, plan, part, fields)
         yield from zip(part.get_column(key).to_list(), records, strict=True)
 
 
