@@ -31,7 +31,7 @@ from featurepipe.compile.python_rows import CodeGen
 from featurepipe.errors import StateError, UnsupportedOperationError
 from featurepipe.ir import aggs as kinds
 from featurepipe.ir import nodes as ir
-from featurepipe.ir.aggs import AggKind, kind_of
+from featurepipe.ir.aggs import AggKind, RecordFields, kind_of
 from featurepipe.ir.timebase import format_us
 from featurepipe.ir.types import DType
 
@@ -304,15 +304,29 @@ class ViewProgram:
                 lines.append(
                     f"    a{i} = " + (f"_copy{i}(compacted[{i}])" if span is None else empty)
                 )
+        # kinds that fold a window's events at once (the buffer is sorted by ts), the rest
+        # event by event in the loops below
+        ranged: dict[int, list[str]] = {}
+        for n, span in enumerate(widest_first):
+            for i in windows[span]:
+                code = self.kinds[i].range_code(
+                    self.aggs[i], f"a{i}", self._record_fields(i), starts[n], "hi"
+                )
+                if code is not None:
+                    ranged[i] = code
         if nested:  # each window's events are the newest of the one before: segments
             ends = [*starts[1:], "hi"]
             active: list[int] = []
             for n, span in enumerate(widest_first):
-                active += windows[span]  # the segment [lo{n}, next start) lies in windows 0..n
+                # the segment [lo{n}, next start) lies in windows 0..n
+                active += [i for i in windows[span] if i not in ranged]
                 lines += self._fold_loop(f"buf[{starts[n]}:{ends[n]}]", active)
         else:  # hops whose starts may cross (e.g. 2h/1h beside 90m sliding): one pass each
             for n, span in enumerate(widest_first):
-                lines += self._fold_loop(f"buf[{starts[n]}:hi]", windows[span])
+                each = [i for i in windows[span] if i not in ranged]
+                lines += self._fold_loop(f"buf[{starts[n]}:hi]", each)
+        for code in ranged.values():
+            lines += [f"    {ln}" for ln in code]
         lines += self._tile_merges()
         outs = []
         for i, agg in enumerate(self.aggs):
@@ -382,7 +396,14 @@ class ViewProgram:
         ]
         return src, folds
 
+    def _record_fields(self, i: int) -> RecordFields:
+        """Where a record holds what aggregation ``i`` folds (``_fold_block``'s positions)."""
+        bit = None if self.aggs[i].where is None else 1 << i
+        return RecordFields(REC_TS, REC_SEQ, REC_INPUTS + i, REC_MASK, bit)
+
     def _fold_loop(self, events: str, aggs: list[int]) -> list[str]:
+        if not aggs:
+            return []
         lines = [f"    for rec in {events}:"]
         if any(self.aggs[i].where is not None for i in aggs):
             lines.append(f"        mask = rec[{REC_MASK}]")

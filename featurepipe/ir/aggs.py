@@ -52,6 +52,23 @@ Finalizer = Callable[[Any], Any]
 Col = Callable[[str], pl.Expr]  # an accumulator column of this aggregation, by local name
 
 
+@dataclasses.dataclass(frozen=True)
+class RecordFields:
+    """Where a retained record (a tuple) holds what one aggregation folds: its time, its
+    arrival sequence, its prepared input, and the bit of its ``where`` mask (None: no
+    ``where``, every record passes). Used by ``AggKind.range_code``."""
+
+    ts: int
+    seq: int
+    value: int
+    mask: int
+    bit: int | None
+
+    def passes(self, r: str) -> str | None:
+        """Python source: whether record ``r`` passes the ``where`` (None: always)."""
+        return None if self.bit is None else f"{r}[{self.mask}] & {self.bit}"
+
+
 class RangeKernels(Protocol):
     """What the batch compiler offers a kind for queries whose visible events are the
     contiguous range [lo, hi) of the (entity, ts, seq)-sorted events, lo set by the window."""
@@ -161,6 +178,14 @@ class AggKind(ABC):
         """Python statements folding one event (prepared ``value``, passing ``where``) into
         the accumulator variable ``acc``. Order-independent: events arrive in any order."""
 
+    def range_code(
+        self, agg: Agg, acc: str, rec: RecordFields, lo: str, hi: str
+    ) -> list[str] | None:
+        """Python statements folding, at once, the events ``buf[lo:hi]`` of a buffer sorted by
+        ts (ties in any order) into ``acc``: the accumulator ``fold_code`` over each of them
+        would give. None (the default): the query folds the kind event by event."""
+        return None
+
     def namespace(self, agg: Agg) -> dict[str, Any]:
         """Names the generated fold code uses beyond ``_k`` (the scalar kernels)."""
         return {}
@@ -267,6 +292,13 @@ class Count(AggKind):
 
     def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
         return [f"if {value} is not None: {acc} += 1"]
+
+    def range_code(
+        self, agg: Agg, acc: str, rec: RecordFields, lo: str, hi: str
+    ) -> list[str] | None:
+        if agg.arg is None and rec.bit is None:  # every event counts
+            return [f"{acc} += {hi} - {lo}"]
+        return None
 
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
         return [f"{acc} += {other}"]
@@ -724,6 +756,35 @@ class First(AggKind):
             f"({ts} == {acc}[0] and {seq} {before} {acc}[1]): "
             f"{acc} = ({ts}, {seq}, {value})"
         ]
+
+    def range_code(
+        self, agg: Agg, acc: str, rec: RecordFields, lo: str, hi: str
+    ) -> list[str] | None:
+        # the buffer is sorted by ts: the pick is among the passing events of the smallest
+        # (largest) ts, found from that end (usually one event), then folded like any event
+        j, k, r, q = (f"{n}_{acc}" for n in "jkrq")
+        passes = rec.passes(f"buf[{j}]")
+        tie = rec.passes(q)
+        if self.earliest:
+            start, inside, step, before = lo, f"< {hi}", "+= 1", "<"
+        else:
+            start, inside, step, before = f"{hi} - 1", f">= {lo}", "-= 1", ">"
+        lines = [f"{j} = {start}"]
+        if passes is not None:
+            lines.append(f"while {j} {inside} and not ({passes}): {j} {step}")
+        lines += [
+            f"if {j} {inside}:",
+            f"    {r} = buf[{j}]",
+            f"    {k} = {j}",
+            f"    {k} {step}",
+            f"    while {k} {inside} and buf[{k}][{rec.ts}] == {r}[{rec.ts}]:",
+            f"        {q} = buf[{k}]",
+            f"        if {'' if tie is None else f'{tie} and '}{q}[{rec.seq}] {before} {r}[{rec.seq}]: "
+            f"{r} = {q}",
+            f"        {k} {step}",
+        ]
+        fold = self.fold_code(agg, acc, f"{r}[{rec.value}]", f"{r}[{rec.ts}]", f"{r}[{rec.seq}]")
+        return lines + [f"    {ln}" for ln in fold]
 
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
         before = "<" if self.earliest else ">"
