@@ -12,7 +12,8 @@ on a noisy machine hits both alike), on the generated transactions log and the
 
 Times are CPU seconds of the process (all threads), which other load on the machine disturbs far
 less than wall time. It prints min and median CPU seconds per tree and the ratio working / base of the medians
-(above 1 = the working tree is slower), and checks that both trees computed identical values.
+(above 1 = the working tree is slower), and checks that both trees computed identical values
+and identical state bytes (with ``--layout-change``, only values: the bytes' sizes are printed).
 
     python benchmarks/ab.py --events 200000 --rounds 5 [--base <rev>]
 """
@@ -75,9 +76,12 @@ for b in blobs:
 out["state_bytes"] = clock() - t
 digest = hashlib.sha256(repr(values).encode())
 digest.update(repr(batch.rows()).encode())
+out["digest"] = digest.hexdigest()
+digest = hashlib.sha256()
 for b in blobs:
     digest.update(b)
-out["digest"] = digest.hexdigest()
+out["states"] = digest.hexdigest()
+out["state_size"] = sum(map(len, blobs))
 print(json.dumps(out))
 """
 
@@ -113,6 +117,12 @@ def main() -> None:
     parser.add_argument("--base", default="HEAD", help="git revision to compare against")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--layout-change",
+        action="store_true",
+        help="the working tree changes the stored state layout: its bytes may differ "
+        "(values must not)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="featurepipe-ab-") as tmp:
         base_tree = Path(tmp)
@@ -125,6 +135,7 @@ def main() -> None:
                 runs[name].append(run(trees[name], args.events))
                 print(f"round {r + 1}/{args.rounds}: {name} done", file=sys.stderr)
     digests = {str(x["digest"]) for rs in runs.values() for x in rs}
+    states = {str(x["states"]) for rs in runs.values() for x in rs}
     print(
         f"A/B, {args.events:,} events, {args.rounds} rounds alternating, "
         f"{os.cpu_count()} cores; CPU seconds min / median"
@@ -140,8 +151,12 @@ def main() -> None:
             med[name] = statistics.median(xs)
             cells.append(f"{min(xs):.3f} / {med[name]:.3f}")
         print(f"| {step} | " + " | ".join(cells) + f" | {med[work_name] / med[base_name]:.3f} |")
-    print(f"identical values and state bytes in every run: {len(digests) == 1}")
-    if len(digests) != 1:
+    print(f"identical values in every run: {len(digests) == 1}")
+    print(f"identical state bytes in every run: {len(states) == 1}")
+    if len(states) != 1:
+        sizes = {name: int(rs[0]["state_size"]) for name, rs in runs.items()}
+        print("state bytes in all: " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
+    if len(digests) != 1 or (len(states) != 1 and not args.layout_change):
         sys.exit(1)
 
 

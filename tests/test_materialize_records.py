@@ -98,7 +98,7 @@ def test_vectorized_records_are_the_row_functions(data: st.DataObject, rows: lis
     specs_ = [data.draw(specs(kind), label=kind) for kind in kinds]
     v = view({f"f{i}": s.expr for i, s in enumerate(specs_)})
     prog = ViewProgram(v.ir)
-    plan = record_plan(v.ir)
+    plan = record_plan(v.ir, prog.slots)
     covered = all(type(kind_of(a)) in PREPARED and a.by is None for a in v.ir.aggs)
     assert (plan is not None) == covered
     if plan is None:
@@ -140,7 +140,7 @@ def test_a_wide_view_takes_the_fast_path_and_writes_the_replayed_bytes() -> None
     generated log with nulls and late events: assembled states, byte for byte."""
     v = load_definitions(ROOT / "feature_defs").view("user_spend")
     prog = ViewProgram(v.ir)
-    assert prog.assembles and record_plan(v.ir) is not None  # the path under test is taken
+    assert prog.assembles and record_plan(v.ir, prog.slots) is not None  # the path under test is taken
     events = normalize_events(v, generate_transactions(4000, users=60, seed=3))
     fields = list(v.source.fields)
     want = replayed(prog, events, fields, v.entity.key)
@@ -164,7 +164,8 @@ def test_the_fast_path_is_taken_only_where_it_is_exact() -> None:
     # a lifetime mode's dict keeps its keys' first-seen order
     assert not make(Spec("mode", "s", None, "all")).assembles
     assert make(Spec("mode", "s", "5s", "all")).assembles  # windowed: never compacted
-    assert record_plan(view({"f": Spec("count_by", "s", "5s", "all").expr}).ir) is None
+    by = view({"f": Spec("count_by", "s", "5s", "all").expr}).ir
+    assert record_plan(by, ViewProgram(by).slots) is None
     assert all(kind in PREPARED for kind in ORDER_FREE_FOLDS)
 
 

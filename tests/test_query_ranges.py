@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import featurepipe as fp
-from featurepipe.compile.python_state import NO_TS, REC_INPUTS, ViewProgram
+from featurepipe.compile.python_state import NO_TS, ViewProgram
 from tests.schema import view
 from tests.test_oracle_duckdb import US
 
@@ -44,54 +44,50 @@ VIEW = view({name: _expr(*spec) for name, spec in FEATURES.items()}, lateness="1
 PROG = ViewProgram(VIEW.ir)
 
 
-def reference(records: list[tuple[Any, ...]], t: int, name: str) -> Any:
-    """The feature at ``t`` from the records, one by one: no sorting assumed."""
+Event = tuple[int, int, bool, Any]  # ts (micros), arrival seq, b, s
+
+
+def reference(events: list[Event], t: int, name: str) -> Any:
+    """The feature at ``t`` from the raw events, one by one: no order assumed."""
     kind, window, where = FEATURES[name]
-    i = [a.name for a in VIEW.ir.features].index(name)  # one aggregation per feature, in order
     start = NO_TS if window is None else t - window * US
-    seen = [r for r in records if start <= r[0] < t and (not where or r[2] & (1 << i))]
+    seen = [e for e in events if start <= e[0] < t and (not where or e[2])]
     if kind == "count":
         return len(seen)
     if not seen:
         return None
-    pick = (
-        min(seen, key=lambda r: (r[0], r[1]))
-        if kind == "first"
-        else max(seen, key=lambda r: (r[0], r[1]))
-    )
-    return pick[REC_INPUTS + i]
+    key = lambda e: (e[0], e[1])  # noqa: E731
+    return (min(seen, key=key) if kind == "first" else max(seen, key=key))[3]
+
+
+def state_of(events: list[Event]) -> Any:
+    """A state whose buffer holds the events' records (the row function's) in the given
+    order, as a decoded state may."""
+    state = PROG.new_state()
+    state.buffer = [PROG.record({"ts": ts, "b": b, "s": s}, seq) for ts, seq, b, s in events]
+    state.max_ts = max((e[0] for e in events), default=NO_TS)
+    return state
 
 
 @st.composite
-def buffers(draw: st.DrawFn) -> list[tuple[Any, ...]]:
-    """Records sorted by ts, ties in any seq order; distinct seqs (arrival ranks)."""
+def buffers(draw: st.DrawFn) -> list[Event]:
+    """Events sorted by ts, ties in any seq order; distinct seqs (arrival ranks)."""
     n = draw(st.integers(0, 14))
     times = sorted(draw(st.lists(st.integers(0, 8), min_size=n, max_size=n)))
     seqs = draw(st.permutations(list(range(n))))
-    out = []
-    for ts, seq in zip(times, seqs, strict=True):
-        b = draw(st.booleans())
-        value = draw(st.one_of(st.none(), st.text("ab", max_size=2)))
-        mask = 0
-        for i, (_, _, where) in enumerate(FEATURES.values()):
-            if not where or b:
-                mask |= 1 << i
-        inputs = [True if kind == "count" else value for kind, _, _ in FEATURES.values()]
-        out.append((ts * US, seq, mask, *inputs))
-    return out
+    return [
+        (ts * US, seq, draw(st.booleans()), draw(st.one_of(st.none(), st.text("ab", max_size=2))))
+        for ts, seq in zip(times, seqs, strict=True)
+    ]
 
 
 @settings(max_examples=400, deadline=None, derandomize=True)
 @given(buf=buffers(), at=st.integers(-1, 16))
-def test_range_coded_kinds_equal_a_record_by_record_reference(
-    buf: list[tuple[Any, ...]], at: int
-) -> None:
+def test_range_coded_kinds_equal_a_record_by_record_reference(buf: list[Event], at: int) -> None:
     assert [a.name for a in VIEW.ir.features] == list(FEATURES)
     # every kind here is range-coded: no event-by-event loop is left in the query
     assert "for rec in" not in PROG.query_source
-    state = PROG.new_state()
-    state.buffer = list(buf)
-    state.max_ts = max((r[0] for r in buf), default=NO_TS)
+    state = state_of(buf)
     t = at * US + (at % 3) * 250_000  # on, between and past the events' seconds
     got = dict(zip(PROG.feature_names, PROG.query(state, t), strict=True))
     want = {name: reference(buf, t, name) for name in FEATURES}
@@ -102,17 +98,7 @@ def test_a_tie_is_broken_by_seq_not_by_buffer_position() -> None:
     """Worked by hand: three events at 2s, the buffer holding seqs 5, 1, 9 in that order.
     first = the smallest (ts, seq) = seq 1's value; last = the largest = seq 9's; with
     ``where`` (b) admitting seqs 5 and 1 only, last_b = seq 5's."""
-    i_b = list(FEATURES).index("first_b")
-    i_lb = list(FEATURES).index("last_b")
-
-    def rec(seq: int, value: str, b: bool) -> tuple[Any, ...]:
-        mask = sum(1 << i for i in range(len(FEATURES)) if i not in (i_b, i_lb) or b)
-        inputs = [True if k == "count" else value for k, _, _ in FEATURES.values()]
-        return (2 * US, seq, mask, *inputs)
-
-    state = PROG.new_state()
-    state.buffer = [rec(5, "p", True), rec(1, "q", True), rec(9, "r", False)]
-    state.max_ts = 2 * US
+    state = state_of([(2 * US, 5, True, "p"), (2 * US, 1, True, "q"), (2 * US, 9, False, "r")])
     got = dict(zip(PROG.feature_names, PROG.query(state, 3 * US), strict=True))
     assert got == {
         "first_all": "q",

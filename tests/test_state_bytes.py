@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import featurepipe as fp
-from featurepipe.compile.python_state import ViewProgram
+from featurepipe.compile.python_state import STATE_LAYOUT, ViewProgram
 from featurepipe.parity.harness import normalize_events
 from tests.schema import at, frame, scaled, view
 
@@ -144,3 +146,43 @@ def test_tile_pruning_does_not_depend_on_the_order_tiles_were_made() -> None:
     assert prog.dumps(live) == prog.dumps(resumed)
     # tile 5 left every window; 36 s left the buffer for tile 7
     assert sorted(live.tiles[0]) == [int(at(30).timestamp()) // 5, int(at(36).timestamp()) // 5]
+
+
+def test_a_record_keeps_each_distinct_input_once_and_no_constant() -> None:
+    """Worked by hand: count() reads the constant True (not kept); sum(x) and mean(x) prepare
+    the same fixed-point value (kept once); count(x) keeps x; max(x) keeps x with -0.0 made
+    0.0. x = 1.5 at 2 s, arrival 7: (ts, seq, mask of the 5 aggregations, 1.5 * 2**40, 1.5,
+    1.5)."""
+    v = view(
+        {
+            "n": lambda t: fp.count(),
+            "s": lambda t: fp.sum(t.x),
+            "m": lambda t: fp.mean(t.x),
+            "c": lambda t: fp.count(t.x),
+            "mx": lambda t: fp.max(t.x),
+        }
+    )
+    prog = ViewProgram(v.ir)
+    rec = prog.record({"ts": 2_000_000, "x": 1.5}, 7)
+    assert rec == (2_000_000, 7, 31, 1_649_267_441_664, 1.5, 1.5)
+    assert prog.slots == [None, 3, 3, 4, 5] and prog.constants == {0: "True"}
+    state = prog.new_state()
+    prog.ingest(state, {"ts": 2_000_000, "x": 1.5}, 7)
+    prog.ingest(state, {"ts": 3_000_000, "x": -0.0}, 8)
+    assert prog.query(prog.loads(prog.dumps(state)), 4_000_000) == (2, 1.5, 0.75, 2, 1.5)
+
+
+def test_a_state_of_another_layout_is_refused() -> None:
+    """A state written with layout 1 (no layout element: one input per aggregation), or one
+    claiming another layout, fails to decode instead of being read with shifted inputs."""
+    v = view({"s": lambda t: fp.sum(t.x), "n": lambda t: fp.count()})
+    prog = ViewProgram(v.ir)
+    state = prog.new_state()
+    prog.ingest(state, {"ts": 2_000_000, "x": 1.5}, 1)
+    body = msgspec.msgpack.decode(prog.dumps(state))
+    assert body[-1] == STATE_LAYOUT == 2
+    layout_1 = [*body[:2], [[*r[:3], r[3], True] for r in body[2]], body[3]]
+    with pytest.raises(msgspec.ValidationError):
+        prog.loads(msgspec.msgpack.encode(layout_1))
+    with pytest.raises(ValueError, match="state layout 3, this version reads 2"):
+        prog.loads(msgspec.msgpack.encode([*body[:-1], 3]))

@@ -1,8 +1,8 @@
 """The per-event row stage as one Polars plan: ``ViewProgram``'s records, vectorized.
 
-A record is ``(ts, seq, mask, p0, ..., p{n-1})`` (``python_state.REC_*``): the event time, its
-arrival rank, the bits of the aggregations whose ``where`` holds, and each aggregation's
-prepared input (``AggKind.prepare_code``). ``record_plan`` computes the same values, of the
+A record is ``(ts, seq, mask, p...)`` (``python_state.REC_*``): the event time, its arrival
+rank, the bits of the aggregations whose ``where`` holds, and the aggregations' distinct
+prepared inputs (``AggKind.prepare_code``; ``ViewProgram.slots``). ``record_plan`` computes the same values, of the
 same Python types once read back with ``RecordPlan.records``, from the batch row compiler
 (``polars_rows.translate``); ``PREPARED`` has one entry per kind, beside its ``prepare_code``.
 
@@ -16,7 +16,7 @@ holds every entry to the row function on generated events.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ import polars as pl
 
 from featurepipe.compile.polars_aggs import SEQ
 from featurepipe.compile.polars_rows import translate
-from featurepipe.compile.python_state import REC_INPUTS
+from featurepipe.compile.python_state import REC_INPUTS, REC_MASK, REC_SEQ, REC_TS
 from featurepipe.ir import aggs as kinds
 from featurepipe.ir import nodes as ir
 from featurepipe.ir.aggs import fixed_expr, float_input, kind_of
@@ -100,12 +100,14 @@ PREPARED: dict[type[kinds.AggKind], Callable[[ir.Agg, pl.Expr], Prepared]] = {
 
 @dataclass(frozen=True)
 class RecordPlan:
-    """``columns``: the record's values in order, then the second halves of its pairs;
-    ``pairs``: (record position, column of the second half); ``exact``: whether the row's
-    record is the row function's (else compute that row with it)."""
+    """``columns``: ts, seq, mask, each aggregation's prepared input (``__p<i>``), then the
+    second halves of pairs (``__q<i>``); ``picks``: the columns a record holds, in record
+    order (``ViewProgram.slots``: a shared input once, a constant one not at all); ``pairs``:
+    (record position, column of the second half); ``exact``: whether the row's record is the
+    row function's (else compute that row with it)."""
 
     columns: tuple[pl.Expr, ...]
-    width: int
+    picks: tuple[int, ...]
     pairs: tuple[tuple[int, int], ...]
     exact: pl.Expr
 
@@ -116,17 +118,19 @@ class RecordPlan:
 
     def records(self, frame: pl.DataFrame) -> list[tuple[Any, ...]]:
         """The records of ``frame`` (``columns`` computed): one tuple per row."""
-        lists = [frame.to_series(i).to_list() for i in range(len(self.columns))]
+        lists = [frame.to_series(i).to_list() for i in self.picks]
         for at, second in self.pairs:
+            halves = frame.to_series(second).to_list()
             lists[at] = [
-                None if a is None else (a, b) for a, b in zip(lists[at], lists[second], strict=True)
+                None if a is None else (a, b) for a, b in zip(lists[at], halves, strict=True)
             ]
-        return list(zip(*lists[: self.width], strict=True))
+        return list(zip(*lists, strict=True))
 
 
-def record_plan(view: ir.ViewIR) -> RecordPlan | None:
+def record_plan(view: ir.ViewIR, slots: Sequence[int | None]) -> RecordPlan | None:
     """The records of ``view`` as Polars expressions over its events (fields by name, the
-    arrival rank as ``__seq``, datetimes as epoch micros), or None when a kind has no entry."""
+    arrival rank as ``__seq``, datetimes as epoch micros), or None when a kind has no entry.
+    ``slots``: ``ViewProgram.slots``, the record position of each aggregation's input."""
     aggs = view.aggs
     if len(aggs) > MAX_MASK_BITS:
         return None
@@ -137,6 +141,7 @@ def record_plan(view: ir.ViewIR) -> RecordPlan | None:
     values: list[pl.Expr] = []
     seconds: list[pl.Expr] = []
     pairs: list[tuple[int, int]] = []
+    picks: dict[int, int] = {}  # record position -> column: the first aggregation of a slot
     inexact: list[pl.Expr] = []
     mask_terms: list[pl.Expr] = []
     for i, agg in enumerate(aggs):
@@ -145,9 +150,14 @@ def record_plan(view: ir.ViewIR) -> RecordPlan | None:
             return None
         v = pl.lit(True) if agg.arg is None else translate(agg.arg, leaf)
         value, off = prepare(agg, v)
+        slot = slots[i]
+        first = slot is not None and slot not in picks
+        if slot is not None and first:
+            picks[slot] = REC_INPUTS + i
         if isinstance(value, tuple):
             value, second = value
-            pairs.append((REC_INPUTS + i, REC_INPUTS + len(aggs) + len(seconds)))
+            if slot is not None and first:
+                pairs.append((slot, REC_INPUTS + len(aggs) + len(seconds)))
             seconds.append(second.alias(f"__q{i}"))
         values.append(value.alias(f"__p{i}"))
         if off is not None:
@@ -167,7 +177,9 @@ def record_plan(view: ir.ViewIR) -> RecordPlan | None:
         *(_every_row(v) for v in seconds),
     )
     exact = ~pl.any_horizontal(inexact) if inexact else pl.lit(True)
-    return RecordPlan(columns, REC_INPUTS + len(aggs), tuple(pairs), _every_row(exact).alias(EXACT))
+    order = (REC_TS, REC_SEQ, REC_MASK, *(picks[p] for p in sorted(picks)))
+    assert sorted(picks) == list(range(REC_INPUTS, REC_INPUTS + len(picks))), slots
+    return RecordPlan(columns, order, tuple(pairs), _every_row(exact).alias(EXACT))
 
 
 def _every_row(e: pl.Expr) -> pl.Expr:

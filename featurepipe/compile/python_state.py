@@ -1,9 +1,10 @@
 """Per-event compiler, aggregation level: explicit per-entity state, one event at a time.
 
 The state of one entity for one view is a ``State``: ``buffer`` holds the retained events sorted
-by (ts, arrival seq), each a *record* ``[ts, seq, mask, p0, p1, ...]`` where bit i of ``mask``
-says the event passes aggregation i's ``where`` and ``pi`` is its *prepared* input (fixed-point
-integer for float sums, canonical float for min/max, ...). Events older than ``horizon`` are
+by (ts, arrival seq), each a *record* ``[ts, seq, mask, p...]`` where bit i of ``mask`` says
+the event passes aggregation i's ``where`` and the ``p``s are its distinct *prepared* inputs
+(fixed-point integer for float sums, canonical float for min/max, ...; ``ViewProgram.slots``
+says which one each aggregation reads). Events older than ``horizon`` are
 folded into ``compacted`` (lifetime accumulators only) and dropped, so state stays bounded.
 ``horizon`` trails the newest event (``max_ts``) by the longest window plus the view's lateness;
 a query at T is answered exactly iff T >= max_ts - lateness (see docs/semantics.md).
@@ -15,6 +16,7 @@ the query, with the kinds' fold statements inlined.
 
 from __future__ import annotations
 
+import ast
 import gc
 import math
 from bisect import bisect_left, bisect_right
@@ -36,7 +38,11 @@ from featurepipe.ir.timebase import format_us
 from featurepipe.ir.types import DType
 
 NO_TS = -(2**63)
-# positions in a record; the prepared input of aggregation i is at REC_INPUTS + i
+# the last element of a stored state: which record layout its buffer holds. 2: a record keeps
+# each distinct prepared input once and no constant one (layout 1 kept one per aggregation).
+# A state of another layout fails to decode (its length differs too): a clear refusal.
+STATE_LAYOUT = 2
+# positions in a record; the prepared inputs follow from REC_INPUTS (ViewProgram.slots)
 REC_TS, REC_SEQ, REC_MASK, REC_INPUTS = 0, 1, 2, 3
 
 
@@ -109,18 +115,13 @@ ORDER_FREE_FOLDS: frozenset[type[AggKind]] = frozenset(
 )
 
 
-def _fold_block(agg: ir.Agg, i: int) -> list[str]:
-    """Inline code folding record ``rec`` into accumulator ``a{i}`` when it passes the
-    aggregation's ``where``: the one statement of the fold rules, shared by compaction and
-    queries. Bit i of a record's mask is tested only when the aggregation has a ``where``:
-    without one, the row stage sets it on every record."""
-    kind = kind_of(agg)
-    body = kind.fold_code(
-        agg, f"a{i}", f"rec[{REC_INPUTS + i}]", f"rec[{REC_TS}]", f"rec[{REC_SEQ}]"
-    )
-    if agg.where is None:
-        return list(body)
-    return [f"if mask & {1 << i}:", *(f"    {line}" for line in body)]
+def _constant(code: str) -> bool:
+    """Whether prepared-input code is the literal True, False or None (count()'s True)."""
+    try:
+        value = ast.literal_eval(code)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False
+    return value is None or type(value) is bool
 
 
 def _namespace(aggs: tuple[ir.Agg, ...]) -> dict[str, Any]:
@@ -181,8 +182,12 @@ class ViewProgram:
         ]
         sliding = [a.window_us for a in self.aggs if a.window_us is not None and a.hop_us is None]
         self._sliding_reach = max(sliding) if sliding else None
-        self.tile_source, self._tile_folds = self._compile_tile_folds()
+        # aggregation i -> the record position of its prepared input, or (``constants``) the
+        # Python literal every event's input is; filled by _compile_rows
+        self.slots: list[int | None] = [None] * len(self.aggs)
+        self.constants: dict[int, str] = {}
         self.row_source, self._row = self._compile_rows()
+        self.tile_source, self._tile_folds = self._compile_tile_folds()
         self.final_source, self._final = self._compile_features()
         self.compact_source, self._compact = self._compile_compaction()
         self.query_source, self._aggregate = self._compile_query()
@@ -219,11 +224,11 @@ class ViewProgram:
         self._encoder = msgspec.msgpack.Encoder()
         # records decode as tuples, as the row stage makes them (see _compile_rows)
         self._decoder = msgspec.msgpack.Decoder(
-            tuple[int, int, list[tuple[Any, ...]], list[Any]], ext_hook=_from_ext
+            tuple[int, int, list[tuple[Any, ...]], list[Any], int], ext_hook=_from_ext
         )
         # a view with hopped windows adds its tiles: [[[tile index, [accumulators]], ...], ...]
         self._tiled_decoder = msgspec.msgpack.Decoder(
-            tuple[int, int, list[tuple[Any, ...]], list[Any], list[list[list[Any]]]],
+            tuple[int, int, list[tuple[Any, ...]], list[Any], list[list[list[Any]]], int],
             ext_hook=_from_ext,
         )
 
@@ -232,7 +237,7 @@ class ViewProgram:
         gen = CodeGen(lambda n: f"ev[{n.name!r}]" if isinstance(n, ir.Field) else None)
         outs: list[str] = []
         mask_terms: list[str] = []
-        shared: dict[str, str] = {}  # identical prepared values are computed once
+        shared: dict[str, int] = {}  # identical prepared values are computed and kept once
         for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
             v = gen.emit(agg.arg) if agg.arg is not None else "True"
             code = kind.prepare_code(agg, v)
@@ -240,10 +245,14 @@ class ViewProgram:
                 b = gen.emit(agg.by)
                 gen.lines.append(f"q{i} = {code}")
                 code = f"(None if {b} is None or q{i} is None else ({b}, q{i}))"
-            if code not in shared:
-                shared[code] = f"p{i}"
+            if _constant(code):  # e.g. count()'s True: the record does not carry it
+                self.constants[i] = code
+            elif code in shared:  # the same prepared value: one slot of the record
+                self.slots[i] = shared[code]
+            else:
+                self.slots[i] = shared[code] = REC_INPUTS + len(outs)
                 gen.lines.append(f"p{i} = {code}")
-            outs.append(shared[code])
+                outs.append(f"p{i}")
             if agg.where is None:
                 mask_terms.append(str(1 << i))
             else:
@@ -251,7 +260,8 @@ class ViewProgram:
                 mask_terms.append(f"({1 << i} if {w} is True else 0)")
         gen.lines.append("mask = " + (" | ".join(mask_terms) if mask_terms else "0"))
         ts = f"ev[{self.view.timestamp!r}]"
-        # the record layout: REC_TS, REC_SEQ, REC_MASK, then REC_INPUTS...
+        # the record layout: REC_TS, REC_SEQ, REC_MASK, then from REC_INPUTS the distinct
+        # prepared inputs (``slots``)
         # a tuple: the garbage collector stops tracking a tuple of plain values, so retained
         # records cost nothing at each full collection (lists would be traversed every time)
         return gen.function("prepare_event", "ev, seq", [ts, "seq", "mask", *outs])
@@ -265,7 +275,7 @@ class ViewProgram:
             lines.append(f"    mask = rec[{REC_MASK}]")
         for i in self.lifetime:
             lines.append(f"    a{i} = c[{i}]")
-            lines += [f"    {ln}" for ln in _fold_block(self.aggs[i], i)]
+            lines += [f"    {ln}" for ln in self._fold_block(i)]
             lines.append(f"    c[{i}] = a{i}")
         lines.append("    return None")
         src = "\n".join(lines) + "\n"
@@ -382,7 +392,7 @@ class ViewProgram:
                 lines.append(f"    mask = rec[{REC_MASK}]")
             for j, i in enumerate(idx):
                 lines.append(f"    a{i} = ta[{j}]")
-                lines += [f"    {ln}" for ln in _fold_block(self.aggs[i], i)]
+                lines += [f"    {ln}" for ln in self._fold_block(i)]
                 lines.append(f"    ta[{j}] = a{i}")
             lines.append("    return None")
             empties = ", ".join(repr(self.kinds[i].empty(self.aggs[i])) for i in idx)
@@ -396,10 +406,22 @@ class ViewProgram:
         ]
         return src, folds
 
+    def _fold_block(self, i: int) -> list[str]:
+        """Inline code folding record ``rec`` into accumulator ``a{i}`` when it passes the
+        aggregation's ``where``: the one statement of the fold rules, shared by compaction,
+        tiles and queries. Bit i of a record's mask is tested only when the aggregation has a
+        ``where``: without one, the row stage sets it on every record."""
+        agg = self.aggs[i]
+        value = self._record_fields(i).value_of("rec")
+        body = kind_of(agg).fold_code(agg, f"a{i}", value, f"rec[{REC_TS}]", f"rec[{REC_SEQ}]")
+        if agg.where is None:
+            return list(body)
+        return [f"if mask & {1 << i}:", *(f"    {line}" for line in body)]
+
     def _record_fields(self, i: int) -> RecordFields:
-        """Where a record holds what aggregation ``i`` folds (``_fold_block``'s positions)."""
+        """Where a record holds what aggregation ``i`` folds."""
         bit = None if self.aggs[i].where is None else 1 << i
-        return RecordFields(REC_TS, REC_SEQ, REC_INPUTS + i, REC_MASK, bit)
+        return RecordFields(REC_TS, REC_SEQ, self.slots[i], self.constants.get(i), REC_MASK, bit)
 
     def _fold_loop(self, events: str, aggs: list[int]) -> list[str]:
         if not aggs:
@@ -408,7 +430,7 @@ class ViewProgram:
         if any(self.aggs[i].where is not None for i in aggs):
             lines.append(f"        mask = rec[{REC_MASK}]")
         for i in aggs:
-            lines += [f"        {ln}" for ln in _fold_block(self.aggs[i], i)]
+            lines += [f"        {ln}" for ln in self._fold_block(i)]
         return lines
 
     def _compile_features(self) -> tuple[str, Callable[..., Any]]:
@@ -604,7 +626,7 @@ class ViewProgram:
 
     # -- bytes -----------------------------------------------------------------------------
     def dumps(self, state: State) -> bytes:
-        """msgpack of ``[horizon, max_ts, buffer, compacted]``; deterministic (each kind's wire
+        """msgpack of ``[horizon, max_ts, buffer, compacted, STATE_LAYOUT]``; deterministic (each kind's wire
         form is), so equal states give equal bytes.
 
         Exact fixed-point sums can exceed 64 bits; such integers travel as msgpack extension
@@ -625,6 +647,7 @@ class ViewProgram:
         body: list[Any] = [state.horizon, state.max_ts, state.buffer, compacted]
         if self.groups:
             body.append(self._tiles_to_wire(state.tiles))
+        body.append(STATE_LAYOUT)
         try:
             return self._encoder.encode(body)
         except OverflowError:
@@ -632,11 +655,15 @@ class ViewProgram:
 
     def loads(self, blob: bytes) -> State:
         if self.groups:
-            horizon, max_ts, buffer, compacted, wire_tiles = self._tiled_decoder.decode(blob)
+            horizon, max_ts, buffer, compacted, wire_tiles, layout = self._tiled_decoder.decode(
+                blob
+            )
             tiles = self._tiles_from_wire(wire_tiles)
         else:
-            horizon, max_ts, buffer, compacted = self._decoder.decode(blob)
+            horizon, max_ts, buffer, compacted, layout = self._decoder.decode(blob)
             tiles = []
+        if layout != STATE_LAYOUT:
+            raise ValueError(f"state layout {layout}, this version reads {STATE_LAYOUT}")
         if len(compacted) != len(self.kinds):
             raise ValueError(f"state has {len(compacted)} accumulators, the view {len(self.kinds)}")
         for i, from_wire in self._from_wire:

@@ -60,9 +60,17 @@ class RecordFields:
 
     ts: int
     seq: int
-    value: int
+    value: int | None  # None: every event's input is ``literal``, not kept in the record
+    literal: str | None
     mask: int
     bit: int | None
+
+    def value_of(self, r: str) -> str:
+        """Python source: record ``r``'s prepared input."""
+        if self.value is None:
+            assert self.literal is not None
+            return self.literal
+        return f"{r}[{self.value}]"
 
     def passes(self, r: str) -> str | None:
         """Python source: whether record ``r`` passes the ``where`` (None: always)."""
@@ -783,7 +791,7 @@ class First(AggKind):
             f"{r} = {q}",
             f"        {k} {step}",
         ]
-        fold = self.fold_code(agg, acc, f"{r}[{rec.value}]", f"{r}[{rec.ts}]", f"{r}[{rec.seq}]")
+        fold = self.fold_code(agg, acc, rec.value_of(r), f"{r}[{rec.ts}]", f"{r}[{rec.seq}]")
         return lines + [f"    {ln}" for ln in fold]
 
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:

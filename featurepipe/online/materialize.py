@@ -341,7 +341,7 @@ def entity_states(
     forces each event through the row function and ``ViewProgram.ingest`` (the stream
     worker's path: the reference the others are tested and benchmarked against). The bytes
     are the same."""
-    plan = None if per_event else record_plan(prog.view)
+    plan = None if per_event else record_plan(prog.view, prog.slots)
     folding = accumulation(prog.view, prog.lifetime) if plan is not None else None
     sizes = todo.group_by(key, maintain_order=True).len().get_column("len").to_list()
     start = end = entities = 0
