@@ -15,12 +15,17 @@ from featurepipe.parity.harness import normalize_events
 from tests.schema import at, frame, scaled, view
 
 VALUES = st.one_of(
-    st.none(), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([5000.0, 1e15, -4.4e15, 2.0**51])
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([5000.0, 1e15, -4.4e15, 2.0**51]),
 )
 
 
 @settings(max_examples=scaled(60))
-@given(xs=st.lists(st.tuples(VALUES, st.integers(0, 50)), min_size=1, max_size=25), cut=st.integers(0, 25))
+@given(
+    xs=st.lists(st.tuples(VALUES, st.integers(0, 50)), min_size=1, max_size=25),
+    cut=st.integers(0, 25),
+)
 def test_round_trip_mid_stream(xs: list[tuple[Any, int]], cut: int) -> None:
     v = view(
         {
@@ -58,7 +63,10 @@ def test_round_trip_mid_stream(xs: list[tuple[Any, int]], cut: int) -> None:
 @settings(max_examples=scaled(60))
 @given(
     xs=st.lists(
-        st.tuples(st.one_of(st.none(), st.sampled_from(["a", "b", "c", "d", "é"]), st.integers(0, 3)), st.integers(0, 60)),
+        st.tuples(
+            st.one_of(st.none(), st.sampled_from(["a", "b", "c", "d", "é"]), st.integers(0, 3)),
+            st.integers(0, 60),
+        ),
         min_size=1,
         max_size=30,
     )
@@ -95,7 +103,10 @@ def test_hopped_windows_keep_state_bounded_by_tiles() -> None:
     and the lateness individually; a 1h window hopping every 5m keeps events individually only
     back to the hop boundary at or before newest - lateness (at most hop + lateness = 6 min),
     and older ones as one tile per 5 minutes: 12 tiles for the hour behind that boundary."""
-    rows = [{"k": "a", "x": float(i % 7), "n": i, "s": str(i % 5), "b": None, "ts": at(i)} for i in range(3 * 3600)]
+    rows = [
+        {"k": "a", "x": float(i % 7), "n": i, "s": str(i % 5), "b": None, "ts": at(i)}
+        for i in range(3 * 3600)
+    ]
     features = {
         "c": lambda t, w: fp.count(window="1h", **w),
         "s": lambda t, w: fp.sum(t.x, window="1h", **w),
@@ -104,7 +115,9 @@ def test_hopped_windows_keep_state_bounded_by_tiles() -> None:
     }
     states = {}
     for name, hop in (("sliding", {}), ("hopped", {"hop": "5m"})):
-        v = view({f: (lambda t, g=g, hop=hop: g(t, hop)) for f, g in features.items()}, lateness="1m")
+        v = view(
+            {f: (lambda t, g=g, hop=hop: g(t, hop)) for f, g in features.items()}, lateness="1m"
+        )
         prog = ViewProgram(v.ir)
         state = prog.new_state()
         for seq, ev in enumerate(normalize_events(v, frame(rows)).iter_rows(named=True)):
@@ -133,7 +146,10 @@ def test_tile_pruning_does_not_depend_on_the_order_tiles_were_made() -> None:
     the state lived on or was read back from bytes (which orders tiles by index), or equal
     event sequences would give different bytes."""
     v = view({"c": lambda t: fp.count(window="10s", hop="5s")}, lateness="1s")
-    rows = [{"k": "a", "x": 1.0, "n": 1, "s": None, "b": None, "ts": at(sec)} for sec in (30, 36, 27, 41)]
+    rows = [
+        {"k": "a", "x": 1.0, "n": 1, "s": None, "b": None, "ts": at(sec)}
+        for sec in (30, 36, 27, 41)
+    ]
     events = list(normalize_events(v, frame(rows)).iter_rows(named=True))
     prog = ViewProgram(v.ir)
     live = prog.new_state()
@@ -180,9 +196,15 @@ def test_a_state_of_another_layout_is_refused() -> None:
     state = prog.new_state()
     prog.ingest(state, {"ts": 2_000_000, "x": 1.5}, 1)
     body = msgspec.msgpack.decode(prog.dumps(state))
-    assert body[-1] == STATE_LAYOUT == 2
+    assert STATE_LAYOUT == 2 and body[-1] == prog.layout and prog.layout.startswith("2:")
     layout_1 = [*body[:2], [[*r[:3], r[3], True] for r in body[2]], body[3]]
     with pytest.raises(msgspec.ValidationError):
         prog.loads(msgspec.msgpack.encode(layout_1))
-    with pytest.raises(ValueError, match="state layout 3, this version reads 2"):
-        prog.loads(msgspec.msgpack.encode([*body[:-1], 3]))
+    with pytest.raises(ValueError, match=f"state layout 3:x, this version reads {prog.layout}"):
+        prog.loads(msgspec.msgpack.encode([*body[:-1], "3:x"]))
+    # the same layout number with inputs in other places (a release that shares or splits
+    # slots differently): refused too
+    other = ViewProgram(view({"n": lambda t: fp.count(), "s": lambda t: fp.sum(t.x)}).ir)
+    assert other.slots != prog.slots and other.layout != prog.layout
+    with pytest.raises(ValueError, match="state layout"):
+        prog.loads(other.dumps(other.new_state()))

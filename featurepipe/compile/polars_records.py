@@ -178,7 +178,8 @@ def record_plan(view: ir.ViewIR, slots: Sequence[int | None]) -> RecordPlan | No
     )
     exact = ~pl.any_horizontal(inexact) if inexact else pl.lit(True)
     order = (REC_TS, REC_SEQ, REC_MASK, *(picks[p] for p in sorted(picks)))
-    assert sorted(picks) == list(range(REC_INPUTS, REC_INPUTS + len(picks))), slots
+    if sorted(picks) != list(range(REC_INPUTS, REC_INPUTS + len(picks))):
+        raise AssertionError(f"view '{view.name}': record slots {slots} leave a gap")
     return RecordPlan(columns, order, tuple(pairs), _every_row(exact).alias(EXACT))
 
 

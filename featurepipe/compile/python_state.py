@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import gc
+import hashlib
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -38,9 +39,12 @@ from featurepipe.ir.timebase import format_us
 from featurepipe.ir.types import DType
 
 NO_TS = -(2**63)
-# the last element of a stored state: which record layout its buffer holds. 2: a record keeps
-# each distinct prepared input once and no constant one (layout 1 kept one per aggregation).
-# A state of another layout fails to decode (its length differs too): a clear refusal.
+# the last element of a stored state names the record layout its buffer holds:
+# "<STATE_LAYOUT>:<digest of the view's slots and constants>" (``ViewProgram.layout``). 2: a
+# record keeps each distinct prepared input once and no constant one (layout 1 kept one per
+# aggregation and had no such element). Which inputs share a slot follows from the generated
+# row code, so the digest changes when a release moves them; a state of another layout fails
+# to decode: a clear refusal, never inputs read at shifted positions.
 STATE_LAYOUT = 2
 # positions in a record; the prepared inputs follow from REC_INPUTS (ViewProgram.slots)
 REC_TS, REC_SEQ, REC_MASK, REC_INPUTS = 0, 1, 2, 3
@@ -187,6 +191,8 @@ class ViewProgram:
         self.slots: list[int | None] = [None] * len(self.aggs)
         self.constants: dict[int, str] = {}
         self.row_source, self._row = self._compile_rows()
+        places = repr((self.slots, sorted(self.constants.items()))).encode()
+        self.layout = f"{STATE_LAYOUT}:{hashlib.blake2b(places, digest_size=6).hexdigest()}"
         self.tile_source, self._tile_folds = self._compile_tile_folds()
         self.final_source, self._final = self._compile_features()
         self.compact_source, self._compact = self._compile_compaction()
@@ -224,11 +230,11 @@ class ViewProgram:
         self._encoder = msgspec.msgpack.Encoder()
         # records decode as tuples, as the row stage makes them (see _compile_rows)
         self._decoder = msgspec.msgpack.Decoder(
-            tuple[int, int, list[tuple[Any, ...]], list[Any], int], ext_hook=_from_ext
+            tuple[int, int, list[tuple[Any, ...]], list[Any], str], ext_hook=_from_ext
         )
         # a view with hopped windows adds its tiles: [[[tile index, [accumulators]], ...], ...]
         self._tiled_decoder = msgspec.msgpack.Decoder(
-            tuple[int, int, list[tuple[Any, ...]], list[Any], list[list[list[Any]]], int],
+            tuple[int, int, list[tuple[Any, ...]], list[Any], list[list[list[Any]]], str],
             ext_hook=_from_ext,
         )
 
@@ -626,7 +632,7 @@ class ViewProgram:
 
     # -- bytes -----------------------------------------------------------------------------
     def dumps(self, state: State) -> bytes:
-        """msgpack of ``[horizon, max_ts, buffer, compacted, STATE_LAYOUT]``; deterministic (each kind's wire
+        """msgpack of ``[horizon, max_ts, buffer, compacted, layout]``; deterministic (each kind's wire
         form is), so equal states give equal bytes.
 
         Exact fixed-point sums can exceed 64 bits; such integers travel as msgpack extension
@@ -647,23 +653,23 @@ class ViewProgram:
         body: list[Any] = [state.horizon, state.max_ts, state.buffer, compacted]
         if self.groups:
             body.append(self._tiles_to_wire(state.tiles))
-        body.append(STATE_LAYOUT)
+        body.append(self.layout)
         try:
             return self._encoder.encode(body)
         except OverflowError:
             return self._encoder.encode(_wire(body))
 
     def loads(self, blob: bytes) -> State:
+        wire_tiles: list[Any] = []
         if self.groups:
             horizon, max_ts, buffer, compacted, wire_tiles, layout = self._tiled_decoder.decode(
                 blob
             )
-            tiles = self._tiles_from_wire(wire_tiles)
         else:
             horizon, max_ts, buffer, compacted, layout = self._decoder.decode(blob)
-            tiles = []
-        if layout != STATE_LAYOUT:
-            raise ValueError(f"state layout {layout}, this version reads {STATE_LAYOUT}")
+        if layout != self.layout:
+            raise ValueError(f"state layout {layout}, this version reads {self.layout}")
+        tiles = self._tiles_from_wire(wire_tiles) if self.groups else []
         if len(compacted) != len(self.kinds):
             raise ValueError(f"state has {len(compacted)} accumulators, the view {len(self.kinds)}")
         for i, from_wire in self._from_wire:
