@@ -200,7 +200,48 @@ def test_a_kind_without_merge_is_refused_a_hop() -> None:
     flag = ir.Field(DType.BOOL, name="flag")
     hopped = ir.Agg(DType.BOOL, kind="any_true", arg=flag, window_us=WINDOW, hop_us=WINDOW // 2)
     view = dataclasses.replace(_view(), features=(ir.Feature("h", hopped),))
-    with registered(), pytest.raises(UnsupportedOperationError, match="hop= is not offered for any_true"):
+    with (
+        registered(),
+        pytest.raises(UnsupportedOperationError, match="hop= is not offered for any_true"),
+    ):
         ViewProgram(view)
     # every built-in kind merges, but those whose fold reads the query time (refused a hop)
     assert {name for name, kind in KINDS.items() if not kind.mergeable} == {"decayed_sum"}
+
+
+def _owner(cls: type, name: str) -> type:
+    return next(c for c in cls.__mro__ if name in vars(c))
+
+
+@pytest.mark.parametrize("method", ["copy", "finalizer", "from_wire"])
+def test_inlined_code_is_defined_beside_the_method_it_inlines(method: str) -> None:
+    """``copy_code``, ``finalize_code`` and ``from_wire_code`` are the source of ``copy``,
+    ``finalizer`` and ``from_wire``: a kind that overrides the method but inherits the code
+    would run its parent's behaviour in the generated query. Each code comes from the class
+    that defines the method, or is the base class's None (the method is called)."""
+    code = {"copy": "copy_code", "finalizer": "finalize_code", "from_wire": "from_wire_code"}[
+        method
+    ]
+    for kind in {type(k) for k in KINDS.values()}:
+        assert _owner(kind, code) in (_owner(kind, method), AggKind), (kind, method)
+
+
+@pytest.mark.parametrize("acc", [None, [3, 1, 2], (5, 2, "v"), {1, "a"}, 7])
+def test_inlined_code_computes_what_the_method_does(acc: Any) -> None:
+    """Each inlined code, evaluated, equals its method on accumulators of its shape."""
+    for kind in {type(k) for k in KINDS.values()}:
+        k = kind()
+        agg = ir.Agg(DType.FLOAT, kind.name, ir.Field("x", DType.FLOAT))
+        pairs: list[tuple[str | None, Callable[[], Callable[[Any], Any]]]] = [
+            (k.copy_code("acc"), lambda k=k: k.copy),
+            (k.finalize_code(agg, "acc"), lambda k=k, agg=agg: k.finalizer(agg)),
+            (k.from_wire_code("acc"), lambda k=k: k.from_wire),
+        ]
+        for code, method in pairs:
+            if code is None:
+                continue
+            try:
+                want = method()(acc)
+            except (TypeError, IndexError, KeyError):
+                continue  # not an accumulator of this kind's shape
+            assert eval(code, {}, {"acc": acc}) == want, (kind, code, acc)

@@ -227,6 +227,7 @@ class ViewProgram:
         ]
         # aggregations whose kind converts its accumulator to and from the wire form
         self._wired = {i for i, _, _ in self._to_wire} | {i for i, _ in self._from_wire}
+        self._accumulators_from_wire = self._compile_from_wire()
         self._encoder = msgspec.msgpack.Encoder()
         # records decode as tuples, as the row stage makes them (see _compile_rows)
         self._decoder = msgspec.msgpack.Decoder(
@@ -316,10 +317,12 @@ class ViewProgram:
             lines.append(f"    lo{n} = {lo}")
             starts.append(f"lo{n}")
             for i in windows[span]:
-                empty = repr(self.kinds[i].empty(self.aggs[i]))
-                lines.append(
-                    f"    a{i} = " + (f"_copy{i}(compacted[{i}])" if span is None else empty)
-                )
+                if span is None:
+                    copy = self.kinds[i].copy_code(f"compacted[{i}]")
+                    init = f"_copy{i}(compacted[{i}])" if copy is None else copy
+                else:
+                    init = repr(self.kinds[i].empty(self.aggs[i]))
+                lines.append(f"    a{i} = {init}")
         # kinds that fold a window's events at once (the buffer is sorted by ts), the rest
         # event by event in the loops below
         ranged: dict[int, list[str]] = {}
@@ -346,10 +349,11 @@ class ViewProgram:
         lines += self._tile_merges()
         outs = []
         for i, agg in enumerate(self.aggs):
+            final = self.kinds[i].finalize_code(agg, f"a{i}") or f"_finalize{i}(a{i})"
             if agg.default is None:
-                outs.append(f"_finalize{i}(a{i})")
+                outs.append(final)
             else:
-                lines.append(f"    a{i} = _finalize{i}(a{i})")
+                lines.append(f"    a{i} = {final}")
                 outs.append(f"(_default{i} if a{i} is None else a{i})")
         lines.append(f"    return [{', '.join(outs)}]")
         src = "\n".join(lines) + "\n"
@@ -672,9 +676,23 @@ class ViewProgram:
         tiles = self._tiles_from_wire(wire_tiles) if self.groups else []
         if len(compacted) != len(self.kinds):
             raise ValueError(f"state has {len(compacted)} accumulators, the view {len(self.kinds)}")
-        for i, from_wire in self._from_wire:
-            compacted[i] = from_wire(compacted[i])
+        self._accumulators_from_wire(compacted)
         return State(horizon, max_ts, buffer, compacted, tiles)
+
+    def _compile_from_wire(self) -> Callable[[list[Any]], None]:
+        """Straight-line code turning the stored accumulators into their in-memory form
+        (``AggKind.from_wire``, inlined where the kind gives its code)."""
+        lines = ["def from_wire(c):"]
+        namespace: dict[str, Any] = {}
+        for i, from_wire in self._from_wire:
+            code = self.kinds[i].from_wire_code(f"c[{i}]")
+            if code is None:
+                namespace[f"_from_wire{i}"] = from_wire
+                code = f"_from_wire{i}(c[{i}])"
+            lines.append(f"    c[{i}] = {code}")
+        lines.append("    return None")
+        exec(compile("\n".join(lines) + "\n", "<featurepipe:from_wire>", "exec"), namespace)
+        return namespace["from_wire"]  # type: ignore[no-any-return]
 
     def _tiles_to_wire(self, tiles: list[dict[int, list[Any]]]) -> list[Any]:
         """Each hop's tiles as [tile index, [accumulators]] in index order (deterministic)."""

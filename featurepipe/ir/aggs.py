@@ -214,10 +214,20 @@ class AggKind(ABC):
     def copy(self, acc: Any) -> Any:
         """A copy of ``acc`` the fold may mutate without touching the original."""
 
+    def copy_code(self, acc: str) -> str | None:
+        """Python source of ``copy`` applied to ``acc``, inlined in the generated query; None:
+        the query calls ``copy``. Defined beside ``copy``, by the class that defines it."""
+        return None
+
     @abstractmethod
     def finalizer(self, agg: Agg) -> Finalizer:
         """Accumulator -> value (None when there is nothing to aggregate; the caller applies
         the declared default)."""
+
+    def finalize_code(self, agg: Agg, acc: str) -> str | None:
+        """Python source of ``finalizer(agg)`` applied to ``acc``, inlined in the generated
+        query; None: the query calls the finalizer. Defined beside ``finalizer``."""
+        return None
 
     def to_wire(self, acc: Any) -> Any:
         """The msgpack form of ``acc``: deterministic, so equal states give equal bytes."""
@@ -240,6 +250,11 @@ class AggKind(ABC):
 
     def from_wire(self, obj: Any) -> Any:
         return obj
+
+    def from_wire_code(self, obj: str) -> str | None:
+        """Python source of ``from_wire`` applied to ``obj``, inlined where states are loaded;
+        None: ``from_wire`` is called. Defined beside ``from_wire``."""
+        return None
 
     # -- batch ---------------------------------------------------------------------------------
     @abstractmethod
@@ -317,6 +332,12 @@ class Count(AggKind):
     def finalizer(self, agg: Agg) -> Finalizer:
         return lambda acc: acc
 
+    def copy_code(self, acc: str) -> str | None:
+        return acc
+
+    def finalize_code(self, agg: Agg, acc: str) -> str | None:
+        return acc
+
     def columns(
         self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
     ) -> dict[str, pl.Expr]:
@@ -378,6 +399,9 @@ class Sum(AggKind):
 
     def copy(self, acc: Any) -> Any:
         return list(acc)
+
+    def copy_code(self, acc: str) -> str | None:
+        return f"list({acc})"
 
     def finalizer(self, agg: Agg) -> Finalizer:
         is_float, is_mean = self.fixed_point(agg), self.name == "mean"
@@ -563,6 +587,9 @@ class Var(AggKind):
     def copy(self, acc: Any) -> Any:
         return list(acc)
 
+    def copy_code(self, acc: str) -> str | None:
+        return f"list({acc})"
+
     def finalizer(self, agg: Agg) -> Finalizer:
         is_std = self.name == "std"
 
@@ -668,6 +695,9 @@ class Min(AggKind):
 
     def copy(self, acc: Any) -> Any:
         return list(acc)
+
+    def copy_code(self, acc: str) -> str | None:
+        return f"list({acc})"
 
     def finalizer(self, agg: Agg) -> Finalizer:
         def finish(acc: Any) -> Any:
@@ -810,6 +840,15 @@ class First(AggKind):
     def from_wire(self, obj: Any) -> Any:
         return None if obj is None else tuple(obj)
 
+    def copy_code(self, acc: str) -> str | None:
+        return acc
+
+    def finalize_code(self, agg: Agg, acc: str) -> str | None:
+        return f"(None if {acc} is None else {acc}[2])"
+
+    def from_wire_code(self, obj: str) -> str | None:
+        return f"(None if {obj} is None else tuple({obj}))"
+
     def columns(
         self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
     ) -> dict[str, pl.Expr]:
@@ -882,6 +921,12 @@ class CountDistinct(AggKind):
     def finalizer(self, agg: Agg) -> Finalizer:
         return len
 
+    def copy_code(self, acc: str) -> str | None:
+        return f"set({acc})"
+
+    def finalize_code(self, agg: Agg, acc: str) -> str | None:
+        return f"len({acc})"
+
     grows_in_place = True  # a set: fold only adds
 
     def to_wire(self, acc: Any) -> Any:
@@ -898,6 +943,9 @@ class CountDistinct(AggKind):
 
     def from_wire(self, obj: Any) -> Any:
         return set(obj)
+
+    def from_wire_code(self, obj: str) -> str | None:
+        return f"set({obj})"
 
     def columns(
         self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
@@ -1146,6 +1194,9 @@ class LastK(AggKind):
 
     def copy(self, acc: Any) -> Any:
         return list(acc)
+
+    def copy_code(self, acc: str) -> str | None:
+        return f"list({acc})"
 
     def finalizer(self, agg: Agg) -> Finalizer:
         return lambda acc: [e[2] for e in acc] if acc else None
