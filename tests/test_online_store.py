@@ -364,7 +364,7 @@ def test_meta_records_cutover(store: Store, log: Log) -> None:
     assert f["max_ts"] < log.until_us
     assert not store.client.exists(layout.progress_key(log.view))
     # every stored state ends before the cut-over: the stream owns ts >= until; the state bytes
-    # are msgpack [horizon, max_ts, buffer, compacted] (docs/online-store.md)
+    # are msgpack [horizon, max_ts, buffer, compacted, layout] (docs/online-store.md)
     decoder = msgspec.msgpack.Decoder(ext_hook=lambda code, data: None)
     for k in store.all_keys():
         if layout.entity_text(k, log.view) is not None:
