@@ -2,9 +2,10 @@
 
 A record is ``(ts, seq, mask, p...)`` (``python_state.REC_*``): the event time, its arrival
 rank, the bits of the aggregations whose ``where`` holds, and the aggregations' distinct
-prepared inputs (``AggKind.prepare_code``; ``ViewProgram.slots``). ``record_plan`` computes the same values, of the
-same Python types once read back with ``RecordPlan.records``, from the batch row compiler
-(``polars_rows.translate``); ``PREPARED`` has one entry per kind, beside its ``prepare_code``.
+prepared inputs (``AggKind.prepare_code``; ``ViewProgram.slots``). ``record_plan`` computes
+the same values, of the same Python types once read back with ``RecordPlan.records``, from the
+batch row compiler (``polars_rows.translate``); ``PREPARED`` has one entry per kind, beside its
+``prepare_code``.
 
 Where a record's Python value is not a column value (a fixed-point sum saturated to a flag
 string, an int whose square exceeds a float's exact range) or its bits are not certain to
@@ -151,13 +152,13 @@ def record_plan(view: ir.ViewIR, slots: Sequence[int | None]) -> RecordPlan | No
         v = pl.lit(True) if agg.arg is None else translate(agg.arg, leaf)
         value, off = prepare(agg, v)
         slot = slots[i]
-        first = slot is not None and slot not in picks
-        if slot is not None and first:
-            picks[slot] = REC_INPUTS + i
+        opens = slot if slot is not None and slot not in picks else None  # a slot's first use
+        if opens is not None:
+            picks[opens] = REC_INPUTS + i
         if isinstance(value, tuple):
             value, second = value
-            if slot is not None and first:
-                pairs.append((slot, REC_INPUTS + len(aggs) + len(seconds)))
+            if opens is not None:
+                pairs.append((opens, REC_INPUTS + len(aggs) + len(seconds)))
             seconds.append(second.alias(f"__q{i}"))
         values.append(value.alias(f"__p{i}"))
         if off is not None:

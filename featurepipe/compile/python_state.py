@@ -636,8 +636,8 @@ class ViewProgram:
 
     # -- bytes -----------------------------------------------------------------------------
     def dumps(self, state: State) -> bytes:
-        """msgpack of ``[horizon, max_ts, buffer, compacted, layout]``; deterministic (each kind's wire
-        form is), so equal states give equal bytes.
+        """msgpack of ``[horizon, max_ts, buffer, compacted, layout]``; deterministic (each
+        kind's wire form is), so equal states give equal bytes.
 
         Exact fixed-point sums can exceed 64 bits; such integers travel as msgpack extension
         type 1 (big-endian two's complement)."""

@@ -804,21 +804,23 @@ class First(AggKind):
         passes = rec.passes(f"buf[{j}]")
         tie = rec.passes(q)
         if self.earliest:
-            start, inside, step, before = lo, f"< {hi}", "+= 1", "<"
+            start, inside, sign, before = lo, f"< {hi}", "+", "<"
         else:
-            start, inside, step, before = f"{hi} - 1", f">= {lo}", "-= 1", ">"
+            start, inside, sign, before = f"{hi} - 1", f">= {lo}", "-", ">"
+        step = f"{sign}= 1"
+        better = f"{q}[{rec.seq}] {before} {r}[{rec.seq}]"
+        if tie is not None:
+            better = f"{tie} and {better}"
         lines = [f"{j} = {start}"]
         if passes is not None:
             lines.append(f"while {j} {inside} and not ({passes}): {j} {step}")
         lines += [
             f"if {j} {inside}:",
             f"    {r} = buf[{j}]",
-            f"    {k} = {j}",
-            f"    {k} {step}",
+            f"    {k} = {j} {sign} 1",
             f"    while {k} {inside} and buf[{k}][{rec.ts}] == {r}[{rec.ts}]:",
             f"        {q} = buf[{k}]",
-            f"        if {'' if tie is None else f'{tie} and '}{q}[{rec.seq}] {before} {r}[{rec.seq}]: "
-            f"{r} = {q}",
+            f"        if {better}: {r} = {q}",
             f"        {k} {step}",
         ]
         fold = self.fold_code(agg, acc, rec.value_of(r), f"{r}[{rec.ts}]", f"{r}[{rec.seq}]")
