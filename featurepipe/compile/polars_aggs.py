@@ -56,6 +56,10 @@ class BatchProgram:
         self.view = view
         self.aggs = view.aggs
         self.kinds: list[AggKind] = [kind_of(a) for a in self.aggs]
+        self._merged = [
+            k.merge_ranges(a, _col_expr(i)) is not None
+            for i, (a, k) in enumerate(zip(self.aggs, self.kinds, strict=True))
+        ]
         self.key = view.entity_key
 
     # -- 1. row stage ----------------------------------------------------------------------
@@ -166,7 +170,15 @@ class BatchProgram:
         dirty = q.filter(pl.col("__dirty"))
         parts = [self._clean(ev, clean, n)]
         if dirty.height:
-            parts.append(self._pairs(ev, dirty, windows))
+            everything = range(len(self.aggs))
+            ranged = [] if self.reference else [i for i in everything if self._merged[i]]
+            paired = [i for i in everything if i not in ranged]
+            part = dirty.select(QID)
+            if ranged:
+                part = part.join(self._between_late(ev, dirty, ranged), on=QID, how="left")
+            if paired:
+                part = part.join(self._pairs(ev, dirty, windows, paired), on=QID, how="left")
+            parts.append(part)
         raw = pl.concat(parts, how="diagonal_relaxed").sort(QID)
         for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
             resolved = kind.resolve(agg, _col_expr(i), ev, raw)
@@ -205,18 +217,99 @@ class BatchProgram:
                 out[_col(i, name)] = series.alias(_col(i, name))
         return pl.DataFrame(out)
 
+    def _between_late(self, ev: pl.DataFrame, q: pl.DataFrame, aggs: list[int]) -> pl.DataFrame:
+        """Accumulators of ``aggs`` for queries that must not see some events of their range
+        (those that arrived after the query: ``__seq >= __arrived``), from the range kernels
+        over the runs of events between those, merged per query (``AggKind.merge_ranges``).
+
+        A query sees nothing newer than the newest event its entity had when it arrived
+        (``__upto``, before the query time or not), so its range is cut there. What is left
+        to skip are events timestamped at or before an event that arrived earlier: late
+        events, usually few, where the pairs path would pair the query with every event of
+        its window (a lifetime window: all of the entity's earlier events)."""
+        evi = ev.select(RANK, TS, SEQ).with_row_index(INDEX)
+        evi = evi.with_columns(pl.col(INDEX).cast(I64), pl.col(RANK).cast(I64))
+        by_seq = evi.sort(RANK, SEQ).with_columns(
+            pl.col(TS).cum_max().over(RANK).alias("__newest"),
+            pl.col(TS).cum_max().shift(1).over(RANK).alias("__before"),
+        )
+        # the newest ts among the events of the query's entity that arrived before it
+        j = _eval(by_seq, _key(pl.col(RANK), pl.col(SEQ))).search_sorted(
+            _eval(q, _key(pl.col(RANK), pl.col(ARRIVED))), side="left"
+        )
+        ranks = pl.concat([pl.Series([-2], dtype=I64), by_seq[RANK]])
+        newest = pl.concat([pl.Series([None], dtype=I64), by_seq["__newest"].cast(I64)])
+        upto = pl.select(pl.when(ranks.gather(j) == q[RANK]).then(newest.gather(j))).to_series()
+        upto_key = _key(pl.col(RANK), pl.col("__upto").fill_null(0))
+        cut = ev[KEY].search_sorted(_eval(q.with_columns(upto.alias("__upto")), upto_key), "right")
+        q = q.with_columns(
+            pl.when(upto.is_null())  # nothing had arrived: an empty range
+            .then(pl.col(_lo(None)))
+            .otherwise(pl.min_horizontal(pl.col("hi"), cut.cast(I64)))
+            .alias("__cut")
+        )
+        late = by_seq.filter(pl.col(TS) <= pl.col("__before")).select(RANK, SEQ, INDEX)
+        skipped = (
+            q.select(QID, RANK, ARRIVED, "__cut")
+            .join(late, on=RANK, how="inner")
+            .filter((pl.col(SEQ) >= pl.col(ARRIVED)) & (pl.col(INDEX) < pl.col("__cut")))
+            .select(QID, INDEX)
+        )
+        result = q.select(QID)
+        for span in sorted({self.aggs[i].span for i in aggs}, key=lambda s: s or (-1, -1)):
+            lo = _lo(span)
+            holes = (
+                skipped.join(q.select(QID, lo), on=QID, how="inner")
+                .filter(pl.col(INDEX) >= pl.col(lo))
+                .select(QID, INDEX)
+                .sort(QID, INDEX)
+            )
+            # runs: [lo, h1), [h1 + 1, h2), ..., [hk + 1, cut) (empty where the cut is below lo)
+            inner = holes.join(q.select(QID, lo), on=QID, how="left").select(
+                QID,
+                pl.coalesce(pl.col(INDEX).shift(1).over(QID) + 1, pl.col(lo)).alias(lo),
+                pl.col(INDEX).alias("hi"),
+            )
+            last = holes.group_by(QID).agg(pl.col(INDEX).max().alias("__last"))
+            start = pl.coalesce(pl.col("__last") + 1, pl.col(lo))
+            tail = (
+                q.select(QID, lo, "__cut")
+                .join(last, on=QID, how="left")
+                .select(QID, start.alias(lo), pl.max_horizontal(start, "__cut").alias("hi"))
+            )
+            runs = pl.concat([inner, tail.cast(inner.schema)])
+            kernels = Ranges(ev, runs)
+            group = [i for i in aggs if self.aggs[i].span == span]
+            accs: dict[str, pl.Series] = {QID: runs[QID]}
+            merge: list[pl.Expr] = []
+            for i in group:
+
+                def col(name: str, i: int = i) -> pl.Series:
+                    return ev[_col(i, name)]
+
+                for name, series in self.kinds[i].over_range(self.aggs[i], col, kernels).items():
+                    accs[_col(i, name)] = series.alias(_col(i, name))
+                merged = self.kinds[i].merge_ranges(self.aggs[i], _col_expr(i))
+                assert merged is not None
+                merge += [expr.alias(_col(i, name)) for name, expr in merged.items()]
+            per_query = pl.DataFrame(accs).group_by(QID).agg(merge)
+            result = result.join(per_query, on=QID, how="left")
+        return result
+
     def _pairs(
         self,
         ev: pl.DataFrame,
         q: pl.DataFrame,
         windows: Iterable[ir.Span],
+        aggs: list[int],
     ) -> pl.DataFrame:
-        """Accumulators from explicit (query, event) pairs, events filtered by arrival: the
-        path of queries with late events, and the naive reference of the range kernels."""
+        """Accumulators of ``aggs`` from explicit (query, event) pairs, events filtered by
+        arrival: the path of queries with late events for kinds without ``merge_ranges``,
+        and the naive reference of the range kernels."""
         result = q.select(QID)
         evi = ev.with_row_index(INDEX).with_columns(pl.col(INDEX).cast(I64))
         for span in windows:
-            group = [i for i, a in enumerate(self.aggs) if a.span == span]
+            group = [i for i in aggs if self.aggs[i].span == span]
             if not group:
                 continue
             pairs = (
@@ -251,9 +344,7 @@ class BatchProgram:
                 result = result.join(maps.rename({"map": _col(i, "map")}), on=QID, how="left")
         # queries with no events in range: empty accumulators
         fills = [
-            fill
-            for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True))
-            for fill in kind.empty_pairs(agg, _col_expr(i))
+            fill for i in aggs for fill in self.kinds[i].empty_pairs(self.aggs[i], _col_expr(i))
         ]
         return result.with_columns(fills) if fills else result
 

@@ -288,6 +288,14 @@ class AggKind(ABC):
     def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
         """Fill of the accumulator columns for queries with no visible event."""
 
+    def merge_ranges(self, agg: Agg, col: Col) -> dict[str, pl.Expr] | None:
+        """The accumulators of a union of disjoint event ranges, as aggregations over the
+        ranges' own accumulators (``over_range`` of each, grouped by query); None when
+        ``over_range`` reads more than the range bounds (the query time) or its accumulators
+        do not combine. A query that must not see a few late events of its range is answered
+        from the ranges between them; a kind without this takes the (query, event) pairs."""
+        return None
+
     def resolve(
         self, agg: Agg, col: Col, events: pl.DataFrame, raw: pl.DataFrame
     ) -> dict[str, pl.Series]:
@@ -356,6 +364,9 @@ class Count(AggKind):
 
     def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
         return [col("n").fill_null(0)]
+
+    def merge_ranges(self, agg: Agg, col: Col) -> dict[str, pl.Expr] | None:
+        return {"n": col("n").sum()}
 
     def finalize_expr(self, agg: Agg, col: Col) -> pl.Expr:
         return col("n").cast(I64)
@@ -454,6 +465,11 @@ class Sum(AggKind):
         return {f: kr.range_sum(col(f), agg.span) for f in self._summed(agg)}
 
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        return {f: col(f).sum() for f in self._summed(agg)}
+
+    def merge_ranges(self, agg: Agg, col: Col) -> dict[str, pl.Expr] | None:
+        if self.needs_query_time:  # each term weighed by its age at T: not from the bounds
+            return None
         return {f: col(f).sum() for f in self._summed(agg)}
 
     def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
@@ -625,6 +641,9 @@ class Var(AggKind):
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         return {f: col(f).sum() for f in self.fields}
 
+    def merge_ranges(self, agg: Agg, col: Col) -> dict[str, pl.Expr] | None:
+        return {f: col(f).sum() for f in self.fields}
+
     def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
         return [col(f).fill_null(0) for f in self.fields]
 
@@ -739,6 +758,10 @@ class Min(AggKind):
         }
 
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
+        best = col("best").min() if self.smallest else col("best").max()
+        return {"n": col("n").sum(), "nan": col("nan").sum(), "best": best}
+
+    def merge_ranges(self, agg: Agg, col: Col) -> dict[str, pl.Expr] | None:
         best = col("best").min() if self.smallest else col("best").max()
         return {"n": col("n").sum(), "nan": col("nan").sum(), "best": best}
 
@@ -865,6 +888,11 @@ class First(AggKind):
     def over_pairs(self, agg: Agg, col: Col, index: pl.Expr) -> dict[str, pl.Expr]:
         marked = index.filter(col("inc"))
         return {"idx": marked.min() if self.earliest else marked.max()}
+
+    def merge_ranges(self, agg: Agg, col: Col) -> dict[str, pl.Expr] | None:
+        # the ranges are in (ts, seq) order, so the first (last) event of the union is the
+        # smallest (largest) row any range picked; min/max skip the ranges that picked none
+        return {"idx": col("idx").min() if self.earliest else col("idx").max()}
 
     def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
         return []  # no event: a null index, a null value
