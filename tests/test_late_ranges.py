@@ -38,16 +38,23 @@ OUTPUTS: dict[str, Any] = {
     "last_s_5s": lambda t: fp.last(t.s, window="5s"),
     "last_x_b": lambda t: fp.last(t.x, where=t.b),
     "first_n_hop": lambda t: fp.first(t.n, window="6s", hop="2s"),
-    # no merge over ranges: the pairs path, beside the others in one frame
+    # distinct counts: the late events left out by the kernel (SkippingRanges)
     "distinct_s_5s": lambda t: fp.count_distinct(t.s, window="5s"),
     "distinct_n_all": lambda t: fp.count_distinct(t.n),
+    "distinct_x_hop": lambda t: fp.count_distinct(t.x, window="6s", hop="2s", where=t.b),
+    # neither: the (query, event) pairs, beside the others in one frame
+    "mode_s_5s": lambda t: fp.mode(t.s, window="5s"),
+    "last_2_n": lambda t: fp.last_k(t.n, 2),
 }
 VIEW = view(OUTPUTS, lateness="1d", name="late")
 
 
-def test_the_view_has_both_paths() -> None:
-    merged = {kind_of(a).merge_ranges(a, pl.col) is not None for a in VIEW.ir.aggs}
-    assert merged == {True, False}
+def test_the_view_takes_every_path() -> None:
+    paths = {
+        "runs" if kind_of(a).merge_ranges(a, pl.col) else "skips" if kind_of(a).skips else "pairs"
+        for a in VIEW.ir.aggs
+    }
+    assert paths == {"runs", "skips", "pairs"}
 
 
 def _features(log: pl.DataFrame, queries: pl.DataFrame, reference: bool) -> pl.DataFrame:
@@ -130,3 +137,28 @@ def test_a_late_event_worked_out_by_hand() -> None:
     assert got["min_x_5s"].to_list() == [1.0, 1.0, None, 1.0]
     assert got["mean_x_hop"].to_list()[:2] == [5.5, 37.0]
     assert got["distinct_n_all"].to_list() == [2, 3, 0, 1]
+    assert got["distinct_x_hop"].to_list()[:2] == [2, 3]
+    assert got["last_2_n"].to_list() == [[10, 1], [10, 100], None, [1]]  # newest first
+
+
+def test_a_value_left_out_only_where_it_has_no_visible_occurrence() -> None:
+    """s in arrival order: "p" at 1s, "q" at 3s, "p" at 2s (late), "q" at 2.5s (late), "r" at
+    1.5s (late). Seen after the first two: {"p", "q"}: the late "p" and "q" leave nothing out,
+    "r" is not there yet (2); after four, {"p", "q"} (2); after all, 3."""
+    log = pl.DataFrame(
+        [
+            row(ts=at(1), s="p"),
+            row(ts=at(3), s="q"),
+            row(ts=at(2), s="p"),
+            row(ts=at(2.5), s="q"),
+            row(ts=at(1.5), s="r"),
+        ],
+        schema=SCHEMA,
+    )
+    t4 = int(at(4).timestamp()) * US
+    queries = pl.DataFrame(
+        {"k": ["a"] * 4, TS: [t4] * 4, ARRIVED: [1, 2, 4, 5]},
+        schema={"k": pl.String, TS: pl.Int64, ARRIVED: pl.Int64},
+    )
+    got = _features(log, queries, reference=False)
+    assert got["distinct_s_5s"].to_list() == [1, 2, 2, 3]

@@ -44,6 +44,7 @@ QUERY_T = "__t"  # a (query, event) pair's query time (kinds that weigh events b
 Engine = Literal["auto", "in-memory", "streaming"]
 _OFF = 2**63
 _SHIFT = 2**64
+_VALUE_SHIFT = 2**32  # (value id, event row) in one Int64: rows of one partition stay below
 
 
 class BatchProgram:
@@ -172,10 +173,12 @@ class BatchProgram:
         if dirty.height:
             everything = range(len(self.aggs))
             ranged = [] if self.reference else [i for i in everything if self._merged[i]]
-            paired = [i for i in everything if i not in ranged]
+            skipping = [] if self.reference else [i for i in everything if self.kinds[i].skips]
+            paired = [i for i in everything if i not in ranged and i not in skipping]
             part = dirty.select(QID)
-            if ranged:
-                part = part.join(self._between_late(ev, dirty, ranged), on=QID, how="left")
+            if ranged or skipping:
+                late = self._between_late(ev, dirty, ranged, skipping)
+                part = part.join(late, on=QID, how="left")
             if paired:
                 part = part.join(self._pairs(ev, dirty, windows, paired), on=QID, how="left")
             parts.append(part)
@@ -217,10 +220,14 @@ class BatchProgram:
                 out[_col(i, name)] = series.alias(_col(i, name))
         return pl.DataFrame(out)
 
-    def _between_late(self, ev: pl.DataFrame, q: pl.DataFrame, aggs: list[int]) -> pl.DataFrame:
+    def _between_late(
+        self, ev: pl.DataFrame, q: pl.DataFrame, aggs: list[int], skipping: list[int]
+    ) -> pl.DataFrame:
         """Accumulators of ``aggs`` for queries that must not see some events of their range
         (those that arrived after the query: ``__seq >= __arrived``), from the range kernels
-        over the runs of events between those, merged per query (``AggKind.merge_ranges``).
+        over the runs of events between those, merged per query (``AggKind.merge_ranges``);
+        of ``skipping`` (``AggKind.skips``) from kernels told which events to leave out
+        (``SkippingRanges``).
 
         A query sees nothing newer than the newest event its entity had when it arrived
         (``__upto``, before the query time or not), so its range is cut there. What is left
@@ -294,6 +301,33 @@ class BatchProgram:
                 merge += [expr.alias(_col(i, name)) for name, expr in merged.items()]
             per_query = pl.DataFrame(accs).group_by(QID).agg(merge)
             result = result.join(per_query, on=QID, how="left")
+        rows = q.with_row_index("__q").select(QID, pl.col("__q").cast(I64))
+        for span in {self.aggs[i].span for i in skipping}:
+            lo = _lo(span)
+            # everything from the cut to T arrived after the query; before it, the late events
+            after_cut = q.select(
+                QID, pl.int_ranges(pl.max_horizontal(lo, "__cut"), "hi", dtype=I64).alias(INDEX)
+            )
+            left_out = pl.concat(
+                [
+                    skipped.join(q.select(QID, lo), on=QID, how="inner")
+                    .filter(pl.col(INDEX) >= pl.col(lo))
+                    .select(QID, INDEX),
+                    after_cut.explode(INDEX).drop_nulls(INDEX),
+                ]
+            )
+            skipper = SkippingRanges(ev, q, left_out.join(rows, on=QID).select("__q", INDEX))
+            accs = {QID: q[QID]}
+            for i in skipping:
+                if self.aggs[i].span != span:
+                    continue
+
+                def col(name: str, i: int = i) -> pl.Series:
+                    return ev[_col(i, name)]
+
+                for name, series in self.kinds[i].over_range(self.aggs[i], col, skipper).items():
+                    accs[_col(i, name)] = series.alias(_col(i, name))
+            result = result.join(pl.DataFrame(accs), on=QID, how="left")
         return result
 
     def _pairs(
@@ -606,6 +640,72 @@ def per_query(grouped: pl.DataFrame, queries: int) -> pl.DataFrame:
     return pl.DataFrame({"__q": pl.int_range(queries, eager=True, dtype=I64)}).join(
         grouped, on="__q", how="left", maintain_order="left"
     )
+
+
+class SkippingRanges(Ranges):
+    """Range kernels that leave out given events of each query's range: ``skipped`` holds
+    (``__q``: the query's row, ``__i``: the event's row), each within that query's range.
+    Only ``distinct_count`` is offered (the kinds with ``AggKind.skips``); the others raise."""
+
+    def __init__(self, events: pl.DataFrame, q: pl.DataFrame, skipped: pl.DataFrame) -> None:
+        super().__init__(events, q)
+        self.skipped = skipped
+
+    def distinct_count(self, key: str, window: Window) -> pl.Series:
+        """The distinct count of the whole range, less the values whose every occurrence in
+        the range is left out (counted by binary search among each value's occurrences)."""
+        whole = Ranges(self.events, self.q).distinct_count(key, window)
+        if self.skipped.height == 0:
+            return whole
+        occurrences = (
+            self.events.select(pl.col(RANK).cast(I64), key)
+            .with_row_index(INDEX)
+            .with_columns(pl.col(INDEX).cast(I64))
+            .filter(pl.col(key).is_not_null())
+            .sort(RANK, key, INDEX)
+        )
+        # one id per (entity, value); NaN equals NaN here, as in the whole range's count
+        new_value = (pl.col(RANK) != pl.col(RANK).shift(1)) | (pl.col(key) != pl.col(key).shift(1))
+        occurrences = occurrences.with_columns(
+            new_value.fill_null(True).cum_sum().cast(I64).alias("__v")
+        )
+        at = occurrences.select(pl.col("__v") * _VALUE_SHIFT + pl.col(INDEX)).to_series()
+        bounds = pl.DataFrame(
+            {
+                "__q": pl.int_range(self.q.height, eager=True, dtype=I64),
+                "__lo": self.lo(window).cast(I64),
+                "__hi": self.q["hi"].cast(I64),
+            }
+        )
+        per_value = (
+            self.skipped.join(occurrences.select(INDEX, "__v"), on=INDEX, how="inner")
+            .group_by("__q", "__v")
+            .len("__left_out")
+            .join(bounds, on="__q", how="left")
+        )
+        base = per_value["__v"] * _VALUE_SHIFT
+        in_range = at.search_sorted(base + per_value["__hi"], side="left").cast(I64)
+        in_range -= at.search_sorted(base + per_value["__lo"], side="left").cast(I64)
+        gone = (
+            per_value.filter(in_range == per_value["__left_out"].cast(I64))
+            .group_by("__q")
+            .len("__gone")
+        )
+        removed = per_query(gone, self.q.height)["__gone"].fill_null(0).cast(I64)
+        return (whole.cast(I64) - removed).alias(whole.name)
+
+
+def _refuse(name: str) -> Callable[..., Any]:
+    def kernel(self: SkippingRanges, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{name} does not leave out events (SkippingRanges)")
+
+    return kernel
+
+
+for _name in ("range_sum", "range_extreme", "first_marked", "last_marked", "marked_values"):
+    setattr(SkippingRanges, _name, _refuse(_name))
+for _name in ("bucket_sums", "bucketed", "by_pairs"):
+    setattr(SkippingRanges, _name, _refuse(_name))
 
 
 def _marked_rows(mark: pl.Series) -> pl.Series:

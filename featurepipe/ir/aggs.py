@@ -288,6 +288,11 @@ class AggKind(ABC):
     def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
         """Fill of the accumulator columns for queries with no visible event."""
 
+    # True when ``over_range`` reads only kernels that can leave out given events of a range
+    # (``distinct_count``): a query with late events in its range is answered with them left
+    # out, instead of from (query, event) pairs.
+    skips: ClassVar[bool] = False
+
     def merge_ranges(self, agg: Agg, col: Col) -> dict[str, pl.Expr] | None:
         """The accumulators of a union of disjoint event ranges, as aggregations over the
         ranges' own accumulators (``over_range`` of each, grouped by query); None when
@@ -983,6 +988,8 @@ class CountDistinct(AggKind):
         if float_input(agg):
             v = pl.when(v.is_nan()).then(float("nan")).when(v == 0.0).then(0.0).otherwise(v)
         return {"key": pl.when(valid).then(v).otherwise(None)}
+
+    skips = True
 
     def over_range(
         self, agg: Agg, col: Callable[[str], pl.Series], kr: RangeKernels
