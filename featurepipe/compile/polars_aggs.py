@@ -13,9 +13,13 @@ How (all vectorized, no per-row Python):
 3. each kind builds its accumulators from the range kernels here (``Ranges``): differences of
    exact integer prefix sums, a sparse table (range min/max), forward/backward-filled event
    indices, and distinct counts from each value's next occurrence (two binary searches);
-4. queries that must not see some already-timestamped events (those that arrived after the
-   query) take the exploded-pairs path, each kind's accumulators as group aggregations
-   over the (query, event) pairs filtered by arrival;
+4. queries that must not see some events of their range (those that arrived after the
+   query: late events) cut their range at the newest event that had arrived, then: kinds
+   whose range accumulators combine (``AggKind.merge_ranges``) run the kernels over the runs
+   between the late events and merge them per query; distinct counts leave the late events
+   out by binary search among each value's occurrences (``SkippingRanges``); the other
+   kinds take explicit (query, event) pairs filtered by arrival (the work grows with the
+   window, not with the late events);
 5. each kind's finalizer (the per-event path's arithmetic, as expressions) gives the values.
 
 What each kind computes is stated once, for both backends, in ``featurepipe.ir.aggs``.
