@@ -12,6 +12,7 @@ import polars as pl
 from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
 from featurepipe.compile.polars_rows import PL_TYPES
 from featurepipe.dsl.loader import Definitions
+from featurepipe.errors import ParityError
 from featurepipe.ir.timebase import from_epoch_us
 from featurepipe.ir.types import DType
 from featurepipe.online.lookup import OnlineReader
@@ -54,7 +55,9 @@ def run_e2e(
             bootstrap=bootstrap,
             group_id=prefix,
             prefix=prefix,
-            idle_exit_s=5.0,
+            # stops once every produced event is consumed; the idle limit only ends a stream
+            # that stalls (a slow group join on a loaded machine takes seconds)
+            idle_exit_s=30.0,
             max_events=produced,
         ),
         client,
@@ -63,6 +66,12 @@ def run_e2e(
     )
     counters = worker.run()
     seconds_stream = time.perf_counter() - t0
+    if counters.events < produced:  # lookups of a half-consumed stream would only differ
+        raise ParityError(
+            f"end-to-end parity of view '{view_name}': the worker consumed {counters.events:,} "
+            f"of the {produced:,} events produced to '{topic}' before it went idle; "
+            "nothing was compared"
+        )
 
     ev = normalize_events(view, events)
     # request fields (fp.request): every point of an entity asks with its newest event's field
