@@ -48,7 +48,6 @@ QUERY_T = "__t"  # a (query, event) pair's query time (kinds that weigh events b
 Engine = Literal["auto", "in-memory", "streaming"]
 _OFF = 2**63
 _SHIFT = 2**64
-_VALUE_SHIFT = 2**32  # (value id, event row) in one Int64: rows of one partition stay below
 
 
 class BatchProgram:
@@ -259,11 +258,25 @@ class BatchProgram:
             .otherwise(pl.min_horizontal(pl.col("hi"), cut.cast(I64)))
             .alias("__cut")
         )
-        late = by_seq.filter(pl.col(TS) <= pl.col("__before")).select(RANK, SEQ, INDEX)
+        # the late events inside [widest lo, cut) of each query, found by binary search among
+        # the late events in row order: never more than the events of its windows
+        late = by_seq.filter(pl.col(TS) <= pl.col("__before")).select(SEQ, INDEX).sort(INDEX)
+        widest = pl.min_horizontal(*(_lo(self.aggs[i].span) for i in [*aggs, *skipping]))
+        first = late[INDEX].search_sorted(_eval(q, widest), side="left").cast(I64)
+        end = late[INDEX].search_sorted(q["__cut"], side="left").cast(I64)
+        at = (
+            pl.DataFrame({QID: q[QID], ARRIVED: q[ARRIVED], "__a": first, "__b": end})
+            .select(
+                QID, ARRIVED, pl.int_ranges("__a", pl.max_horizontal("__a", "__b")).alias("__l")
+            )
+            .explode("__l")
+            .drop_nulls("__l")
+        )
+        found = late.gather(at["__l"])
         skipped = (
-            q.select(QID, RANK, ARRIVED, "__cut")
-            .join(late, on=RANK, how="inner")
-            .filter((pl.col(SEQ) >= pl.col(ARRIVED)) & (pl.col(INDEX) < pl.col("__cut")))
+            at.select(QID, ARRIVED)
+            .with_columns(found[SEQ], found[INDEX])
+            .filter(pl.col(SEQ) >= pl.col(ARRIVED))
             .select(QID, INDEX)
         )
         result = q.select(QID)
@@ -276,7 +289,7 @@ class BatchProgram:
                 .sort(QID, INDEX)
             )
             # runs: [lo, h1), [h1 + 1, h2), ..., [hk + 1, cut) (empty where the cut is below lo)
-            inner = holes.join(q.select(QID, lo), on=QID, how="left").select(
+            inner = holes.join(q.select(QID, lo), on=QID, how="left", maintain_order="left").select(
                 QID,
                 pl.coalesce(pl.col(INDEX).shift(1).over(QID) + 1, pl.col(lo)).alias(lo),
                 pl.col(INDEX).alias("hi"),
@@ -673,7 +686,7 @@ class SkippingRanges(Ranges):
         occurrences = occurrences.with_columns(
             new_value.fill_null(True).cum_sum().cast(I64).alias("__v")
         )
-        at = occurrences.select(pl.col("__v") * _VALUE_SHIFT + pl.col(INDEX)).to_series()
+        at = occurrences.select(pl.col("__v").cast(I128) * _SHIFT + pl.col(INDEX)).to_series()
         bounds = pl.DataFrame(
             {
                 "__q": pl.int_range(self.q.height, eager=True, dtype=I64),
@@ -687,9 +700,11 @@ class SkippingRanges(Ranges):
             .len("__left_out")
             .join(bounds, on="__q", how="left")
         )
-        base = per_value["__v"] * _VALUE_SHIFT
-        in_range = at.search_sorted(base + per_value["__hi"], side="left").cast(I64)
-        in_range -= at.search_sorted(base + per_value["__lo"], side="left").cast(I64)
+        base = pl.col("__v").cast(I128) * _SHIFT
+        in_range = at.search_sorted(_eval(per_value, base + pl.col("__hi")), side="left")
+        in_range = in_range.cast(I64) - at.search_sorted(
+            _eval(per_value, base + pl.col("__lo")), side="left"
+        ).cast(I64)
         gone = (
             per_value.filter(in_range == per_value["__left_out"].cast(I64))
             .group_by("__q")
