@@ -53,10 +53,18 @@ _SHIFT = 2**64
 class BatchProgram:
     """The batch executor of one view."""
 
-    def __init__(self, view: ir.ViewIR, *, reference: bool = False) -> None:
+    def __init__(
+        self, view: ir.ViewIR, *, reference: bool = False, late_pairs_limit: float = 1.0
+    ) -> None:
         """``reference=True`` sends every query down the exploded-pairs path: the naive
-        reference the fast range kernels are tested against."""
+        reference the fast range kernels are tested against.
+
+        ``late_pairs_limit``: queries with late events in a window take the (query, event)
+        pairs while those number at most this many times the events (one pass over them,
+        as each run kernel makes), the runs between the late events above that (0: always
+        the runs, as the tests of that path ask)."""
         self.reference = reference
+        self.late_pairs_limit = late_pairs_limit
         self.view = view
         self.aggs = view.aggs
         self.kinds: list[AggKind] = [kind_of(a) for a in self.aggs]
@@ -174,10 +182,13 @@ class BatchProgram:
         dirty = q.filter(pl.col("__dirty"))
         parts = [self._clean(ev, clean, n)]
         if dirty.height:
-            everything = range(len(self.aggs))
+            # per window: pairs while they are few (short windows), else the runs
+            limit = self.late_pairs_limit * n
+            many = {span: float((dirty["hi"] - dirty[_lo(span)]).sum()) > limit for span in windows}
+            everything = [i for i in range(len(self.aggs)) if many[self.aggs[i].span]]
             ranged = [] if self.reference else [i for i in everything if self._merged[i]]
             skipping = [] if self.reference else [i for i in everything if self.kinds[i].skips]
-            paired = [i for i in everything if i not in ranged and i not in skipping]
+            paired = [i for i in range(len(self.aggs)) if i not in ranged and i not in skipping]
             part = dirty.select(QID)
             if ranged or skipping:
                 late = self._between_late(ev, dirty, ranged, skipping)
