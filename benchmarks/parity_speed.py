@@ -198,8 +198,9 @@ def explain(ml_events: list[int]) -> None:
     the retained events an own-time query point folds (the entity's state buffer just before
     the event) and the CPU microseconds of that ``ViewProgram.query``; on the batch side, the
     own-time points that a later-arriving, earlier-timestamped event of their entity makes take
-    the batch plan's explicit-pairs path, and the (point, event) pairs its lifetime window
-    explodes into (the entity's events timestamped before the point)."""
+    the batch plan's late-event paths (runs between the late events; pairs for short windows
+    and the kinds without runs), and the (point, event) pairs a lifetime window would take
+    (the entity's events timestamped before the point), all explicit before those paths."""
     import time
 
     from featurepipe.compile.polars_aggs import SEQ, TS
@@ -212,7 +213,7 @@ def explain(ml_events: list[int]) -> None:
         defs = load_definitions(Path(tmp) / "ml_defs.py")
     print(
         "| view | events | retained events per point: mean / p99 | us per query (CPU) "
-        "| points on the pairs path | their lifetime pairs |"
+        "| points with late events | their lifetime pairs (were all explicit before) |"
     )
     print("|---|---|---|---|---|---|")
     for n in ml_events:
