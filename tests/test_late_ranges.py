@@ -42,9 +42,11 @@ OUTPUTS: dict[str, Any] = {
     "distinct_s_5s": lambda t: fp.count_distinct(t.s, window="5s"),
     "distinct_n_all": lambda t: fp.count_distinct(t.n),
     "distinct_x_hop": lambda t: fp.count_distinct(t.x, window="6s", hop="2s", where=t.b),
+    "last_2_n": lambda t: fp.last_k(t.n, 2),
+    "last_3_x_5s": lambda t: fp.last_k(t.x, 3, window="5s"),
+    "first_2_s_hop": lambda t: fp.first_k(t.s, 2, window="6s", hop="2s"),
     # neither: the (query, event) pairs, beside the others in one frame
     "mode_s_5s": lambda t: fp.mode(t.s, window="5s"),
-    "last_2_n": lambda t: fp.last_k(t.n, 2),
 }
 VIEW = view(OUTPUTS, lateness="1d", name="late")
 

@@ -15,7 +15,8 @@ How (all vectorized, no per-row Python):
    indices, and distinct counts from each value's next occurrence (two binary searches);
 4. queries that must not see some events of their range (those that arrived after the
    query: late events) cut their range at the newest event that had arrived, then: kinds
-   whose range accumulators combine (``AggKind.merge_ranges``) run the kernels over the runs
+   whose range accumulators combine (``AggKind.merge_ranges``: the counts and sums, min/max,
+   first/last, first_k/last_k) run the kernels over the runs
    between the late events and merge them per query; distinct counts leave the late events
    out by binary search among each value's occurrences (``SkippingRanges``); the other
    kinds take explicit (query, event) pairs filtered by arrival (the work grows with the

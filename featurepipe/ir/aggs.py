@@ -295,7 +295,8 @@ class AggKind(ABC):
 
     def merge_ranges(self, agg: Agg, col: Col) -> dict[str, pl.Expr] | None:
         """The accumulators of a union of disjoint event ranges, as aggregations over the
-        ranges' own accumulators (``over_range`` of each, grouped by query); None when
+        ranges' own accumulators (``over_range`` of each, grouped by query, the oldest range
+        first); None when
         ``over_range`` reads more than the range bounds (the query time) or its accumulators
         do not combine. A query that must not see a few late events of its range is answered
         from the ranges between them; a kind without this takes the (query, event) pairs."""
@@ -1256,6 +1257,13 @@ class LastK(AggKind):
         n = int(agg.param("k"))
         ordered = col("value").sort_by(index).filter(col("ok").sort_by(index))
         return {"values": ordered.tail(n).reverse() if self.newest else ordered.head(n)}
+
+    def merge_ranges(self, agg: Agg, col: Col) -> dict[str, pl.Expr] | None:
+        # the ranges come oldest first, each list in the kind's order (newest first for
+        # last_k); its values are never null (only valid inputs are kept), so the nulls an
+        # empty list explodes into are dropped
+        lists = col("values").reverse() if self.newest else col("values")
+        return {"values": lists.explode().drop_nulls().head(int(agg.param("k")))}
 
     def empty_pairs(self, agg: Agg, col: Col) -> list[pl.Expr]:
         return []  # no event: null
