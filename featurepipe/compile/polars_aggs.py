@@ -227,11 +227,7 @@ class BatchProgram:
         kernels = Ranges(ev, q)
         out: dict[str, pl.Series] = {QID: q[QID]}
         for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
-
-            def col(name: str, i: int = i) -> pl.Series:
-                return ev[_col(i, name)]
-
-            for name, series in kind.over_range(agg, col, kernels).items():
+            for name, series in kind.over_range(agg, _event_columns(ev, i), kernels).items():
                 out[_col(i, name)] = series.alias(_col(i, name))
         return pl.DataFrame(out)
 
@@ -291,15 +287,16 @@ class BatchProgram:
             .filter(pl.col(SEQ) >= pl.col(ARRIVED))
             .select(QID, INDEX)
         )
+        in_window = {
+            span: skipped.join(q.select(QID, _lo(span)), on=QID, how="inner")
+            .filter(pl.col(INDEX) >= pl.col(_lo(span)))
+            .select(QID, INDEX)
+            for span in {self.aggs[i].span for i in [*aggs, *skipping]}
+        }
         result = q.select(QID)
         for span in sorted({self.aggs[i].span for i in aggs}, key=lambda s: s or (-1, -1)):
             lo = _lo(span)
-            holes = (
-                skipped.join(q.select(QID, lo), on=QID, how="inner")
-                .filter(pl.col(INDEX) >= pl.col(lo))
-                .select(QID, INDEX)
-                .sort(QID, INDEX)
-            )
+            holes = in_window[span].sort(QID, INDEX)
             # runs: [lo, h1), [h1 + 1, h2), ..., [hk + 1, cut) (empty where the cut is below lo)
             inner = holes.join(q.select(QID, lo), on=QID, how="left", maintain_order="left").select(
                 QID,
@@ -319,11 +316,10 @@ class BatchProgram:
             accs: dict[str, pl.Series] = {QID: runs[QID]}
             merge: list[pl.Expr] = []
             for i in group:
-
-                def col(name: str, i: int = i) -> pl.Series:
-                    return ev[_col(i, name)]
-
-                for name, series in self.kinds[i].over_range(self.aggs[i], col, kernels).items():
+                columns = _event_columns(ev, i)
+                for name, series in (
+                    self.kinds[i].over_range(self.aggs[i], columns, kernels).items()
+                ):
                     accs[_col(i, name)] = series.alias(_col(i, name))
                 merged = self.kinds[i].merge_ranges(self.aggs[i], _col_expr(i))
                 assert merged is not None
@@ -331,30 +327,22 @@ class BatchProgram:
             per_query = pl.DataFrame(accs).group_by(QID).agg(merge)
             result = result.join(per_query, on=QID, how="left")
         rows = q.with_row_index("__q").select(QID, pl.col("__q").cast(I64))
-        for span in {self.aggs[i].span for i in skipping}:
+        for span in sorted({self.aggs[i].span for i in skipping}, key=lambda s: s or (-1, -1)):
             lo = _lo(span)
             # everything from the cut to T arrived after the query; before it, the late events
             after_cut = q.select(
                 QID, pl.int_ranges(pl.max_horizontal(lo, "__cut"), "hi", dtype=I64).alias(INDEX)
             )
-            left_out = pl.concat(
-                [
-                    skipped.join(q.select(QID, lo), on=QID, how="inner")
-                    .filter(pl.col(INDEX) >= pl.col(lo))
-                    .select(QID, INDEX),
-                    after_cut.explode(INDEX).drop_nulls(INDEX),
-                ]
-            )
+            left_out = pl.concat([in_window[span], after_cut.explode(INDEX).drop_nulls(INDEX)])
             skipper = SkippingRanges(ev, q, left_out.join(rows, on=QID).select("__q", INDEX))
             accs = {QID: q[QID]}
             for i in skipping:
                 if self.aggs[i].span != span:
                     continue
-
-                def col(name: str, i: int = i) -> pl.Series:
-                    return ev[_col(i, name)]
-
-                for name, series in self.kinds[i].over_range(self.aggs[i], col, skipper).items():
+                columns = _event_columns(ev, i)
+                for name, series in (
+                    self.kinds[i].over_range(self.aggs[i], columns, skipper).items()
+                ):
                     accs[_col(i, name)] = series.alias(_col(i, name))
             result = result.join(pl.DataFrame(accs), on=QID, how="left")
         return result
@@ -737,6 +725,15 @@ for _name in ("range_sum", "range_extreme", "first_marked", "last_marked", "mark
     setattr(SkippingRanges, _name, _refuse(_name))
 for _name in ("bucket_sums", "bucketed", "by_pairs"):
     setattr(SkippingRanges, _name, _refuse(_name))
+
+
+def _event_columns(ev: pl.DataFrame, i: int) -> Callable[[str], pl.Series]:
+    """Aggregation ``i``'s prepared columns of the sorted events, by field name."""
+
+    def col(name: str) -> pl.Series:
+        return ev[_col(i, name)]
+
+    return col
 
 
 def _marked_rows(mark: pl.Series) -> pl.Series:
