@@ -46,4 +46,5 @@ def online_vs_batch(
             assert row[f"{view.name}_found"] is True, e
         online.append(tuple(row[n] for n in view.feature_names))
     batch = BatchProgram(view.ir).features(ev.lazy(), pl.DataFrame({key: keys, TS: times}))
-    return sum(r.mismatched for r in compare(view, batch, online, keys, times, [0] * len(keys)))
+    features = compare(view.ir, batch, online, keys, times, [0] * len(keys))
+    return sum(r.mismatched for r in features)

@@ -148,6 +148,20 @@ def test_parity_replays_the_views_own_source_in_arrival_order(tmp_path: Path) ->
     assert "5 events from 2 file(s) under data/clicks/" in flat
     assert "0 mismatches over 40 values" in flat  # 10 queries x 4 features
 
+    # two processes, one entity each: the same hand-worked report
+    split = _fp("parity", "--repo", str(repo), "--json", "--jobs", "2")
+    assert split.returncode == 0, split.stdout + split.stderr
+    (two,) = json.loads(split.stdout)["views"]
+    assert two["jobs"] == 2 and report["jobs"] == 1  # 5 events: one process by default
+    timing = ("seconds_stream", "seconds_batch", "seconds_wall", "jobs")
+    assert {k: v for k, v in two.items() if k not in timing} == {
+        k: v for k, v in report.items() if k not in timing
+    }
+    text = _fp("parity", "--repo", str(repo), "--jobs", "2")
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert "5 events checked in" in text.stdout and "by 2 processes" in _flat(text.stdout)
+    assert "0 mismatches over 40 values" in _flat(text.stdout)
+
 
 def test_parity_events_override(tmp_path: Path) -> None:
     repo = _clicks_repo(tmp_path / "repo")

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import random
 import struct
+from concurrent.futures import Executor, Future
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +30,18 @@ from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.ir.types import DType
-from featurepipe.parity.harness import ParityReport, _replay, normalize_events, run_parity
+from featurepipe.parity import harness
+from featurepipe.parity.harness import (
+    EVENTS_PER_JOB,
+    ParityReport,
+    _replay,
+    _Spec,
+    _split,
+    _with_draws,
+    auto_jobs,
+    normalize_events,
+    run_parity,
+)
 from tests.schema import SCHEMA, entity, source
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
@@ -304,13 +317,15 @@ def test_query_points_come_in_arrival_order_replay_order(view: FeatureView, log:
     asks them, so that the first difference is the same whichever point differs."""
     events = log(4)
     ev = normalize_events(view, events)
-    replay = _replay(view, ViewProgram(view.ir), ev, sample=0.7, seed=4, progress=None)
+    spec = _Spec.of(view)
+    drawn = _with_draws(spec, ev, sample=0.7, seed=4)
+    replay = _replay(spec, ViewProgram(view.ir), drawn, total=ev.height, progress=None)
     asked, answers, skipped, null_entity = reference_points(
         view, _normalized(view, events), sample=0.7, seed=4
     )
     assert list(zip(replay.keys, replay.times, replay.arrived, strict=True)) == asked
     assert repr(replay.answers) == repr(answers)  # NaN and -0.0 as they are
-    assert (replay.skipped, replay.null_entity) == (skipped, null_entity)
+    assert (replay.skipped, ev[view.entity.key].null_count()) == (skipped, null_entity)
 
 
 def test_the_logs_hold_what_the_reports_must_count() -> None:
@@ -354,3 +369,103 @@ def test_the_collector_is_left_as_it_was() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# -- a check split over processes -------------------------------------------------------------
+
+
+class InProcess(Executor):
+    """An executor running each call at once, in this process: the parts' split and merge,
+    with the monkeypatches a spawned process would not see."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        done: Future[Any] = Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # handed to the caller, as a process pool does
+            done.set_exception(e)
+        return done
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness, "_pool", lambda jobs, ctx, done: InProcess())
+
+
+@pytest.mark.parametrize("jobs", [2, 3, 7])
+@pytest.mark.parametrize("view, log", CASES, ids=[v.name for v, _ in CASES])
+def test_parts_give_the_reference_report(
+    view: FeatureView, log: Any, jobs: int, in_process: None
+) -> None:
+    for seed in (0, 1):
+        events = log(seed)
+        for sample in (1.0, 0.4):
+            report = run_parity(view, events, sample=sample, seed=seed, jobs=jobs)
+            entities = events[view.entity.key].drop_nulls().n_unique()
+            assert report.jobs == min(jobs, entities) > 1
+            assert numbers(report) == reference_parity(view, events, sample=sample, seed=seed)
+
+
+def test_parts_find_the_first_difference_of_the_whole_log(
+    monkeypatch: pytest.MonkeyPatch, in_process: None
+) -> None:
+    """With a planted difference in every part, the merged report names the difference an
+    arrival-order replay of the whole log meets first (the reference's), with the summed
+    counts."""
+    original = kernels.finalize_float_sum
+    monkeypatch.setattr(
+        kernels, "finalize_float_sum", lambda *a: math.nextafter(original(*a), math.inf)
+    )
+    for view, log in [(things, thing_log), (by_movie, rating_log)]:
+        events = log(3)
+        expected = reference_parity(view, events)
+        for jobs in (2, 3, 5):
+            report = run_parity(view, events, jobs=jobs)
+            assert report.jobs > 1 and not report.ok
+            assert numbers(report) == expected
+
+
+def test_parts_hold_whole_entities_in_arrival_order() -> None:
+    """Every keyed event lands in exactly one part, with all of its entity's events, in
+    arrival order; events without a key in none; the parts' event counts are balanced."""
+    view = by_user
+    events = pl.concat([rating_log(s, 400) for s in range(3)])
+    ev = _with_draws(_Spec.of(view), normalize_events(view, events), sample=1.0, seed=0)
+    for jobs in (1, 2, 3, 4):
+        parts = _split(_Spec.of(view), ev, jobs)
+        seqs = [p[SEQ].to_list() for p in parts]
+        assert all(s == sorted(s) for s in seqs)
+        everything = sorted(q for s in seqs for q in s)
+        keyed = ev.filter(pl.col("userId").is_not_null())
+        assert everything == keyed[SEQ].to_list()
+        owners: dict[Any, int] = {}
+        for i, p in enumerate(parts):
+            for user in p["userId"].unique().to_list():
+                assert owners.setdefault(user, i) == i
+        if jobs > 1:
+            sizes = [p.height for p in parts]
+            assert len(parts) == min(2 * jobs, keyed["userId"].n_unique())
+            biggest = keyed.group_by("userId").len()["len"].max()
+            assert max(sizes) - min(sizes) <= biggest  # greedy: within one entity
+
+
+def test_parts_in_worker_processes_give_the_reference_report() -> None:
+    """Real processes (spawned): the same report as one process, the reference's; progress
+    counts every keyed event once."""
+    events = pl.concat([rating_log(s, 300) for s in range(4)])
+    seen: list[int] = []
+    report = run_parity(by_user, events, jobs=2, progress=seen.append)
+    assert report.jobs == 2
+    assert numbers(report) == reference_parity(by_user, events)
+    keyed = events["userId"].is_not_null().sum()
+    assert seen[-1] == keyed and seen == sorted(seen)
+    single = run_parity(by_user, events)
+    assert report.as_dict()["features"] == single.as_dict()["features"]
+
+
+def test_jobs_follow_the_cores_and_the_log_size() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert auto_jobs(0) == 1
+    assert auto_jobs(EVENTS_PER_JOB - 1) == 1
+    assert auto_jobs(2 * EVENTS_PER_JOB) == min(2, cores)
+    assert auto_jobs(10**9) == cores

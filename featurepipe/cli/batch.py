@@ -271,6 +271,14 @@ def parity(
         ),
     ] = 1.0,
     seed: int = 0,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Processes to check in, each a share of the entities whole (the report is the "
+            "same); 0: one per core, at most one per 50,000 events.",
+        ),
+    ] = 0,
     e2e: Annotated[
         bool, typer.Option("--e2e", help="Through a real Kafka topic, the worker and Redis.")
     ] = False,
@@ -293,13 +301,14 @@ def parity(
     if e2e:
         _parity_e2e(project, d, views, events, bootstrap, redis_url, as_json)
         return
-    from featurepipe.parity.harness import run_parity
+    from featurepipe.parity.harness import auto_jobs, run_parity
 
     failed = False
     out: list[dict[str, Any]] = []
     for v, log, source in _parity_logs(project, views, events, quiet=as_json):
+        n_jobs = jobs or auto_jobs(log.height)
         if as_json:
-            report = run_parity(v, log, sample=sample, seed=seed)
+            report = run_parity(v, log, sample=sample, seed=seed, jobs=n_jobs)
         else:
             with progress_bar(console, f"{v.name} replay") as bar:
                 task = bar.add_task("replay", total=log.height)
@@ -307,18 +316,12 @@ def parity(
                 def advance(i: int, bar: Progress = bar, task: TaskID = task) -> None:
                     bar.update(task, completed=i)
 
-                report = run_parity(v, log, sample=sample, seed=seed, progress=advance)
+                report = run_parity(v, log, sample=sample, seed=seed, progress=advance, jobs=n_jobs)
         failed |= not report.ok
         if as_json:
             out.append({**report.as_dict(), "mode": "in-process", "source": source})
             continue
-        console.print(
-            f"{report.events:,} events replayed in {report.seconds_stream:.1f}s "
-            f"({report.events / max(report.seconds_stream, 1e-9):,.0f} events/s per-event path, with queries); "
-            f"{report.queries:,} query points, batch plan {report.seconds_batch:.1f}s; "
-            f"{report.skipped_beyond_lateness:,} query points beyond the lateness horizon not asked; "
-            f"{report.skipped_null_entity:,} events without an entity key skipped."
-        )
+        console.print(_parity_timing(report))
         _report_table(report, f"parity: view {v.name} (fingerprint {v.fingerprint})")
     if as_json:
         print_json({"ok": not failed, "views": out})
@@ -741,6 +744,27 @@ def _check_labels(
                     f"{what}: column '{n}' has the name of feature '{view}:{n}', which the "
                     "training set adds: rename the column or leave the feature out"
                 )
+
+
+def _parity_timing(report: Any) -> str:
+    """The line of counts and times under an in-process check."""
+    skipped = (
+        f"{report.queries:,} query points; "
+        f"{report.skipped_beyond_lateness:,} query points beyond the lateness horizon not asked; "
+        f"{report.skipped_null_entity:,} events without an entity key skipped."
+    )
+    if report.jobs == 1:
+        return (
+            f"{report.events:,} events replayed in {report.seconds_stream:.1f}s "
+            f"({report.events / max(report.seconds_stream, 1e-9):,.0f} events/s per-event path, "
+            f"with queries), batch plan {report.seconds_batch:.1f}s; {skipped}"
+        )
+    return (
+        f"{report.events:,} events checked in {report.seconds_wall:.1f}s by {report.jobs} "
+        f"processes ({report.events / max(report.seconds_wall, 1e-9):,.0f} events/s end to end; "
+        f"per-event replay {report.seconds_stream:.1f}s and batch plan "
+        f"{report.seconds_batch:.1f}s, summed over the processes); {skipped}"
+    )
 
 
 def _report_table(report: Any, title: str) -> bool:

@@ -143,7 +143,7 @@ def run_e2e(
         seconds_stream=seconds_stream,
         seconds_batch=time.perf_counter() - t1,
     )
-    report.features = compare(view, batch, expected, q_key, q_ts, [ev.height] * len(q_ts))
+    report.features = compare(view.ir, batch, expected, q_key, q_ts, [ev.height] * len(q_ts))
     if not keep:
         open_store(client, prefix).clear()
     return report

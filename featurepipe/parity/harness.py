@@ -8,9 +8,15 @@ events are held to the bi-temporal rule.
 
 from __future__ import annotations
 
+import heapq
+import multiprocessing
+import os
+import queue
 import random
 import struct
+import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,9 @@ from featurepipe.ir.timebase import format_us
 from featurepipe.ir.types import DType
 from featurepipe.kernels import last_visible
 
+# which events get query points (``_with_draws``)
+SAMPLED = "__sampled"
+
 
 @dataclass
 class FeatureResult:
@@ -39,6 +48,8 @@ class FeatureResult:
     compared: int = 0
     mismatched: int = 0
     first: dict[str, Any] | None = None
+    # where the first difference comes in an arrival-order replay (to merge parts of a check)
+    first_place: int = -1
 
 
 @dataclass
@@ -50,8 +61,13 @@ class ParityReport:
     skipped_beyond_lateness: int
     skipped_null_entity: int
     features: list[FeatureResult] = field(default_factory=list)
+    # seconds of the per-event replay with its queries, and of the batch plan; with several
+    # jobs, summed over the processes (which run at once: see seconds_wall)
     seconds_stream: float = 0.0
     seconds_batch: float = 0.0
+    # the whole check, end to end, and how many processes shared it
+    seconds_wall: float = 0.0
+    jobs: int = 1
 
     @property
     def mismatches(self) -> int:
@@ -76,6 +92,8 @@ class ParityReport:
             "skipped_null_entity": self.skipped_null_entity,
             "seconds_stream": self.seconds_stream,
             "seconds_batch": self.seconds_batch,
+            "seconds_wall": self.seconds_wall,
+            "jobs": self.jobs,
             "features": [
                 {
                     "name": f.name,
@@ -152,6 +170,7 @@ def run_parity(
     sample: float = 1.0,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    jobs: int = 1,
 ) -> ParityReport:
     """Replay ``events`` (arrival order) through both paths and compare every query point.
 
@@ -161,18 +180,127 @@ def run_parity(
 
     The per-event side is the stream worker's and the lookups' own code: ``ViewProgram.ingest``
     for every event, ``ViewProgram.query`` for every query point. Answers are collected as
-    columns and compared with the batch frame by Polars, one column per feature."""
-    import time
+    columns and compared with the batch frame by Polars, one column per feature.
 
-    prog = ViewProgram(view.ir)
-    ev = normalize_events(view, events)
+    ``jobs`` above 1 splits the entities into parts, each checked whole (replay, batch plan,
+    comparison) in its own process: entities are independent on both paths, every event keeps
+    its place in the whole log (``__seq``, the query points' ``__arrived``) and which events
+    are sampled is drawn over the whole log first, so the report is the one a single process
+    gives, first differences included."""
+    started = time.perf_counter()
+    spec = _Spec.of(view)
+    ev = _with_draws(spec, normalize_events(view, events), sample=sample, seed=seed)
+    parts = _split(spec, ev, jobs) if jobs > 1 else [ev]
+    if len(parts) == 1:
+        checked = [_check(spec, ev, ev.height, progress)]
+    else:
+        checked = _check_in_processes(spec, parts, ev.height, jobs, progress)
+    report = ParityReport(
+        view=view.name,
+        fingerprint=view.fingerprint,
+        events=ev.height,
+        queries=sum(c.queries for c in checked),
+        skipped_beyond_lateness=sum(c.skipped for c in checked),
+        skipped_null_entity=ev[spec.key].null_count(),
+        seconds_stream=sum(c.seconds_stream for c in checked),
+        seconds_batch=sum(c.seconds_batch for c in checked),
+        jobs=min(jobs, len(parts)),
+    )
+    report.features = _merged([c.features for c in checked])
+    report.seconds_wall = time.perf_counter() - started
+    return report
+
+
+# below this many events a second process costs more than it saves (starting one and importing
+# Polars and featurepipe into it takes about half a second)
+EVENTS_PER_JOB = 50_000
+
+
+def auto_jobs(events: int) -> int:
+    """Processes for checking a log of ``events`` events: one per usable core, at most one per
+    ``EVENTS_PER_JOB`` events."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, events // EVENTS_PER_JOB))
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What checking a view needs of it, picklable for a worker process (a view's schema
+    classes may live in a module that a fresh process cannot import)."""
+
+    name: str
+    key: str
+    fields: tuple[str, ...]
+    timestamp: str
+    ir: ir.ViewIR
+
+    @classmethod
+    def of(cls, view: FeatureView) -> _Spec:
+        return cls(
+            view.name, view.entity.key, tuple(view.source.fields), view.source.timestamp, view.ir
+        )
+
+
+@dataclass
+class _Checked:
+    """One part's share of a report: its query points, per-feature counts and first
+    differences (with their place in the arrival-order replay, to merge parts), and times."""
+
+    queries: int
+    skipped: int
+    features: list[FeatureResult]
+    seconds_stream: float
+    seconds_batch: float
+
+
+def _with_draws(spec: _Spec, ev: pl.DataFrame, *, sample: float, seed: int) -> pl.DataFrame:
+    """Which events get query points (``SAMPLED``): one draw of ``random.Random(seed)`` per
+    event with an entity key, in arrival order; events without a key get none."""
+    has_key = ev[spec.key].is_not_null()
+    draw = random.Random(seed).random
+    drawn = iter([draw() < sample for _ in range(int(has_key.sum()))])
+    flags = [next(drawn) if k else False for k in has_key.to_list()]
+    return ev.with_columns(pl.Series(SAMPLED, flags, dtype=pl.Boolean))
+
+
+def _split(spec: _Spec, ev: pl.DataFrame, jobs: int) -> list[pl.DataFrame]:
+    """The keyed events in about ``2 * jobs`` parts of whole entities, balanced by event count
+    (largest entities first, each to the lightest part), each in arrival order; fewer when the
+    log has fewer entities. Two parts per process let a fast one take a third."""
+    keyed = ev.filter(pl.col(spec.key).is_not_null())
+    sizes = keyed.group_by(spec.key).agg(pl.len().alias("__n"), pl.col(SEQ).min().alias("__f"))
+    sizes = sizes.sort(["__n", "__f"], descending=[True, False])
+    count = min(2 * jobs, sizes.height)
+    if count <= 1:
+        return [ev]
+    loads = [(0, p) for p in range(count)]
+    heapq.heapify(loads)
+    owner: list[int] = []
+    for n in sizes["__n"].to_list():
+        load, p = heapq.heappop(loads)
+        owner.append(p)
+        heapq.heappush(loads, (load + n, p))
+    parts = sizes.select(spec.key).with_columns(pl.Series("__part", owner, dtype=pl.Int64))
+    tagged = keyed.join(parts, on=spec.key, how="left", maintain_order="left")
+    return [
+        tagged.filter(pl.col("__part") == p).drop("__part")
+        for p in sorted(set(owner), key=lambda p: -owner.count(p))
+    ]
+
+
+def _check(
+    spec: _Spec, ev: pl.DataFrame, total: int, progress: Callable[[int], None] | None
+) -> _Checked:
+    """Replay, batch plan and comparison of the events ``ev`` (whole entities of a log of
+    ``total`` events, in arrival order, with their ``SEQ`` and ``SAMPLED``)."""
+    prog = ViewProgram(spec.ir)
     with collector_paused():
         t0 = time.perf_counter()
-        replay = _replay(view, prog, ev, sample=sample, seed=seed, progress=progress)
+        replay = _replay(spec, prog, ev, total=total, progress=progress)
         seconds_stream = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        key = view.entity.key
+        key = spec.key
         key_type = ev.schema[key]
         queries = pl.DataFrame(
             {
@@ -185,24 +313,104 @@ def run_parity(
         for j, (name, dtype) in enumerate(prog.request_fields):  # the same values as above
             values = [r[j] for r in replay.requests]
             queries = queries.with_columns(pl.Series(name, values, dtype=PL_TYPES[dtype]))
-        batch = BatchProgram(view.ir).features(ev.lazy(), queries)
+        batch = BatchProgram(spec.ir).features(ev.drop(SAMPLED).lazy(), queries)
         seconds_batch = time.perf_counter() - t1
 
-        report = ParityReport(
-            view=view.name,
-            fingerprint=view.fingerprint,
-            events=ev.height,
+        features = compare(
+            spec.ir,
+            batch,
+            replay.answers,
+            replay.keys,
+            replay.times,
+            replay.arrived,
+            places=replay.places,
+        )
+        checked = _Checked(
             queries=len(replay.answers),
-            skipped_beyond_lateness=replay.skipped,
-            skipped_null_entity=replay.null_entity,
+            skipped=replay.skipped,
+            features=features,
             seconds_stream=seconds_stream,
             seconds_batch=seconds_batch,
         )
-        report.features = compare(
-            view, batch, replay.answers, replay.keys, replay.times, replay.arrived
-        )
         del replay  # freed before the collector is back: it would scan every answer once
-    return report
+    return checked
+
+
+def _merged(parts: list[list[FeatureResult]]) -> list[FeatureResult]:
+    """Per feature: the parts' counts summed, the first difference of the part whose first
+    difference comes first in the arrival-order replay."""
+    merged = []
+    for same in zip(*parts, strict=True):
+        out = FeatureResult(same[0].name, same[0].dtype)
+        out.compared = sum(f.compared for f in same)
+        out.mismatched = sum(f.mismatched for f in same)
+        found = [f for f in same if f.first is not None]
+        if found:
+            best = min(found, key=lambda f: f.first_place)
+            out.first, out.first_place = best.first, best.first_place
+        merged.append(out)
+    return merged
+
+
+def _check_in_processes(
+    spec: _Spec,
+    parts: list[pl.DataFrame],
+    total: int,
+    jobs: int,
+    progress: Callable[[int], None] | None,
+) -> list[_Checked]:
+    """Each part through ``_check`` in a pool of ``jobs`` fresh processes (spawned: Polars'
+    thread pool does not survive a fork), biggest part first; their progress comes back over
+    a queue."""
+    ctx = multiprocessing.get_context("spawn")
+    done = ctx.Queue()
+    with _pool(jobs, ctx, done) as pool:
+        futures = [pool.submit(_check_part, spec, part, total, p) for p, part in enumerate(parts)]
+        counts = [0] * len(parts)
+        pending: set[Future[_Checked]] = set(futures)
+        try:
+            while pending:
+                _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                while True:
+                    try:
+                        p, n = done.get_nowait()
+                    except queue.Empty:
+                        break
+                    counts[p] = max(counts[p], n)
+                if progress is not None:
+                    progress(sum(counts))
+                for f in futures:
+                    if f.done() and f.exception() is not None:
+                        raise f.exception()  # type: ignore[misc]
+        finally:
+            for f in futures:
+                f.cancel()
+        return [f.result() for f in futures]
+
+
+def _pool(jobs: int, ctx: Any, done: Any) -> Executor:
+    return ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_part, initargs=(done,))
+
+
+_progress_queue: Any = None
+
+
+def _init_part(done: Any) -> None:
+    global _progress_queue
+    _progress_queue = done
+
+
+def _check_part(spec: _Spec, ev: pl.DataFrame, total: int, p: int) -> _Checked:
+    """``_check`` in a worker process, its progress (events replayed) sent to the parent."""
+    done = _progress_queue
+
+    def progress(n: int) -> None:
+        if done is not None:
+            done.put((p, n))
+
+    checked = _check(spec, ev, total, progress)
+    progress(ev.height)
+    return checked
 
 
 @dataclass
@@ -215,18 +423,18 @@ class _Replay:
     arrived: list[int]
     answers: list[tuple[Any, ...]]
     skipped: int
-    null_entity: int
+    # each point's place in an arrival-order replay of the whole log (sorted)
+    places: list[int] = field(default_factory=list)
     # the request values (fp.request) each point was answered with, in request_fields order
     requests: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def _replay(
-    view: FeatureView,
+    spec: _Spec,
     prog: ViewProgram,
     ev: pl.DataFrame,
     *,
-    sample: float,
-    seed: int,
+    total: int,
     progress: Callable[[int], None] | None,
 ) -> _Replay:
     """Every event through ``prog.ingest``, every query point through ``prog.query``, at the
@@ -238,26 +446,24 @@ def _replay(
     order of first arrival, each one's events in arrival order, then its after-the-log points):
     the state it works on stays in the processor's caches, about 1.6x faster on the 25-feature
     view than hopping to another entity's state at every event. What an arrival-order replay
-    decides globally is computed first: which events get query points (one draw of
-    ``random.Random(seed)`` per event with an entity key, in arrival order). The query points are
-    then put back into arrival-order replay order: an event's own point, then its midpoint, event
-    by event, then the after-the-log points entity by entity."""
-    key = view.entity.key
-    names = list(dict.fromkeys([*view.source.fields, key]))  # a composite key: its own column
+    decides globally is decided before (``SAMPLED``: which events get query points). The query
+    points are then put back into arrival-order replay order: an event's own point, then its
+    midpoint, event by event, then the after-the-log points entity by entity (``places``,
+    numbered over the whole log of ``total`` events, so parts of it merge)."""
+    key = spec.key
+    names = list(dict.fromkeys([*spec.fields, key]))  # a composite key: its own column
     key_at = names.index(key)
-    ts_at = names.index(view.source.timestamp)
-    n = ev.height
-    keyed = ev.select(*names, SEQ).filter(pl.col(key).is_not_null())
-    draw = random.Random(seed).random
-    sampled = pl.Series("__sampled", [draw() < sample for _ in range(keyed.height)])
+    ts_at = names.index(spec.timestamp)
+    n = total
+    keyed = ev.select(*names, SEQ, SAMPLED).filter(pl.col(key).is_not_null())
     # entity by entity (first arrival first), each entity's events in arrival order
-    by_entity = keyed.with_columns(sampled, pl.col(SEQ).min().over(key).alias("__first")).sort(
+    by_entity = keyed.with_columns(pl.col(SEQ).min().over(key).alias("__first")).sort(
         "__first", SEQ
     )
-    tail = QueryTail(view.ir)
+    tail = QueryTail(spec.ir)
     # request fields (fp.request): a point of an event is answered with the event's own
     # field of that name and type (scoring the event), others with nulls
-    fields = dict(view.ir.fields)
+    fields = dict(spec.ir.fields)
     from_event = [
         (name, names.index(name) if fields.get(name) is dtype else None)
         for name, dtype in prog.request_fields
@@ -280,11 +486,12 @@ def _replay(
     times: list[int] = []
     arrived: list[int] = []
     answers: list[tuple[Any, ...]] = []
-    # where each point comes in an arrival-order replay: 2 * seq (+ 1 for a midpoint) during
-    # the log, 2 * n + entity * len(tail) + i after it
+    # where each point comes in an arrival-order replay of the whole log: 2 * seq (+ 1 for a
+    # midpoint) during the log, 2 * n + first * len(tail) + i after it, where ``first`` is the
+    # arrival position of the entity's first event (entities in order of first arrival)
     place: list[int] = []
     skipped = 0
-    entity = -1
+    first = -1
     st: Any = None
     e: Any = None
     newest = 0
@@ -297,18 +504,18 @@ def _replay(
                 times.append(t)
                 arrived.append(n)
                 answers.append(ask(st, t, no_request))
-                place.append(2 * n + entity * tail.points + i)
+                place.append(2 * n + first * tail.points + i)
             else:
                 skipped += 1
 
     rows = by_entity.select(names).iter_rows()
-    columns = (by_entity[SEQ].to_list(), by_entity["__sampled"].to_list())
+    columns = (by_entity[SEQ].to_list(), by_entity[SAMPLED].to_list())
     for done, (row, seq, asked) in enumerate(zip(rows, *columns, strict=True)):
         t = row[ts_at]
         if st is None or row[key_at] != e:  # the next entity: its first event, no state yet
             if st is not None:
                 after_the_log()
-            entity += 1
+            first = seq
             e = row[key_at]
             if asked:
                 keys.append(e)
@@ -352,21 +559,25 @@ def _replay(
         answers=[answers[i] for i in order],
         requests=[requests[i] for i in order] if from_event else [],
         skipped=skipped,
-        null_entity=n - keyed.height,
+        places=[place[i] for i in order],
     )
 
 
 def compare(
-    view: FeatureView,
+    view: ir.ViewIR,
     batch: pl.DataFrame,
     expected: list[tuple[Any, ...]],
     q_key: list[Any],
     q_ts: list[int],
     q_arr: list[int],
+    *,
+    places: list[int] | None = None,
 ) -> list[FeatureResult]:
     """Per feature: values from the per-event side (one tuple per query) vs the batch frame,
-    bit for bit; the per-event answers are turned into columns once, compared by Polars."""
-    features = view.ir.features
+    bit for bit; the per-event answers are turned into columns once, compared by Polars.
+    ``places``: each query's place in the replay order (``FeatureResult.first_place``), by
+    default its index."""
+    features = view.features
     columns: list[tuple[Any, ...]] = (
         list(zip(*expected, strict=True)) if expected else [() for _ in features]
     )
@@ -393,6 +604,7 @@ def compare(
                 "batch": _show(batch_col[i]),
                 "stream": _show(expected[i][j]),
             }
+            result.first_place = i if places is None else places[i]
         results.append(result)
     return results
 
