@@ -20,6 +20,7 @@ give identical reports (every count, every mismatch, every first difference).
 
     python benchmarks/parity_speed.py --events 200000 --ml-events 100000 --rounds 3 [--base <rev>]
     python benchmarks/parity_speed.py --ml-events 100000 --explain
+    python benchmarks/parity_speed.py --jobs 2 --rounds 3   # one process against two, wall time
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ t = time.process_time()
 report = run_parity(view, events)
 whole = time.process_time() - t
 doc = report.as_dict()
+doc.pop("seconds_wall", None)
 out = {
     "whole": whole,
     "stream": doc.pop("seconds_stream"),
@@ -177,6 +179,89 @@ out = {
 }
 print(json.dumps(out))
 """
+
+
+WALL_CHILD = r"""
+import json, sys, time
+from pathlib import Path
+import polars as pl
+from featurepipe.dsl.loader import load_definitions
+from featurepipe.parity.harness import run_parity
+
+if __name__ == "__main__":  # the check's worker processes are spawned: they import this
+    defs, view_name, log, jobs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    view = load_definitions(defs).view(view_name)
+    events = pl.read_parquet(log)
+    t = time.perf_counter()
+    report = run_parity(view, events, jobs=jobs)
+    whole = time.perf_counter() - t
+    doc = report.as_dict()
+    out = {"whole": whole, "jobs": doc.pop("jobs"), "stream": doc.pop("seconds_stream"),
+           "batch": doc.pop("seconds_batch"), "report": doc}
+    doc.pop("seconds_wall")
+    print(json.dumps(out))
+"""
+
+
+def run_wall(defs: Path, view: str, log: Path, jobs: int, work: Path) -> dict[str, object]:
+    """The working tree's ``run_parity(jobs=jobs)`` in a fresh process: wall seconds."""
+    script = work / "wall_child.py"
+    script.write_text(WALL_CHILD)
+    done = subprocess.run(
+        [sys.executable, str(script), str(defs), view, str(log), str(jobs)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        sys.exit(f"benchmark child failed:\n{done.stderr[-3000:]}")
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def jobs_wall(cases: list[tuple[str, Path, Path, int]], jobs: int, rounds: int, work: Path) -> None:
+    """Wall time of one process against ``jobs`` processes, the order alternating by round."""
+    runs: dict[tuple[str, int], list[dict[str, object]]] = {}
+    for r in range(rounds):
+        for view, defs, log, _ in cases:
+            for j in (1, jobs) if r % 2 == 0 else (jobs, 1):
+                runs.setdefault((view, j), []).append(run_wall(defs, view, log, j, work))
+            print(f"round {r + 1}/{rounds}: {view} done", file=sys.stderr)
+    print(
+        f"featurepipe parity in process, 1 process against --jobs {jobs}, {rounds} rounds "
+        f"alternating, {os.cpu_count()} cores; events/s from wall seconds of the whole "
+        "run_parity (worker start-up included), median of the rounds (min-max)"
+    )
+    print(f"| view | events | queries | 1 process | {jobs} processes | ratio |")
+    print("|---|---|---|---|---|---|")
+    identical = True
+    for view, _, _, n in cases:
+        reports = {
+            json.dumps(x["report"], sort_keys=True) for j in (1, jobs) for x in runs[view, j]
+        }
+        identical &= len(reports) == 1
+        first = runs[view, 1][0]["report"]
+        assert isinstance(first, dict)
+        cells = [view, f"{n:,}", f"{first['queries']:,}"]
+        med = {}
+        for j in (1, jobs):
+            rates = [n / float(str(x["whole"])) for x in runs[view, j]]
+            med[j] = statistics.median(rates)
+            cells.append(f"{med[j]:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})")
+        cells.append(f"{med[jobs] / med[1]:.2f}x")
+        print("| " + " | ".join(cells) + " |")
+    for view, _, _, _ in cases:
+        for j in (1, jobs):
+            xs = runs[view, j]
+            print(
+                f"- {view}, {j} process(es) (report: {xs[0]['jobs']}): median seconds wall "
+                f"{_median(xs, 'whole'):.2f}; per-event replay {_median(xs, 'stream'):.2f}, "
+                f"batch plan {_median(xs, 'batch'):.2f} (summed over the processes)"
+            )
+    print(f"identical reports in every run: {identical}")
+    if not identical:
+        sys.exit(1)
 
 
 def run(tree: Path, defs: Path, view: str, log: Path) -> dict[str, object]:
@@ -268,6 +353,13 @@ def main() -> None:
         action="store_true",
         help="instead: why the 3-view log is slow, at --ml-events and at half of it",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="instead of a base revision: the working tree with one process against this many "
+        "(run_parity(jobs=...)), wall time",
+    )
     args = parser.parse_args()
     if args.explain:
         explain([args.ml_events // 2, args.ml_events])
@@ -276,10 +368,6 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="featurepipe-parity-speed-") as tmp:
         work = Path(tmp)
-        base_tree = work / "base"
-        base_tree.mkdir()
-        sha = export(args.base, base_tree)
-        trees = {f"base {sha}": base_tree, "working tree": ROOT}
         (work / "ml_defs.py").write_text(ML_DEFS)
         generate_transactions(args.events).write_parquet(work / "transactions.parquet")
         generate_ratings(args.ml_events).write_parquet(work / "ratings.parquet")
@@ -291,6 +379,13 @@ def main() -> None:
         ]
         if args.views:
             cases = [c for c in cases if c[0] in args.views.split(",")]
+        if args.jobs:
+            jobs_wall(cases, args.jobs, args.rounds, work)
+            return
+        base_tree = work / "base"
+        base_tree.mkdir()
+        sha = export(args.base, base_tree)
+        trees = {f"base {sha}": base_tree, "working tree": ROOT}
         runs: dict[tuple[str, str], list[dict[str, object]]] = {}
         for r in range(args.rounds):
             for view, defs, log, _ in cases:

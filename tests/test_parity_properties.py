@@ -10,12 +10,15 @@ import math
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+from unittest.mock import patch
 
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import featurepipe as fp
+from featurepipe.compile import python_state
+from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.expr import Expr
 from featurepipe.testing import assert_parity
 from tests.schema import at, frame, scaled, view
@@ -229,6 +232,22 @@ def test_random_views_random_logs_are_bit_identical(
         outputs["d_ref"] = fp.feature("f0").is_null()
     v = view(outputs, lateness=lateness)
     assert_parity(v, frame(rows))
+
+
+@settings(max_examples=scaled(200))
+@given(
+    features=st.lists(aggregations(), min_size=1, max_size=4),
+    lateness=st.sampled_from(["1s", "10s", "1h"]),
+    rows=event_logs(),
+)
+def test_bulk_folds_are_bit_identical(features: list[Gen], lateness: str, rows: list[dict[str, Any]]) -> None:
+    """The same views with every window of the query folded by the kinds' bulk code
+    (``AggKind.bulk_code``: C-level iterators), which the default takes only from
+    ``BULK_FROM`` events on, more than these logs put in a window; empty windows too."""
+    v = view({f"f{i}": g for i, g in enumerate(features)}, lateness=lateness)
+    with patch.object(python_state, "BULK_FROM", 0):
+        assert ViewProgram(v.ir).bulk_from == 0
+        assert_parity(v, frame(rows))
 
 
 @settings(max_examples=scaled(200))

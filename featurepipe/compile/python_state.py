@@ -46,6 +46,10 @@ NO_TS = -(2**63)
 # row code, so the digest changes when a release moves them; a state of another layout fails
 # to decode: a clear refusal, never inputs read at shifted positions.
 STATE_LAYOUT = 2
+# a query folds a window's events with C-level iterators (``AggKind.bulk_code``) from this many
+# events on, one by one below: the bulk code's fixed cost per aggregation is worth about this many
+# events of the one-by-one fold (benchmarks/RESULTS.md, "Parity replay")
+BULK_FROM = 16
 # positions in a record; the prepared inputs follow from REC_INPUTS (ViewProgram.slots)
 REC_TS, REC_SEQ, REC_MASK, REC_INPUTS = 0, 1, 2, 3
 
@@ -163,8 +167,10 @@ def _contains(a: ir.Span, b: ir.Span) -> bool:
 class ViewProgram:
     """The per-event executor of one view."""
 
-    def __init__(self, view: ir.ViewIR) -> None:
+    def __init__(self, view: ir.ViewIR, *, bulk_from: int | None = None) -> None:
         self.view = view
+        # BULK_FROM by default, read here (tests set it to take the bulk code everywhere)
+        self.bulk_from = BULK_FROM if bulk_from is None else bulk_from
         self.aggs = view.aggs
         self.kinds = [kind_of(a) for a in self.aggs]
         self.max_window = view.max_window_us
@@ -333,6 +339,17 @@ class ViewProgram:
                 )
                 if code is not None:
                     ranged[i] = code
+        # kinds that fold a window's many events with C-level iterators (``bulk_code``), per
+        # window: when it holds at least ``bulk_from`` events, else event by event
+        bulk: dict[int, list[int]] = {}
+        for n, span in enumerate(widest_first):
+            for i in windows[span]:
+                code = self.kinds[i].bulk_code(
+                    self.aggs[i], f"a{i}", self._record_fields(i), starts[n], "hi"
+                )
+                if i not in ranged and code is not None:
+                    bulk.setdefault(n, []).append(i)
+                    ranged[i] = code
         if nested:  # each window's events are the newest of the one before: segments
             ends = [*starts[1:], "hi"]
             active: list[int] = []
@@ -344,8 +361,19 @@ class ViewProgram:
             for n, span in enumerate(widest_first):
                 each = [i for i in windows[span] if i not in ranged]
                 lines += self._fold_loop(f"buf[{starts[n]}:hi]", each)
-        for code in ranged.values():
-            lines += [f"    {ln}" for ln in code]
+        in_bulk = {i for idx in bulk.values() for i in idx}
+        for i, code in ranged.items():
+            if i not in in_bulk:
+                lines += [f"    {ln}" for ln in code]
+        for n, idx in bulk.items():
+            codes = [f"    {ln}" for i in idx for ln in ranged[i]]
+            if self.bulk_from <= 0:
+                lines += codes
+                continue
+            lines.append(f"    if hi - {starts[n]} >= {self.bulk_from}:")
+            lines += [f"    {ln}" for ln in codes]
+            lines.append("    else:")
+            lines += [f"    {ln}" for ln in self._fold_loop(f"buf[{starts[n]}:hi]", idx)]
         lines += self._tile_merges()
         outs = []
         for i, agg in enumerate(self.aggs):
@@ -358,7 +386,7 @@ class ViewProgram:
         lines.append(f"    return [{', '.join(outs)}]")
         src = "\n".join(lines) + "\n"
         namespace = _namespace(self.aggs)
-        namespace.update({"_bisect": bisect_left, "_ts": _ts})
+        namespace.update({"_bisect": bisect_left, "_ts": _ts}, **kinds.RANGE_NAMES)
         for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
             namespace[f"_copy{i}"] = kind.copy
             namespace[f"_finalize{i}"] = kind.finalizer(agg)

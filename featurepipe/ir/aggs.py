@@ -33,8 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from functools import partial
+from itertools import compress, repeat
+from operator import itemgetter
 from typing import Any, ClassVar, Protocol
 
 import polars as pl
@@ -75,6 +79,30 @@ class RecordFields:
     def passes(self, r: str) -> str | None:
         """Python source: whether record ``r`` passes the ``where`` (None: always)."""
         return None if self.bit is None else f"{r}[{self.mask}] & {self.bit}"
+
+    def values(self, lo: str, hi: str) -> str:
+        """Python source: an iterator over the prepared inputs of the records ``buf[lo:hi]``
+        that pass the ``where``, in buffer order, built from C-level iterators (``map``,
+        ``itemgetter``, ``compress``: no bytecode per record). Names it uses: ``RANGE_NAMES``."""
+        if self.value is None:
+            assert self.literal is not None
+            every = f"_repeat({self.literal}, {hi} - {lo})"
+        else:
+            every = f"map(_item({self.value}), buf[{lo}:{hi}])"
+        if self.bit is None:
+            return every
+        masks = f"map(_and, map(_item({self.mask}), buf[{lo}:{hi}]), _repeat({self.bit}))"
+        return f"_compress({every}, {masks})"
+
+
+# the names ``RecordFields.values`` and the range code of the kinds use
+RANGE_NAMES: dict[str, Any] = {
+    "_item": itemgetter,
+    "_and": operator.and_,
+    "_repeat": repeat,
+    "_compress": compress,
+    "_not_none": partial(operator.is_not, None),
+}
 
 
 class RangeKernels(Protocol):
@@ -192,6 +220,16 @@ class AggKind(ABC):
         """Python statements folding, at once, the events ``buf[lo:hi]`` of a buffer sorted by
         ts (ties in any order) into ``acc``: the accumulator ``fold_code`` over each of them
         would give. None (the default): the query folds the kind event by event."""
+        return None
+
+    def bulk_code(
+        self, agg: Agg, acc: str, rec: RecordFields, lo: str, hi: str
+    ) -> list[str] | None:
+        """Python statements folding the events ``buf[lo:hi]`` into ``acc`` as ``fold_code``
+        over each of them would, with C-level iterators over the whole range
+        (``RecordFields.values``, ``sum``, ``set.update``, ``min``): no bytecode per event, but
+        a fixed cost per call, so the query takes it for windows holding many events. None
+        (the default): event by event."""
         return None
 
     def namespace(self, agg: Agg) -> dict[str, Any]:
@@ -337,6 +375,11 @@ class Count(AggKind):
             return [f"{acc} += {hi} - {lo}"]
         return None
 
+    def bulk_code(
+        self, agg: Agg, acc: str, rec: RecordFields, lo: str, hi: str
+    ) -> list[str] | None:
+        return [f"{acc} += sum(map(_not_none, {rec.values(lo, hi)}))"]  # True for count()
+
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
         return [f"{acc} += {other}"]
 
@@ -409,6 +452,24 @@ class Sum(AggKind):
             f"    {self.at(acc, 'n')} += 1",
             f"    if type(p) is int: {self.at(acc, 'total')} += p",
             f"    else: {acc}[_SATURATION[p]] += 1",  # a float input's saturation flag
+        ]
+
+    def bulk_code(
+        self, agg: Agg, acc: str, rec: RecordFields, lo: str, hi: str
+    ) -> list[str] | None:
+        # exact integers: one sum() in any order is the fold's total; a saturation flag (a
+        # str) among the values makes sum() raise before anything is added, and the values
+        # are then folded one by one
+        v = f"v_{acc}"
+        return [
+            f"{v} = list(filter(_not_none, {rec.values(lo, hi)}))",
+            f"{self.at(acc, 'n')} += len({v})",
+            "try:",
+            f"    {self.at(acc, 'total')} += sum({v})",
+            "except TypeError:",
+            f"    for p in {v}:",
+            f"        if type(p) is int: {self.at(acc, 'total')} += p",
+            f"        else: {acc}[_SATURATION[p]] += 1",
         ]
 
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
@@ -537,6 +598,11 @@ class DecayedSum(Sum):
             f"    else: {acc}[_SATURATION[p]] += 1",
         ]
 
+    def bulk_code(
+        self, agg: Agg, acc: str, rec: RecordFields, lo: str, hi: str
+    ) -> list[str] | None:
+        return None  # each term's weight reads its own ts: event by event
+
     def columns(
         self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
     ) -> dict[str, pl.Expr]:
@@ -601,6 +667,28 @@ class Var(AggKind):
             f"        {self.at(acc, 's1')} += p[0]",
             f"        {self.at(acc, 's2')} += p[1]",
             f"    else: {self.at(acc, 'flags')} += 1",  # NaN or a saturated x or x*x
+        ]
+
+    def bulk_code(
+        self, agg: Agg, acc: str, rec: RecordFields, lo: str, hi: str
+    ) -> list[str] | None:
+        # as Sum.bulk_code, for the pairs (x, x*x): a flag in either makes a sum() raise
+        v, s1, s2 = (f"{n}_{acc}" for n in ("v", "s1", "s2"))
+        return [
+            f"{v} = list(filter(_not_none, {rec.values(lo, hi)}))",
+            f"{self.at(acc, 'n')} += len({v})",
+            "try:",
+            f"    {s1} = sum(map(_item(0), {v}))",
+            f"    {s2} = sum(map(_item(1), {v}))",
+            "except TypeError:",
+            f"    {s1} = {s2} = 0",
+            f"    for p in {v}:",
+            "        if type(p[0]) is int and type(p[1]) is int:",
+            f"            {s1} += p[0]",
+            f"            {s2} += p[1]",
+            f"        else: {self.at(acc, 'flags')} += 1",
+            f"{self.at(acc, 's1')} += {s1}",
+            f"{self.at(acc, 's2')} += {s2}",
         ]
 
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
@@ -705,6 +793,32 @@ class Min(AggKind):
             f"    {self.at(acc, 'n')} += 1",
             f"    if p != p: {self.at(acc, 'nan')} += 1",
             f"    elif {best} is None or p {better} {best}: {best} = p",
+        ]
+
+    def bulk_code(
+        self, agg: Agg, acc: str, rec: RecordFields, lo: str, hi: str
+    ) -> list[str] | None:
+        # min()/max() of the non-NaN values is the fold's best: equal values are one value
+        # once prepared (-0.0 is 0.0), so which of them is kept does not matter
+        v, f, b = (f"{n}_{acc}" for n in ("v", "f", "b"))
+        best = self.at(acc, "best")
+        lines = [
+            f"{v} = list(filter(_not_none, {rec.values(lo, hi)}))",
+            f"{self.at(acc, 'n')} += len({v})",
+        ]
+        if float_input(agg):
+            lines += [
+                f"{f} = [p for p in {v} if p == p]",
+                f"{self.at(acc, 'nan')} += len({v}) - len({f})",
+            ]
+        else:
+            f = v
+        better = "<" if self.smallest else ">"
+        return [
+            *lines,
+            f"if {f}:",
+            f"    {b} = {'min' if self.smallest else 'max'}({f})",
+            f"    if {best} is None or {b} {better} {best}: {best} = {b}",
         ]
 
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
@@ -947,6 +1061,11 @@ class CountDistinct(AggKind):
 
     def fold_code(self, agg: Agg, acc: str, value: str, ts: str, seq: str) -> list[str]:
         return [f"p = {value}", f"if p is not None: {acc}.add(p)"]
+
+    def bulk_code(
+        self, agg: Agg, acc: str, rec: RecordFields, lo: str, hi: str
+    ) -> list[str] | None:
+        return [f"{acc}.update(filter(_not_none, {rec.values(lo, hi)}))"]
 
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
         return [f"{acc} |= {other}"]
