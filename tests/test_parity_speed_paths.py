@@ -34,6 +34,7 @@ from featurepipe.parity import harness
 from featurepipe.parity.harness import (
     EVENTS_PER_JOB,
     ParityReport,
+    _by_entity,
     _replay,
     _Spec,
     _split,
@@ -319,7 +320,9 @@ def test_query_points_come_in_arrival_order_replay_order(view: FeatureView, log:
     ev = normalize_events(view, events)
     spec = _Spec.of(view)
     drawn = _with_draws(spec, ev, sample=0.7, seed=4)
-    replay = _replay(spec, ViewProgram(view.ir), drawn, total=ev.height, progress=None)
+    replay = _replay(
+        spec, ViewProgram(view.ir), _by_entity(spec, drawn), total=ev.height, progress=None
+    )
     asked, answers, skipped, null_entity = reference_points(
         view, _normalized(view, events), sample=0.7, seed=4
     )

@@ -14,6 +14,7 @@ import os
 import queue
 import random
 import struct
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ProcessPoolExecutor, wait
@@ -30,7 +31,7 @@ from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
 from featurepipe.compile.polars_rows import PL_TYPES, to_series
 from featurepipe.compile.python_state import ViewProgram, collector_paused
 from featurepipe.dsl.definitions import FeatureView, Source
-from featurepipe.errors import DataError
+from featurepipe.errors import DataError, ParityError
 from featurepipe.ir import nodes as ir
 from featurepipe.ir.entity_keys import with_composite_key
 from featurepipe.ir.timebase import format_us
@@ -293,36 +294,53 @@ def _split(spec: _Spec, ev: pl.DataFrame, jobs: int) -> list[pl.DataFrame]:
 
 
 def _check(
-    spec: _Spec, ev: pl.DataFrame, total: int, progress: Callable[[int], None] | None
+    spec: _Spec,
+    ev: pl.DataFrame,
+    total: int,
+    progress: Callable[[int], None] | None,
+    *,
+    beside: bool = True,
 ) -> _Checked:
     """Replay, batch plan and comparison of the events ``ev`` (whole entities of a log of
-    ``total`` events, in arrival order, with their ``SEQ`` and ``SAMPLED``)."""
+    ``total`` events, in arrival order, with their ``SEQ`` and ``SAMPLED``).
+
+    The query points are decided first (``_points``), so that with ``beside`` the batch plan
+    runs in a thread beside the replay: Polars works outside the interpreter lock, on the
+    cores the replay leaves idle (not when processes share the cores: ``_check_part``)."""
     prog = ViewProgram(spec.ir)
     with collector_paused():
-        t0 = time.perf_counter()
-        replay = _replay(spec, prog, ev, total=total, progress=progress)
-        seconds_stream = time.perf_counter() - t0
+        order = _by_entity(spec, ev)
+        points = _points(spec, prog, order, total)
+        batch_done: list[pl.DataFrame] = []
+        failed: list[BaseException] = []
+        spent: list[float] = []
 
-        t1 = time.perf_counter()
-        key = spec.key
-        key_type = ev.schema[key]
-        queries = pl.DataFrame(
-            {
-                key: pl.Series(replay.keys, dtype=key_type),
-                TS: replay.times,
-                ARRIVED: replay.arrived,
-            },
-            schema={key: key_type, TS: pl.Int64, ARRIVED: pl.Int64},
-        )
-        for j, (name, dtype) in enumerate(prog.request_fields):  # the same values as above
-            values = [r[j] for r in replay.requests]
-            queries = queries.with_columns(pl.Series(name, values, dtype=PL_TYPES[dtype]))
-        batch = BatchProgram(spec.ir).features(ev.drop(SAMPLED).lazy(), queries)
-        seconds_batch = time.perf_counter() - t1
+        def run_batch() -> None:
+            t1 = time.perf_counter()
+            try:
+                queries = _queries(spec, prog, order, points)
+                batch_done.append(BatchProgram(spec.ir).features(ev.drop(SAMPLED).lazy(), queries))
+            except BaseException as e:  # raised again by the caller
+                failed.append(e)
+            spent.append(time.perf_counter() - t1)
 
+        batch_thread = threading.Thread(target=run_batch, name="featurepipe-parity-batch")
+        if beside:
+            batch_thread.start()
+        try:
+            t0 = time.perf_counter()
+            replay = _replay(spec, prog, order, total=total, progress=progress, points=points)
+            seconds_stream = time.perf_counter() - t0
+        finally:
+            if beside:
+                batch_thread.join()
+        if not beside:
+            run_batch()
+        if failed:
+            raise failed[0]
         features = compare(
             spec.ir,
-            batch,
+            batch_done[0],
             replay.answers,
             replay.keys,
             replay.times,
@@ -334,7 +352,7 @@ def _check(
             skipped=replay.skipped,
             features=features,
             seconds_stream=seconds_stream,
-            seconds_batch=seconds_batch,
+            seconds_batch=spent[0],
         )
         del replay  # freed before the collector is back: it would scan every answer once
     return checked
@@ -412,7 +430,7 @@ def _check_part(spec: _Spec, ev: pl.DataFrame, total: int, p: int) -> _Checked:
         if done is not None:
             done.put((p, n))
 
-    checked = _check(spec, ev, total, progress)
+    checked = _check(spec, ev, total, progress, beside=False)
     progress(ev.height)
     return checked
 
@@ -429,141 +447,190 @@ class _Replay:
     skipped: int
     # each point's place in an arrival-order replay of the whole log (sorted)
     places: list[int] = field(default_factory=list)
-    # the request values (fp.request) each point was answered with, in request_fields order
-    requests: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+@dataclass
+class _Points:
+    """The query points of a replay, in arrival-order replay order (``places``, numbered over
+    the whole log), each with when the entity-by-entity replay asks it (``at``: ``2 * i``
+    before ingesting row ``i`` of ``_by_entity``, ``2 * i + 1`` after) and the row whose
+    request fields it is answered with (``rows``; -1: none, the points after the log)."""
+
+    keys: list[Any]
+    times: list[int]
+    arrived: list[int]
+    places: list[int]
+    at: list[int]
+    rows: list[int]
+    skipped: int
+
+
+def _by_entity(spec: _Spec, ev: pl.DataFrame) -> pl.DataFrame:
+    """The keyed events entity by entity (entities in order of first arrival, each one's
+    events in arrival order): the source fields, the key, ``SEQ``, ``SAMPLED``."""
+    key = spec.key
+    names = list(dict.fromkeys([*spec.fields, key]))  # a composite key: its own column
+    keyed = ev.select(*names, SEQ, SAMPLED).filter(pl.col(key).is_not_null())
+    first = pl.col(SEQ).min().over(key).alias("__first")
+    return keyed.with_columns(first).sort("__first", SEQ).drop("__first")
+
+
+def _points(spec: _Spec, prog: ViewProgram, order: pl.DataFrame, total: int) -> _Points:
+    """Which query points the replay asks (see ``run_parity``), decided from the events alone:
+    at a sampled event's own time and midway from the entity's newest earlier event, then after
+    the entity's last event (``QueryTail``), each only when the state can answer it, i.e. at or
+    after its newest event minus the lateness (``ViewProgram.can_answer``; the replay's
+    ``query`` refuses any other with ``StateError``)."""
+    key, lateness, tail = spec.key, prog.lateness, QueryTail(spec.ir)
+    keys: list[Any] = []
+    times: list[int] = []
+    arrived: list[int] = []
+    places: list[int] = []
+    at: list[int] = []
+    rows: list[int] = []
+    skipped = 0
+    n = total
+
+    def ask(e: Any, t: int, seq: int, place: int, when: int, row: int) -> None:
+        keys.append(e)
+        times.append(t)
+        arrived.append(seq)
+        places.append(place)
+        at.append(when)
+        rows.append(row)
+
+    def after(e: Any, i: int, first: int, newest: int) -> None:
+        nonlocal skipped
+        for j, t in enumerate(tail(newest)):
+            if t >= newest - lateness:
+                ask(e, t, n, 2 * n + first * tail.points + j, 2 * i + 1, -1)
+            else:
+                skipped += 1
+
+    columns = (order[key].to_list(), order[spec.timestamp].to_list(), order[SEQ].to_list())
+    e: Any = None
+    first = newest = 0
+    for i, (k, t, seq, asked) in enumerate(zip(*columns, order[SAMPLED].to_list(), strict=True)):
+        if i == 0 or k != e:  # the entity's first event: no state yet, any time is answered
+            if i:
+                after(e, i - 1, first, newest)
+            e, first, newest = k, seq, t
+            if asked:
+                ask(e, t, seq, 2 * seq, 2 * i, i)
+            continue
+        if asked:
+            if t >= newest - lateness:
+                ask(e, t, seq, 2 * seq, 2 * i, i)
+            else:
+                skipped += 1
+            if newest != t:
+                mid = (newest + t) // 2
+                if mid >= newest - lateness:
+                    ask(e, mid, seq, 2 * seq + 1, 2 * i, i)
+                else:
+                    skipped += 1
+        if t > newest:
+            newest = t
+    if order.height:
+        after(e, order.height - 1, first, newest)
+    return _Points(keys, times, arrived, places, at, rows, skipped)
+
+
+def _queries(spec: _Spec, prog: ViewProgram, order: pl.DataFrame, points: _Points) -> pl.DataFrame:
+    """The batch plan's query frame of ``points``, in arrival-order replay order: entity, T,
+    ``ARRIVED`` and the request fields (``fp.request``): a point of an event is answered with
+    the event's own field of that name and type (scoring the event), others with nulls."""
+    key = spec.key
+    key_type = order.schema[key]
+    sort = np.argsort(np.array(points.places, dtype=np.int64), kind="stable")
+    queries = pl.DataFrame(
+        {
+            key: pl.Series(points.keys, dtype=key_type),
+            TS: points.times,
+            ARRIVED: points.arrived,
+        },
+        schema={key: key_type, TS: pl.Int64, ARRIVED: pl.Int64},
+    )
+    fields = dict(spec.ir.fields)
+    rows = pl.Series(points.rows, dtype=pl.Int64)
+    for name, dtype in prog.request_fields:
+        if fields.get(name) is dtype:
+            both = pl.DataFrame({"v": order[name].gather(rows.clip(lower_bound=0)), "r": rows})
+            values = both.select(pl.when(pl.col("r") >= 0).then(pl.col("v"))).to_series()
+        else:
+            values = pl.repeat(None, len(points.rows), eager=True)
+        queries = queries.with_columns(values.cast(PL_TYPES[dtype]).alias(name))
+    return queries[sort]
 
 
 def _replay(
     spec: _Spec,
     prog: ViewProgram,
-    ev: pl.DataFrame,
+    order: pl.DataFrame,
     *,
     total: int,
     progress: Callable[[int], None] | None,
+    points: _Points | None = None,
 ) -> _Replay:
-    """Every event through ``prog.ingest``, every query point through ``prog.query``, at the
-    point of the replay where it comes (see ``run_parity``).
+    """Every event through ``prog.ingest``, every query point (``_points``) through
+    ``prog.query``, at the point of the replay where it comes (see ``run_parity``).
 
     Entities are independent: an entity's state sees its own events only, in arrival order,
     each with its arrival position as ``seq``, exactly as in a replay of the whole log in
-    arrival order (the stream worker's order). So the replay runs entity by entity (entities in
-    order of first arrival, each one's events in arrival order, then its after-the-log points):
-    the state it works on stays in the processor's caches, about 1.6x faster on the 25-feature
-    view than hopping to another entity's state at every event. What an arrival-order replay
-    decides globally is decided before (``SAMPLED``: which events get query points). The query
-    points are then put back into arrival-order replay order: an event's own point, then its
-    midpoint, event by event, then the after-the-log points entity by entity (``places``,
-    numbered over the whole log of ``total`` events, so parts of it merge)."""
+    arrival order (the stream worker's order). So the replay runs entity by entity
+    (``_by_entity``: ``order``): the state it works on stays in the processor's caches, about
+    1.6x faster on the 25-feature view than hopping to another entity's state at every event.
+    What an arrival-order replay decides globally is decided before (``SAMPLED``: which events
+    get query points). The answers are then put back into arrival-order replay order: an
+    event's own point, then its midpoint, event by event, then the after-the-log points entity
+    by entity (``places``, numbered over the whole log of ``total`` events, so parts of it
+    merge)."""
+    if points is None:
+        points = _points(spec, prog, order, total)
     key = spec.key
-    names = list(dict.fromkeys([*spec.fields, key]))  # a composite key: its own column
+    names = list(dict.fromkeys([*spec.fields, key]))
     key_at = names.index(key)
-    ts_at = names.index(spec.timestamp)
-    n = total
-    keyed = ev.select(*names, SEQ, SAMPLED).filter(pl.col(key).is_not_null())
-    # entity by entity (first arrival first), each entity's events in arrival order
-    by_entity = keyed.with_columns(pl.col(SEQ).min().over(key).alias("__first")).sort(
-        "__first", SEQ
-    )
-    tail = QueryTail(spec.ir)
-    # request fields (fp.request): a point of an event is answered with the event's own
-    # field of that name and type (scoring the event), others with nulls
+    request_names = [name for name, _ in prog.request_fields]
     fields = dict(spec.ir.fields)
     from_event = [
-        (name, names.index(name) if fields.get(name) is dtype else None)
+        names.index(name) if fields.get(name) is dtype else None
         for name, dtype in prog.request_fields
     ]
-    no_request = tuple(None for _ in from_event)
-    requests: list[tuple[Any, ...]] = []
-
-    def request_of(row: Any) -> tuple[Any, ...]:
-        return tuple(None if at is None else row[at] for _, at in from_event)
-
-    def ask(st: Any, t: int, req: tuple[Any, ...]) -> tuple[Any, ...]:
-        if from_event:
-            requests.append(req)
-            return query(st, t, dict(zip(prog_names, req, strict=True)))
-        return query(st, t)
-
-    prog_names = [name for name, _ in from_event]
-    ingest, query, can_answer, new_state = prog.ingest, prog.query, prog.can_answer, prog.new_state
-    keys: list[Any] = []
-    times: list[int] = []
-    arrived: list[int] = []
+    ingest, query, new_state = prog.ingest, prog.query, prog.new_state
     answers: list[tuple[Any, ...]] = []
-    # where each point comes in an arrival-order replay of the whole log: 2 * seq (+ 1 for a
-    # midpoint) during the log, 2 * n + first * len(tail) + i after it, where ``first`` is the
-    # arrival position of the entity's first event (entities in order of first arrival)
-    place: list[int] = []
-    skipped = 0
-    first = -1
+    times, at = points.times, points.at
+    j, asked = 0, len(at)
     st: Any = None
     e: Any = None
-    newest = 0
-
-    def after_the_log() -> None:
-        nonlocal skipped
-        for i, t in enumerate(tail(newest)):
-            if can_answer(st, t):
-                keys.append(e)
-                times.append(t)
-                arrived.append(n)
-                answers.append(ask(st, t, no_request))
-                place.append(2 * n + first * tail.points + i)
+    rows = order.select(names).iter_rows()
+    for i, (row, seq) in enumerate(zip(rows, order[SEQ].to_list(), strict=True)):
+        if i == 0 or row[key_at] != e:
+            e, st = row[key_at], None
+        while j < asked and at[j] == 2 * i:
+            if request_names:
+                req = [None if f is None else row[f] for f in from_event]
+                answers.append(query(st, times[j], dict(zip(request_names, req, strict=True))))
             else:
-                skipped += 1
-
-    rows = by_entity.select(names).iter_rows()
-    columns = (by_entity[SEQ].to_list(), by_entity[SAMPLED].to_list())
-    for done, (row, seq, asked) in enumerate(zip(rows, *columns, strict=True)):
-        t = row[ts_at]
-        if st is None or row[key_at] != e:  # the next entity: its first event, no state yet
-            if st is not None:
-                after_the_log()
-            first = seq
-            e = row[key_at]
-            if asked:
-                keys.append(e)
-                times.append(t)
-                arrived.append(seq)
-                answers.append(ask(None, t, request_of(row)))
-                place.append(2 * seq)
+                answers.append(query(st, times[j]))
+            j += 1
+        if st is None:
             st = new_state()
-            newest = t
-        elif asked:
-            if can_answer(st, t):
-                keys.append(e)
-                times.append(t)
-                arrived.append(seq)
-                answers.append(ask(st, t, request_of(row)))
-                place.append(2 * seq)
-            else:
-                skipped += 1
-            if newest != t:
-                mid = (newest + t) // 2
-                if can_answer(st, mid):
-                    keys.append(e)
-                    times.append(mid)
-                    arrived.append(seq)
-                    answers.append(ask(st, mid, request_of(row)))
-                    place.append(2 * seq + 1)
-                else:
-                    skipped += 1
         ingest(st, dict(zip(names, row, strict=True)), seq)
-        if t > newest:
-            newest = t
-        if progress is not None and done % 10_000 == 0:
-            progress(done)
-    if st is not None:
-        after_the_log()
-    order = np.argsort(np.array(place, dtype=np.int64), kind="stable").tolist()
+        while j < asked and at[j] == 2 * i + 1:
+            answers.append(query(st, times[j]))
+            j += 1
+        if progress is not None and i % 10_000 == 0:
+            progress(i)
+    if j != asked:  # the points are asked as the events pass: all of them, in their order
+        raise ParityError(f"view '{spec.name}': {asked - j} query point(s) never asked")
+    sort = np.argsort(np.array(points.places, dtype=np.int64), kind="stable").tolist()
     return _Replay(
-        keys=[keys[i] for i in order],
-        times=[times[i] for i in order],
-        arrived=[arrived[i] for i in order],
-        answers=[answers[i] for i in order],
-        requests=[requests[i] for i in order] if from_event else [],
-        skipped=skipped,
-        places=[place[i] for i in order],
+        keys=[points.keys[i] for i in sort],
+        times=[times[i] for i in sort],
+        arrived=[points.arrived[i] for i in sort],
+        answers=[answers[i] for i in sort],
+        skipped=points.skipped,
+        places=[points.places[i] for i in sort],
     )
 
 
