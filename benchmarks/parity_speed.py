@@ -20,7 +20,7 @@ give identical reports (every count, every mismatch, every first difference).
 
     python benchmarks/parity_speed.py --events 200000 --ml-events 100000 --rounds 3 [--base <rev>]
     python benchmarks/parity_speed.py --ml-events 100000 --explain
-    python benchmarks/parity_speed.py --jobs 2 --rounds 3   # one process against two, wall time
+    python benchmarks/parity_speed.py --jobs 2 --rounds 4 [--base <rev>]  # wall: 1 and 2 processes
 """
 
 from __future__ import annotations
@@ -203,60 +203,72 @@ if __name__ == "__main__":  # the check's worker processes are spawned: they imp
 """
 
 
-def run_wall(defs: Path, view: str, log: Path, jobs: int, work: Path) -> dict[str, object]:
-    """The working tree's ``run_parity(jobs=jobs)`` in a fresh process: wall seconds."""
-    script = work / "wall_child.py"
+def run_wall(tree: Path, defs: Path, view: str, log: Path, jobs: int) -> dict[str, object]:
+    """``run_parity(jobs=jobs)`` of the tree ``tree`` in a fresh process: wall seconds."""
+    script = tree / ".parity_wall_child.py"  # in the tree: the spawned workers import it
     script.write_text(WALL_CHILD)
-    done = subprocess.run(
-        [sys.executable, str(script), str(defs), view, str(log), str(jobs)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), str(defs), view, str(log), str(jobs)],
+            env={**os.environ, "PYTHONPATH": str(tree)},
+            cwd=tree,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        script.unlink()
     if done.returncode:
-        sys.exit(f"benchmark child failed:\n{done.stderr[-3000:]}")
+        sys.exit(f"benchmark child failed in {tree}:\n{done.stderr[-3000:]}")
     result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
-def jobs_wall(cases: list[tuple[str, Path, Path, int]], jobs: int, rounds: int, work: Path) -> None:
-    """Wall time of one process against ``jobs`` processes, the order alternating by round."""
-    runs: dict[tuple[str, int], list[dict[str, object]]] = {}
+def jobs_wall(
+    cases: list[tuple[str, Path, Path, int]], trees: dict[str, Path], jobs: int, rounds: int
+) -> None:
+    """Wall time of each tree with one process and with ``jobs`` processes, the order of the
+    four runs rotating by round."""
+    entries = [(t, j) for t in trees for j in (1, jobs)]
+    runs: dict[tuple[str, str, int], list[dict[str, object]]] = {}
     for r in range(rounds):
         for view, defs, log, _ in cases:
-            for j in (1, jobs) if r % 2 == 0 else (jobs, 1):
-                runs.setdefault((view, j), []).append(run_wall(defs, view, log, j, work))
+            turn = entries[r % len(entries) :] + entries[: r % len(entries)]
+            for name, j in turn:
+                runs.setdefault((view, name, j), []).append(
+                    run_wall(trees[name], defs, view, log, j)
+                )
             print(f"round {r + 1}/{rounds}: {view} done", file=sys.stderr)
     print(
-        f"featurepipe parity in process, 1 process against --jobs {jobs}, {rounds} rounds "
-        f"alternating, {os.cpu_count()} cores; events/s from wall seconds of the whole "
+        f"featurepipe parity in process, 1 process and --jobs {jobs}, {rounds} rounds, the "
+        f"order rotating, {os.cpu_count()} cores; events/s from wall seconds of the whole "
         "run_parity (worker start-up included), median of the rounds (min-max)"
     )
-    print(f"| view | events | queries | 1 process | {jobs} processes | ratio |")
-    print("|---|---|---|---|---|---|")
+    head = [f"{t}: {j} process{'es' if j > 1 else ''}" for t, j in entries]
+    print("| view | events | queries | " + " | ".join(head) + " |")
+    print("|---|---|---|" + "---|" * len(entries))
     identical = True
     for view, _, _, n in cases:
         reports = {
-            json.dumps(x["report"], sort_keys=True) for j in (1, jobs) for x in runs[view, j]
+            json.dumps(x["report"], sort_keys=True) for e in entries for x in runs[(view, *e)]
         }
         identical &= len(reports) == 1
-        first = runs[view, 1][0]["report"]
+        first = runs[(view, *entries[0])][0]["report"]
         assert isinstance(first, dict)
         cells = [view, f"{n:,}", f"{first['queries']:,}"]
-        med = {}
-        for j in (1, jobs):
-            rates = [n / float(str(x["whole"])) for x in runs[view, j]]
-            med[j] = statistics.median(rates)
-            cells.append(f"{med[j]:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})")
-        cells.append(f"{med[jobs] / med[1]:.2f}x")
+        base = None
+        for e in entries:
+            rates = [n / float(str(x["whole"])) for x in runs[(view, *e)]]
+            med = statistics.median(rates)
+            base = med if base is None else base
+            cells.append(f"{med:,.0f} ({min(rates):,.0f}-{max(rates):,.0f}), {med / base:.2f}x")
         print("| " + " | ".join(cells) + " |")
+    print(f"(ratios against the first column: {head[0]})")
     for view, _, _, _ in cases:
-        for j in (1, jobs):
-            xs = runs[view, j]
+        for e in entries:
+            xs = runs[(view, *e)]
             print(
-                f"- {view}, {j} process(es) (report: {xs[0]['jobs']}): median seconds wall "
-                f"{_median(xs, 'whole'):.2f}; per-event replay {_median(xs, 'stream'):.2f}, "
+                f"- {view}, {e[0]}, {e[1]} process(es) (report: {xs[0]['jobs']}): median seconds "
+                f"wall {_median(xs, 'whole'):.2f}; per-event replay {_median(xs, 'stream'):.2f}, "
                 f"batch plan {_median(xs, 'batch'):.2f} (summed over the processes)"
             )
     print(f"identical reports in every run: {identical}")
@@ -357,8 +369,8 @@ def main() -> None:
         "--jobs",
         type=int,
         default=0,
-        help="instead of a base revision: the working tree with one process against this many "
-        "(run_parity(jobs=...)), wall time",
+        help="wall time instead of CPU: the base revision and the working tree, each with one "
+        "process and with this many (run_parity(jobs=...))",
     )
     args = parser.parse_args()
     if args.explain:
@@ -379,13 +391,13 @@ def main() -> None:
         ]
         if args.views:
             cases = [c for c in cases if c[0] in args.views.split(",")]
-        if args.jobs:
-            jobs_wall(cases, args.jobs, args.rounds, work)
-            return
         base_tree = work / "base"
         base_tree.mkdir()
         sha = export(args.base, base_tree)
         trees = {f"base {sha}": base_tree, "working tree": ROOT}
+        if args.jobs:
+            jobs_wall(cases, trees, args.jobs, args.rounds)
+            return
         runs: dict[tuple[str, str], list[dict[str, object]]] = {}
         for r in range(args.rounds):
             for view, defs, log, _ in cases:
