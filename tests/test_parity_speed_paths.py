@@ -447,15 +447,14 @@ def test_parts_hold_whole_entities_in_arrival_order() -> None:
                 assert owners.setdefault(user, i) == i
         if jobs > 1:
             sizes = [p.height for p in parts]
-            # a few users, one of them more than 1/20 of a process's share: two parts each
             assert len(parts) == min(2 * jobs, keyed["userId"].n_unique())
             biggest = keyed.group_by("userId").len()["len"].max()
             assert max(sizes) - min(sizes) <= biggest  # greedy: within one entity
 
 
-def test_many_small_entities_make_one_part_per_process() -> None:
-    """Entities of 1 to 3 events each, 600 of them: one part per process, every entity whole,
-    the parts' event counts within one entity of each other."""
+def test_many_small_entities_make_balanced_parts() -> None:
+    """Entities of 2 events each, 600 of them: two parts per process, every entity whole, the
+    parts' event counts within one entity of each other."""
     n = 1200
     events = pl.DataFrame(
         {
@@ -472,7 +471,7 @@ def test_many_small_entities_make_one_part_per_process() -> None:
     ev = _with_draws(spec, normalize_events(things, events), sample=1.0, seed=0)
     for jobs in (2, 3):
         parts = _split(spec, ev, jobs)
-        assert len(parts) == jobs
+        assert len(parts) == 2 * jobs
         sizes = [p.height for p in parts]
         assert sum(sizes) == n and max(sizes) - min(sizes) <= 2
         assert sorted(k for p in parts for k in p["k"].unique().to_list()) == sorted(

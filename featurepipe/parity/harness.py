@@ -265,17 +265,16 @@ def _with_draws(spec: _Spec, ev: pl.DataFrame, *, sample: float, seed: int) -> p
 
 
 def _split(spec: _Spec, ev: pl.DataFrame, jobs: int) -> list[pl.DataFrame]:
-    """The keyed events in parts of whole entities, balanced by event count (largest entities
-    first, each to the lightest part), each in arrival order: one part per process when every
-    entity is small (at most 1/20 of a process's share: the parts come out within that of
-    each other), else two per process, so that a process done early takes a third (an
-    entity's replay costs more than its share of the events when its windows hold many);
-    fewer when the log has fewer entities."""
+    """The keyed events in about ``2 * jobs`` parts of whole entities, balanced by event count
+    (largest entities first, each to the lightest part), each in arrival order; fewer when the
+    log has fewer entities. Two parts per process let a process done early take a third (an
+    entity's replay costs more than its share of the events when its windows hold many), and
+    stagger the batch plans, which use every core (one part per process was 5% slower on the
+    generated log, whose entities are all small: benchmarks/RESULTS.md)."""
     keyed = ev.filter(pl.col(spec.key).is_not_null())
     sizes = keyed.group_by(spec.key).agg(pl.len().alias("__n"), pl.col(SEQ).min().alias("__f"))
     sizes = sizes.sort(["__n", "__f"], descending=[True, False])
-    even = sizes.height > 0 and sizes["__n"][0] * 20 * jobs <= keyed.height
-    count = min(jobs if even else 2 * jobs, sizes.height)
+    count = min(2 * jobs, sizes.height)
     if count <= 1:
         return [ev]
     loads = [(0, p) for p in range(count)]
@@ -287,10 +286,8 @@ def _split(spec: _Spec, ev: pl.DataFrame, jobs: int) -> list[pl.DataFrame]:
         heapq.heappush(loads, (load + n, p))
     parts = sizes.select(spec.key).with_columns(pl.Series("__part", owner, dtype=pl.Int64))
     tagged = keyed.join(parts, on=spec.key, how="left", maintain_order="left")
-    return [
-        tagged.filter(pl.col("__part") == p).drop("__part")
-        for p in sorted(set(owner), key=lambda p: -owner.count(p))
-    ]
+    biggest_first = sorted(loads, reverse=True)  # the heaviest part is submitted first
+    return [tagged.filter(pl.col("__part") == p).drop("__part") for _, p in biggest_first]
 
 
 def _check(
