@@ -206,9 +206,6 @@ class ViewProgram:
         self.feature_names = [f.name for f in view.features]
         self.request_fields = view.request_fields
         self._no_request: dict[str, Any] = {name: None for name, _ in self.request_fields}
-        self._float_outputs = [
-            j for j, f in enumerate(view.features) if f.expr.dtype is DType.FLOAT
-        ]
         self._float_lists = [
             j for j, f in enumerate(self.view.features) if f.expr.dtype is DType.LIST_FLOAT
         ]
@@ -332,13 +329,23 @@ class ViewProgram:
         # kinds that fold a window's events at once (the buffer is sorted by ts), the rest
         # event by event in the loops below
         ranged: dict[int, list[str]] = {}
+        picks: dict[tuple[bool, int, int | None], str] = {}  # first/last: one pick per window
         for n, span in enumerate(widest_first):
             for i in windows[span]:
-                code = self.kinds[i].range_code(
-                    self.aggs[i], f"a{i}", self._record_fields(i), starts[n], "hi"
-                )
-                if code is not None:
-                    ranged[i] = code
+                kind, rec = self.kinds[i], self._record_fields(i)
+                if isinstance(kind, kinds.First):
+                    pick = (kind.earliest, n, rec.bit)
+                    r = picks.get(pick)
+                    found: list[str] = []
+                    if r is None:  # the first aggregation of the pick finds the record
+                        r = picks[pick] = f"pick{len(picks)}"
+                        found = kind.pick_code(rec, starts[n], "hi", r)
+                    fold = kind.picked_code(self.aggs[i], f"a{i}", rec, r)
+                    ranged[i] = [*found, f"if {r} is not None:", *(f"    {ln}" for ln in fold)]
+                    continue
+                at_once = kind.range_code(self.aggs[i], f"a{i}", rec, starts[n], "hi")
+                if at_once is not None:
+                    ranged[i] = at_once
         # kinds that fold a window's many events with C-level iterators (``bulk_code``), per
         # window: when it holds at least ``bulk_from`` events, else event by event
         bulk: dict[int, list[int]] = {}
@@ -386,7 +393,9 @@ class ViewProgram:
         lines.append(f"    return [{', '.join(outs)}]")
         src = "\n".join(lines) + "\n"
         namespace = _namespace(self.aggs)
-        namespace.update({"_bisect": bisect_left, "_ts": _ts}, **kinds.RANGE_NAMES)
+        namespace.update(
+            {"_bisect": bisect_left, "_ts": _ts, "_NAN": math.nan}, **kinds.RANGE_NAMES
+        )
         for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
             namespace[f"_copy{i}"] = kind.copy
             namespace[f"_finalize{i}"] = kind.finalizer(agg)
@@ -487,9 +496,14 @@ class ViewProgram:
 
         gen = CodeGen(leaf)
         outs = {f.name: gen.emit(f.expr) for f in self.view.dependency_order()}
-        return gen.function(
-            "finish_features", "aggs, req, t", [outs[f.name] for f in self.view.features]
-        )
+        gen.consts["_NAN"] = math.nan
+        returned = []
+        for f in self.view.features:
+            v = outs[f.name]
+            if f.expr.dtype is DType.FLOAT:  # one NaN on the way out: sign/payload mean nothing
+                v = f"({v} if {v} == {v} else _NAN)"  # None == None
+            returned.append(v)
+        return gen.function("finish_features", "aggs, req, t", returned)
 
     # -- state -----------------------------------------------------------------------------
     def new_state(self) -> State:
@@ -647,11 +661,10 @@ class ViewProgram:
             )
         values = self._aggregate(state.buffer, state.compacted, t, state.tiles)
         req = self._no_request if request is None else {**self._no_request, **request}
-        out = list(self._final(values, req, t))
-        for j in self._float_outputs:  # one NaN on the way out: sign/payload carry no meaning
-            v = out[j]
-            if v is not None and v != v:
-                out[j] = math.nan
+        out = self._final(values, req, t)  # float features: one NaN already
+        if not self._float_lists and not self._float_maps:
+            return out  # type: ignore[no-any-return]
+        out = list(out)
         for j in self._float_lists:
             v = out[j]
             if v is not None:

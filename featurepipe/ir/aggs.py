@@ -481,6 +481,18 @@ class Sum(AggKind):
     def copy_code(self, acc: str) -> str | None:
         return f"list({acc})"
 
+    def finalize_code(self, agg: Agg, acc: str) -> str | None:
+        n, total = self.at(acc, "n"), self.at(acc, "total")
+        if self.fixed_point(agg):
+            flags = ", ".join(self.at(acc, f) for f in ("pos", "neg", "nan"))
+            s = f"_k.finalize_float_sum({total}, {flags})"
+            value = f"{s} / float({n})" if self.name == "mean" else s
+        elif self.name == "mean":
+            value = f"float({total}) / float({n})"
+        else:
+            value = f"({total} if {k.INT_MIN} <= {total} <= {k.INT_MAX} else None)"
+        return f"(None if {n} == 0 else {value})"
+
     def finalizer(self, agg: Agg) -> Finalizer:
         is_float, is_mean = self.fixed_point(agg), self.name == "mean"
 
@@ -847,6 +859,10 @@ class Min(AggKind):
 
         return finish
 
+    def finalize_code(self, agg: Agg, acc: str) -> str | None:
+        n, best, nan = (self.at(acc, f) for f in ("n", "best", "nan"))
+        return f"(None if {n} == 0 else (_NAN if {nan} else {best}))"
+
     def _sentinel(self, agg: Agg) -> pl.Expr:
         """The value an empty range yields: never better than a real input."""
         if float_input(agg):
@@ -941,9 +957,18 @@ class First(AggKind):
     def range_code(
         self, agg: Agg, acc: str, rec: RecordFields, lo: str, hi: str
     ) -> list[str] | None:
+        r = f"r_{acc}"
+        return [*self.pick_code(rec, lo, hi, r), f"if {r} is not None:"] + [
+            f"    {ln}" for ln in self.picked_code(agg, acc, rec, r)
+        ]
+
+    def pick_code(self, rec: RecordFields, lo: str, hi: str, r: str) -> list[str]:
+        """Python statements setting ``r`` to the record this kind picks among ``buf[lo:hi]``
+        (passing the ``where``; None if none does). It depends on the window, the ``where``
+        and the direction only, so aggregations of one window share it (``ViewProgram``)."""
         # the buffer is sorted by ts: the pick is among the passing events of the smallest
-        # (largest) ts, found from that end (usually one event), then folded like any event
-        j, k, r, q = (f"{n}_{acc}" for n in "jkrq")
+        # (largest) ts, found from that end (usually one event)
+        j, k, q = (f"{n}_{r}" for n in "jkq")
         passes = rec.passes(f"buf[{j}]")
         tie = rec.passes(q)
         if self.earliest:
@@ -954,10 +979,11 @@ class First(AggKind):
         better = f"{q}[{rec.seq}] {before} {r}[{rec.seq}]"
         if tie is not None:
             better = f"{tie} and {better}"
-        lines = [f"{j} = {start}"]
+        lines = [f"{r} = None", f"{j} = {start}"]
         if passes is not None:
             lines.append(f"while {j} {inside} and not ({passes}): {j} {step}")
-        lines += [
+        return [
+            *lines,
             f"if {j} {inside}:",
             f"    {r} = buf[{j}]",
             f"    {k} = {j} {sign} 1",
@@ -966,8 +992,10 @@ class First(AggKind):
             f"        if {better}: {r} = {q}",
             f"        {k} {step}",
         ]
-        fold = self.fold_code(agg, acc, rec.value_of(r), f"{r}[{rec.ts}]", f"{r}[{rec.seq}]")
-        return lines + [f"    {ln}" for ln in fold]
+
+    def picked_code(self, agg: Agg, acc: str, rec: RecordFields, r: str) -> list[str]:
+        """Python statements folding the picked record ``r`` (not None) like any event."""
+        return self.fold_code(agg, acc, rec.value_of(r), f"{r}[{rec.ts}]", f"{r}[{rec.seq}]")
 
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
         before = "<" if self.earliest else ">"
