@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import math
+import multiprocessing
 import os
 import random
 import struct
@@ -487,10 +488,42 @@ def test_parts_in_worker_processes_give_the_reference_report() -> None:
     report = run_parity(by_user, events, jobs=2, progress=seen.append)
     assert report.jobs == 2
     assert numbers(report) == reference_parity(by_user, events)
-    keyed = events["userId"].is_not_null().sum()
-    assert seen[-1] == keyed and seen == sorted(seen)
+    assert seen[-1] == events.height and seen == sorted(seen)
     single = run_parity(by_user, events)
     assert report.as_dict()["features"] == single.as_dict()["features"]
+
+
+lowered = fp.feature_view(entity=entity, source=source, name="lowered", lateness="10s")(
+    lambda t: {"c": fp.count(window="30s"), "l": fp.last(t.s.lower())}
+)
+
+
+def test_a_failing_part_fails_the_check_as_one_process_does() -> None:
+    """A log that breaks the check (a str field holding ints: the per-event ``lower`` fails on
+    entity "d", the batch plan on the column type) fails it with several processes with the
+    error one process raises for one of the parts, and no worker is left running (the others
+    are stopped, not waited for)."""
+    n = 4_000
+    events = pl.DataFrame(
+        {
+            "k": ["da"[i % 2] for i in range(n)],
+            "x": [float(i % 7) for i in range(n)],
+            "n": list(range(n)),
+            "s": [None] * n,
+            "b": [True] * n,
+            "ts": [BASE + timedelta(seconds=i) for i in range(n)],
+        },
+        schema=SCHEMA,
+    ).with_columns(pl.when(pl.col("k") == "d").then(5).cast(pl.Int64).alias("s"))
+
+    def failure(log: pl.DataFrame, jobs: int) -> tuple[type, str]:
+        with pytest.raises(Exception) as caught:
+            run_parity(lowered, log, jobs=jobs)
+        return type(caught.value), str(caught.value)
+
+    alone = {failure(events.filter(pl.col("k") == k), 1) for k in "ad"}
+    assert failure(events, 2) in alone
+    assert multiprocessing.active_children() == []
 
 
 def test_jobs_follow_the_cores_and_the_log_size() -> None:

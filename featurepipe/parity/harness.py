@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,6 +211,8 @@ def run_parity(
     )
     report.features = _merged([c.features for c in checked])
     report.seconds_wall = time.perf_counter() - started
+    if progress is not None:
+        progress(ev.height)  # every event checked (events without a key are skipped)
     return report
 
 
@@ -382,35 +384,53 @@ def _check_in_processes(
 ) -> list[_Checked]:
     """Each part through ``_check`` in a pool of ``jobs`` fresh processes (spawned: Polars'
     thread pool does not survive a fork), biggest part first; their progress comes back over
-    a queue."""
+    a queue. The first part to fail ends the check: its error is raised here and the workers
+    still running are stopped."""
     ctx = multiprocessing.get_context("spawn")
     done = ctx.Queue()
     with _pool(jobs, ctx, done) as pool:
         futures = [pool.submit(_check_part, spec, part, total, p) for p, part in enumerate(parts)]
         counts = [0] * len(parts)
         pending: set[Future[_Checked]] = set(futures)
-        try:
-            while pending:
-                _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-                while True:
-                    try:
-                        p, n = done.get_nowait()
-                    except queue.Empty:
-                        break
-                    counts[p] = max(counts[p], n)
-                if progress is not None:
-                    progress(sum(counts))
-                for f in futures:
-                    if f.done() and f.exception() is not None:
-                        raise f.exception()  # type: ignore[misc]
-        finally:
+        while pending:
+            _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            while True:
+                try:
+                    p, n = done.get_nowait()
+                except queue.Empty:
+                    break
+                counts[p] = max(counts[p], n)
+            if progress is not None:
+                progress(sum(counts))
             for f in futures:
-                f.cancel()
+                if f.done() and f.exception() is not None:
+                    raise f.exception()  # type: ignore[misc]
         return [f.result() for f in futures]
 
 
-def _pool(jobs: int, ctx: Any, done: Any) -> Executor:
-    return ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_part, initargs=(done,))
+class _SpawnPool:
+    """Worker processes taking calls as futures; leaving the ``with`` block stops them at
+    once, whether their calls are done or not (a ``ProcessPoolExecutor`` would wait for the
+    running ones)."""
+
+    def __init__(self, jobs: int, ctx: Any, done: Any) -> None:
+        self._pool = ctx.Pool(jobs, initializer=_init_part, initargs=(done,))
+
+    def submit(self, fn: Callable[..., _Checked], *args: Any) -> Future[_Checked]:
+        out: Future[_Checked] = Future()
+        self._pool.apply_async(fn, args, callback=out.set_result, error_callback=out.set_exception)
+        return out
+
+    def __enter__(self) -> _SpawnPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+
+def _pool(jobs: int, ctx: Any, done: Any) -> _SpawnPool | Executor:
+    return _SpawnPool(jobs, ctx, done)
 
 
 _progress_queue: Any = None
