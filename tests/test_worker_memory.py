@@ -187,7 +187,7 @@ def test_cache_bounds_hold_and_evicted_states_come_back_exact(
         row = reader.read([e], {"user_spend": view.feature_names}, at_us=t)[0]
         got.append(tuple(row[f] for f in view.feature_names))
     batch = BatchProgram(view.ir).features(ev.lazy(), pl.DataFrame({"user_id": keys, TS: times}))
-    results = compare(view, batch, got, keys, times, [0] * len(keys))
+    results = compare(view.ir, batch, got, keys, times, [0] * len(keys))
     assert sum(r.mismatched for r in results) == 0
     StateStore(client, worker.config.prefix).clear()
 
