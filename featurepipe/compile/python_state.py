@@ -4,10 +4,13 @@ The state of one entity for one view is a ``State``: ``buffer`` holds the retain
 by (ts, arrival seq), each a *record* ``[ts, seq, mask, p...]`` where bit i of ``mask`` says
 the event passes aggregation i's ``where`` and the ``p``s are its distinct *prepared* inputs
 (fixed-point integer for float sums, canonical float for min/max, ...; ``ViewProgram.slots``
-says which one each aggregation reads). Events older than ``horizon`` are
-folded into ``compacted`` (lifetime accumulators only) and dropped, so state stays bounded.
-``horizon`` trails the newest event (``max_ts``) by the longest window plus the view's lateness;
-a query at T is answered exactly iff T >= max_ts - lateness (see docs/semantics.md).
+says which one each aggregation reads). Events older than ``horizon`` are dropped, so state
+stays bounded; ``horizon`` trails the newest event (``max_ts``) by the longest window plus the
+view's lateness. A query at T is answered exactly iff T >= max_ts - lateness (see
+docs/semantics.md), so every event older than that *settle line* is seen by every query a state
+answers: ``compacted`` (the lifetime accumulators) holds exactly those events, folded as the line
+passes them, and a query folds into its lifetime aggregations only the buffer's events at or
+after the line (within the lateness), not every retained one.
 
 What each aggregation kind prepares, folds and finalizes comes from ``featurepipe.ir.aggs``;
 this module only arranges it: generated straight-line code for the row stage, compaction and
@@ -44,8 +47,10 @@ NO_TS = -(2**63)
 # record keeps each distinct prepared input once and no constant one (layout 1 kept one per
 # aggregation and had no such element). Which inputs share a slot follows from the generated
 # row code, so the digest changes when a release moves them; a state of another layout fails
-# to decode: a clear refusal, never inputs read at shifted positions.
-STATE_LAYOUT = 2
+# to decode: a clear refusal, never inputs read at shifted positions. 3: the lifetime
+# accumulators hold every event behind the settle line (max_ts - lateness), not only the events
+# that left the buffer; a layout-2 state read as 3 would leave out its settled buffer events.
+STATE_LAYOUT = 3
 # a query folds a window's events with C-level iterators (``AggKind.bulk_code``) from this many
 # events on, one by one below: the bulk code's fixed cost per aggregation is worth about this many
 # events of the one-by-one fold (benchmarks/RESULTS.md, "Parity replay")
@@ -297,25 +302,33 @@ class ViewProgram:
         """Straight-line code computing every aggregation at T in one pass over the retained
         events, then each kind's finalizer (and the declared default).
 
-        Windows nest: the events of a shorter window are the newest of a longer one's. Each
-        window's start is a bisection of the buffer, widest (lifetime: the whole buffer) first,
-        which cuts the visible events [0, hi) into segments; a segment's events are folded
-        (``_fold_block``) into the accumulators of every window that contains it, each event
-        read once."""
+        The lifetime aggregations start from ``compacted``, which holds every event behind the
+        settle line ``settled`` (max_ts - lateness: T is at or after it), and fold the buffer's
+        events from there (a bisection) to T. Windows nest: the events of a shorter window are
+        the newest of a longer one's. Each window's start is a bisection of the buffer, widest
+        first, which cuts the window's visible events into segments; a segment's events are
+        folded (``_fold_block``) into the accumulators of every window that contains it, each
+        event read once."""
         windows: dict[ir.Span, list[int]] = {}
         for i, agg in enumerate(self.aggs):
             windows.setdefault(agg.span, []).append(i)
         widest_first = sorted(windows, key=_widest_first)
-        nested = all(_contains(a, b) for a, b in pairwise(widest_first))
-        lines = ["def aggregate(buf, compacted, t, tiles):", "    hi = _bisect(buf, t, key=_ts)"]
+        # the lifetime range starts at the settle line, which a window may start before: it is
+        # folded on its own, the windows nest among themselves
+        sliding = [span for span in widest_first if span is not None]
+        nested = all(_contains(a, b) for a, b in pairwise(sliding))
+        lines = [
+            "def aggregate(buf, compacted, t, tiles, settled):",
+            "    hi = _bisect(buf, t, key=_ts)",
+        ]
         starts: list[str] = []
         for n, span in enumerate(widest_first):
             if span is None:
-                lo = "0"
+                lo = "_bisect(buf, settled, 0, hi, key=_ts)"
             else:
                 w, h = span
                 start = f"t - {w}" if h == 1 else f"t // {h} * {h} - {w}"  # kernels.window_start
-                floor = starts[-1] if starts and nested else "0"
+                floor = starts[-1] if n and widest_first[n - 1] is not None and nested else "0"
                 lo = f"_bisect(buf, {start}, {floor}, hi, key=_ts)"
             lines.append(f"    lo{n} = {lo}")
             starts.append(f"lo{n}")
@@ -357,16 +370,21 @@ class ViewProgram:
                 if i not in ranged and code is not None:
                     bulk.setdefault(n, []).append(i)
                     ranged[i] = code
+        first = 0
+        if None in windows:  # lifetime: from the settle line to T
+            first = 1
+            unranged = [i for i in windows[None] if i not in ranged]
+            lines += self._fold_loop(f"buf[{starts[0]}:hi]", unranged)
         if nested:  # each window's events are the newest of the one before: segments
-            ends = [*starts[1:], "hi"]
+            ends = [*starts[first + 1 :], "hi"]
             active: list[int] = []
-            for n, span in enumerate(widest_first):
-                # the segment [lo{n}, next start) lies in windows 0..n
-                active += [i for i in windows[span] if i not in ranged]
-                lines += self._fold_loop(f"buf[{starts[n]}:{ends[n]}]", active)
+            for n in range(first, len(widest_first)):
+                # the segment [lo{n}, next start) lies in windows first..n
+                active += [i for i in windows[widest_first[n]] if i not in ranged]
+                lines += self._fold_loop(f"buf[{starts[n]}:{ends[n - first]}]", active)
         else:  # hops whose starts may cross (e.g. 2h/1h beside 90m sliding): one pass each
-            for n, span in enumerate(widest_first):
-                each = [i for i in windows[span] if i not in ranged]
+            for n in range(first, len(widest_first)):
+                each = [i for i in windows[widest_first[n]] if i not in ranged]
                 lines += self._fold_loop(f"buf[{starts[n]}:hi]", each)
         in_bulk = {i for idx in bulk.values() for i in idx}
         for i, code in ranged.items():
@@ -510,8 +528,9 @@ class ViewProgram:
         return State(NO_TS, NO_TS, [], self._empty_compacted(), [{} for _ in self.groups])
 
     def raw_horizon(self, max_ts: int) -> int:
-        """Events older than this leave the buffer: folded into the lifetime accumulators and,
-        with hopped windows, into tiles. Without hops it is the horizon (``max_ts`` - the
+        """Events older than this leave the buffer (the lifetime accumulators hold them already:
+        this never passes the settle line, max_ts - lateness) and, with hopped windows, are
+        folded into tiles. Without hops it is the horizon (``max_ts`` - the
         longest window - lateness). With hops, a query at T >= max_ts - lateness = L needs
         each hop's events from L // hop * hop on individually (the part of the current hop
         before T), and a sliding window's from L - w: the buffer keeps the earliest of these."""
@@ -535,15 +554,13 @@ class ViewProgram:
     def ingest_record(self, state: State, rec: tuple[Any, ...]) -> None:
         """Fold one event's record (``record``) into the entity's state."""
         ts = rec[REC_TS]
+        settled = state.max_ts - self.lateness
+        if ts < settled:  # behind the settle line: every answerable query sees it
+            self._compact(state.compacted, rec)
         if ts < state.horizon:
-            self._compact(state.compacted, rec)  # very late: only lifetime accumulators use it
-        elif (
-            self.groups
-            and ts < state.max_ts - self.lateness
-            and ts < self.raw_horizon(state.max_ts)
-        ):
-            self._compact(state.compacted, rec)  # late, behind the buffer: straight to tiles
-            self._tile(state, [rec])
+            pass  # very late: only lifetime accumulators use it
+        elif self.groups and ts < settled and ts < self.raw_horizon(state.max_ts):
+            self._tile(state, [rec])  # late, behind the buffer: straight to tiles
         else:
             buf = state.buffer
             pos = len(buf)
@@ -552,10 +569,25 @@ class ViewProgram:
             buf.insert(pos, rec)
         if ts > state.max_ts:
             state.max_ts = ts
+            self._settle(state, settled, ts - self.lateness)
             horizon = ts - self.max_window - self.lateness
             if horizon > state.horizon:
                 state.horizon = horizon
                 self._evict(state)
+
+    def _settle(self, state: State, before: int, now: int) -> None:
+        """Fold into the lifetime accumulators the buffer's events the settle line passed on
+        its move from ``before`` to ``now`` (each event once: an event arriving behind the line
+        is folded on arrival; the line only moves forward; the horizon never passes it)."""
+        if not self.lifetime:
+            return
+        buf = state.buffer
+        lo = bisect_left(buf, before, key=_ts)
+        hi = bisect_left(buf, now, lo, key=_ts)
+        if hi > lo:
+            compact, compacted = self._compact, state.compacted
+            for rec in buf[lo:hi]:
+                compact(compacted, rec)
 
     def _evict(self, state: State) -> None:
         buf = state.buffer
@@ -564,10 +596,7 @@ class ViewProgram:
         end = len(buf)
         while cut < end and buf[cut][REC_TS] < horizon:  # usually 0-2 steps: beats bisection
             cut += 1
-        if cut:
-            compact, compacted = self._compact, state.compacted
-            for rec in buf[:cut]:
-                compact(compacted, rec)
+        if cut:  # already in the lifetime accumulators: the horizon trails the settle line
             if self.groups:
                 self._tile(state, buf[:cut])
             del buf[:cut]
@@ -622,13 +651,15 @@ class ViewProgram:
     ) -> State:
         """An entity's state after ingesting its records, built at once (``assembles``):
         ``newer``, its records with ts >= ``max_ts`` - ``retention_us`` in (ts, seq) order,
-        is the buffer; ``older``, the others in any order, is folded into the lifetime
-        accumulators. One by one, the buffer ends with exactly the records at or after the
-        final horizon (``ingest_record``: the horizon only grows; a record behind it is
-        folded on arrival or at the next eviction; ties stay in arrival order) and every
-        other record is folded once: the same state. ``accumulated``: lifetime accumulators
-        already holding some of the older records (aggregation indices, their accumulators:
-        ``compile.polars_records.accumulation``), the rest of them folded on top."""
+        is the buffer; ``older``, the others in any order, and the buffer's records behind the
+        settle line (ts < ``max_ts`` - lateness) are folded into the lifetime accumulators.
+        One by one, the buffer ends with exactly the records at or after the final horizon
+        (``ingest_record``: the horizon only grows; a record behind it is dropped on arrival
+        or at the next eviction; ties stay in arrival order) and every record behind the final
+        settle line is folded once (on arrival or as the line passes it): the same state.
+        ``accumulated``: lifetime accumulators already holding the buffer's settled records
+        and some of the older ones (aggregation indices, their accumulators:
+        ``compile.polars_records.accumulation``), the rest of the older ones folded on top."""
         state = self.new_state()
         state.max_ts = max_ts
         state.horizon = max(NO_TS, max_ts - self.retention_us)
@@ -636,6 +667,9 @@ class ViewProgram:
         if accumulated is not None:
             for i, acc in zip(*accumulated, strict=True):
                 compacted[i] = acc
+        elif self.lifetime:
+            for rec in newer[: bisect_left(newer, max_ts - self.lateness, key=_ts)]:
+                compact(compacted, rec)
         for rec in older:
             compact(compacted, rec)
         state.buffer = newer
@@ -659,7 +693,9 @@ class ViewProgram:
                 f"lateness behind the newest event ({format_us(state.max_ts)}); retained state "
                 "cannot answer it"
             )
-        values = self._aggregate(state.buffer, state.compacted, t, state.tiles)
+        values = self._aggregate(
+            state.buffer, state.compacted, t, state.tiles, state.max_ts - self.lateness
+        )
         req = self._no_request if request is None else {**self._no_request, **request}
         out = self._final(values, req, t)  # float features: one NaN already
         if not self._float_lists and not self._float_maps:

@@ -401,23 +401,28 @@ def _assembled_chunk(
     key: str,
 ) -> Iterator[tuple[Entity, bytes, int]]:
     """The states of the whole entities of ``todo``: in Polars, each entity's events split
-    into those behind its final horizon and the buffer (in (ts, seq) order); the former
+    into those behind its final horizon and the buffer (in (ts, seq) order); the events
+    behind the final settle line (max_ts - lateness: the older ones and part of the buffer)
     folded into the lifetime accumulators by Polars aggregations (``accumulation``) where
     their records are exact, the rest turned into records (``_computed_records``)."""
     ts = pl.col(prog.view.timestamp)
-    newer = ts >= ts.max().over(key) - prog.retention_us
+    newest = ts.max().over(key)
+    newer = ts >= newest - prog.retention_us
     # sorted first (the fields), widened after (the record columns, each computed once)
     ordered = (
-        todo.with_columns(newer.alias(NEWER))
+        todo.with_columns(newer.alias(NEWER), (ts < newest - prog.lateness).alias(SETTLED))
         .sort(key, NEWER, ts, SEQ)
         .with_columns(plan.exact, *plan.columns)
     )
-    if folding is not None:  # exact older events: folded in Polars, never Python objects
-        folded = pl.col(NEWER).not_() & pl.col(EXACT)
+    if folding is not None:  # exact settled events: folded in Polars, never Python objects
+        # an entity whose buffer holds an inexact settled record is folded in Python alone:
+        # ``assemble`` takes the accumulators of all of the buffer's settled records, or none
+        whole = (pl.col(NEWER) & pl.col(SETTLED) & pl.col(EXACT).not_()).any().over(key).not_()
+        folded = pl.col(NEWER).not_() & pl.col(EXACT) & whole
         vectorized, indices = {}, folding.indices
         if folding.aggregations:  # none: no lifetime aggregation keeps anything of them
             grouped = (
-                ordered.filter(folded)
+                ordered.filter(pl.col(SETTLED) & pl.col(EXACT) & whole)
                 .select(key, *plan.names)
                 .group_by(key, maintain_order=True)
                 .agg(*folding.aggregations)
@@ -450,6 +455,7 @@ def _assembled_chunk(
 
 
 NEWER = "__newer"
+SETTLED = "__settled"
 
 
 def _computed_records(
