@@ -62,7 +62,7 @@ REC_TS, REC_SEQ, REC_MASK, REC_INPUTS = 0, 1, 2, 3
 class State:
     """One entity's state for one view (see the module docstring)."""
 
-    __slots__ = ("buffer", "compacted", "horizon", "max_ts", "tile_floor", "tiles", "wire")
+    __slots__ = ("buffer", "compacted", "horizon", "line", "max_ts", "tile_floor", "tiles", "wire")
 
     def __init__(
         self,
@@ -85,6 +85,10 @@ class State:
         # accumulator index -> (the accumulator object, its size, its wire form): reused by
         # ``ViewProgram.dumps`` for kinds that grow in place; not part of the state's value
         self.wire: dict[int, tuple[Any, int, Any]] = {}
+        # how many of ``buffer``'s events are behind the settle line (max_ts - lateness), so
+        # already in the lifetime accumulators; None: not known yet (a bisection finds it).
+        # Not part of the state's value.
+        self.line: int | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
@@ -554,7 +558,33 @@ class ViewProgram:
     def ingest_record(self, state: State, rec: tuple[Any, ...]) -> None:
         """Fold one event's record (``record``) into the entity's state."""
         ts = rec[REC_TS]
-        settled = state.max_ts - self.lateness
+        lateness = self.lateness
+        buf = state.buffer
+        if ts > state.max_ts:  # the newest event (the usual case): the buffer's last
+            before = state.max_ts - lateness
+            buf.append(rec)
+            state.max_ts = ts
+            if self.lifetime:
+                # fold the events the settle line passes on its move from ``before`` to
+                # ``now``: from the first event not behind it before, forward. Each event is
+                # folded once: one arriving behind the line on arrival, the line only moves
+                # forward, and the horizon never passes it.
+                line = state.line
+                if line is None:
+                    line = bisect_left(buf, before, key=_ts)
+                now = ts - lateness
+                if buf[line][REC_TS] < now:
+                    compact, compacted = self._compact, state.compacted
+                    while buf[line][REC_TS] < now:  # the newest event is never passed
+                        compact(compacted, buf[line])
+                        line += 1
+                state.line = line
+            horizon = ts - self.max_window - lateness
+            if horizon > state.horizon:
+                state.horizon = horizon
+                self._evict(state)
+            return
+        settled = state.max_ts - lateness
         if ts < settled:  # behind the settle line: every answerable query sees it
             self._compact(state.compacted, rec)
         if ts < state.horizon:
@@ -562,32 +592,12 @@ class ViewProgram:
         elif self.groups and ts < settled and ts < self.raw_horizon(state.max_ts):
             self._tile(state, [rec])  # late, behind the buffer: straight to tiles
         else:
-            buf = state.buffer
             pos = len(buf)
             if pos and buf[-1][REC_TS] > ts:
                 pos = bisect_right(buf, ts, key=_ts)
             buf.insert(pos, rec)
-        if ts > state.max_ts:
-            state.max_ts = ts
-            self._settle(state, settled, ts - self.lateness)
-            horizon = ts - self.max_window - self.lateness
-            if horizon > state.horizon:
-                state.horizon = horizon
-                self._evict(state)
-
-    def _settle(self, state: State, before: int, now: int) -> None:
-        """Fold into the lifetime accumulators the buffer's events the settle line passed on
-        its move from ``before`` to ``now`` (each event once: an event arriving behind the line
-        is folded on arrival; the line only moves forward; the horizon never passes it)."""
-        if not self.lifetime:
-            return
-        buf = state.buffer
-        lo = bisect_left(buf, before, key=_ts)
-        hi = bisect_left(buf, now, lo, key=_ts)
-        if hi > lo:
-            compact, compacted = self._compact, state.compacted
-            for rec in buf[lo:hi]:
-                compact(compacted, rec)
+            if ts < settled and state.line is not None:
+                state.line += 1  # among the events behind the line (pos <= line)
 
     def _evict(self, state: State) -> None:
         buf = state.buffer
@@ -597,6 +607,8 @@ class ViewProgram:
         while cut < end and buf[cut][REC_TS] < horizon:  # usually 0-2 steps: beats bisection
             cut += 1
         if cut:  # already in the lifetime accumulators: the horizon trails the settle line
+            if state.line is not None:
+                state.line -= cut
             if self.groups:
                 self._tile(state, buf[:cut])
             del buf[:cut]
