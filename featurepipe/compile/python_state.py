@@ -340,6 +340,8 @@ class ViewProgram:
                 if span is None:
                     copy = self.kinds[i].copy_code(f"compacted[{i}]")
                     init = f"_copy{i}(compacted[{i}])" if copy is None else copy
+                    if self.kinds[i].reads_only:  # copied only when events are folded in
+                        init = f"compacted[{i}] if lo{n} == hi else {init}"
                 else:
                     init = repr(self.kinds[i].empty(self.aggs[i]))
                 lines.append(f"    a{i} = {init}")
