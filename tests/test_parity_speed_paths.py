@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import random
 import struct
+import threading
 from concurrent.futures import Executor, Future
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -532,3 +533,38 @@ def test_jobs_follow_the_cores_and_the_log_size() -> None:
     assert auto_jobs(EVENTS_PER_JOB - 1) == 1
     assert auto_jobs(2 * EVENTS_PER_JOB) == min(2, cores)
     assert auto_jobs(10**9) == cores
+
+
+def test_a_failing_batch_plan_stops_the_replay_beside_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In one process the batch plan runs in a thread beside the replay: when it fails, the
+    replay stops at its next progress step (every 10,000 events) instead of running to the end,
+    and the plan's own error is raised. The first progress step waits until the plan failed."""
+    n = 30_000
+    events = pl.DataFrame(
+        {
+            "k": [f"e{i % 50}" for i in range(n)],
+            "x": [float(i % 7) for i in range(n)],
+            "n": list(range(n)),
+            "s": ["a"] * n,
+            "b": [True] * n,
+            "ts": [BASE + timedelta(seconds=i) for i in range(n)],
+        },
+        schema=SCHEMA,
+    )
+    failed = threading.Event()
+
+    def broken(self: BatchProgram, *args: Any, **kwargs: Any) -> pl.DataFrame:
+        failed.set()
+        raise RuntimeError("the batch plan broke")
+
+    monkeypatch.setattr(BatchProgram, "features", broken)
+    steps: list[int] = []
+
+    def progress(i: int) -> None:
+        if not steps:
+            assert failed.wait(30)
+        steps.append(i)
+
+    with pytest.raises(RuntimeError, match="the batch plan broke"):
+        run_parity(lowered, events, progress=progress)
+    assert steps == [0]  # stopped at the first step: 30,000 events would report 0, 10k, 20k

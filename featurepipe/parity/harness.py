@@ -307,7 +307,9 @@ def _check(
 
     The query points are decided first (``_points``), so that with ``beside`` the batch plan
     runs in a thread beside the replay: Polars works outside the interpreter lock, on the
-    cores the replay leaves idle (not when processes share the cores: ``_check_part``)."""
+    cores the replay leaves idle (not when processes share the cores: ``_check_part``); if
+    the plan fails, the replay stops at its next progress step and the plan's error is
+    raised."""
     prog = ViewProgram(spec.ir)
     with collector_paused():
         order = _by_entity(spec, ev)
@@ -315,6 +317,7 @@ def _check(
         batch_done: list[pl.DataFrame] = []
         failed: list[BaseException] = []
         spent: list[float] = []
+        stop = threading.Event()
 
         def run_batch() -> None:
             t1 = time.perf_counter()
@@ -323,6 +326,7 @@ def _check(
                 batch_done.append(BatchProgram(spec.ir).features(ev.drop(SAMPLED).lazy(), queries))
             except BaseException as e:  # raised again by the caller
                 failed.append(e)
+                stop.set()
             spent.append(time.perf_counter() - t1)
 
         batch_thread = threading.Thread(target=run_batch, name="featurepipe-parity-batch")
@@ -330,8 +334,12 @@ def _check(
             batch_thread.start()
         try:
             t0 = time.perf_counter()
-            replay = _replay(spec, prog, order, total=total, progress=progress, points=points)
+            replay = _replay(
+                spec, prog, order, total=total, progress=progress, points=points, stop=stop
+            )
             seconds_stream = time.perf_counter() - t0
+        except _Stopped:
+            pass  # the batch plan's error is raised below
         finally:
             if beside:
                 batch_thread.join()
@@ -570,16 +578,27 @@ def _queries(spec: _Spec, prog: ViewProgram, order: pl.DataFrame, points: _Point
         },
         schema={key: key_type, TS: pl.Int64, ARRIVED: pl.Int64},
     )
-    fields = dict(spec.ir.fields)
     rows = pl.Series(points.rows, dtype=pl.Int64)
-    for name, dtype in prog.request_fields:
-        if fields.get(name) is dtype:
+    for name, dtype, scored in _request_fields(spec, prog):
+        if scored:
             both = pl.DataFrame({"v": order[name].gather(rows.clip(lower_bound=0)), "r": rows})
             values = both.select(pl.when(pl.col("r") >= 0).then(pl.col("v"))).to_series()
         else:
             values = pl.repeat(None, len(points.rows), eager=True)
         queries = queries.with_columns(values.cast(PL_TYPES[dtype]).alias(name))
     return queries[sort]
+
+
+def _request_fields(spec: _Spec, prog: ViewProgram) -> list[tuple[str, DType, bool]]:
+    """The view's request fields (``fp.request``) and whether a query point answers each with
+    the event's own source field (one of that name and type: the point scores the event) or
+    with null."""
+    fields = dict(spec.ir.fields)
+    return [(name, dtype, fields.get(name) is dtype) for name, dtype in prog.request_fields]
+
+
+class _Stopped(Exception):
+    """The replay was asked to stop (the batch plan beside it failed)."""
 
 
 def _replay(
@@ -590,6 +609,7 @@ def _replay(
     total: int,
     progress: Callable[[int], None] | None,
     points: _Points | None = None,
+    stop: threading.Event | None = None,
 ) -> _Replay:
     """Every event through ``prog.ingest``, every query point (``_points``) through
     ``prog.query``, at the point of the replay where it comes (see ``run_parity``).
@@ -609,12 +629,9 @@ def _replay(
     key = spec.key
     names = list(dict.fromkeys([*spec.fields, key]))
     key_at = names.index(key)
-    request_names = [name for name, _ in prog.request_fields]
-    fields = dict(spec.ir.fields)
-    from_event = [
-        names.index(name) if fields.get(name) is dtype else None
-        for name, dtype in prog.request_fields
-    ]
+    request = _request_fields(spec, prog)
+    request_names = [name for name, _, _ in request]
+    from_event = [names.index(name) if scored else None for name, _, scored in request]
     ingest, query, new_state = prog.ingest, prog.query, prog.new_state
     answers: list[tuple[Any, ...]] = []
     times, at = points.times, points.at
@@ -638,8 +655,11 @@ def _replay(
         while j < asked and at[j] == 2 * i + 1:
             answers.append(query(st, times[j]))
             j += 1
-        if progress is not None and i % 10_000 == 0:
-            progress(i)
+        if i % 10_000 == 0:
+            if progress is not None:
+                progress(i)
+            if stop is not None and stop.is_set():
+                raise _Stopped
     if j != asked:  # the points are asked as the events pass: all of them, in their order
         raise ParityError(f"view '{spec.name}': {asked - j} query point(s) never asked")
     sort = np.argsort(np.array(points.places, dtype=np.int64), kind="stable").tolist()
