@@ -661,7 +661,7 @@ class ViewProgram:
         max_ts: int,
         older: Iterable[Any],
         newer: list[Any],
-        accumulated: tuple[Sequence[int], Sequence[Any]] | None = None,
+        accumulated: tuple[Sequence[int], Sequence[Any], Sequence[int]] | None = None,
     ) -> State:
         """An entity's state after ingesting its records, built at once (``assembles``):
         ``newer``, its records with ts >= ``max_ts`` - ``retention_us`` in (ts, seq) order,
@@ -671,16 +671,20 @@ class ViewProgram:
         (``ingest_record``: the horizon only grows; a record behind it is dropped on arrival
         or at the next eviction; ties stay in arrival order) and every record behind the final
         settle line is folded once (on arrival or as the line passes it): the same state.
-        ``accumulated``: lifetime accumulators already holding the buffer's settled records
-        and some of the older ones (aggregation indices, their accumulators:
-        ``compile.polars_records.accumulation``), the rest of the older ones folded on top."""
+        ``accumulated``: lifetime accumulators already holding some of the older records and
+        the buffer's settled records but those at the given positions of ``newer``
+        (aggregation indices, their accumulators: ``compile.polars_records.accumulation``,
+        positions): the rest of the older ones and those buffered ones are folded on top."""
         state = self.new_state()
         state.max_ts = max_ts
         state.horizon = max(NO_TS, max_ts - self.retention_us)
         compact, compacted = self._compact, state.compacted
         if accumulated is not None:
-            for i, acc in zip(*accumulated, strict=True):
+            indices, accumulators, unheld = accumulated
+            for i, acc in zip(indices, accumulators, strict=True):
                 compacted[i] = acc
+            for j in unheld:
+                compact(compacted, newer[j])
         elif self.lifetime:
             for rec in newer[: bisect_left(newer, max_ts - self.lateness, key=_ts)]:
                 compact(compacted, rec)

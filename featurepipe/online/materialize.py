@@ -414,15 +414,13 @@ def _assembled_chunk(
         .sort(key, NEWER, ts, SEQ)
         .with_columns(plan.exact, *plan.columns)
     )
+    unheld: list[int] = []  # rows of ``ordered``: buffered, settled, not folded in Polars
     if folding is not None:  # exact settled events: folded in Polars, never Python objects
-        # an entity whose buffer holds an inexact settled record is folded in Python alone:
-        # ``assemble`` takes the accumulators of all of the buffer's settled records, or none
-        whole = (pl.col(NEWER) & pl.col(SETTLED) & pl.col(EXACT).not_()).any().over(key).not_()
-        folded = pl.col(NEWER).not_() & pl.col(EXACT) & whole
+        folded = pl.col(NEWER).not_() & pl.col(EXACT)
         vectorized, indices = {}, folding.indices
         if folding.aggregations:  # none: no lifetime aggregation keeps anything of them
             grouped = (
-                ordered.filter(pl.col(SETTLED) & pl.col(EXACT) & whole)
+                ordered.filter(pl.col(SETTLED) & pl.col(EXACT))
                 .select(key, *plan.names)
                 .group_by(key, maintain_order=True)
                 .agg(*folding.aggregations)
@@ -431,6 +429,8 @@ def _assembled_chunk(
                 zip(grouped.get_column(key).to_list(), folding.accumulators(grouped), strict=True)
             )
         ordered = ordered.filter(~folded)
+        inexact = pl.col(NEWER) & pl.col(SETTLED) & pl.col(EXACT).not_()
+        unheld = ordered.select(inexact.arg_true()).to_series().to_list()
     else:
         vectorized, indices = {}, ()
     sizes = ordered.group_by(key, maintain_order=True).agg(
@@ -441,16 +441,23 @@ def _assembled_chunk(
         zip(sizes.get_column(key).to_list(), sizes.select("older", "n").rows(), strict=True)
     )
     records = iter(_computed_records(prog, plan, ordered, fields))
+    row = u = 0  # the entity's first row in ``ordered``; the next of ``unheld``
     for entity, n, max_ts in totals.iter_rows():
         older, rest = counts.get(entity, (0, 0))
         folded_records = list(islice(records, older))  # first: an entity's records come so
         accumulated = vectorized.get(entity)
+        buffered = row + older  # the row of the entity's first buffered record
+        missed: list[int] = []
+        while u < len(unheld) and unheld[u] < row + rest:
+            missed.append(unheld[u] - buffered)
+            u += 1
         state = prog.assemble(
             max_ts,
             folded_records,
             list(islice(records, rest - older)),
-            None if accumulated is None else (indices, accumulated),
+            None if accumulated is None else (indices, accumulated, missed),
         )
+        row += rest
         yield entity, _dump(prog, state, entity), n
 
 
