@@ -192,15 +192,14 @@ def dense_logs(draw: st.DrawFn) -> list[dict[str, Any]]:
 def test_lifetime_last_k_on_a_hand_worked_log() -> None:
     """last_k(n, 3) over events n = 0..5 at 0..5 s, 1 s window, 1 us lateness: the buffer
     keeps the events at 4 s and 5 s (horizon 5 s - 1 s - 1 us), and the lifetime list holds
-    the three newest of the events behind the settle line 5 s - 1 us (0..4 s), newest first:
-    4, 3, 2."""
+    the three newest of the rest, newest first: 3, 2, 1."""
     rows = [{"k": "a", "x": None, "n": i, "s": None, "b": None, "us": i * US} for i in range(6)]
     v = view({"f0": Spec("last_k", "n", None, "all", k=3).expr, "f1": Spec("count", "", "1s", "all").expr},
              lateness="1us")
     prog = ViewProgram(v.ir)
     state = prog.loads(materialized(prog, _events(rows, v), FIELDS, "k")["a"])
     assert [rec[1] for rec in state.buffer] == [4, 5]  # arrival ranks
-    assert [value for _, _, value in state.compacted[0]] == [4, 3, 2]
+    assert [value for _, _, value in state.compacted[0]] == [3, 2, 1]
 
 
 @settings(max_examples=scaled(200), deadline=None)

@@ -4,13 +4,10 @@ The state of one entity for one view is a ``State``: ``buffer`` holds the retain
 by (ts, arrival seq), each a *record* ``[ts, seq, mask, p...]`` where bit i of ``mask`` says
 the event passes aggregation i's ``where`` and the ``p``s are its distinct *prepared* inputs
 (fixed-point integer for float sums, canonical float for min/max, ...; ``ViewProgram.slots``
-says which one each aggregation reads). Events older than ``horizon`` are dropped, so state
-stays bounded; ``horizon`` trails the newest event (``max_ts``) by the longest window plus the
-view's lateness. A query at T is answered exactly iff T >= max_ts - lateness (see
-docs/semantics.md), so every event older than that *settle line* is seen by every query a state
-answers: ``compacted`` (the lifetime accumulators) holds exactly those events, folded as the line
-passes them, and a query folds into its lifetime aggregations only the buffer's events at or
-after the line (within the lateness), not every retained one.
+says which one each aggregation reads). Events older than ``horizon`` are
+folded into ``compacted`` (lifetime accumulators only) and dropped, so state stays bounded.
+``horizon`` trails the newest event (``max_ts``) by the longest window plus the view's lateness;
+a query at T is answered exactly iff T >= max_ts - lateness (see docs/semantics.md).
 
 What each aggregation kind prepares, folds and finalizes comes from ``featurepipe.ir.aggs``;
 this module only arranges it: generated straight-line code for the row stage, compaction and
@@ -47,10 +44,8 @@ NO_TS = -(2**63)
 # record keeps each distinct prepared input once and no constant one (layout 1 kept one per
 # aggregation and had no such element). Which inputs share a slot follows from the generated
 # row code, so the digest changes when a release moves them; a state of another layout fails
-# to decode: a clear refusal, never inputs read at shifted positions. 3: the lifetime
-# accumulators hold every event behind the settle line (max_ts - lateness), not only the events
-# that left the buffer; a layout-2 state read as 3 would leave out its settled buffer events.
-STATE_LAYOUT = 3
+# to decode: a clear refusal, never inputs read at shifted positions.
+STATE_LAYOUT = 2
 # a query folds a window's events with C-level iterators (``AggKind.bulk_code``) from this many
 # events on, one by one below: the bulk code's fixed cost per aggregation is worth about this many
 # events of the one-by-one fold (benchmarks/RESULTS.md, "Parity replay")
@@ -62,7 +57,7 @@ REC_TS, REC_SEQ, REC_MASK, REC_INPUTS = 0, 1, 2, 3
 class State:
     """One entity's state for one view (see the module docstring)."""
 
-    __slots__ = ("buffer", "compacted", "horizon", "line", "max_ts", "tile_floor", "tiles", "wire")
+    __slots__ = ("buffer", "compacted", "horizon", "max_ts", "tile_floor", "tiles", "wire")
 
     def __init__(
         self,
@@ -85,10 +80,6 @@ class State:
         # accumulator index -> (the accumulator object, its size, its wire form): reused by
         # ``ViewProgram.dumps`` for kinds that grow in place; not part of the state's value
         self.wire: dict[int, tuple[Any, int, Any]] = {}
-        # how many of ``buffer``'s events are behind the settle line (max_ts - lateness), so
-        # already in the lifetime accumulators; None: not known yet (a bisection finds it).
-        # Not part of the state's value.
-        self.line: int | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
@@ -306,33 +297,25 @@ class ViewProgram:
         """Straight-line code computing every aggregation at T in one pass over the retained
         events, then each kind's finalizer (and the declared default).
 
-        The lifetime aggregations start from ``compacted``, which holds every event behind the
-        settle line ``settled`` (max_ts - lateness: T is at or after it), and fold the buffer's
-        events from there (a bisection) to T. Windows nest: the events of a shorter window are
-        the newest of a longer one's. Each window's start is a bisection of the buffer, widest
-        first, which cuts the window's visible events into segments; a segment's events are
-        folded (``_fold_block``) into the accumulators of every window that contains it, each
-        event read once."""
+        Windows nest: the events of a shorter window are the newest of a longer one's. Each
+        window's start is a bisection of the buffer, widest (lifetime: the whole buffer) first,
+        which cuts the visible events [0, hi) into segments; a segment's events are folded
+        (``_fold_block``) into the accumulators of every window that contains it, each event
+        read once."""
         windows: dict[ir.Span, list[int]] = {}
         for i, agg in enumerate(self.aggs):
             windows.setdefault(agg.span, []).append(i)
         widest_first = sorted(windows, key=_widest_first)
-        # the lifetime range starts at the settle line, which a window may start before: it is
-        # folded on its own, the windows nest among themselves
-        sliding = [span for span in widest_first if span is not None]
-        nested = all(_contains(a, b) for a, b in pairwise(sliding))
-        lines = [
-            "def aggregate(buf, compacted, t, tiles, settled):",
-            "    hi = _bisect(buf, t, key=_ts)",
-        ]
+        nested = all(_contains(a, b) for a, b in pairwise(widest_first))
+        lines = ["def aggregate(buf, compacted, t, tiles):", "    hi = _bisect(buf, t, key=_ts)"]
         starts: list[str] = []
         for n, span in enumerate(widest_first):
             if span is None:
-                lo = "_bisect(buf, settled, 0, hi, key=_ts)"
+                lo = "0"
             else:
                 w, h = span
                 start = f"t - {w}" if h == 1 else f"t // {h} * {h} - {w}"  # kernels.window_start
-                floor = starts[-1] if n and widest_first[n - 1] is not None and nested else "0"
+                floor = starts[-1] if starts and nested else "0"
                 lo = f"_bisect(buf, {start}, {floor}, hi, key=_ts)"
             lines.append(f"    lo{n} = {lo}")
             starts.append(f"lo{n}")
@@ -340,8 +323,6 @@ class ViewProgram:
                 if span is None:
                     copy = self.kinds[i].copy_code(f"compacted[{i}]")
                     init = f"_copy{i}(compacted[{i}])" if copy is None else copy
-                    if self.kinds[i].reads_only:  # copied only when events are folded in
-                        init = f"compacted[{i}] if lo{n} == hi else {init}"
                 else:
                     init = repr(self.kinds[i].empty(self.aggs[i]))
                 lines.append(f"    a{i} = {init}")
@@ -376,21 +357,16 @@ class ViewProgram:
                 if i not in ranged and code is not None:
                     bulk.setdefault(n, []).append(i)
                     ranged[i] = code
-        first = 0
-        if None in windows:  # lifetime: from the settle line to T
-            first = 1
-            unranged = [i for i in windows[None] if i not in ranged]
-            lines += self._fold_loop(f"buf[{starts[0]}:hi]", unranged)
         if nested:  # each window's events are the newest of the one before: segments
-            ends = [*starts[first + 1 :], "hi"]
+            ends = [*starts[1:], "hi"]
             active: list[int] = []
-            for n in range(first, len(widest_first)):
-                # the segment [lo{n}, next start) lies in windows first..n
-                active += [i for i in windows[widest_first[n]] if i not in ranged]
-                lines += self._fold_loop(f"buf[{starts[n]}:{ends[n - first]}]", active)
+            for n, span in enumerate(widest_first):
+                # the segment [lo{n}, next start) lies in windows 0..n
+                active += [i for i in windows[span] if i not in ranged]
+                lines += self._fold_loop(f"buf[{starts[n]}:{ends[n]}]", active)
         else:  # hops whose starts may cross (e.g. 2h/1h beside 90m sliding): one pass each
-            for n in range(first, len(widest_first)):
-                each = [i for i in windows[widest_first[n]] if i not in ranged]
+            for n, span in enumerate(widest_first):
+                each = [i for i in windows[span] if i not in ranged]
                 lines += self._fold_loop(f"buf[{starts[n]}:hi]", each)
         in_bulk = {i for idx in bulk.values() for i in idx}
         for i, code in ranged.items():
@@ -534,9 +510,8 @@ class ViewProgram:
         return State(NO_TS, NO_TS, [], self._empty_compacted(), [{} for _ in self.groups])
 
     def raw_horizon(self, max_ts: int) -> int:
-        """Events older than this leave the buffer (the lifetime accumulators hold them already:
-        this never passes the settle line, max_ts - lateness) and, with hopped windows, are
-        folded into tiles. Without hops it is the horizon (``max_ts`` - the
+        """Events older than this leave the buffer: folded into the lifetime accumulators and,
+        with hopped windows, into tiles. Without hops it is the horizon (``max_ts`` - the
         longest window - lateness). With hops, a query at T >= max_ts - lateness = L needs
         each hop's events from L // hop * hop on individually (the part of the current hop
         before T), and a sliding window's from L - w: the buffer keeps the earliest of these."""
@@ -560,46 +535,27 @@ class ViewProgram:
     def ingest_record(self, state: State, rec: tuple[Any, ...]) -> None:
         """Fold one event's record (``record``) into the entity's state."""
         ts = rec[REC_TS]
-        lateness = self.lateness
-        buf = state.buffer
-        if ts > state.max_ts:  # the newest event (the usual case): the buffer's last
-            before = state.max_ts - lateness
-            buf.append(rec)
-            state.max_ts = ts
-            if self.lifetime:
-                # fold the events the settle line passes on its move from ``before`` to
-                # ``now``: from the first event not behind it before, forward. Each event is
-                # folded once: one arriving behind the line on arrival, the line only moves
-                # forward, and the horizon never passes it.
-                line = state.line
-                if line is None:
-                    line = bisect_left(buf, before, key=_ts)
-                now = ts - lateness
-                if buf[line][REC_TS] < now:
-                    compact, compacted = self._compact, state.compacted
-                    while buf[line][REC_TS] < now:  # the newest event is never passed
-                        compact(compacted, buf[line])
-                        line += 1
-                state.line = line
-            horizon = ts - self.max_window - lateness
-            if horizon > state.horizon:
-                state.horizon = horizon
-                self._evict(state)
-            return
-        settled = state.max_ts - lateness
-        if ts < settled:  # behind the settle line: every answerable query sees it
-            self._compact(state.compacted, rec)
         if ts < state.horizon:
-            pass  # very late: only lifetime accumulators use it
-        elif self.groups and ts < settled and ts < self.raw_horizon(state.max_ts):
-            self._tile(state, [rec])  # late, behind the buffer: straight to tiles
+            self._compact(state.compacted, rec)  # very late: only lifetime accumulators use it
+        elif (
+            self.groups
+            and ts < state.max_ts - self.lateness
+            and ts < self.raw_horizon(state.max_ts)
+        ):
+            self._compact(state.compacted, rec)  # late, behind the buffer: straight to tiles
+            self._tile(state, [rec])
         else:
+            buf = state.buffer
             pos = len(buf)
             if pos and buf[-1][REC_TS] > ts:
                 pos = bisect_right(buf, ts, key=_ts)
             buf.insert(pos, rec)
-            if ts < settled and state.line is not None:
-                state.line += 1  # among the events behind the line (pos <= line)
+        if ts > state.max_ts:
+            state.max_ts = ts
+            horizon = ts - self.max_window - self.lateness
+            if horizon > state.horizon:
+                state.horizon = horizon
+                self._evict(state)
 
     def _evict(self, state: State) -> None:
         buf = state.buffer
@@ -608,9 +564,10 @@ class ViewProgram:
         end = len(buf)
         while cut < end and buf[cut][REC_TS] < horizon:  # usually 0-2 steps: beats bisection
             cut += 1
-        if cut:  # already in the lifetime accumulators: the horizon trails the settle line
-            if state.line is not None:
-                state.line -= cut
+        if cut:
+            compact, compacted = self._compact, state.compacted
+            for rec in buf[:cut]:
+                compact(compacted, rec)
             if self.groups:
                 self._tile(state, buf[:cut])
             del buf[:cut]
@@ -661,33 +618,24 @@ class ViewProgram:
         max_ts: int,
         older: Iterable[Any],
         newer: list[Any],
-        accumulated: tuple[Sequence[int], Sequence[Any], Sequence[int]] | None = None,
+        accumulated: tuple[Sequence[int], Sequence[Any]] | None = None,
     ) -> State:
         """An entity's state after ingesting its records, built at once (``assembles``):
         ``newer``, its records with ts >= ``max_ts`` - ``retention_us`` in (ts, seq) order,
-        is the buffer; ``older``, the others in any order, and the buffer's records behind the
-        settle line (ts < ``max_ts`` - lateness) are folded into the lifetime accumulators.
-        One by one, the buffer ends with exactly the records at or after the final horizon
-        (``ingest_record``: the horizon only grows; a record behind it is dropped on arrival
-        or at the next eviction; ties stay in arrival order) and every record behind the final
-        settle line is folded once (on arrival or as the line passes it): the same state.
-        ``accumulated``: lifetime accumulators already holding some of the older records and
-        the buffer's settled records but those at the given positions of ``newer``
-        (aggregation indices, their accumulators: ``compile.polars_records.accumulation``,
-        positions): the rest of the older ones and those buffered ones are folded on top."""
+        is the buffer; ``older``, the others in any order, is folded into the lifetime
+        accumulators. One by one, the buffer ends with exactly the records at or after the
+        final horizon (``ingest_record``: the horizon only grows; a record behind it is
+        folded on arrival or at the next eviction; ties stay in arrival order) and every
+        other record is folded once: the same state. ``accumulated``: lifetime accumulators
+        already holding some of the older records (aggregation indices, their accumulators:
+        ``compile.polars_records.accumulation``), the rest of them folded on top."""
         state = self.new_state()
         state.max_ts = max_ts
         state.horizon = max(NO_TS, max_ts - self.retention_us)
         compact, compacted = self._compact, state.compacted
         if accumulated is not None:
-            indices, accumulators, unheld = accumulated
-            for i, acc in zip(indices, accumulators, strict=True):
+            for i, acc in zip(*accumulated, strict=True):
                 compacted[i] = acc
-            for j in unheld:
-                compact(compacted, newer[j])
-        elif self.lifetime:
-            for rec in newer[: bisect_left(newer, max_ts - self.lateness, key=_ts)]:
-                compact(compacted, rec)
         for rec in older:
             compact(compacted, rec)
         state.buffer = newer
@@ -711,9 +659,7 @@ class ViewProgram:
                 f"lateness behind the newest event ({format_us(state.max_ts)}); retained state "
                 "cannot answer it"
             )
-        values = self._aggregate(
-            state.buffer, state.compacted, t, state.tiles, state.max_ts - self.lateness
-        )
+        values = self._aggregate(state.buffer, state.compacted, t, state.tiles)
         req = self._no_request if request is None else {**self._no_request, **request}
         out = self._final(values, req, t)  # float features: one NaN already
         if not self._float_lists and not self._float_maps:

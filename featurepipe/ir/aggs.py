@@ -257,11 +257,6 @@ class AggKind(ABC):
         the query calls ``copy``. Defined beside ``copy``, by the class that defines it."""
         return None
 
-    # True when the finalizer only reads the accumulator: a lifetime accumulator that no
-    # event of the query's range is folded into is then finalized without ``copy`` (a set of
-    # a lifetime's distinct values is not copied at every query)
-    reads_only: ClassVar[bool] = False
-
     @abstractmethod
     def finalizer(self, agg: Agg) -> Finalizer:
         """Accumulator -> value (None when there is nothing to aggregate; the caller applies
@@ -1114,8 +1109,6 @@ class CountDistinct(AggKind):
 
     def finalize_code(self, agg: Agg, acc: str) -> str | None:
         return f"len({acc})"
-
-    reads_only = True  # len
 
     grows_in_place = True  # a set: fold only adds
 

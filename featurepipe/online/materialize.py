@@ -401,26 +401,23 @@ def _assembled_chunk(
     key: str,
 ) -> Iterator[tuple[Entity, bytes, int]]:
     """The states of the whole entities of ``todo``: in Polars, each entity's events split
-    into those behind its final horizon and the buffer (in (ts, seq) order); the events
-    behind the final settle line (max_ts - lateness: the older ones and part of the buffer)
+    into those behind its final horizon and the buffer (in (ts, seq) order); the former
     folded into the lifetime accumulators by Polars aggregations (``accumulation``) where
     their records are exact, the rest turned into records (``_computed_records``)."""
     ts = pl.col(prog.view.timestamp)
-    newest = ts.max().over(key)
-    newer = ts >= newest - prog.retention_us
+    newer = ts >= ts.max().over(key) - prog.retention_us
     # sorted first (the fields), widened after (the record columns, each computed once)
     ordered = (
-        todo.with_columns(newer.alias(NEWER), (ts < newest - prog.lateness).alias(SETTLED))
+        todo.with_columns(newer.alias(NEWER))
         .sort(key, NEWER, ts, SEQ)
         .with_columns(plan.exact, *plan.columns)
     )
-    unheld: list[int] = []  # rows of ``ordered``: buffered, settled, not folded in Polars
-    if folding is not None:  # exact settled events: folded in Polars, never Python objects
+    if folding is not None:  # exact older events: folded in Polars, never Python objects
         folded = pl.col(NEWER).not_() & pl.col(EXACT)
         vectorized, indices = {}, folding.indices
         if folding.aggregations:  # none: no lifetime aggregation keeps anything of them
             grouped = (
-                ordered.filter(pl.col(SETTLED) & pl.col(EXACT))
+                ordered.filter(folded)
                 .select(key, *plan.names)
                 .group_by(key, maintain_order=True)
                 .agg(*folding.aggregations)
@@ -429,8 +426,6 @@ def _assembled_chunk(
                 zip(grouped.get_column(key).to_list(), folding.accumulators(grouped), strict=True)
             )
         ordered = ordered.filter(~folded)
-        inexact = pl.col(NEWER) & pl.col(SETTLED) & pl.col(EXACT).not_()
-        unheld = ordered.select(inexact.arg_true()).to_series().to_list()
     else:
         vectorized, indices = {}, ()
     sizes = ordered.group_by(key, maintain_order=True).agg(
@@ -441,28 +436,20 @@ def _assembled_chunk(
         zip(sizes.get_column(key).to_list(), sizes.select("older", "n").rows(), strict=True)
     )
     records = iter(_computed_records(prog, plan, ordered, fields))
-    row = u = 0  # the entity's first row in ``ordered``; the next of ``unheld``
     for entity, n, max_ts in totals.iter_rows():
         older, rest = counts.get(entity, (0, 0))
         folded_records = list(islice(records, older))  # first: an entity's records come so
         accumulated = vectorized.get(entity)
-        buffered = row + older  # the row of the entity's first buffered record
-        missed: list[int] = []
-        while u < len(unheld) and unheld[u] < row + rest:
-            missed.append(unheld[u] - buffered)
-            u += 1
         state = prog.assemble(
             max_ts,
             folded_records,
             list(islice(records, rest - older)),
-            None if accumulated is None else (indices, accumulated, missed),
+            None if accumulated is None else (indices, accumulated),
         )
-        row += rest
         yield entity, _dump(prog, state, entity), n
 
 
 NEWER = "__newer"
-SETTLED = "__settled"
 
 
 def _computed_records(
