@@ -8,6 +8,8 @@ import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import redis
+
 from featurepipe.online.layout import MaterializeProgress, ViewMeta
 from featurepipe.online.state_store import StateStore, StateWrite, StoredState
 
@@ -164,3 +166,55 @@ def test_clear_deletes_only_its_prefix(store: Store) -> None:
     assert a.clear() == 2
     assert a.read_states([("v", "u1")]) == [None] and a.read_offsets("g") == {}
     assert b.read_states([("v", "u1")]) == [StoredState(b"x", "fp")]
+
+
+def test_materialize_writes_by_script_as_the_pipeline_writes(store: Store) -> None:
+    """``write_states_with_progress`` writes with one script call per 1,000 states: each hash
+    then holds what the pipeline's HDEL + HSET leave (a quarantine lifted, the state and the
+    fingerprint set, other fields kept), over more states than one call takes."""
+    states = [(f"u{i}", f"state {i}".encode()) for i in range(2_345)]
+    done = MaterializeProgress("run1", 1_000, "fp2", "u2344", 2_345, 9)
+    written = {}
+    for prefix, scripted in ((store.prefix, True), (store.new_prefix(), False)):
+        s = StateStore(store.client, prefix)
+        for entity in ("u7", "u1500"):  # quarantined entities, with an unrelated field
+            key = s.layout.state_key("v", entity)
+            store.client.hset(key, mapping={"q": "too large", "f": "fp1", "extra": "kept"})
+        s.scripted_writes = scripted
+        s.write_states_with_progress("v", "fp2", states, done)
+        assert s.scripted_writes is scripted and s.read_progress("v") == done
+        written[scripted] = [
+            store.client.hgetall(s.layout.state_key("v", entity)) for entity, _ in states
+        ]
+    assert written[True] == written[False]
+    assert written[True][7] == {b"s": b"state 7", b"f": b"fp2", b"extra": b"kept"}
+    assert written[True][2_000] == {b"s": b"state 2000", b"f": b"fp2"}
+
+
+def test_a_server_refusing_scripts_gets_the_pipeline(store: Store) -> None:
+    """A Redis user whose ACL refuses EVAL: the states and the progress are written with the
+    pipeline, and later writes go straight to it."""
+    user = f"fp-noscript-{store.prefix[-8:]}"
+    store.client.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-eval", "-evalsha"],
+    )
+    try:
+        limited = redis.Redis.from_url(store.url, username=user, password="pw")
+        s = StateStore(limited, store.prefix)
+        states = [("a", b"1"), ("b", b"2")]
+        done = MaterializeProgress("run1", 1_000, "fp1", "b", 2, 2)
+        s.write_states_with_progress("v", "fp1", states, done)
+        assert not s.scripted_writes
+        assert s.read_states([("v", "a"), ("v", "b")]) == [
+            StoredState(b"1", "fp1"),
+            StoredState(b"2", "fp1"),
+        ]
+        assert s.read_progress("v") == done
+        limited.close()
+    finally:
+        store.client.acl_deluser(user)
