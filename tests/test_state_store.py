@@ -8,6 +8,7 @@ import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 import redis
 
 from featurepipe.online.layout import MaterializeProgress, ViewMeta
@@ -218,3 +219,23 @@ def test_a_server_refusing_scripts_gets_the_pipeline(store: Store) -> None:
         limited.close()
     finally:
         store.client.acl_deluser(user)
+
+
+def test_a_failed_state_write_is_never_claimed_by_the_progress(store: Store) -> None:
+    """A state that cannot be written (its key holds another type) fails the batch before the
+    progress record is written, by script and by the pipeline alike: a resumed run must not
+    skip an entity whose state is missing (a non-transactional pipeline runs every command
+    before it reports the first error, so the record must not ride in it)."""
+    for scripted in (True, False):
+        s = StateStore(store.client, store.new_prefix())
+        earlier = MaterializeProgress("run1", 1_000, "fp1", "a", 1, 1)
+        s.write_states_with_progress("v", "fp1", [("a", b"0")], earlier)
+        store.client.set(s.layout.state_key("v", "e1"), "not a hash")
+        s.scripted_writes = scripted
+        done = MaterializeProgress("run1", 1_000, "fp1", "e2", 4, 4)
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            s.write_states_with_progress(
+                "v", "fp1", [("e0", b"1"), ("e1", b"2"), ("e2", b"3")], done
+            )
+        assert s.read_progress("v") == earlier
+        assert s.scripted_writes is scripted  # a wrong key is no reason to stop using scripts

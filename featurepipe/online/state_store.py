@@ -102,8 +102,10 @@ _SCRIPT_CHUNK = 1000
 # the state keys; ARGV = the quarantine field, the state field, the fingerprint field, the
 # fingerprint, then one state per key. Each key: its quarantine lifted, its state and
 # fingerprint set, as the pipeline's HDEL + HSET would (two commands per state packed and
-# parsed by the client: the script halves materialize's write time).
-_WRITE_SCRIPT = """
+# parsed by the client: the script halves materialize's write time). Declared with flags (none):
+# a server over its maxmemory refuses it before it writes anything, as it refuses the HSETs
+# (without the line only its first write, the HDEL, would be checked).
+_WRITE_SCRIPT = """#!lua
 local q, s, f, fp = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 for i = 1, #KEYS do
   redis.call('HDEL', KEYS[i], q)
@@ -203,10 +205,9 @@ class StateStore:
         states: Sequence[tuple[Entity, bytes]],
         progress: MaterializeProgress,
     ) -> None:
-        """One round trip: every state, then the progress record that claims them.
-
-        The record follows the states on the same connection, so it never claims an entity
-        whose state was not written; on a cluster it is written after the batch returns.
+        """Every state, then the progress record that claims them, written only once every
+        state write succeeded: it never claims an entity whose state was not written (a
+        non-transactional pipeline runs every command and only then reports the first error).
         """
         progress_key = self.layout.progress_key(view)
         record = progress.to_hash()
@@ -221,11 +222,8 @@ class StateStore:
             key = self.layout.state_key(view, entity)
             pipe.hdel(key, QUARANTINE_FIELD)  # a rebuilt state lifts a quarantine
             pipe.hset(key, mapping=state_fields(blob, fingerprint))
-        if not self.cluster:
-            pipe.hset(progress_key, mapping=record)
         pipe.execute()
-        if self.cluster:
-            self.client.hset(progress_key, mapping=record)
+        self.client.hset(progress_key, mapping=record)
         if refused:  # the pipeline wrote what the script could not: scripts are refused
             self.scripted_writes = False
 
