@@ -74,6 +74,8 @@ class BatchProgram:
             for i, (a, k) in enumerate(zip(self.aggs, self.kinds, strict=True))
         ]
         self.key = view.entity_key
+        # prepared column -> the column of the same expression it is a copy of (``prepare``)
+        self.same_as: dict[str, str] = {}
 
     # -- 1. row stage ----------------------------------------------------------------------
     def prepare(self, events: pl.LazyFrame) -> pl.LazyFrame:
@@ -83,6 +85,8 @@ class BatchProgram:
             return pl.col(n.name) if isinstance(n, ir.Field) else None
 
         cols: list[pl.Expr] = []
+        computed: list[tuple[pl.Expr, str]] = []
+        copies: list[pl.Expr] = []
         for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
             inc = pl.lit(True) if agg.where is None else translate(agg.where, leaf).fill_null(False)
             v = pl.lit(True) if agg.arg is None else translate(agg.arg, leaf)
@@ -93,9 +97,21 @@ class BatchProgram:
             prepared = kind.columns(agg, v, inc, valid, PL_TYPES[agg.dtype])
             if agg.by is not None:
                 prepared["bucket"] = pl.when(valid).then(bucket)
-            cols += [expr.alias(_col(i, name)) for name, expr in prepared.items()]
-        return events.filter(pl.col(self.key).is_not_null()).select(
-            pl.col(self.key), pl.col(TS), pl.col(SEQ), *cols
+            for name, expr in prepared.items():
+                # aggregations of one input share most prepared columns (the valid flags,
+                # the fixed-point values): each distinct expression is computed once, the
+                # others are the same column under their names (no copy)
+                same = next((c for e, c in computed if e.meta.eq(expr)), None)
+                if same is None:
+                    computed.append((expr, _col(i, name)))
+                    cols.append(expr.alias(_col(i, name)))
+                else:
+                    copies.append(pl.col(same).alias(_col(i, name)))
+                    self.same_as[_col(i, name)] = same
+        return (
+            events.filter(pl.col(self.key).is_not_null())
+            .select(pl.col(self.key), pl.col(TS), pl.col(SEQ), *cols)
+            .with_columns(copies)
         )
 
     # -- 2..5 ------------------------------------------------------------------------------
@@ -197,7 +213,9 @@ class BatchProgram:
             if paired:
                 part = part.join(self._pairs(ev, dirty, windows, paired), on=QID, how="left")
             parts.append(part)
-        raw = pl.concat(parts, how="diagonal_relaxed").sort(QID)
+        # left in the parts' order: sorting every accumulator column by QID would move far
+        # more data than sorting the features at the end (``finalize``)
+        raw = pl.concat(parts, how="diagonal_relaxed")
         for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
             resolved = kind.resolve(agg, _col_expr(i), ev, raw)
             if resolved:
@@ -224,7 +242,7 @@ class BatchProgram:
         return pl.Series("__dirty", (same & (smin < q[TS])).fill_null(False))
 
     def _clean(self, ev: pl.DataFrame, q: pl.DataFrame, n: int) -> pl.DataFrame:
-        kernels = Ranges(ev, q)
+        kernels = Ranges(ev, q, self.same_as)
         out: dict[str, pl.Series] = {QID: q[QID]}
         for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
             for name, series in kind.over_range(agg, _event_columns(ev, i), kernels).items():
@@ -311,7 +329,7 @@ class BatchProgram:
                 .select(QID, start.alias(lo), pl.max_horizontal(start, "__cut").alias("hi"))
             )
             runs = pl.concat([inner, tail.cast(inner.schema)])
-            kernels = Ranges(ev, runs)
+            kernels = Ranges(ev, runs, self.same_as)
             group = [i for i in aggs if self.aggs[i].span == span]
             accs: dict[str, pl.Series] = {QID: runs[QID]}
             merge: list[pl.Expr] = []
@@ -411,10 +429,13 @@ class BatchProgram:
                 out = out.fill_null(pl.lit(agg.default, PL_TYPES[agg.dtype]))
             cols[f"__agg{i}"] = out
         frame = raw.with_columns(**cols)
-        if request:  # raw holds every query once, in QID (= query frame row) order
-            frame = frame.with_columns(request)
+        # raw holds every query once, in no particular order: the query frame's columns are
+        # taken in raw's order (``q`` is in QID order, QID its row number)
+        order = raw[QID]
+        if request:
+            frame = frame.with_columns(s.gather(order) for s in request)
         if self.view.reads_query_time:
-            frame = frame.with_columns(q[TS].alias("__query_time"))
+            frame = frame.with_columns(q[TS].gather(order).alias("__query_time"))
         names: dict[str, str] = {}
 
         def leaf(n: ir.Node) -> pl.Expr | None:
@@ -433,8 +454,9 @@ class BatchProgram:
             frame = frame.with_columns(
                 translate(f.expr, leaf).cast(PL_TYPES[f.expr.dtype]).alias(names[f.name])
             )
-        result = q.select(QID, self.key, TS).join(frame, on=QID, how="left").sort(QID)
-        return result.select(self.key, TS, *[_output(names[f.name], f) for f in self.view.features])
+        outputs = [_output(names[f.name], f) for f in self.view.features]
+        values = frame.select(QID, *outputs).sort(QID)
+        return pl.concat([q.select(self.key, TS), values.drop(QID)], how="horizontal")
 
 
 def _request_compatible(have: pl.DataType, want: DType) -> bool:
@@ -481,10 +503,16 @@ class Ranges:
     """The range kernels (``ir.aggs.RangeKernels``) over sorted events ``events`` for the
     queries ``q`` (with their ``hi`` and per-window ``lo`` bounds)."""
 
-    def __init__(self, events: pl.DataFrame, q: pl.DataFrame) -> None:
+    def __init__(
+        self, events: pl.DataFrame, q: pl.DataFrame, same_as: dict[str, str] | None = None
+    ) -> None:
         self.events = events
         self.q = q
         self.n = events.height
+        self.same_as = same_as or {}
+        # prefix sums by column name, with the column they were computed from (a name alone
+        # could be a derived series') and their values at every query's ``hi``
+        self._prefixes: dict[str, tuple[pl.Series, pl.Series, pl.Series]] = {}
 
     def lo(self, window: Window) -> pl.Series:
         if window is not None and not isinstance(window, tuple):
@@ -493,12 +521,29 @@ class Ranges:
         return self.q[_lo(window)]
 
     def range_sum(self, col: pl.Series, window: Window) -> pl.Series:
-        return _range_sum(col, self.lo(window), self.q["hi"])
+        """Sums of ``col`` over each query's [lo, hi): a difference of exact prefix sums,
+        computed once per column (several aggregations and windows read the same one)."""
+        lo, hi = self.lo(window), self.q["hi"]
+        name = self.same_as.get(col.name, col.name)
+        cached = self._prefixes.get(name)
+        if cached is None or not cached[0].equals(col):
+            if not (col != 0).any():  # every value 0 (e.g. no infinite input): no sums
+                return pl.repeat(0, lo.len(), dtype=col.dtype, eager=True).alias(col.name)
+            prefix = pl.concat([pl.Series([0], dtype=col.dtype), col.cum_sum()])
+            cached = (col, prefix, prefix.gather(hi))
+            self._prefixes[name] = cached
+        _, prefix, at_hi = cached
+        return (at_hi - prefix.gather(lo)).alias(col.name)
 
     def range_extreme(
         self, col: pl.Series, window: Window, smallest: bool, sentinel: Any
     ) -> pl.Series:
-        return _range_extreme(col, self.lo(window), self.q["hi"], smallest, sentinel)
+        lo, hi = self.lo(window), self.q["hi"]
+        if window is None and self.n and RANK in self.events.columns:
+            running = _from_entity_start(self.events[RANK], col, lo, hi, smallest, sentinel)
+            if running is not None:
+                return running
+        return _range_extreme(col, lo, hi, smallest, sentinel)
 
     def first_marked(self, mark: pl.Series, window: Window) -> pl.Series:
         """Row of the first marked event in [lo, hi), or null."""
@@ -802,6 +847,30 @@ def _distinct_count(
 def _range_sum(col: pl.Series, lo: pl.Series, hi: pl.Series) -> pl.Series:
     prefix = pl.concat([pl.Series([0], dtype=col.dtype), col.cum_sum()])
     return prefix.gather(hi) - prefix.gather(lo)
+
+
+def _from_entity_start(
+    rank: pl.Series, col: pl.Series, lo: pl.Series, hi: pl.Series, smallest: bool, sentinel: Any
+) -> pl.Series | None:
+    """Range min/max where every non-empty range starts at its entity's first event (a
+    lifetime window): the entity's running extreme at ``hi - 1``, O(events + queries) where a
+    sparse table takes a level per doubling of the longest range. None when some range starts
+    elsewhere (the runs between late events)."""
+    frame = pl.DataFrame({"r": rank, "v": col}).with_row_index("i")
+    running = frame.select(
+        (pl.col("v").cum_min() if smallest else pl.col("v").cum_max()).over("r"),
+        pl.col("i").first().over("r").cast(I64).alias("start"),
+    )
+    last = (hi.cast(I64) - 1).clip(0, col.len() - 1)
+    nonempty = hi.cast(I64) > lo.cast(I64)
+    if not (~nonempty | (running["start"].gather(last) == lo.cast(I64))).all():
+        return None
+    best = running["v"].gather(last)
+    return (
+        pl.select(pl.when(nonempty).then(best).otherwise(pl.lit(sentinel, col.dtype)))
+        .to_series()
+        .alias(col.name)
+    )
 
 
 def _range_extreme(
