@@ -145,3 +145,62 @@ def test_copies_of_one_prepared_expression_are_computed_once() -> None:
     row = fast.row(2, named=True)
     assert (row["c1"], row["c2"], row["m"], row["mx"]) == (1, 2, 0.5, 3.0)
     assert fast.row(3, named=True)["c1"] == 0 and fast.row(3, named=True)["mx"] is None
+
+
+_COUNTS = view(
+    {
+        "c_all": lambda t: fp.count(),
+        "c_5s": lambda t: fp.count(window="5s"),
+        "c_hop": lambda t: fp.count(window="10s", hop="2s"),
+    }
+)
+_EXTREMES = [-(2**63) + 1, -(2**61), -(2**61) + 7, 2**61 - 7, 2**61, 2**63 - 1]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("abc"), st.integers(-20, 20)), min_size=0, max_size=12),
+    st.lists(
+        st.tuples(
+            st.sampled_from("abcd"),
+            st.one_of(
+                st.integers(-25, 25).map(lambda s: s * 1_000_000), st.sampled_from(_EXTREMES)
+            ),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.integers(0, 3),
+)
+def test_window_bounds_found_among_the_events_of_each_entity(
+    events: list[tuple[str, int]], queries: list[tuple[str, int]], scale: int
+) -> None:
+    """Counts over a lifetime, a sliding and a hopped window by a loop over the raw events,
+    at query times before, among and after the events, and at the ends of int64 (where the
+    plan's keys are wide); event times spread by ``scale`` so some logs span far more than
+    others."""
+    us = 1_000_000 * 10**scale
+    ev = pl.DataFrame(
+        {
+            "k": [k for k, _ in events],
+            "__ts": [s * us for _, s in events],
+            "__seq": list(range(len(events))),
+        },
+        schema={"k": pl.String, "__ts": I64, "__seq": I64},
+    )
+    q = pl.DataFrame(
+        {"k": [k for k, _ in queries], "__ts": [t for _, t in queries]},
+        schema={"k": pl.String, "__ts": I64},
+    )
+    got = BatchProgram(_COUNTS.ir).features(ev.lazy(), q)
+
+    def naive(k: str, t: int, start: int | None) -> int:
+        return sum(
+            1 for e, s in events if e == k and s * us < t and (start is None or s * us >= start)
+        )
+
+    for row, (k, t) in zip(got.iter_rows(named=True), queries, strict=True):
+        assert row["c_all"] == naive(k, t, None)
+        assert row["c_5s"] == naive(k, t, t - 5_000_000)
+        # hopped (docs/semantics.md): T floored to the hop, then the window before it
+        assert row["c_hop"] == naive(k, t, t // 2_000_000 * 2_000_000 - 10_000_000)

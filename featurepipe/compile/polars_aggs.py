@@ -169,7 +169,8 @@ class BatchProgram:
         # rank from the key column alone: joining the whole frame would copy every column
         ranks = ev.select(self.key).join(ents, on=self.key, how="left", maintain_order="left")
         ev = ev.with_columns(ranks[RANK])
-        ev = ev.with_columns(_key(pl.col(RANK), pl.col(TS)).alias(KEY))
+        self._keys = event_key = _EventKeys(ev[TS], ents.height, q[TS])
+        ev = ev.with_columns(event_key(pl.col(RANK), pl.col(TS)).alias(KEY))
         q = (
             q.join(ents, on=self.key, how="left", maintain_order="left")
             .with_columns(pl.col(RANK).cast(I64).fill_null(-1))
@@ -179,15 +180,16 @@ class BatchProgram:
         n = ev.height
         windows = sorted({None, *(a.span for a in self.aggs)}, key=lambda s: s or (-1, -1))
         qb = {
-            "hi": keys.search_sorted(_eval(q, _key(pl.col(RANK), pl.col(TS))), side="left"),
+            "hi": keys.search_sorted(_eval(q, event_key(pl.col(RANK), pl.col(TS))), side="left"),
         }
         for span in windows:
-            lo_t = (
-                pl.lit(-_OFF, I128)
-                if span is None
-                else pl.max_horizontal(_window_start(pl.col(TS), span), pl.lit(-_OFF, I128))
-            )
-            qb[_lo(span)] = keys.search_sorted(_eval(q, _key(pl.col(RANK), lo_t)), side="left")
+            if span is None:
+                lo_t = pl.lit(-_OFF, I128)
+            elif event_key.narrow:  # clipped by the key
+                lo_t = _window_start(pl.col(TS), span, I64)
+            else:
+                lo_t = pl.max_horizontal(_window_start(pl.col(TS), span), pl.lit(-_OFF, I128))
+            qb[_lo(span)] = keys.search_sorted(_eval(q, event_key(pl.col(RANK), lo_t)), "left")
         q = q.with_columns(**{name: s.cast(I64) for name, s in qb.items()})
         q = q.with_columns(self._dirty(ev, q))
 
@@ -276,7 +278,7 @@ class BatchProgram:
         ranks = pl.concat([pl.Series([-2], dtype=I64), by_seq[RANK]])
         newest = pl.concat([pl.Series([None], dtype=I64), by_seq["__newest"].cast(I64)])
         upto = pl.select(pl.when(ranks.gather(j) == q[RANK]).then(newest.gather(j))).to_series()
-        upto_key = _key(pl.col(RANK), pl.col("__upto").fill_null(0))
+        upto_key = self._keys(pl.col(RANK), pl.col("__upto").fill_null(0))
         cut = ev[KEY].search_sorted(_eval(q.with_columns(upto.alias("__upto")), upto_key), "right")
         q = q.with_columns(
             pl.when(upto.is_null())  # nothing had arrived: an empty range
@@ -791,15 +793,49 @@ def _key(rank: pl.Expr, t: pl.Expr) -> pl.Expr:
     return rank.cast(I128) * _SHIFT + (t.cast(I128) + _OFF)
 
 
+class _EventKeys:
+    """(entity rank, time) as one integer ordered as the events are, (rank, ts): binary
+    searches among the events find a time within an entity. Int64 when every entity's span
+    of event times fits (times outside it are clipped to just below or above it, which
+    finds the same rows), else Int128 (``_key``); Int128 arithmetic costs several times
+    more."""
+
+    def __init__(self, ts: pl.Series, ranks: int, query_ts: pl.Series) -> None:
+        first, last = _int_bounds(ts)
+        q_first, q_last = _int_bounds(query_ts)
+        self.below = first - 1  # every event's offset is at least 1
+        self.width = last - first + 3  # offsets 0 .. width - 1: below, events, above
+        self.narrow = (
+            (ranks + 1) * self.width < 2**62
+            and min(first, q_first) > -(2**61)
+            and max(last, q_last) < 2**61
+        )
+
+    def __call__(self, rank: pl.Expr, t: pl.Expr) -> pl.Expr:
+        if not self.narrow:
+            return _key(rank, t)
+        offset = t.clip(self.below, self.below + self.width - 1) - self.below
+        return rank.cast(I64) * self.width + offset.cast(I64)
+
+
+def _int_bounds(col: pl.Series) -> tuple[int, int]:
+    """Smallest and largest value of an integer column; (0, 0) when it is empty or null."""
+    first, last = col.min(), col.max()
+    return (first, last) if isinstance(first, int) and isinstance(last, int) else (0, 0)
+
+
 def _lo(span: ir.Span) -> str:
     return "lo_life" if span is None else f"lo_{span[0]}_{span[1]}"
 
 
-def _window_start(t: pl.Expr, span: tuple[int, int]) -> pl.Expr:
-    """``kernels.window_start`` in Int128 (Polars' integer // floors, as Python's does)."""
+def _window_start(t: pl.Expr, span: tuple[int, int], dtype: type[pl.DataType] = I128) -> pl.Expr:
+    """``kernels.window_start`` in Int128, or in Int64 where the caller knows the times
+    and spans cannot overflow it (Polars' integer // floors, as Python's does)."""
     w, h = span
-    t128 = t.cast(I128)
-    return t128 - w if h == 1 else t128 // h * h - w
+    if dtype is I64 and (w >= 2**61 or h >= 2**61):
+        dtype = I128
+    tt = t.cast(dtype)
+    return tt - w if h == 1 else tt // h * h - w
 
 
 def _last_visible(ts: pl.Expr, span: tuple[int, int]) -> pl.Expr:
