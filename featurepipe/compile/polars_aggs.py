@@ -7,12 +7,15 @@ visible). Output: one row per query, in query order, every feature as of T.
 How (all vectorized, no per-row Python):
 
 1. a lazy row stage evaluates every aggregation's input, ``where`` flag and the kind's prepared
-   columns (fixed-point integers for float sums, canonical floats for min/max, ...);
-2. events are sorted by (entity, ts, seq) under one Int128 key ``rank * 2**64 + ts``; for each
-   query and window a binary search gives the event range [lo, hi);
+   columns (fixed-point integers for float sums, canonical floats for min/max, ...), each
+   distinct expression once (aggregations of one input share their flags and values);
+2. events are sorted by (entity, ts, seq) under one integer key per (entity rank, ts): Int64
+   when every entity's span of times fits (``_EventKeys``), else Int128 ``rank * 2**64 + ts``;
+   for each query and window a binary search gives the event range [lo, hi);
 3. each kind builds its accumulators from the range kernels here (``Ranges``): differences of
-   exact integer prefix sums, a sparse table (range min/max), forward/backward-filled event
-   indices, and distinct counts from each value's next occurrence (two binary searches);
+   exact integer prefix sums (one prefix per column, shared by its windows), a sparse table
+   (range min/max; a lifetime range is the entity's running extreme), forward/backward-filled
+   event indices, and distinct counts from each value's next occurrence (two binary searches);
 4. queries that must not see some events of their range (those that arrived after the
    query: late events) cut their range at the newest event that had arrived, then: kinds
    whose range accumulators combine (``AggKind.merge_ranges``: the counts and sums, min/max,
