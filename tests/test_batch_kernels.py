@@ -14,16 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import featurepipe as fp
-from featurepipe.compile.polars_aggs import RANK, BatchProgram, Ranges
-from tests.schema import view
+from featurepipe.compile.polars_aggs import RANK, BatchProgram, Ranges, _from_entity_start
+from featurepipe.testing import assert_parity
+from tests.schema import at, frame, row, view
 
 I64 = pl.Int64
 
 
 @st.composite
-def sorted_events(draw: st.DrawFn) -> tuple[list[int], list[int]]:
+def sorted_events(draw: st.DrawFn, largest: int = 6) -> tuple[list[int], list[int]]:
     """Entity ranks in ascending order (a run of rows per entity) and an int value per row."""
-    sizes = draw(st.lists(st.integers(0, 6), min_size=1, max_size=6))
+    sizes = draw(st.lists(st.integers(0, largest), min_size=1, max_size=6))
     ranks = [r for r, size in enumerate(sizes) for _ in range(size)]
     values = draw(st.lists(st.integers(-(2**40), 2**40), min_size=len(ranks), max_size=len(ranks)))
     return ranks, values
@@ -75,7 +76,7 @@ def test_range_sums_share_prefixes_and_never_a_stale_one(
 
 
 @settings(max_examples=200, deadline=None)
-@given(sorted_events(), st.data(), st.booleans())
+@given(st.one_of(sorted_events(), sorted_events(largest=120)), st.data(), st.booleans())
 def test_lifetime_extreme_from_entity_start_or_any_range(
     ev: tuple[list[int], list[int]], data: st.DataObject, smallest: bool
 ) -> None:
@@ -108,6 +109,75 @@ def test_lifetime_extreme_from_entity_start_or_any_range(
     pick = min if smallest else max
     want = [pick(values[a:b]) if b > a else sentinel for a, b in queries]
     assert got.to_list() == want
+
+
+def test_running_extreme_taken_where_it_pays_and_only_from_entity_starts() -> None:
+    """Two entities of 40 events: lifetime ranges take the running extreme (by hand: the
+    largest of 0..k-1 is k-1); a range starting inside an entity is refused (None)."""
+    rank = pl.Series([0] * 40 + [1] * 40, dtype=I64)
+    col = pl.Series(list(range(40)) + list(range(100, 60, -1)), dtype=I64)
+    lo = pl.Series([0, 0, 40, 40], dtype=I64)
+    hi = pl.Series([10, 0, 80, 45], dtype=I64)
+    got = _from_entity_start(rank, col, lo, hi, False, -1)
+    assert got is not None and got.to_list() == [9, -1, 100, 100]
+    inside = _from_entity_start(rank, col, lo + pl.Series([1, 0, 0, 0]), hi, False, -1)
+    assert inside is None
+
+
+def test_expressions_differing_only_in_the_sign_of_zero_are_not_shared() -> None:
+    """1.0 / 0.0 is inf, 1.0 / -0.0 is -inf (docs/semantics.md: IEEE division): one event with
+    a null x counts in the first and not in the second."""
+    v = view(
+        {
+            "pos": lambda t: fp.count(where=1.0 / t.x.fill_null(0.0) > 0.0),
+            "neg": lambda t: fp.count(where=1.0 / t.x.fill_null(-0.0) > 0.0),
+            "last_pos": lambda t: fp.last(t.x.fill_null(0.0)),
+            "last_neg": lambda t: fp.last(t.x.fill_null(-0.0)),
+        }
+    )
+    events = frame([row(ts=at(1), x=None)])
+    report = assert_parity(v, events)  # the per-event path, which shares no code with the plan
+    assert report.ok
+    us = 1_000_000
+    ev = pl.DataFrame(
+        {"k": ["a"], "__ts": [us], "__seq": [0], "x": [None]}, schema_overrides={"x": pl.Float64}
+    )
+    got = BatchProgram(v.ir).features(ev.lazy(), pl.DataFrame({"k": ["a"], "__ts": [2 * us]}))
+    r = got.row(0, named=True)
+    assert (r["pos"], r["neg"]) == (1, 0)
+    assert str(r["last_pos"]) == "0.0" and str(r["last_neg"]) == "-0.0"
+
+
+def test_aggregations_of_several_inputs_and_filters_match_the_per_event_path() -> None:
+    """Sums, counts, means and max over two inputs with and without ``where``: columns shared
+    only where the expressions are the same, checked against the per-event path."""
+    v = view(
+        {
+            "sx": lambda t: fp.sum(t.x, window="5s"),
+            "sn": lambda t: fp.sum(t.n, window="5s"),
+            "sx_b": lambda t: fp.sum(t.x, window="5s", where=t.b),
+            "cx": lambda t: fp.count(t.x),
+            "cn": lambda t: fp.count(t.n),
+            "c_b": lambda t: fp.count(where=t.b),
+            "mx": lambda t: fp.mean(t.x, window="10s"),
+            "mn": lambda t: fp.mean(t.n, window="10s"),
+            "hi_x": lambda t: fp.max(t.x),
+            "hi_n": lambda t: fp.max(t.n),
+        }
+    )
+    rows = [
+        row(k=k, ts=at(s), x=x, n=n, b=b)
+        for k, s, x, n, b in [
+            ("a", 1, 1.5, 3, True),
+            ("a", 2, None, -4, False),
+            ("b", 2, 4.0, None, None),
+            ("a", 7, -2.0, 10, True),
+            ("b", 9, 8.0, 2, False),
+            ("a", 14, 3.0, None, True),
+            ("b", 15, float("inf"), 1, True),
+        ]
+    ]
+    assert_parity(v, frame(rows))
 
 
 def test_copies_of_one_prepared_expression_are_computed_once() -> None:
@@ -199,8 +269,8 @@ def test_window_bounds_found_among_the_events_of_each_entity(
             1 for e, s in events if e == k and s * us < t and (start is None or s * us >= start)
         )
 
-    for row, (k, t) in zip(got.iter_rows(named=True), queries, strict=True):
-        assert row["c_all"] == naive(k, t, None)
-        assert row["c_5s"] == naive(k, t, t - 5_000_000)
+    for answer, (k, t) in zip(got.iter_rows(named=True), queries, strict=True):
+        assert answer["c_all"] == naive(k, t, None)
+        assert answer["c_5s"] == naive(k, t, t - 5_000_000)
         # hopped (docs/semantics.md): T floored to the hop, then the window before it
-        assert row["c_hop"] == naive(k, t, t // 2_000_000 * 2_000_000 - 10_000_000)
+        assert answer["c_hop"] == naive(k, t, t // 2_000_000 * 2_000_000 - 10_000_000)

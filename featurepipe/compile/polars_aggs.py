@@ -88,7 +88,7 @@ class BatchProgram:
             return pl.col(n.name) if isinstance(n, ir.Field) else None
 
         cols: list[pl.Expr] = []
-        computed: list[tuple[pl.Expr, str]] = []
+        computed: list[tuple[pl.Expr, bytes, str]] = []
         copies: list[pl.Expr] = []
         for i, (agg, kind) in enumerate(zip(self.aggs, self.kinds, strict=True)):
             inc = pl.lit(True) if agg.where is None else translate(agg.where, leaf).fill_null(False)
@@ -104,9 +104,11 @@ class BatchProgram:
                 # aggregations of one input share most prepared columns (the valid flags,
                 # the fixed-point values): each distinct expression is computed once, the
                 # others are the same column under their names (no copy)
-                same = next((c for e, c in computed if e.meta.eq(expr)), None)
+                # the serialized form as well: meta.eq takes the literals 0.0 and -0.0 for one
+                plan = expr.meta.serialize()
+                same = next((c for e, b, c in computed if b == plan and e.meta.eq(expr)), None)
                 if same is None:
-                    computed.append((expr, _col(i, name)))
+                    computed.append((expr, plan, _col(i, name)))
                     cols.append(expr.alias(_col(i, name)))
                 else:
                     copies.append(pl.col(same).alias(_col(i, name)))
@@ -515,8 +517,13 @@ class Ranges:
         self.q = q
         self.n = events.height
         self.same_as = same_as or {}
-        # prefix sums by column name, with the column they were computed from (a name alone
-        # could be a derived series') and their values at every query's ``hi``
+        # prefix sums of the columns several aggregations read (a column and its copies), by
+        # column name, with the column they were computed from (a name alone could be a
+        # derived series') and their values at every query's ``hi``; each dropped after its
+        # last reader, so that only shared columns are held
+        self._readers: dict[str, int] = {}
+        for name in self.same_as.values():
+            self._readers[name] = self._readers.get(name, 1) + 1
         self._prefixes: dict[str, tuple[pl.Series, pl.Series, pl.Series]] = {}
 
     def lo(self, window: Window) -> pl.Series:
@@ -535,9 +542,15 @@ class Ranges:
             if not (col != 0).any():  # every value 0 (e.g. no infinite input): no sums
                 return pl.repeat(0, lo.len(), dtype=col.dtype, eager=True).alias(col.name)
             prefix = pl.concat([pl.Series([0], dtype=col.dtype), col.cum_sum()])
+            if name not in self._readers:  # read once: nothing to keep
+                return (prefix.gather(hi) - prefix.gather(lo)).alias(col.name)
             cached = (col, prefix, prefix.gather(hi))
             self._prefixes[name] = cached
         _, prefix, at_hi = cached
+        if name in self._readers:
+            self._readers[name] -= 1
+            if self._readers[name] <= 0:
+                del self._prefixes[name], self._readers[name]
         return (at_hi - prefix.gather(lo)).alias(col.name)
 
     def range_extreme(
@@ -806,10 +819,12 @@ class _EventKeys:
     def __init__(self, ts: pl.Series, ranks: int, query_ts: pl.Series) -> None:
         first, last = _int_bounds(ts)
         q_first, q_last = _int_bounds(query_ts)
+        integers = ts.dtype.is_integer() and query_ts.dtype.is_integer()
         self.below = first - 1  # every event's offset is at least 1
         self.width = last - first + 3  # offsets 0 .. width - 1: below, events, above
         self.narrow = (
-            (ranks + 1) * self.width < 2**62
+            integers
+            and (ranks + 1) * self.width < 2**62
             and min(first, q_first) > -(2**61)
             and max(last, q_last) < 2**61
         )
@@ -892,19 +907,30 @@ def _from_entity_start(
     rank: pl.Series, col: pl.Series, lo: pl.Series, hi: pl.Series, smallest: bool, sentinel: Any
 ) -> pl.Series | None:
     """Range min/max where every non-empty range starts at its entity's first event (a
-    lifetime window): the entity's running extreme at ``hi - 1``, O(events + queries) where a
-    sparse table takes a level per doubling of the longest range. None when some range starts
-    elsewhere (the runs between late events)."""
-    frame = pl.DataFrame({"r": rank, "v": col}).with_row_index("i")
-    running = frame.select(
-        (pl.col("v").cum_min() if smallest else pl.col("v").cum_max()).over("r"),
-        pl.col("i").first().over("r").cast(I64).alias("start"),
-    )
-    last = (hi.cast(I64) - 1).clip(0, col.len() - 1)
-    nonempty = hi.cast(I64) > lo.cast(I64)
-    if not (~nonempty | (running["start"].gather(last) == lo.cast(I64))).all():
+    lifetime window): the entity's running extreme at ``hi - 1``, where a sparse table takes a
+    level per doubling of the longest range. None when some range starts elsewhere (the runs
+    between late events), or when the entities are too small for the running extreme to pay
+    (a per-entity cumulative costs per entity; short ranges need few levels)."""
+    n = col.len()
+    length = hi.cast(I64) - lo.cast(I64)
+    longest = int(length.max() or 0)  # type: ignore[arg-type]
+    frame = pl.DataFrame({"r": rank})
+    new_entity = pl.col("r") != pl.col("r").shift(1)
+    starts = frame.select(
+        pl.when(new_entity.fill_null(True)).then(pl.int_range(pl.len(), dtype=I64)).forward_fill()
+    ).to_series()
+    entities = int(frame.select(new_entity.fill_null(True).sum()).item())
+    if longest < 32 or entities * 16 > n:
         return None
-    best = running["v"].gather(last)
+    last = (hi.cast(I64) - 1).clip(0, n - 1)
+    nonempty = length > 0
+    if not (~nonempty | (starts.gather(last) == lo.cast(I64))).all():
+        return None
+    values = pl.DataFrame({"r": rank, "v": col})
+    running = values.select(
+        (pl.col("v").cum_min() if smallest else pl.col("v").cum_max()).over("r")
+    ).to_series()
+    best = running.gather(last)
     return (
         pl.select(pl.when(nonempty).then(best).otherwise(pl.lit(sentinel, col.dtype)))
         .to_series()
