@@ -539,7 +539,7 @@ class Ranges:
         name = self.same_as.get(col.name, col.name)
         cached = self._prefixes.get(name)
         if cached is None or not cached[0].equals(col):
-            if not (col != 0).any():  # every value 0 (e.g. no infinite input): no sums
+            if col.null_count() == 0 and not (col != 0).any():  # all 0 (no infinite input)
                 return pl.repeat(0, lo.len(), dtype=col.dtype, eager=True).alias(col.name)
             prefix = pl.concat([pl.Series([0], dtype=col.dtype), col.cum_sum()])
             if name not in self._readers:  # read once: nothing to keep
@@ -914,13 +914,15 @@ def _from_entity_start(
     n = col.len()
     length = hi.cast(I64) - lo.cast(I64)
     longest = int(length.max() or 0)  # type: ignore[arg-type]
+    if longest < 32:
+        return None
     frame = pl.DataFrame({"r": rank})
     new_entity = pl.col("r") != pl.col("r").shift(1)
     starts = frame.select(
         pl.when(new_entity.fill_null(True)).then(pl.int_range(pl.len(), dtype=I64)).forward_fill()
     ).to_series()
     entities = int(frame.select(new_entity.fill_null(True).sum()).item())
-    if longest < 32 or entities * 16 > n:
+    if entities * 16 > n:
         return None
     last = (hi.cast(I64) - 1).clip(0, n - 1)
     nonempty = length > 0
