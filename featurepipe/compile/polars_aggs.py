@@ -174,7 +174,7 @@ class BatchProgram:
         # rank from the key column alone: joining the whole frame would copy every column
         ranks = ev.select(self.key).join(ents, on=self.key, how="left", maintain_order="left")
         ev = ev.with_columns(ranks[RANK])
-        self._keys = event_key = _EventKeys(ev[TS], ents.height, q[TS])
+        event_key = _EventKeys(ev[TS], ents.height, q[TS])
         ev = ev.with_columns(event_key(pl.col(RANK), pl.col(TS)).alias(KEY))
         q = (
             q.join(ents, on=self.key, how="left", maintain_order="left")
@@ -215,7 +215,7 @@ class BatchProgram:
             paired = [i for i in range(len(self.aggs)) if i not in ranged and i not in skipping]
             part = dirty.select(QID)
             if ranged or skipping:
-                late = self._between_late(ev, dirty, ranged, skipping)
+                late = self._between_late(ev, dirty, ranged, skipping, event_key)
                 part = part.join(late, on=QID, how="left")
             if paired:
                 part = part.join(self._pairs(ev, dirty, windows, paired), on=QID, how="left")
@@ -257,7 +257,12 @@ class BatchProgram:
         return pl.DataFrame(out)
 
     def _between_late(
-        self, ev: pl.DataFrame, q: pl.DataFrame, aggs: list[int], skipping: list[int]
+        self,
+        ev: pl.DataFrame,
+        q: pl.DataFrame,
+        aggs: list[int],
+        skipping: list[int],
+        event_key: _EventKeys,
     ) -> pl.DataFrame:
         """Accumulators of ``aggs`` for queries that must not see some events of their range
         (those that arrived after the query: ``__seq >= __arrived``), from the range kernels
@@ -283,7 +288,7 @@ class BatchProgram:
         ranks = pl.concat([pl.Series([-2], dtype=I64), by_seq[RANK]])
         newest = pl.concat([pl.Series([None], dtype=I64), by_seq["__newest"].cast(I64)])
         upto = pl.select(pl.when(ranks.gather(j) == q[RANK]).then(newest.gather(j))).to_series()
-        upto_key = self._keys(pl.col(RANK), pl.col("__upto").fill_null(0))
+        upto_key = event_key(pl.col(RANK), pl.col("__upto").fill_null(0))
         cut = ev[KEY].search_sorted(_eval(q.with_columns(upto.alias("__upto")), upto_key), "right")
         q = q.with_columns(
             pl.when(upto.is_null())  # nothing had arrived: an empty range
@@ -541,9 +546,9 @@ class Ranges:
         if cached is None or not cached[0].equals(col):
             if col.null_count() == 0 and not (col != 0).any():  # all 0 (no infinite input)
                 return pl.repeat(0, lo.len(), dtype=col.dtype, eager=True).alias(col.name)
-            prefix = pl.concat([pl.Series([0], dtype=col.dtype), col.cum_sum()])
             if name not in self._readers:  # read once: nothing to keep
-                return (prefix.gather(hi) - prefix.gather(lo)).alias(col.name)
+                return _range_sum(col, lo, hi).alias(col.name)
+            prefix = pl.concat([pl.Series([0], dtype=col.dtype), col.cum_sum()])
             cached = (col, prefix, prefix.gather(hi))
             self._prefixes[name] = cached
         _, prefix, at_hi = cached
