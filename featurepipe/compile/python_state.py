@@ -23,7 +23,7 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from itertools import pairwise
+from itertools import accumulate, islice, pairwise
 from operator import itemgetter
 from typing import Any
 
@@ -57,7 +57,16 @@ REC_TS, REC_SEQ, REC_MASK, REC_INPUTS = 0, 1, 2, 3
 class State:
     """One entity's state for one view (see the module docstring)."""
 
-    __slots__ = ("buffer", "compacted", "horizon", "max_ts", "tile_floor", "tiles", "wire")
+    __slots__ = (
+        "buffer",
+        "compacted",
+        "horizon",
+        "max_ts",
+        "prefix",
+        "tile_floor",
+        "tiles",
+        "wire",
+    )
 
     def __init__(
         self,
@@ -80,6 +89,9 @@ class State:
         # accumulator index -> (the accumulator object, its size, its wire form): reused by
         # ``ViewProgram.dumps`` for kinds that grow in place; not part of the state's value
         self.wire: dict[int, tuple[Any, int, Any]] = {}
+        # running sums over part of ``buffer``, kept by the query (``Prefix``); not part of
+        # the state's value: built again from the buffer after loads
+        self.prefix: Prefix | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
@@ -100,6 +112,50 @@ class State:
             f"buffer={len(self.buffer)} events, compacted={self.compacted!r}, "
             f"tiles={[len(t) for t in self.tiles]})"
         )
+
+
+class Prefix:
+    """Running sums of per-event terms (``AggKind.prefix_terms``) over the buffer's records
+    ``start`` to ``end``: ``cols[j][i - start]`` is the sum of column j's terms of the
+    records ``start`` to ``i`` (excluded). A window [lo, hi) inside that span sums to
+    ``cols[j][hi - start] - cols[j][lo - start]``: exact integers, so the difference is
+    the sum itself. The query builds and extends them (``ensure_prefix``); ingest and
+    eviction keep them true to the buffer (``ViewProgram.ingest_record``, ``_evict``).
+    ``broken[g]``: aggregation group g met a term that is not an int (a saturation flag)
+    since ``start``; the query folds that group's windows without running sums."""
+
+    __slots__ = ("broken", "cols", "end", "start")
+
+    def __init__(self, start: int, columns: int, groups: int) -> None:
+        self.start = self.end = start
+        self.cols: list[list[int]] = [[0] for _ in range(columns)]
+        self.broken = [False] * groups
+
+    def inserted(self, state: State, pos: int) -> None:
+        """A record was inserted at buffer position ``pos``."""
+        if pos >= self.end:
+            return  # after the covered records: they did not move
+        if pos < self.start:  # before them: each moved one place
+            self.start += 1
+            self.end += 1
+            return
+        keep = pos - self.start + 1  # the sums up to pos hold; the rest are recomputed
+        for col in self.cols:
+            del col[keep:]
+        self.end = pos
+
+    def evicted(self, state: State, cut: int) -> None:
+        """The buffer's first ``cut`` records were removed."""
+        if self.end <= cut:
+            state.prefix = None
+            return
+        if self.start < cut:
+            drop = cut - self.start
+            for col in self.cols:
+                del col[:drop]
+            self.start = cut
+        self.start -= cut
+        self.end -= cut
 
 
 # kinds whose fold gives the same accumulator in any order of the events: sums of exact
@@ -307,8 +363,21 @@ class ViewProgram:
             windows.setdefault(agg.span, []).append(i)
         widest_first = sorted(windows, key=_widest_first)
         nested = all(_contains(a, b) for a, b in pairwise(widest_first))
-        lines = ["def aggregate(buf, compacted, t, tiles):", "    hi = _bisect(buf, t, key=_ts)"]
+        lines = [
+            "def aggregate(buf, compacted, t, tiles, state):",
+            "    hi = _bisect(buf, t, key=_ts)",
+        ]
         starts: list[str] = []
+        # lifetime aggregations answered from their accumulator without copying it: their
+        # code sets a{i} to the finalized value
+        final: dict[int, list[str]] = {}
+        for i, agg in enumerate(self.aggs):
+            if agg.span is None:
+                code = self.kinds[i].lifetime_code(
+                    agg, f"a{i}", f"compacted[{i}]", self._record_fields(i), "hi"
+                )
+                if code is not None:
+                    final[i] = code
         for n, span in enumerate(widest_first):
             if span is None:
                 lo = "0"
@@ -320,6 +389,8 @@ class ViewProgram:
             lines.append(f"    lo{n} = {lo}")
             starts.append(f"lo{n}")
             for i in windows[span]:
+                if i in final:
+                    continue
                 if span is None:
                     copy = self.kinds[i].copy_code(f"compacted[{i}]")
                     init = f"_copy{i}(compacted[{i}])" if copy is None else copy
@@ -328,11 +399,13 @@ class ViewProgram:
                 lines.append(f"    a{i} = {init}")
         # kinds that fold a window's events at once (the buffer is sorted by ts), the rest
         # event by event in the loops below
-        ranged: dict[int, list[str]] = {}
+        ranged: dict[int, list[str]] = dict(final)
         picks: dict[tuple[bool, int, int | None], str] = {}  # first/last: one pick per window
         for n, span in enumerate(widest_first):
             for i in windows[span]:
                 kind, rec = self.kinds[i], self._record_fields(i)
+                if i in final:
+                    continue
                 if isinstance(kind, kinds.First):
                     pick = (kind.earliest, n, rec.bit)
                     r = picks.get(pick)
@@ -372,8 +445,28 @@ class ViewProgram:
         for i, code in ranged.items():
             if i not in in_bulk:
                 lines += [f"    {ln}" for ln in code]
+        prefix, prefix_source = self._prefix_code(sorted(in_bulk))
         for n, idx in bulk.items():
-            codes = [f"    {ln}" for i in idx for ln in ranged[i]]
+            codes = []
+            if any(i in prefix for i in idx):  # running sums (Prefix) over [lo, hi)
+                codes += [
+                    f"pf = _ensure(state, buf, {starts[n]}, hi)",
+                    "pc = pf.cols",
+                    f"px = {starts[n]} - pf.start",
+                    "py = hi - pf.start",
+                ]
+            for i in idx:
+                if i not in prefix:
+                    codes += ranged[i]
+                    continue
+                g, columns = prefix[i]
+                codes.append(f"if pf.broken[{g}]:")  # a term that is not an int: fold
+                codes += [f"    {ln}" for ln in ranged[i]]
+                codes.append("else:")
+                for field, j in columns:
+                    target = f"a{i}" if field < 0 else f"a{i}[{field}]"
+                    codes.append(f"    {target} += pc[{j}][py] - pc[{j}][px]")
+            codes = [f"    {ln}" for ln in codes]
             if self.bulk_from <= 0:
                 lines += codes
                 continue
@@ -384,15 +477,19 @@ class ViewProgram:
         lines += self._tile_merges()
         outs = []
         for i, agg in enumerate(self.aggs):
-            final = self.kinds[i].finalize_code(agg, f"a{i}") or f"_finalize{i}(a{i})"
-            if agg.default is None:
-                outs.append(final)
+            if i in final:
+                value = f"a{i}"
             else:
-                lines.append(f"    a{i} = {final}")
+                value = self.kinds[i].finalize_code(agg, f"a{i}") or f"_finalize{i}(a{i})"
+            if agg.default is None:
+                outs.append(value)
+            else:
+                lines.append(f"    a{i} = {value}")
                 outs.append(f"(_default{i} if a{i} is None else a{i})")
         lines.append(f"    return [{', '.join(outs)}]")
-        src = "\n".join(lines) + "\n"
+        src = "\n".join([*lines, *prefix_source]) + "\n"
         namespace = _namespace(self.aggs)
+        namespace.update({"_Prefix": Prefix, "_accumulate": accumulate, "_islice": islice})
         namespace.update(
             {"_bisect": bisect_left, "_ts": _ts, "_NAN": math.nan}, **kinds.RANGE_NAMES
         )
@@ -402,6 +499,55 @@ class ViewProgram:
             namespace[f"_default{i}"] = agg.default
         exec(compile(src, "<featurepipe:aggregate>", "exec"), namespace)
         return src, namespace["aggregate"]
+
+    def _prefix_code(
+        self, aggs: list[int]
+    ) -> tuple[dict[int, tuple[int, list[tuple[int, int]]]], list[str]]:
+        """The running sums (``Prefix``) of the aggregations ``aggs`` whose kinds offer them
+        (``AggKind.prefix_terms``): aggregation -> (its group, [(accumulator field, column)]),
+        and the source of ``_ensure(state, buf, lo, hi)``, which returns the state's
+        ``Prefix`` covering at least [lo, hi), extended (or started at lo) as needed, and of
+        ``_extend``, which adds the records of ``seg`` to the sums of every group not broken."""
+        prefix: dict[int, tuple[int, list[tuple[int, int]]]] = {}
+        extend = ["def _extend(cols, broken, seg):"]
+        columns = 0
+        for i in aggs:
+            terms = self.kinds[i].prefix_terms(self.aggs[i], self._record_fields(i), "seg")
+            if terms is None:
+                continue
+            g = len(prefix)
+            placed = [(field, columns + j) for j, (field, _) in enumerate(terms)]
+            columns += len(terms)
+            prefix[i] = (g, placed)
+            first = placed[0][1]
+            extend += [
+                f"    if not broken[{g}]:",
+                f"        m = len(cols[{first}])",
+                "        try:",
+            ]
+            for (_, j), (_, term) in zip(placed, terms, strict=True):
+                extend.append(
+                    f"            cols[{j}].extend("
+                    f"_islice(_accumulate({term}, initial=cols[{j}][-1]), 1, None))"
+                )
+            extend += [
+                "        except TypeError:",  # a saturation flag: this group folds instead
+                *(f"            del cols[{j}][m:]" for _, j in placed),
+                f"            broken[{g}] = True",
+            ]
+        if not prefix:
+            return prefix, []
+        ensure = [
+            "def _ensure(state, buf, lo, hi):",
+            "    pf = state.prefix",
+            "    if pf is None or lo < pf.start or pf.end < lo:",
+            f"        pf = state.prefix = _Prefix(lo, {columns}, {len(prefix)})",
+            "    if pf.end < hi:",
+            "        _extend(pf.cols, pf.broken, buf[pf.end:hi])",
+            "        pf.end = hi",
+            "    return pf",
+        ]
+        return prefix, ["", *extend, "", *ensure]
 
     def _tile_merges(self) -> list[str]:
         """Code merging, into each hopped aggregation, the tiles inside its window: the tile of
@@ -549,6 +695,8 @@ class ViewProgram:
             pos = len(buf)
             if pos and buf[-1][REC_TS] > ts:
                 pos = bisect_right(buf, ts, key=_ts)
+                if state.prefix is not None:
+                    state.prefix.inserted(state, pos)
             buf.insert(pos, rec)
         if ts > state.max_ts:
             state.max_ts = ts
@@ -571,6 +719,8 @@ class ViewProgram:
             if self.groups:
                 self._tile(state, buf[:cut])
             del buf[:cut]
+            if state.prefix is not None:
+                state.prefix.evicted(state, cut)
         elif self.groups:
             self._tile(state, [])  # drop the tiles that left every window
 
@@ -659,7 +809,7 @@ class ViewProgram:
                 f"lateness behind the newest event ({format_us(state.max_ts)}); retained state "
                 "cannot answer it"
             )
-        values = self._aggregate(state.buffer, state.compacted, t, state.tiles)
+        values = self._aggregate(state.buffer, state.compacted, t, state.tiles, state)
         req = self._no_request if request is None else {**self._no_request, **request}
         out = self._final(values, req, t)  # float features: one NaN already
         if not self._float_lists and not self._float_maps:

@@ -37,7 +37,7 @@ import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from functools import partial
-from itertools import compress, repeat
+from itertools import compress, filterfalse, repeat
 from operator import itemgetter
 from typing import Any, ClassVar, Protocol
 
@@ -80,6 +80,22 @@ class RecordFields:
         """Python source: whether record ``r`` passes the ``where`` (None: always)."""
         return None if self.bit is None else f"{r}[{self.mask}] & {self.bit}"
 
+    def each(self, seg: str) -> str:
+        """Python source: an iterator over the prepared input of every record of the list
+        ``seg``, in order (C-level, like ``values``), whether or not it passes the ``where``."""
+        if self.value is None:
+            assert self.literal is not None
+            return f"_repeat({self.literal}, len({seg}))"
+        return f"map(_item({self.value}), {seg})"
+
+    def passing(self, seg: str, terms: str) -> str:
+        """Python source: ``terms`` (an iterator of numbers, one per record of ``seg``) with the
+        records that fail the ``where`` counted as 0 (True/False times the term)."""
+        if self.bit is None:
+            return terms
+        bits = f"map(_and, map(_item({self.mask}), {seg}), _repeat({self.bit}))"
+        return f"map(_mul, {terms}, map(_truth, {bits}))"
+
     def values(self, lo: str, hi: str) -> str:
         """Python source: an iterator over the prepared inputs of the records ``buf[lo:hi]``
         that pass the ``where``, in buffer order, built from C-level iterators (``map``,
@@ -102,6 +118,11 @@ RANGE_NAMES: dict[str, Any] = {
     "_repeat": repeat,
     "_compress": compress,
     "_not_none": partial(operator.is_not, None),
+    "_filterfalse": filterfalse,
+    "_mul": operator.mul,
+    "_truth": operator.truth,
+    "_or_zero": {None: 0}.get,  # _or_zero(p, p): p, or 0 for None (C-level)
+    "_or_zeros": {None: (0, 0)}.get,
 }
 
 
@@ -220,6 +241,27 @@ class AggKind(ABC):
         """Python statements folding, at once, the events ``buf[lo:hi]`` of a buffer sorted by
         ts (ties in any order) into ``acc``: the accumulator ``fold_code`` over each of them
         would give. None (the default): the query folds the kind event by event."""
+        return None
+
+    def prefix_terms(self, agg: Agg, rec: RecordFields, seg: str) -> list[tuple[int, str]] | None:
+        """For kinds whose accumulator over a range of events is a sum of per-event integer
+        terms: (accumulator field index, or -1 for a scalar accumulator; Python source of an
+        iterator over the term of each record of the list ``seg``, 0 for records that do not
+        count), for each summed field. The query keeps running sums of these terms over the
+        buffer (``compile.python_state.Prefix``), so that a window's accumulator is two
+        lookups whatever the window holds. A term that is not an int (a saturation flag) must
+        make the running sum raise ``TypeError``; the query then folds that aggregation with
+        ``bulk_code``. None (the default): no running sums."""
+        return None
+
+    def lifetime_code(
+        self, agg: Agg, out: str, acc: str, rec: RecordFields, hi: str
+    ) -> list[str] | None:
+        """Python statements setting ``out`` to the finalized value (``finalizer``; None for
+        nothing to aggregate) of the lifetime accumulator ``acc`` (not to be mutated) with the
+        events ``buf[0:hi]`` folded in, without copying ``acc``: for kinds whose accumulator
+        grows with the entity's whole history (a copy per query would cost that history).
+        None (the default): the query copies ``acc`` and folds the events into the copy."""
         return None
 
     def bulk_code(
@@ -380,6 +422,9 @@ class Count(AggKind):
     ) -> list[str] | None:
         return [f"{acc} += sum(map(_not_none, {rec.values(lo, hi)}))"]  # True for count()
 
+    def prefix_terms(self, agg: Agg, rec: RecordFields, seg: str) -> list[tuple[int, str]] | None:
+        return [(-1, rec.passing(seg, f"map(_not_none, {rec.each(seg)})"))]
+
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
         return [f"{acc} += {other}"]
 
@@ -470,6 +515,16 @@ class Sum(AggKind):
             f"    for p in {v}:",
             f"        if type(p) is int: {self.at(acc, 'total')} += p",
             f"        else: {acc}[_SATURATION[p]] += 1",
+        ]
+
+    def prefix_terms(self, agg: Agg, rec: RecordFields, seg: str) -> list[tuple[int, str]] | None:
+        if self.needs_query_time:  # a term weighed by its age at T: no running sum
+            return None
+        each = rec.each(seg)
+        return [
+            (self.fields.index("n"), rec.passing(seg, f"map(_not_none, {each})")),
+            # a saturation flag (a str) stays a str: the running sum raises TypeError
+            (self.fields.index("total"), rec.passing(seg, f"map(_or_zero, {each}, {each})")),
         ]
 
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
@@ -701,6 +756,15 @@ class Var(AggKind):
             f"        else: {self.at(acc, 'flags')} += 1",
             f"{self.at(acc, 's1')} += {s1}",
             f"{self.at(acc, 's2')} += {s2}",
+        ]
+
+    def prefix_terms(self, agg: Agg, rec: RecordFields, seg: str) -> list[tuple[int, str]] | None:
+        each = rec.each(seg)
+        pairs = f"map(_or_zeros, {each}, {each})"  # (x, x*x), (0, 0) for a null
+        return [
+            (self.fields.index("n"), rec.passing(seg, f"map(_not_none, {each})")),
+            (self.fields.index("s1"), rec.passing(seg, f"map(_item(0), {pairs})")),
+            (self.fields.index("s2"), rec.passing(seg, f"map(_item(1), {pairs})")),
         ]
 
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
@@ -1094,6 +1158,14 @@ class CountDistinct(AggKind):
         self, agg: Agg, acc: str, rec: RecordFields, lo: str, hi: str
     ) -> list[str] | None:
         return [f"{acc}.update(filter(_not_none, {rec.values(lo, hi)}))"]
+
+    def lifetime_code(
+        self, agg: Agg, out: str, acc: str, rec: RecordFields, hi: str
+    ) -> list[str] | None:
+        # |acc | S| = |acc| + |S - acc|: the values of the buffer's events the set lacks,
+        # found by C-level membership tests, instead of a copy of the whole history's set
+        new = f"_filterfalse({acc}.__contains__, filter(_not_none, {rec.values('0', hi)}))"
+        return [f"{out} = len({acc}) + len(set({new}))"]
 
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
         return [f"{acc} |= {other}"]

@@ -1,0 +1,187 @@
+"""Running sums over the buffer (``compile.python_state.Prefix``): a window's count, sum,
+mean, var or std read as the difference of two running sums of exact integers.
+
+The query keeps them on the state it answers from and extends them as events arrive, so a
+replay that queries after every event (``featurepipe parity``) pays for each event once
+instead of once per query; a lookup builds them from the decoded buffer. Ingest keeps them
+true to the buffer: a late event inserted among the covered records cuts them back, one
+inserted before them moves them, an eviction drops the records it removed.
+
+Each answer of a state queried after every event is held, bit for bit, to a fresh decode of
+the same state's bytes (the sums built at once, as a lookup builds them), to the one-by-one
+fold (no running sums, no bulk code), and, for the whole log, to the batch plan (Polars).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+from unittest.mock import patch
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import featurepipe as fp
+from featurepipe.compile import python_state
+from featurepipe.compile.python_state import ViewProgram
+from featurepipe.parity.harness import normalize_events
+from featurepipe.testing import assert_parity
+from tests.schema import at, frame, row, scaled, view
+
+SUMMED: dict[str, Any] = {
+    "n_x_where": lambda t: fp.count(t.x, window="10s", where=t.b),
+    "n_where": lambda t: fp.count(window="1m", where=t.b),
+    "sum_x": lambda t: fp.sum(t.x, window="1m"),
+    "sum_n_where": lambda t: fp.sum(t.n, window="10s", where=t.b),
+    "mean_x": lambda t: fp.mean(t.x, window="10s"),
+    "mean_n": lambda t: fp.mean(t.n),
+    "var_x": lambda t: fp.var(t.x, window="1m"),
+    "std_n_where": lambda t: fp.std(t.n, window="1m", where=t.b),
+    "sum_n_hop": lambda t: fp.sum(t.n, window="1m", hop="10s"),
+    "n_x_hop": lambda t: fp.count(t.x, window="20s", hop="10s"),
+}
+VIEW = view(SUMMED, lateness="30s", name="summed")
+# no lifetime sum: the running sums start where the widest window does, not at the buffer's
+# first record, so late events land before them too
+WINDOWED = view(
+    {k: f for k, f in SUMMED.items() if k != "mean_n"}, lateness="30s", name="summed_windows"
+)
+
+FLOATS = st.one_of(
+    st.none(),
+    st.sampled_from([0.0, -0.0, 1.5, -2.5, 0.1, 1e16, 5e-324]),
+    # saturation flags: the running sums of their group give way to the fold
+    st.sampled_from([math.inf, -math.inf, math.nan, 1e300]),
+    st.floats(-1e6, 1e6, allow_nan=False),
+)
+INTS = st.one_of(
+    st.none(),
+    st.sampled_from([0, 1, -1, 7, 2**63 - 1, -(2**63)]),
+    st.integers(-(2**63), 2**63 - 1),
+)
+
+
+@st.composite
+def logs(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """One entity, up to 80 events over 3 minutes (windows of 10 s to 1 min, lateness 30 s:
+    evictions all along), mostly in order, some late by up to 30 s."""
+    n = draw(st.integers(0, 80))
+    rows = [
+        row(
+            x=draw(FLOATS),
+            n=draw(INTS),
+            b=draw(st.one_of(st.none(), st.booleans())),
+            ts=at(draw(st.integers(0, 180))),
+        )
+        for _ in range(n)
+    ]
+    rows.sort(key=lambda r: r["ts"])
+    late = draw(st.lists(st.tuples(st.integers(0, 79), st.integers(1, 6)), max_size=8))
+    for i, back in late:
+        if i + back < n:
+            rows[i], rows[i + back] = rows[i + back], rows[i]
+    return rows
+
+
+# the query times after each event, in seconds from it: in any order, so that the running
+# sums are read as ingest left them (not only after a query that started them afresh)
+OFFSETS = st.lists(st.sampled_from([-25, -3, 0, 1e-6, 7, 45, 90]), min_size=1, max_size=7)
+
+
+def _bits(v: Any) -> Any:
+    return ("float", struct.pack("<d", v)) if isinstance(v, float) else v
+
+
+def _us(seconds: float) -> int:
+    return int(at(seconds).timestamp() * 1_000_000)
+
+
+def _replay_querying(
+    v: fp.FeatureView, rows: list[dict[str, Any]], offsets: list[float], bulk_from: int
+) -> None:
+    """Ingest the events one by one into one state; after each, query it at a few times
+    (before, at and after the event; older times still answerable) and compare."""
+    prog = ViewProgram(v.ir, bulk_from=bulk_from)
+    plain = ViewProgram(v.ir, bulk_from=10**9)  # the one-by-one fold
+    state = prog.new_state()
+    shadow = plain.new_state()
+    events = list(normalize_events(v, frame(rows)).iter_rows(named=True))
+    top = -(2**63)
+    for seq, event in enumerate(events):
+        prog.ingest(state, event, seq)
+        plain.ingest(shadow, event, seq)
+        ts, top = event["ts"], max(top, event["ts"])
+        # from the event and from the newest event so far (after a late event, a window
+        # reaching back beyond it: the running sums moved, not cut)
+        for t in (base + round(s * 1_000_000) for base in (ts, top) for s in offsets):
+            if not prog.can_answer(state, t):
+                continue
+            got = [_bits(v) for v in prog.query(state, t)]
+            fresh = [_bits(v) for v in prog.query(prog.loads(prog.dumps(state)), t)]
+            folded = [_bits(v) for v in plain.query(shadow, t)]
+            assert got == fresh == folded, (seq, t)
+
+
+@settings(max_examples=scaled(150), deadline=None)
+@given(rows=logs(), offsets=OFFSETS)
+def test_running_sums_kept_across_events_equal_fresh_ones_and_the_fold(
+    rows: list[dict[str, Any]], offsets: list[float]
+) -> None:
+    for v in (VIEW, WINDOWED):
+        # every window summed, empty ones included; then only windows of 4 events or more
+        _replay_querying(v, rows, offsets, bulk_from=0)
+        _replay_querying(v, rows, offsets, bulk_from=4)
+
+
+@settings(max_examples=scaled(60), deadline=None)
+@given(rows=logs())
+def test_running_sums_match_the_batch_plan(rows: list[dict[str, Any]]) -> None:
+    with patch.object(python_state, "BULK_FROM", 0):
+        assert_parity(VIEW, frame(rows))
+
+
+def test_running_sums_by_hand() -> None:
+    """n = 1, 2, ..., 20 at 0..19 s, b True on even n; queried at 20 s after each event:
+
+    - at the end, sum_n_where over 10 s (events at 10..19 s, n = 11..20, even: 12 + 14 + 16 +
+      18 + 20) = 80; n_where over 1 min: 10 even values; mean_n: 210 / 20 = 10.5.
+    - then a late event n = 1000 at 15 s, b True (inside the covered records): the 10 s sum
+      becomes 1080, the lifetime mean 1210 / 21.
+    - then an event at 200 s evicts everything before 200 - 60 - 30 = 110 s: at 201 s the
+      10 s and 1 min sums see only n = 7 (b True), the lifetime mean (1210 + 7) / 22.
+    - then a NaN x (a saturation flag) in the 1 min window: sum_x is NaN, sum of n unharmed."""
+    prog = ViewProgram(VIEW.ir, bulk_from=0)
+    state = prog.new_state()
+    seq = 0
+    log: list[dict[str, Any]] = []
+
+    def ingest(**fields: Any) -> None:
+        nonlocal seq
+        log.append(row(**fields))
+        ev = normalize_events(VIEW, frame([row(**fields)])).row(0, named=True)
+        prog.ingest(state, ev, seq)
+        seq += 1
+
+    def ask(seconds: float) -> dict[str, Any]:
+        return dict(zip(prog.feature_names, prog.query(state, _us(seconds)), strict=True))
+
+    for i in range(20):
+        ingest(n=i + 1, x=1.0, b=(i + 1) % 2 == 0, ts=at(i))
+        ask(20)  # the running sums built, then extended event by event
+    got = ask(20)
+    assert (got["sum_n_where"], got["n_where"], got["mean_n"]) == (80, 10, 10.5)
+    assert state.prefix is not None and state.prefix.end == 20
+    ingest(n=1000, x=1.0, b=True, ts=at(15))
+    assert state.prefix.end == 16  # the records from the late one on are summed again
+    got = ask(20)
+    assert (got["sum_n_where"], got["mean_n"]) == (1080, 1210 / 21)
+    ingest(n=7, x=2.0, b=True, ts=at(200))
+    got = ask(201)
+    assert (got["sum_n_where"], got["n_where"], got["sum_x"]) == (7, 1, 2.0)
+    assert got["mean_n"] == (1210 + 7) / 22
+    ingest(n=5, x=math.nan, b=True, ts=at(200.5))
+    got = ask(201)
+    assert math.isnan(got["sum_x"]) and got["sum_n_where"] == 12 and got["n_where"] == 2
+    with patch.object(python_state, "BULK_FROM", 0):
+        assert_parity(VIEW, frame(log))
