@@ -21,10 +21,12 @@ import gc
 import hashlib
 import math
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from itertools import accumulate, islice, pairwise
-from operator import itemgetter
+from functools import partial
+from itertools import accumulate, compress, islice, pairwise, repeat
+from operator import and_, is_not, itemgetter
 from typing import Any
 
 import msgspec
@@ -65,6 +67,7 @@ class State:
         "prefix",
         "tile_floor",
         "tiles",
+        "windows",
         "wire",
     )
 
@@ -92,6 +95,9 @@ class State:
         # running sums over part of ``buffer``, kept by the query (``Prefix``); not part of
         # the state's value: built again from the buffer after loads
         self.prefix: Prefix | None = None
+        # aggregation index -> the values counted over a range of ``buffer``, kept by the
+        # query (``DistinctWindow``); not part of the state's value either
+        self.windows: dict[int, DistinctWindow] | None = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
@@ -156,6 +162,78 @@ class Prefix:
             self.start = cut
         self.start -= cut
         self.end -= cut
+
+
+class DistinctWindow:
+    """How many times each value occurs among the records ``lo`` to ``hi`` (excluded) of the
+    buffer that pass aggregation's ``where`` (``bit``; None: every record), their input at
+    record position ``value``, nulls left out: a count_distinct over a sliding window is
+    the number of keys. The query moves the range to each window it answers (``distinct``),
+    adding the records that enter and removing those that leave, so that windows sliding
+    forward event by event cost each record twice in all, not once per query; ingest and
+    eviction keep it true to the buffer."""
+
+    __slots__ = ("bit", "counts", "hi", "lo", "value")
+
+    def __init__(self, buf: list[Any], lo: int, hi: int, value: int, bit: int | None) -> None:
+        self.lo, self.hi, self.value, self.bit = lo, hi, value, bit
+        self.counts: Counter[Any] = Counter(self.values(buf[lo:hi]))
+
+    def values(self, recs: list[Any]) -> Iterator[Any]:
+        """The non-null inputs of ``recs`` that pass the ``where``."""
+        inputs: Iterator[Any] = map(itemgetter(self.value), recs)
+        if self.bit is not None:
+            inputs = compress(inputs, map(and_, map(itemgetter(REC_MASK), recs), repeat(self.bit)))
+        return filter(_not_none, inputs)
+
+    def add(self, recs: list[Any]) -> None:
+        self.counts.update(self.values(recs))
+
+    def remove(self, recs: list[Any]) -> None:
+        counts = self.counts
+        for v in self.values(recs):
+            c = counts[v] - 1
+            if c:
+                counts[v] = c
+            else:
+                del counts[v]
+
+    def inserted(self, rec: Any, pos: int) -> None:
+        """``rec`` was inserted at buffer position ``pos``."""
+        if pos < self.lo:
+            self.lo += 1
+            self.hi += 1
+        elif pos < self.hi:  # among the counted records: counted too
+            self.add([rec])
+            self.hi += 1
+
+
+def distinct(
+    state: State, i: int, buf: list[Any], lo: int, hi: int, value: int, bit: int | None
+) -> int:
+    """The number of distinct non-null inputs (record position ``value``) of the records
+    ``buf[lo:hi]`` passing the ``where`` bit, from the state's ``DistinctWindow`` of
+    aggregation ``i`` moved to [lo, hi), or built afresh when moving costs more."""
+    windows = state.windows
+    if windows is None:
+        windows = state.windows = {}
+    w = windows.get(i)
+    if w is None or lo > w.hi or hi < w.lo or abs(lo - w.lo) + abs(hi - w.hi) > hi - lo:
+        w = windows[i] = DistinctWindow(buf, lo, hi, value, bit)
+        return len(w.counts)
+    if hi > w.hi:
+        w.add(buf[w.hi : hi])
+    elif hi < w.hi:
+        w.remove(buf[hi : w.hi])
+    if lo > w.lo:
+        w.remove(buf[w.lo : lo])
+    elif lo < w.lo:
+        w.add(buf[lo : w.lo])
+    w.lo, w.hi = lo, hi
+    return len(w.counts)
+
+
+_not_none = partial(is_not, None)
 
 
 # kinds whose fold gives the same accumulator in any order of the events: sums of exact
@@ -446,6 +524,7 @@ class ViewProgram:
             if i not in in_bulk:
                 lines += [f"    {ln}" for ln in code]
         prefix, prefix_source = self._prefix_code(sorted(in_bulk))
+        counted = {i for i in in_bulk if self._counts_distinct(i)}
         for n, idx in bulk.items():
             codes = []
             if any(i in prefix for i in idx):  # running sums (Prefix) over [lo, hi)
@@ -456,6 +535,13 @@ class ViewProgram:
                     "py = hi - pf.start",
                 ]
             for i in idx:
+                if i in counted:  # the state's DistinctWindow, moved to this window
+                    rec = self._record_fields(i)
+                    codes.append(
+                        f"a{i} = _distinct(state, {i}, buf, {starts[n]}, hi, {rec.value}, "
+                        f"{rec.bit})"
+                    )
+                    continue
                 if i not in prefix:
                     codes += ranged[i]
                     continue
@@ -474,10 +560,11 @@ class ViewProgram:
             lines += [f"    {ln}" for ln in codes]
             lines.append("    else:")
             lines += [f"    {ln}" for ln in self._fold_loop(f"buf[{starts[n]}:hi]", idx)]
+            lines += [f"        a{i} = len(a{i})" for i in idx if i in counted]
         lines += self._tile_merges()
         outs = []
         for i, agg in enumerate(self.aggs):
-            if i in final:
+            if i in final or i in counted:
                 value = f"a{i}"
             else:
                 value = self.kinds[i].finalize_code(agg, f"a{i}") or f"_finalize{i}(a{i})"
@@ -489,7 +576,14 @@ class ViewProgram:
         lines.append(f"    return [{', '.join(outs)}]")
         src = "\n".join([*lines, *prefix_source]) + "\n"
         namespace = _namespace(self.aggs)
-        namespace.update({"_Prefix": Prefix, "_accumulate": accumulate, "_islice": islice})
+        namespace.update(
+            {
+                "_Prefix": Prefix,
+                "_accumulate": accumulate,
+                "_islice": islice,
+                "_distinct": distinct,
+            }
+        )
         namespace.update(
             {"_bisect": bisect_left, "_ts": _ts, "_NAN": math.nan}, **kinds.RANGE_NAMES
         )
@@ -499,6 +593,18 @@ class ViewProgram:
             namespace[f"_default{i}"] = agg.default
         exec(compile(src, "<featurepipe:aggregate>", "exec"), namespace)
         return src, namespace["aggregate"]
+
+    def _counts_distinct(self, i: int) -> bool:
+        """Whether the query answers aggregation ``i`` over a big window with ``distinct``:
+        a count_distinct of a kept input over a sliding window (hopped ones merge tiles, which
+        are sets)."""
+        agg = self.aggs[i]
+        return (
+            type(self.kinds[i]) is kinds.CountDistinct
+            and agg.window_us is not None
+            and agg.hop_us is None
+            and self.slots[i] is not None
+        )
 
     def _prefix_code(
         self, aggs: list[int]
@@ -697,6 +803,9 @@ class ViewProgram:
                 pos = bisect_right(buf, ts, key=_ts)
                 if state.prefix is not None:
                     state.prefix.inserted(state, pos)
+                if state.windows:
+                    for w in state.windows.values():
+                        w.inserted(rec, pos)
             buf.insert(pos, rec)
         if ts > state.max_ts:
             state.max_ts = ts
@@ -721,6 +830,13 @@ class ViewProgram:
             del buf[:cut]
             if state.prefix is not None:
                 state.prefix.evicted(state, cut)
+            if state.windows:  # a range that reached the evicted records is built again
+                for i, w in list(state.windows.items()):
+                    if w.lo < cut:
+                        del state.windows[i]
+                    else:
+                        w.lo -= cut
+                        w.hi -= cut
         elif self.groups:
             self._tile(state, [])  # drop the tiles that left every window
 

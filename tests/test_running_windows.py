@@ -1,15 +1,20 @@
-"""Running sums over the buffer (``compile.python_state.Prefix``): a window's count, sum,
-mean, var or std read as the difference of two running sums of exact integers.
+"""What the query keeps on a state between queries, for windows holding many events:
 
-The query keeps them on the state it answers from and extends them as events arrive, so a
-replay that queries after every event (``featurepipe parity``) pays for each event once
-instead of once per query; a lookup builds them from the decoded buffer. Ingest keeps them
-true to the buffer: a late event inserted among the covered records cuts them back, one
-inserted before them moves them, an eviction drops the records it removed.
+- running sums over the buffer (``compile.python_state.Prefix``): a window's count, sum, mean,
+  var or std read as the difference of two running sums of exact integers;
+- the counted values of a sliding window (``DistinctWindow``): a count_distinct moved from
+  the last window answered to the next, adding the records that enter and removing those that
+  leave.
+
+A replay that queries after every event (``featurepipe parity``) thus pays for each event
+about once instead of once per query; a lookup builds both from the decoded buffer. Ingest
+keeps them true to the buffer: a late event inserted among the covered records cuts the sums
+back (and is counted), one inserted before them moves them, an eviction drops the records it
+removed.
 
 Each answer of a state queried after every event is held, bit for bit, to a fresh decode of
-the same state's bytes (the sums built at once, as a lookup builds them), to the one-by-one
-fold (no running sums, no bulk code), and, for the whole log, to the batch plan (Polars).
+the same state's bytes (built at once, as a lookup builds them), to the one-by-one fold (no
+running sums, no bulk code), and, for the whole log, to the batch plan (Polars).
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ SUMMED: dict[str, Any] = {
     "std_n_where": lambda t: fp.std(t.n, window="1m", where=t.b),
     "sum_n_hop": lambda t: fp.sum(t.n, window="1m", hop="10s"),
     "n_x_hop": lambda t: fp.count(t.x, window="20s", hop="10s"),
+    "distinct_x": lambda t: fp.count_distinct(t.x, window="10s"),
+    "distinct_s_where": lambda t: fp.count_distinct(t.s, window="1m", where=t.b),
+    "distinct_n_hop": lambda t: fp.count_distinct(t.n, window="20s", hop="10s"),
 }
 VIEW = view(SUMMED, lateness="30s", name="summed")
 # no lifetime sum: the running sums start where the widest window does, not at the buffer's
@@ -71,6 +79,9 @@ def logs(draw: st.DrawFn) -> list[dict[str, Any]]:
         row(
             x=draw(FLOATS),
             n=draw(INTS),
+            s=draw(
+                st.one_of(st.none(), st.sampled_from(["", "a", "ß", "中"]), st.text(max_size=2))
+            ),
             b=draw(st.one_of(st.none(), st.booleans())),
             ts=at(draw(st.integers(0, 180))),
         )
@@ -183,5 +194,33 @@ def test_running_sums_by_hand() -> None:
     ingest(n=5, x=math.nan, b=True, ts=at(200.5))
     got = ask(201)
     assert math.isnan(got["sum_x"]) and got["sum_n_where"] == 12 and got["n_where"] == 2
+    with patch.object(python_state, "BULK_FROM", 0):
+        assert_parity(VIEW, frame(log))
+
+
+def test_distinct_window_by_hand() -> None:
+    """s = "a", "b", "a", "c" at 0, 1, 2, 3 s, b True; distinct_s_where counts over 1 min:
+
+    - at 4 s: {a, b, c} -> 3;
+    - a late "d" at 1.5 s lands among the counted records: at 4 s, 4;
+    - at 61.5 s the window [1.5 s, 61.5 s) holds d, a, c -> 3 (a and b at 0 and 1 s left);
+    - at 62.5 s, [2.5 s, 62.5 s): c -> 1;
+    - back at 4 s (still answerable: the lateness is 30 s): 4 again (the records re-enter)."""
+    prog = ViewProgram(VIEW.ir, bulk_from=0)
+    state = prog.new_state()
+    log = [row(s=s, b=True, ts=at(i)) for i, s in enumerate("abac")]
+    log.append(row(s="d", b=True, ts=at(1.5)))
+    events = normalize_events(VIEW, frame(log)).iter_rows(named=True)
+    at_ = prog.feature_names.index("distinct_s_where")
+
+    def ask(seconds: float) -> int:
+        return prog.query(state, _us(seconds))[at_]  # type: ignore[no-any-return]
+
+    for seq, event in enumerate(events):
+        prog.ingest(state, event, seq)
+        if seq == 3:
+            assert ask(4) == 3
+            assert state.windows is not None  # the counted values, kept
+    assert [ask(4), ask(61.5), ask(62.5), ask(4)] == [4, 3, 1, 4]
     with patch.object(python_state, "BULK_FROM", 0):
         assert_parity(VIEW, frame(log))
