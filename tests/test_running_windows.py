@@ -4,7 +4,9 @@
   var or std read as the difference of two running sums of exact integers;
 - the counted values of a sliding window (``DistinctWindow``): a count_distinct moved from
   the last window answered to the next, adding the records that enter and removing those that
-  leave.
+  leave; for a lifetime count_distinct (``LifetimeDistinct``), the buffer's values counted and
+  how many of them the lifetime set lacks, kept exact as events enter, leave the buffer for
+  the set, or (very late) go to the set directly.
 
 A replay that queries after every event (``featurepipe parity``) thus pays for each event
 about once instead of once per query; a lookup builds both from the decoded buffer. Ingest
@@ -48,6 +50,8 @@ SUMMED: dict[str, Any] = {
     "distinct_x": lambda t: fp.count_distinct(t.x, window="10s"),
     "distinct_s_where": lambda t: fp.count_distinct(t.s, window="1m", where=t.b),
     "distinct_n_hop": lambda t: fp.count_distinct(t.n, window="20s", hop="10s"),
+    "distinct_s_ever": lambda t: fp.count_distinct(t.s),
+    "distinct_x_ever_where": lambda t: fp.count_distinct(t.x, where=t.b),
 }
 VIEW = view(SUMMED, lateness="30s", name="summed")
 # no lifetime sum: the running sums start where the widest window does, not at the buffer's
@@ -73,7 +77,7 @@ INTS = st.one_of(
 @st.composite
 def logs(draw: st.DrawFn) -> list[dict[str, Any]]:
     """One entity, up to 80 events over 3 minutes (windows of 10 s to 1 min, lateness 30 s:
-    evictions all along), mostly in order, some late by up to 30 s."""
+    evictions all along), mostly in order, some late by up to 30 s, a few ten minutes late."""
     n = draw(st.integers(0, 80))
     rows = [
         row(
@@ -92,6 +96,11 @@ def logs(draw: st.DrawFn) -> list[dict[str, Any]]:
     for i, back in late:
         if i + back < n:
             rows[i], rows[i + back] = rows[i + back], rows[i]
+    # a few events older than the buffer reaches (very late): straight into the lifetime
+    # accumulators
+    for i in draw(st.lists(st.integers(0, 80), max_size=3)):
+        old = row(s=draw(st.sampled_from(["a", "ß", "old"])), x=1.5, b=True, ts=at(-600))
+        rows.insert(min(i, len(rows)), old)
     return rows
 
 

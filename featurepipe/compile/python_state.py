@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
-from itertools import accumulate, compress, islice, pairwise, repeat
+from itertools import accumulate, compress, filterfalse, islice, pairwise, repeat
 from operator import and_, is_not, itemgetter
 from typing import Any
 
@@ -206,6 +206,88 @@ class DistinctWindow:
         elif pos < self.hi:  # among the counted records: counted too
             self.add([rec])
             self.hi += 1
+
+    def compacting(self, rec: Any) -> None:
+        """``rec`` is folded into the lifetime accumulators without entering the buffer."""
+
+    def leaving(self, rec: Any) -> None:
+        """``rec``, the buffer's first record, is evicted: folded into the lifetime
+        accumulators (after this call), then removed from the buffer."""
+
+    def evicted(self, cut: int) -> bool:
+        """The buffer lost its first ``cut`` records; False: this is to be built again."""
+        if self.lo < cut:
+            return False
+        self.lo -= cut
+        self.hi -= cut
+        return True
+
+
+class LifetimeDistinct(DistinctWindow):
+    """A lifetime count_distinct: ``counts`` over the whole buffer, and ``extra``, how many of
+    its values the lifetime set (``compacted[i]``, the evicted events' values) lacks. The
+    union of the set and the buffer's values has ``len(set) + extra`` values; a query at T
+    leaves out the values only the records at or after T (the buffer's tail) hold. Kept
+    exact through every change of either: a record entering the buffer, one evicted (its
+    value joins the set), one folded into the set directly (very late)."""
+
+    __slots__ = ("compacted", "extra", "i")
+
+    def __init__(
+        self, buf: list[Any], compacted: list[Any], i: int, value: int, bit: int | None
+    ) -> None:
+        super().__init__(buf, 0, len(buf), value, bit)
+        self.compacted, self.i = compacted, i
+        seen = compacted[i]
+        self.extra = len(list(filterfalse(seen.__contains__, self.counts)))
+
+    def count(self, buf: list[Any], hi: int) -> int:
+        """The distinct values of the lifetime set and of ``buf[:hi]``."""
+        seen = self.compacted[self.i]
+        n = len(seen) + self.extra
+        if hi == len(buf):
+            return n
+        counts = self.counts
+        for v, c in Counter(self.values(buf[hi:])).items():
+            if c == counts[v] and v not in seen:  # only the tail holds it
+                n -= 1
+        return n
+
+    def inserted(self, rec: Any, pos: int) -> None:
+        for v in self.values([rec]):
+            c = self.counts.get(v, 0)
+            if not c and v not in self.compacted[self.i]:
+                self.extra += 1
+            self.counts[v] = c + 1
+
+    def compacting(self, rec: Any) -> None:
+        for v in self.values([rec]):
+            if v not in self.compacted[self.i] and v in self.counts:
+                self.extra -= 1  # in the set from now on
+
+    def leaving(self, rec: Any) -> None:
+        for v in self.values([rec]):
+            if v not in self.compacted[self.i]:
+                self.extra -= 1  # in the set from now on
+            self.remove([rec])
+
+    def evicted(self, cut: int) -> bool:
+        return True
+
+
+def lifetime_distinct(
+    state: State, i: int, buf: list[Any], hi: int, value: int, bit: int | None
+) -> int:
+    """The lifetime count_distinct of aggregation ``i`` (input at record position ``value``,
+    ``where`` bit ``bit``) at a query whose visible records are ``buf[:hi]``, from the
+    state's ``LifetimeDistinct``, built on the first query."""
+    windows = state.windows
+    if windows is None:
+        windows = state.windows = {}
+    w = windows.get(i)
+    if not isinstance(w, LifetimeDistinct) or w.compacted is not state.compacted:
+        w = windows[i] = LifetimeDistinct(buf, state.compacted, i, value, bit)
+    return w.count(buf, hi)
 
 
 def distinct(
@@ -454,6 +536,18 @@ class ViewProgram:
                 code = self.kinds[i].lifetime_code(
                     agg, f"a{i}", f"compacted[{i}]", self._record_fields(i), "hi"
                 )
+                if code is not None and self._counts_distinct(i):
+                    rec = self._record_fields(i)
+                    kept = f"a{i} = _lifetime_distinct(state, {i}, buf, hi, {rec.value}, {rec.bit})"
+                    if self.bulk_from <= 0:
+                        code = [kept]
+                    else:  # a buffer of many events: the state's LifetimeDistinct
+                        code = [
+                            f"if len(buf) >= {self.bulk_from}:",
+                            f"    {kept}",
+                            "else:",
+                            *(f"    {ln}" for ln in code),
+                        ]
                 if code is not None:
                     final[i] = code
         for n, span in enumerate(widest_first):
@@ -582,6 +676,7 @@ class ViewProgram:
                 "_accumulate": accumulate,
                 "_islice": islice,
                 "_distinct": distinct,
+                "_lifetime_distinct": lifetime_distinct,
             }
         )
         namespace.update(
@@ -595,13 +690,12 @@ class ViewProgram:
         return src, namespace["aggregate"]
 
     def _counts_distinct(self, i: int) -> bool:
-        """Whether the query answers aggregation ``i`` over a big window with ``distinct``:
-        a count_distinct of a kept input over a sliding window (hopped ones merge tiles, which
-        are sets)."""
+        """Whether the query answers aggregation ``i`` over a big window with ``distinct`` or
+        ``lifetime_distinct``: a count_distinct of a kept input over a sliding window or the
+        lifetime (hopped ones merge tiles, which are sets)."""
         agg = self.aggs[i]
         return (
             type(self.kinds[i]) is kinds.CountDistinct
-            and agg.window_us is not None
             and agg.hop_us is None
             and self.slots[i] is not None
         )
@@ -787,13 +881,20 @@ class ViewProgram:
     def ingest_record(self, state: State, rec: tuple[Any, ...]) -> None:
         """Fold one event's record (``record``) into the entity's state."""
         ts = rec[REC_TS]
+        windows = state.windows  # what the query keeps (DistinctWindow): told of each change
         if ts < state.horizon:
+            if windows:
+                for w in windows.values():
+                    w.compacting(rec)
             self._compact(state.compacted, rec)  # very late: only lifetime accumulators use it
         elif (
             self.groups
             and ts < state.max_ts - self.lateness
             and ts < self.raw_horizon(state.max_ts)
         ):
+            if windows:
+                for w in windows.values():
+                    w.compacting(rec)
             self._compact(state.compacted, rec)  # late, behind the buffer: straight to tiles
             self._tile(state, [rec])
         else:
@@ -803,9 +904,9 @@ class ViewProgram:
                 pos = bisect_right(buf, ts, key=_ts)
                 if state.prefix is not None:
                     state.prefix.inserted(state, pos)
-                if state.windows:
-                    for w in state.windows.values():
-                        w.inserted(rec, pos)
+            if windows:
+                for w in windows.values():
+                    w.inserted(rec, pos)
             buf.insert(pos, rec)
         if ts > state.max_ts:
             state.max_ts = ts
@@ -823,20 +924,25 @@ class ViewProgram:
             cut += 1
         if cut:
             compact, compacted = self._compact, state.compacted
-            for rec in buf[:cut]:
-                compact(compacted, rec)
+            windows = state.windows
+            if windows:
+                leaving = [w.leaving for w in windows.values()]
+                for rec in buf[:cut]:
+                    for told in leaving:
+                        told(rec)
+                    compact(compacted, rec)
+            else:
+                for rec in buf[:cut]:
+                    compact(compacted, rec)
             if self.groups:
                 self._tile(state, buf[:cut])
             del buf[:cut]
             if state.prefix is not None:
                 state.prefix.evicted(state, cut)
-            if state.windows:  # a range that reached the evicted records is built again
-                for i, w in list(state.windows.items()):
-                    if w.lo < cut:
-                        del state.windows[i]
-                    else:
-                        w.lo -= cut
-                        w.hi -= cut
+            if windows:
+                for i, w in list(windows.items()):
+                    if not w.evicted(cut):
+                        del windows[i]
         elif self.groups:
             self._tile(state, [])  # drop the tiles that left every window
 
