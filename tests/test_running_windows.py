@@ -6,7 +6,8 @@
   the last window answered to the next, adding the records that enter and removing those that
   leave; for a lifetime count_distinct (``LifetimeDistinct``), the buffer's values counted and
   how many of them the lifetime set lacks, kept exact as events enter, leave the buffer for
-  the set, or (very late) go to the set directly.
+  the set, or (very late) go to the set directly; for a min or max (``ExtremeWindow``), the
+  window's values counted and a heap of them.
 
 A replay that queries after every event (``featurepipe parity``) thus pays for each event
 about once instead of once per query; a lookup builds both from the decoded buffer. Ingest
@@ -50,6 +51,10 @@ SUMMED: dict[str, Any] = {
     "distinct_x": lambda t: fp.count_distinct(t.x, window="10s"),
     "distinct_s_where": lambda t: fp.count_distinct(t.s, window="1m", where=t.b),
     "distinct_n_hop": lambda t: fp.count_distinct(t.n, window="20s", hop="10s"),
+    "max_x": lambda t: fp.max(t.x, window="10s"),
+    "min_n_where": lambda t: fp.min(t.n, window="1m", where=t.b),
+    "max_ts": lambda t: fp.max(t.ts, window="1m"),
+    "min_x_hop": lambda t: fp.min(t.x, window="20s", hop="10s"),
     "distinct_s_ever": lambda t: fp.count_distinct(t.s),
     "distinct_x_ever_where": lambda t: fp.count_distinct(t.x, where=t.b),
 }

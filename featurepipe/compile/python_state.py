@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
+from heapq import heapify, heappop, heappush
 from itertools import accumulate, compress, filterfalse, islice, pairwise, repeat
 from operator import and_, is_not, itemgetter
 from typing import Any
@@ -290,6 +291,97 @@ def lifetime_distinct(
     return w.count(buf, hi)
 
 
+class ExtremeWindow(DistinctWindow):
+    """A min or max over a sliding window kept like ``DistinctWindow``: the non-NaN values
+    counted, a heap of them (``sign`` * value: -1 for a max) whose top, once entries whose
+    value left are popped, is the best; the non-null and NaN counts beside. ``acc`` is the
+    accumulator the fold gives: [n, best, nan]."""
+
+    __slots__ = ("heap", "n", "nan", "sign")
+
+    def __init__(
+        self, buf: list[Any], lo: int, hi: int, value: int, bit: int | None, smallest: bool
+    ) -> None:
+        self.lo, self.hi, self.value, self.bit = lo, hi, value, bit
+        self.sign = 1 if smallest else -1
+        inputs = list(self.values(buf[lo:hi]))
+        kept = [p for p in inputs if p == p]  # NaN counted apart
+        self.n, self.nan = len(inputs), len(inputs) - len(kept)
+        self.counts = Counter(kept)
+        self.heap = [self.sign * v for v in self.counts]
+        heapify(self.heap)
+
+    def add(self, recs: list[Any]) -> None:
+        counts, heap, sign = self.counts, self.heap, self.sign
+        for v in self.values(recs):
+            self.n += 1
+            if v != v:
+                self.nan += 1
+                continue
+            c = counts.get(v, 0)
+            if not c:
+                heappush(heap, sign * v)
+            counts[v] = c + 1
+
+    def remove(self, recs: list[Any]) -> None:
+        counts = self.counts
+        for v in self.values(recs):
+            self.n -= 1
+            if v != v:
+                self.nan -= 1
+                continue
+            c = counts[v] - 1
+            if c:
+                counts[v] = c
+            else:
+                del counts[v]  # its heap entry is dropped when it reaches the top
+
+    def acc(self) -> list[Any]:
+        heap, counts, sign = self.heap, self.counts, self.sign
+        while heap and sign * heap[0] not in counts:
+            heappop(heap)
+        if len(heap) > 2 * len(counts) + 32:  # entries of values long gone: rebuilt
+            self.heap = heap = [sign * v for v in counts]
+            heapify(heap)
+        return [self.n, sign * heap[0] if heap else None, self.nan]
+
+
+def extreme(
+    state: State,
+    i: int,
+    buf: list[Any],
+    lo: int,
+    hi: int,
+    value: int,
+    bit: int | None,
+    smallest: bool,
+) -> list[Any]:
+    """The min (``smallest``) or max accumulator of aggregation ``i`` over ``buf[lo:hi]``,
+    from the state's ``ExtremeWindow`` moved there (``distinct``'s moves)."""
+    windows = state.windows
+    if windows is None:
+        windows = state.windows = {}
+    w = windows.get(i)
+    if w is None or lo > w.hi or hi < w.lo or abs(lo - w.lo) + abs(hi - w.hi) > hi - lo:
+        w = windows[i] = ExtremeWindow(buf, lo, hi, value, bit, smallest)
+    else:
+        _move(w, buf, lo, hi)
+    return w.acc()  # type: ignore[attr-defined,no-any-return]
+
+
+def _move(w: DistinctWindow, buf: list[Any], lo: int, hi: int) -> None:
+    """Move ``w`` to count ``buf[lo:hi]``, overlapping the range it counts."""
+    if hi > w.hi:
+        w.add(buf[w.hi : hi])
+    elif hi < w.hi:
+        w.remove(buf[hi : w.hi])
+    if lo > w.lo:
+        w.remove(buf[w.lo : lo])
+    elif lo < w.lo:
+        w.add(buf[lo : w.lo])
+    w.lo, w.hi = lo, hi
+
+
 def distinct(
     state: State, i: int, buf: list[Any], lo: int, hi: int, value: int, bit: int | None
 ) -> int:
@@ -302,16 +394,8 @@ def distinct(
     w = windows.get(i)
     if w is None or lo > w.hi or hi < w.lo or abs(lo - w.lo) + abs(hi - w.hi) > hi - lo:
         w = windows[i] = DistinctWindow(buf, lo, hi, value, bit)
-        return len(w.counts)
-    if hi > w.hi:
-        w.add(buf[w.hi : hi])
-    elif hi < w.hi:
-        w.remove(buf[hi : w.hi])
-    if lo > w.lo:
-        w.remove(buf[w.lo : lo])
-    elif lo < w.lo:
-        w.add(buf[lo : w.lo])
-    w.lo, w.hi = lo, hi
+    else:
+        _move(w, buf, lo, hi)
     return len(w.counts)
 
 
@@ -636,6 +720,14 @@ class ViewProgram:
                         f"{rec.bit})"
                     )
                     continue
+                if self._kept_extreme(i):  # the state's ExtremeWindow: the accumulator
+                    rec = self._record_fields(i)
+                    smallest = type(self.kinds[i]) is kinds.Min
+                    codes.append(
+                        f"a{i} = _extreme(state, {i}, buf, {starts[n]}, hi, {rec.value}, "
+                        f"{rec.bit}, {smallest})"
+                    )
+                    continue
                 if i not in prefix:
                     codes += ranged[i]
                     continue
@@ -677,6 +769,7 @@ class ViewProgram:
                 "_islice": islice,
                 "_distinct": distinct,
                 "_lifetime_distinct": lifetime_distinct,
+                "_extreme": extreme,
             }
         )
         namespace.update(
@@ -696,6 +789,17 @@ class ViewProgram:
         agg = self.aggs[i]
         return (
             type(self.kinds[i]) is kinds.CountDistinct
+            and agg.hop_us is None
+            and self.slots[i] is not None
+        )
+
+    def _kept_extreme(self, i: int) -> bool:
+        """Whether the query answers aggregation ``i`` over a big window with ``extreme``: a
+        min or max of a kept input over a sliding window."""
+        agg = self.aggs[i]
+        return (
+            type(self.kinds[i]) in (kinds.Min, kinds.Max)
+            and agg.window_us is not None
             and agg.hop_us is None
             and self.slots[i] is not None
         )
