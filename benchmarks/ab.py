@@ -44,11 +44,11 @@ from featurepipe.dev.datagen import generate_transactions
 from featurepipe.dsl.loader import load_definitions
 from featurepipe.parity.harness import normalize_events
 
-root, n = Path(sys.argv[1]), int(sys.argv[2])
+root, n, users = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 assert Path(featurepipe.__file__).resolve().is_relative_to(root.resolve()), featurepipe.__file__
 view = load_definitions(root / "feature_defs").view("user_spend")
 key = view.entity.key
-ev = normalize_events(view, generate_transactions(n))
+ev = normalize_events(view, generate_transactions(n, users=users))
 out = {}
 clock = time.process_time  # CPU seconds of every thread: robust to other load on the machine
 t = clock()
@@ -97,10 +97,10 @@ def export(rev: str, dest: Path) -> str:
     return sha.stdout.strip()
 
 
-def run(tree: Path, n: int) -> dict[str, float | str]:
+def run(tree: Path, n: int, users: int = 10_000) -> dict[str, float | str]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tree), str(n)],
+        [sys.executable, "-c", CHILD, str(tree), str(n), str(users)],
         env=env,
         cwd=tree,
         capture_output=True,
@@ -118,6 +118,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
+        "--users",
+        type=int,
+        default=10_000,
+        help="entities of the generated log (fewer: denser windows; 200 users of 200,000 "
+        "events hold about 230 events per 7-day window)",
+    )
+    parser.add_argument(
         "--layout-change",
         action="store_true",
         help="the working tree changes the stored state layout: its bytes may differ "
@@ -132,12 +139,12 @@ def main() -> None:
         for r in range(args.rounds):
             order = list(trees) if r % 2 == 0 else list(reversed(trees))
             for name in order:
-                runs[name].append(run(trees[name], args.events))
+                runs[name].append(run(trees[name], args.events, args.users))
                 print(f"round {r + 1}/{args.rounds}: {name} done", file=sys.stderr)
     digests = {str(x["digest"]) for rs in runs.values() for x in rs}
     states = {str(x["states"]) for rs in runs.values() for x in rs}
     print(
-        f"A/B, {args.events:,} events, {args.rounds} rounds alternating, "
+        f"A/B, {args.events:,} events of {args.users:,} users, {args.rounds} rounds alternating, "
         f"{os.cpu_count()} cores; CPU seconds min / median"
     )
     print("| step | " + " | ".join(trees) + " | working / base (median) |")

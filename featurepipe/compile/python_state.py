@@ -12,6 +12,16 @@ a query at T is answered exactly iff T >= max_ts - lateness (see docs/semantics.
 What each aggregation kind prepares, folds and finalizes comes from ``featurepipe.ir.aggs``;
 this module only arranges it: generated straight-line code for the row stage, compaction and
 the query, with the kinds' fold statements inlined.
+
+A window holding many events (``BULK_FROM``) is not folded anew at each query. The query keeps,
+on the state it answers from, what makes the next query cheap: running sums over the buffer for
+counts, sums, means and variances (``Prefix``), and, per aggregation, the counted values of the
+last window answered for count_distinct and min/max (``DistinctWindow``, ``LifetimeDistinct``,
+``ExtremeWindow``), moved to the next window by adding the records that enter and removing those
+that leave. Ingest and eviction keep them true to the buffer; they are not part of the state's
+value (equality, bytes). A lookup builds them from the decoded buffer for its one query; a
+replay that queries after every event (``featurepipe parity``) extends them event by event. Both
+read the same structures with the same code: parity checks the code that serves.
 """
 
 from __future__ import annotations
