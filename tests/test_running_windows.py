@@ -238,3 +238,42 @@ def test_distinct_window_by_hand() -> None:
     assert [ask(4), ask(61.5), ask(62.5), ask(4)] == [4, 3, 1, 4]
     with patch.object(python_state, "BULK_FROM", 0):
         assert_parity(VIEW, frame(log))
+
+
+def test_parity_checks_the_replay_against_the_lookup_path() -> None:
+    """``featurepipe parity`` answers every 32nd query point again as a lookup answers it (a
+    state never queried: windows folded by the bulk code, no running sums), every 512th from
+    the state's bytes decoded afresh. A planted error in the bulk fold of sum, which the
+    replay's running sums do not use, is caught there and named; so is a decoder that loses
+    the newest record."""
+    import pytest
+
+    from featurepipe.errors import ParityError
+    from featurepipe.ir import aggs
+    from featurepipe.parity.harness import BYTES_EVERY, run_parity
+
+    log = [row(x=float(i), n=i, s="a", b=True, ts=at(i)) for i in range(BYTES_EVERY)]
+    assert run_parity(VIEW, frame(log)).ok
+    bulk_code = aggs.Sum.bulk_code
+
+    def off_by_one(self: Any, agg: Any, acc: str, rec: Any, lo: str, hi: str) -> Any:
+        code = bulk_code(self, agg, acc, rec, lo, hi)
+        return None if code is None else [*code, f"{acc}[1] += 1"]
+
+    with (
+        patch.object(aggs.Sum, "bulk_code", off_by_one),
+        pytest.raises(ParityError, match=r"view 'summed', entity 'a'.*as a lookup reads it"),
+    ):
+        run_parity(VIEW, frame(log))
+    loads = ViewProgram.loads
+
+    def losing_the_newest(self: ViewProgram, blob: bytes) -> Any:
+        state = loads(self, blob)
+        del state.buffer[-1:]
+        return state
+
+    with (
+        patch.object(ViewProgram, "loads", losing_the_newest),
+        pytest.raises(ParityError, match=r"entity 'a'.*\(decoded from its bytes\)"),
+    ):
+        run_parity(VIEW, frame(log))

@@ -620,6 +620,7 @@ class ViewProgram:
         lines = [
             "def aggregate(buf, compacted, t, tiles, state):",
             "    hi = _bisect(buf, t, key=_ts)",
+            "    keep = state.windows is not None",
         ]
         starts: list[str] = []
         # lifetime aggregations answered from their accumulator without copying it: their
@@ -633,15 +634,14 @@ class ViewProgram:
                 if code is not None and self._counts_distinct(i):
                     rec = self._record_fields(i)
                     kept = f"a{i} = _lifetime_distinct(state, {i}, buf, hi, {rec.value}, {rec.bit})"
-                    if self.bulk_from <= 0:
-                        code = [kept]
-                    else:  # a buffer of many events: the state's LifetimeDistinct
-                        code = [
-                            f"if len(buf) >= {self.bulk_from}:",
-                            f"    {kept}",
-                            "else:",
-                            *(f"    {ln}" for ln in code),
-                        ]
+                    # a buffer of many events in a state queried before: its LifetimeDistinct
+                    many = "" if self.bulk_from <= 0 else f" and len(buf) >= {self.bulk_from}"
+                    code = [
+                        f"if keep{many}:",
+                        f"    {kept}",
+                        "else:",
+                        *(f"    {ln}" for ln in code),
+                    ]
                 if code is not None:
                     final[i] = code
         for n, span in enumerate(widest_first):
@@ -714,6 +714,10 @@ class ViewProgram:
         prefix, prefix_source = self._prefix_code(sorted(in_bulk))
         counted = {i for i in in_bulk if self._counts_distinct(i)}
         for n, idx in bulk.items():
+            # a state queried before keeps what makes the next query cheap (``keep``); a
+            # state's first query (a lookup's only one) folds the window with the bulk code
+            plain = [ln for i in idx for ln in ranged[i]]
+            plain += [f"a{i} = len(a{i})" for i in idx if i in counted]
             codes = []
             if any(i in prefix for i in idx):  # running sums (Prefix) over [lo, hi)
                 codes += [
@@ -748,6 +752,9 @@ class ViewProgram:
                 for field, j in columns:
                     target = f"a{i}" if field < 0 else f"a{i}[{field}]"
                     codes.append(f"    {target} += pc[{j}][py] - pc[{j}][px]")
+            if codes != plain:
+                codes = ["if keep:", *(f"    {ln}" for ln in codes), "else:"]
+                codes += [f"    {ln}" for ln in plain]
             codes = [f"    {ln}" for ln in codes]
             if self.bulk_from <= 0:
                 lines += codes
@@ -758,6 +765,10 @@ class ViewProgram:
             lines += [f"    {ln}" for ln in self._fold_loop(f"buf[{starts[n]}:hi]", idx)]
             lines += [f"        a{i} = len(a{i})" for i in idx if i in counted]
         lines += self._tile_merges()
+        lines += [
+            "    if not keep:",  # queried once: from the next query on, kept (``keep``)
+            "        state.windows = {}",
+        ]
         outs = []
         for i, agg in enumerate(self.aggs):
             if i in final or i in counted:

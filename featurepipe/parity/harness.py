@@ -29,7 +29,7 @@ import polars.selectors as cs
 from featurepipe.batch.sources import SourceReport, read_events
 from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
 from featurepipe.compile.polars_rows import PL_TYPES, to_series
-from featurepipe.compile.python_state import ViewProgram, collector_paused
+from featurepipe.compile.python_state import State, ViewProgram, collector_paused
 from featurepipe.dsl.definitions import FeatureView, Source
 from featurepipe.errors import DataError, ParityError
 from featurepipe.ir import nodes as ir
@@ -180,7 +180,10 @@ def run_parity(
     plus each window length (an exact window edge) and plus a day past the longest window.
 
     The per-event side is the stream worker's and the lookups' own code: ``ViewProgram.ingest``
-    for every event, ``ViewProgram.query`` for every query point. Answers are collected as
+    for every event, ``ViewProgram.query`` for every query point; every ``LOOKUP_EVERY``-th
+    point is also answered as a lookup answers it (a state never queried before; every
+    ``BYTES_EVERY``-th decoded afresh from its bytes), and must be the same bit for bit
+    (``_as_looked_up``). Answers are collected as
     columns and compared with the batch frame by Polars, one column per feature.
 
     ``jobs`` above 1 splits the entities into parts, each checked whole (replay, batch plan,
@@ -601,6 +604,44 @@ class _Stopped(Exception):
     """The replay was asked to stop (the batch plan beside it failed)."""
 
 
+# every LOOKUP_EVERY-th query point is also answered the way a lookup answers it, from the
+# state as first queried (``_as_looked_up``); every BYTES_EVERY-th from its bytes decoded afresh
+LOOKUP_EVERY = 32
+BYTES_EVERY = 512
+
+
+def _as_looked_up(
+    spec: _Spec,
+    state: State,
+    t: int,
+    request: dict[str, Any] | None,
+    answer: tuple[Any, ...],
+    prog: ViewProgram,
+    entity: Any,
+    from_bytes: bool,
+) -> None:
+    """Check that the state, queried as a lookup queries it, answers at ``t`` exactly (bit
+    for bit: ``repr`` tells -0.0 from 0.0) what the replay's state answered. The replay
+    queries a state after every event, and the query keeps on it what makes the next query
+    cheap (running sums, counted values: ``compile.python_state``); a lookup decodes a state
+    and queries it once, folding the windows. The first is compared with the batch plan at
+    every point, the second through this check: a difference is a defect of featurepipe, not
+    of the definitions, and stops the check. ``from_bytes``: the state is encoded and decoded
+    first (``dumps``, ``loads``), as the lookup reads it from Redis; else a state holding the
+    same buffer and accumulators, never queried, answers."""
+    if from_bytes:
+        fresh = prog.loads(prog.dumps(state))
+    else:
+        fresh = State(state.horizon, state.max_ts, state.buffer, state.compacted, state.tiles)
+    looked_up = prog.query(fresh, t, request)
+    if repr(looked_up) != repr(answer):
+        raise ParityError(
+            f"view '{spec.name}', entity {entity!r}, T={format_us(t)}: the state as a lookup "
+            f"reads it{' (decoded from its bytes)' if from_bytes else ''} answers "
+            f"{looked_up!r}, the replayed state {answer!r}"
+        )
+
+
 def _replay(
     spec: _Spec,
     prog: ViewProgram,
@@ -643,17 +684,21 @@ def _replay(
         if i == 0 or row[key_at] != e:
             e, st = row[key_at], None
         while j < asked and at[j] == 2 * i:
+            given = None
             if request_names:
                 req = [None if f is None else row[f] for f in from_event]
-                answers.append(query(st, times[j], dict(zip(request_names, req, strict=True))))
-            else:
-                answers.append(query(st, times[j]))
+                given = dict(zip(request_names, req, strict=True))
+            answers.append(query(st, times[j], given))
+            if j % LOOKUP_EVERY == 0 and st is not None:
+                _as_looked_up(spec, st, times[j], given, answers[-1], prog, e, j % BYTES_EVERY == 0)
             j += 1
         if st is None:
             st = new_state()
         ingest(st, dict(zip(names, row, strict=True)), seq)
         while j < asked and at[j] == 2 * i + 1:
             answers.append(query(st, times[j]))
+            if j % LOOKUP_EVERY == 0:
+                _as_looked_up(spec, st, times[j], None, answers[-1], prog, e, j % BYTES_EVERY == 0)
             j += 1
         if i % 10_000 == 0:
             if progress is not None:
