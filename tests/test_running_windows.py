@@ -208,6 +208,11 @@ def test_running_sums_by_hand() -> None:
     ingest(n=5, x=math.nan, b=True, ts=at(200.5))
     got = ask(201)
     assert math.isnan(got["sum_x"]) and got["sum_n_where"] == 12 and got["n_where"] == 2
+    # once the NaN left every window, the sums of x are kept again (not folded for good)
+    ingest(n=3, x=4.0, b=False, ts=at(265))  # the NaN stays in the buffer (horizon 175 s)
+    got = ask(266)
+    assert got["sum_x"] == 4.0 and got["sum_n_where"] is None  # nothing passes: null
+    assert state.prefix is not None and True not in state.prefix.broken
     with patch.object(python_state, "BULK_FROM", 0):
         assert_parity(VIEW, frame(log))
 
@@ -277,3 +282,73 @@ def test_parity_checks_the_replay_against_the_lookup_path() -> None:
         pytest.raises(ParityError, match=r"entity 'a'.*\(decoded from its bytes\)"),
     ):
         run_parity(VIEW, frame(log))
+
+
+def _kept_and_folded(v: fp.FeatureView, rows: list[dict[str, Any]], asked: int, t: int) -> None:
+    """Replay ``rows`` into a kept state (queried twice at ``t`` before event ``asked``) and a
+    one-by-one fold; both must answer alike at ``t`` after the last event."""
+    prog, plain = ViewProgram(v.ir, bulk_from=0), ViewProgram(v.ir, bulk_from=10**9)
+    state, shadow = prog.new_state(), plain.new_state()
+    for seq, event in enumerate(normalize_events(v, frame(rows)).iter_rows(named=True)):
+        if seq == asked:
+            prog.query(state, t)
+            prog.query(state, t)  # the second query keeps its sums and counts
+        prog.ingest(state, event, seq)
+        plain.ingest(shadow, event, seq)
+    assert [_bits(x) for x in prog.query(state, t)] == [_bits(x) for x in plain.query(shadow, t)]
+
+
+def test_a_late_event_before_the_running_sums_moves_them() -> None:
+    """n = 0..29 at 0..29 s; sums of 10 s kept from queries at 29.5 s (records [20, 30));
+    n = 1000 arrives late at 5 s, before them: at 29.5 s the sum is still 20 + ... + 29 = 245
+    (not a sum read one record off: 254)."""
+    v = view({"s": lambda t: fp.sum(t.n, window="10s")}, lateness="30s", name="late_before")
+    rows = [row(n=i, ts=at(i)) for i in range(30)] + [row(n=1000, ts=at(5))]
+    _kept_and_folded(v, rows, 30, _us(29.5))
+    prog = ViewProgram(v.ir, bulk_from=0)
+    state = prog.new_state()
+    for seq, event in enumerate(normalize_events(v, frame(rows)).iter_rows(named=True)):
+        prog.ingest(state, event, seq)
+        prog.query(state, _us(29.5))
+    assert prog.query(state, _us(29.5))[0] == 245
+
+
+def test_a_late_event_of_a_hopped_view_straight_to_the_lifetime_set() -> None:
+    """With hops, an event behind the buffer but within the lateness goes straight to the
+    lifetime accumulators and the tiles: s = "0".."99" at 0..99 s, then "95" again at 50 s
+    (behind the buffer of a 1 min window hopping every 10 s, lateness 5 s): 100 distinct
+    values, not 101."""
+    v = view(
+        {
+            "h": lambda t: fp.sum(t.n, window="1m", hop="10s"),
+            "cd": lambda t: fp.count_distinct(t.s),
+        },
+        lateness="5s",
+        name="hopped_late",
+    )
+    rows = [row(n=i, s=str(i), ts=at(i)) for i in range(100)]
+    rows.append(row(n=1, s="95", ts=at(50)))
+    _kept_and_folded(v, rows, 100, _us(100))
+    prog = ViewProgram(v.ir, bulk_from=0)
+    state = prog.new_state()
+    for seq, event in enumerate(normalize_events(v, frame(rows)).iter_rows(named=True)):
+        prog.query(state, _us(100))
+        prog.ingest(state, event, seq)
+    assert prog.query(state, _us(100))[1] == 100
+
+
+def test_a_state_queried_by_another_program_is_folded_afresh() -> None:
+    """Two views whose records have the same layout: max(x) and min(x) over 1 min. A state
+    kept for one, then queried by the other, answers the other's value (the kept counts are
+    not read by index across programs): x = 0..39 at 0..39 s -> max 39.0, min 0.0."""
+    hi = view({"m": lambda t: fp.max(t.x, window="1m")}, name="hi")
+    lo = view({"m": lambda t: fp.min(t.x, window="1m")}, name="lo")
+    rows = [row(x=float(i), ts=at(i)) for i in range(40)]
+    p_hi, p_lo = ViewProgram(hi.ir, bulk_from=0), ViewProgram(lo.ir, bulk_from=0)
+    state = p_hi.new_state()
+    for seq, event in enumerate(normalize_events(hi, frame(rows)).iter_rows(named=True)):
+        p_hi.ingest(state, event, seq)
+    t = _us(40)
+    assert p_hi.query(state, t) == p_hi.query(state, t) == (39.0,)
+    assert p_lo.query(state, t) == p_lo.query(state, t) == (0.0,)
+    assert p_hi.query(state, t) == (39.0,)

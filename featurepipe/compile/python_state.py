@@ -74,6 +74,7 @@ class State:
         "buffer",
         "compacted",
         "horizon",
+        "kept_by",
         "max_ts",
         "prefix",
         "tile_floor",
@@ -109,6 +110,9 @@ class State:
         # aggregation index -> the values counted over a range of ``buffer``, kept by the
         # query (``DistinctWindow``); not part of the state's value either
         self.windows: dict[int, DistinctWindow] | None = None
+        # the query code whose aggregation indices and columns ``prefix`` and ``windows``
+        # follow: another program's query starts them afresh
+        self.kept_by: object = None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, State):
@@ -620,7 +624,7 @@ class ViewProgram:
         lines = [
             "def aggregate(buf, compacted, t, tiles, state):",
             "    hi = _bisect(buf, t, key=_ts)",
-            "    keep = state.windows is not None",
+            "    keep = state.kept_by is _KEEPER",
         ]
         starts: list[str] = []
         # lifetime aggregations answered from their accumulator without copying it: their
@@ -768,6 +772,8 @@ class ViewProgram:
         lines += [
             "    if not keep:",  # queried once: from the next query on, kept (``keep``)
             "        state.windows = {}",
+            "        state.prefix = None",
+            "        state.kept_by = _KEEPER",
         ]
         outs = []
         for i, agg in enumerate(self.aggs):
@@ -786,6 +792,7 @@ class ViewProgram:
         namespace.update(
             {
                 "_Prefix": Prefix,
+                "_KEEPER": object(),  # this program's mark on the states it keeps for
                 "_accumulate": accumulate,
                 "_islice": islice,
                 "_distinct": distinct,
@@ -865,7 +872,9 @@ class ViewProgram:
         ensure = [
             "def _ensure(state, buf, lo, hi):",
             "    pf = state.prefix",
-            "    if pf is None or lo < pf.start or pf.end < lo:",
+            # a group broken by a saturation flag: summed afresh from the window's start
+            # once it moved on (the flag may have left it)
+            "    if pf is None or lo < pf.start or pf.end < lo or (lo > pf.start and True in pf.broken):",
             f"        pf = state.prefix = _Prefix(lo, {columns}, {len(prefix)})",
             "    if pf.end < hi:",
             "        _extend(pf.cols, pf.broken, buf[pf.end:hi])",

@@ -34,13 +34,7 @@ from typing import Any, NamedTuple
 import polars as pl
 
 from featurepipe.compile.polars_rows import PL_TYPES, edge_type, map_entries
-from featurepipe.compile.python_state import (
-    NO_TS,
-    REC_TS,
-    State,
-    ViewProgram,
-    collector_paused,
-)
+from featurepipe.compile.python_state import NO_TS, REC_TS, State, ViewProgram
 from featurepipe.dsl.definitions import FeatureView
 from featurepipe.errors import DataError, FeaturepipeError
 from featurepipe.ir.aggs import kind_of
@@ -650,20 +644,6 @@ class OnlineReader:
         once per entity, queried with each row's request values), never from the cache.
         The values, and every refusal, are those of ``_read_one_by_one``, the straightforward
         per-entity reading kept as the reference (tests compare the two)."""
-        # decoded states are freed by reference counting (they hold no cycles): a collection
-        # triggered by their allocations would scan the whole process for nothing
-        with collector_paused():
-            return self._read_paused(per_view, n, wanted, at_us, fingerprints, request)
-
-    def _read_paused(
-        self,
-        per_view: Mapping[str, list[Any]],
-        n: int,
-        wanted: Mapping[str, Sequence[str]],
-        at_us: int | None,
-        fingerprints: Mapping[str, str] | None,
-        request: Mapping[str, Sequence[Any]] | None,
-    ) -> list[dict[str, Any]]:
         t = at_us if at_us is not None else time.time_ns() // 1000
         self._check_request(wanted, fingerprints)
         reads = self._request_fields(wanted)
