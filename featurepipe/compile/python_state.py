@@ -19,9 +19,12 @@ counts, sums, means and variances (``Prefix``), and, per aggregation, the counte
 last window answered for count_distinct and min/max (``DistinctWindow``, ``LifetimeDistinct``,
 ``ExtremeWindow``), moved to the next window by adding the records that enter and removing those
 that leave. Ingest and eviction keep them true to the buffer; they are not part of the state's
-value (equality, bytes). A lookup builds them from the decoded buffer for its one query; a
-replay that queries after every event (``featurepipe parity``) extends them event by event. Both
-read the same structures with the same code: parity checks the code that serves.
+value (equality, bytes). A state's first query folds its windows (``bulk_code``) and marks the
+state as kept by this program (``kept_by``); from its second query on they are kept. A lookup
+decodes a state and queries it once: it folds, as before. A replay that queries after every
+event (``featurepipe parity``) keeps them, extended event by event, and answers every 32nd
+point again the lookup's way, from a state never queried (``parity.harness._as_looked_up``):
+any difference stops it, so parity still checks the code that serves.
 """
 
 from __future__ import annotations
@@ -140,7 +143,7 @@ class Prefix:
     ``start`` to ``end``: ``cols[j][i - start]`` is the sum of column j's terms of the
     records ``start`` to ``i`` (excluded). A window [lo, hi) inside that span sums to
     ``cols[j][hi - start] - cols[j][lo - start]``: exact integers, so the difference is
-    the sum itself. The query builds and extends them (``ensure_prefix``); ingest and
+    the sum itself. The query builds and extends them (the generated ``_ensure``); ingest and
     eviction keep them true to the buffer (``ViewProgram.ingest_record``, ``_evict``).
     ``broken[g]``: aggregation group g met a term that is not an int (a saturation flag)
     since ``start``; the query folds that group's windows without running sums."""
