@@ -621,7 +621,7 @@ def _as_looked_up(
     from_bytes: bool,
 ) -> None:
     """Check that the state, queried as a lookup queries it, answers at ``t`` exactly (bit
-    for bit: ``repr`` tells -0.0 from 0.0) what the replay's state answered. The replay
+    for bit: ``_canonical``) what the replay's state answered. The replay
     queries a state after every event, and the query keeps on it what makes the next query
     cheap (running sums, counted values: ``compile.python_state``); a lookup decodes a state
     and queries it once, folding the windows. The first is compared with the batch plan at
@@ -634,12 +634,25 @@ def _as_looked_up(
     else:
         fresh = State(state.horizon, state.max_ts, state.buffer, state.compacted, state.tiles)
     looked_up = prog.query(fresh, t, request)
-    if repr(looked_up) != repr(answer):
+    if _canonical(looked_up) != _canonical(answer):
         raise ParityError(
             f"view '{spec.name}', entity {entity!r}, T={format_us(t)}: the state as a lookup "
             f"reads it{' (decoded from its bytes)' if from_bytes else ''} answers "
             f"{looked_up!r}, the replayed state {answer!r}"
         )
+
+
+def _canonical(v: Any) -> Any:
+    """``v`` compared bit for bit: a float as its bits (-0.0 is not 0.0), a map's entries in
+    any order (a decoded accumulator may list its keys in another order than the one it was
+    built in)."""
+    if isinstance(v, float):
+        return ("float", struct.pack("<d", v))
+    if isinstance(v, dict):
+        return ("map", sorted((repr(k), _canonical(x)) for k, x in v.items()))
+    if isinstance(v, list | tuple):
+        return [_canonical(x) for x in v]
+    return v
 
 
 def _replay(
