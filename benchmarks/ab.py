@@ -30,6 +30,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,10 +98,12 @@ def export(rev: str, dest: Path) -> str:
     return sha.stdout.strip()
 
 
-def run(tree: Path, n: int, users: int = 10_000) -> dict[str, float | str]:
+def run_child(child: str, tree: Path, *args: str) -> Any:
+    """Run the script ``child`` with ``tree`` first on the path (its ``featurepipe``) and
+    ``args``; its last line of output, as JSON."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tree), str(n), str(users)],
+        [sys.executable, "-c", child, str(tree), *args],
         env=env,
         cwd=tree,
         capture_output=True,
@@ -108,7 +111,11 @@ def run(tree: Path, n: int, users: int = 10_000) -> dict[str, float | str]:
     )
     if done.returncode:
         sys.exit(f"benchmark child failed in {tree}:\n{done.stderr[-3000:]}")
-    result: dict[str, float | str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(tree: Path, n: int, users: int = 10_000) -> dict[str, float | str]:
+    result: dict[str, float | str] = run_child(CHILD, tree, str(n), str(users))
     return result
 
 

@@ -17,16 +17,14 @@ most retained events, ``--repeat`` times over. The answers of both trees must be
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab import ROOT, export  # the benchmarks directory is on sys.path, not a package
+from ab import ROOT, export, run_child  # the benchmarks directory is on sys.path
 from parity_speed import ML_DEFS, generate_ratings
 
 CHILD = r"""
@@ -78,17 +76,9 @@ print(json.dumps(out))
 
 
 def run(tree: Path, defs: Path, log: Path, repeat: int) -> dict[str, dict[str, float | str]]:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tree), str(defs), str(log), str(repeat)],
-        env=env,
-        cwd=tree,
-        capture_output=True,
-        text=True,
+    result: dict[str, dict[str, float | str]] = run_child(
+        CHILD, tree, str(defs), str(log), str(repeat)
     )
-    if done.returncode:
-        sys.exit(f"benchmark child failed in {tree}:\n{done.stderr[-3000:]}")
-    result: dict[str, dict[str, float | str]] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
