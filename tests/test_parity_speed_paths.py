@@ -18,7 +18,7 @@ import os
 import random
 import struct
 import threading
-from concurrent.futures import Executor, Future
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -379,22 +379,12 @@ def test_the_collector_is_left_as_it_was() -> None:
 # -- a check split over processes -------------------------------------------------------------
 
 
-class InProcess(Executor):
-    """An executor running each call at once, in this process: the parts' split and merge,
-    with the monkeypatches a spawned process would not see."""
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-        done: Future[Any] = Future()
-        try:
-            done.set_result(fn(*args, **kwargs))
-        except BaseException as e:  # handed to the caller, as a process pool does
-            done.set_exception(e)
-        return done
-
-
 @pytest.fixture
 def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(harness, "_pool", lambda jobs, ctx, done: InProcess())
+    """The check's workers as threads of this process (the parts' split, hand-out and merge,
+    with the monkeypatches a spawned process would not see): ``jobs - 1`` of them, beside
+    this process's own share, as with processes."""
+    monkeypatch.setattr(harness, "_pool", lambda jobs, ctx, done: ThreadPoolExecutor(jobs))
 
 
 @pytest.mark.parametrize("jobs", [2, 3, 7])
@@ -409,6 +399,34 @@ def test_parts_give_the_reference_report(
             entities = events[view.entity.key].drop_nulls().n_unique()
             assert report.jobs == min(jobs, entities) > 1
             assert numbers(report) == reference_parity(view, events, sample=sample, seed=seed)
+
+
+def test_this_process_checks_the_biggest_part_and_a_worker_the_next(
+    monkeypatch: pytest.MonkeyPatch, in_process: None
+) -> None:
+    """With ``jobs`` processes, ``jobs - 1`` workers and this process share the parts: this
+    one starts on the biggest at once (it has everything imported), a worker on the next;
+    every part is checked once and the report is the reference's."""
+    ran: list[tuple[bool, int]] = []
+    check = harness._check
+
+    def recorded(spec: Any, ev: pl.DataFrame, *args: Any, **kwargs: Any) -> Any:
+        ran.append((threading.current_thread() is threading.main_thread(), ev.height))
+        return check(spec, ev, *args, **kwargs)
+
+    monkeypatch.setattr(harness, "_check", recorded)
+    events = pl.concat([rating_log(s, 300) for s in range(4)])
+    report = run_parity(by_user, events, jobs=2)
+    assert numbers(report) == reference_parity(by_user, events)
+    parts = _split(
+        _Spec.of(by_user),
+        _with_draws(_Spec.of(by_user), normalize_events(by_user, events), sample=1.0, seed=0),
+        2,
+    )
+    assert sorted(n for _, n in ran) == sorted(p.height for p in parts)
+    here = [n for main, n in ran if main]
+    assert here[0] == max(p.height for p in parts)
+    assert len(here) < len(ran)  # the worker took parts too
 
 
 def test_parts_find_the_first_difference_of_the_whole_log(

@@ -187,10 +187,10 @@ def run_parity(
     columns and compared with the batch frame by Polars, one column per feature.
 
     ``jobs`` above 1 splits the entities into parts, each checked whole (replay, batch plan,
-    comparison) in its own process: entities are independent on both paths, every event keeps
+    comparison) by this process or one of ``jobs - 1`` worker processes: entities are independent on both paths, every event keeps
     its place in the whole log (``__seq``, the query points' ``__arrived``) and which events
     are sampled is drawn over the whole log first, so the report is the one a single process
-    gives, first differences included. The processes are spawned (they import the caller's
+    gives, first differences included. The workers are spawned (they import the caller's
     main module): a script calling this with ``jobs`` above 1 keeps its work under
     ``if __name__ == "__main__":``, as multiprocessing requires."""
     started = time.perf_counter()
@@ -393,18 +393,32 @@ def _check_in_processes(
     jobs: int,
     progress: Callable[[int], None] | None,
 ) -> list[_Checked]:
-    """Each part through ``_check`` in a pool of ``jobs`` fresh processes (spawned: Polars'
-    thread pool does not survive a fork), biggest part first; their progress comes back over
-    a queue. The first part to fail ends the check: its error is raised here and the workers
-    still running are stopped."""
+    """Each part through ``_check``: ``jobs - 1`` fresh processes (spawned: Polars' thread
+    pool does not survive a fork) and this one, which has everything imported and starts at
+    once (a spawned process takes about a second to import Polars and featurepipe). Parts
+    are taken biggest first, each by whichever is free first (``_Parts``); the workers'
+    progress comes back over a queue. The first part to fail ends the check: its error is
+    raised here and the workers still running are stopped."""
     ctx = multiprocessing.get_context("spawn")
     done = ctx.Queue()
-    with _pool(jobs, ctx, done) as pool:
-        futures = [pool.submit(_check_part, spec, part, total, p) for p, part in enumerate(parts)]
-        counts = [0] * len(parts)
-        pending: set[Future[_Checked]] = set(futures)
-        while pending:
-            _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+    counts = [0] * len(parts)
+    results: list[_Checked | None] = [None] * len(parts)
+    with _pool(jobs - 1, ctx, done) as pool:
+        todo = _Parts(len(parts))
+
+        def hand_out(finished: Future[_Checked] | None = None) -> None:
+            # a worker is free (or starts): it takes the next part; called from the pool's
+            # result thread when a part is done
+            if finished is not None and finished.exception() is not None:
+                return  # no new part: the check ends with this error
+            p = todo.take(worker=True)
+            if p is not None:
+                running = pool.submit(_check_part, spec, parts[p], total, p)
+                todo.running(p, running)
+                running.add_done_callback(hand_out)
+
+        def heard() -> None:
+            """The workers' progress passed on; a worker's failure raised."""
             while True:
                 try:
                     p, n = done.get_nowait()
@@ -413,10 +427,81 @@ def _check_in_processes(
                 counts[p] = max(counts[p], n)
             if progress is not None:
                 progress(sum(counts))
-            for f in futures:
-                if f.done() and f.exception() is not None:
-                    raise f.exception()  # type: ignore[misc]
-        return [f.result() for f in futures]
+            failed = todo.failure()
+            if failed is not None:
+                raise failed
+
+        mine = todo.take()  # the biggest part: this process starts on it at once
+        for _ in range(min(jobs - 1, len(parts) - 1)):
+            hand_out()
+        while mine is not None:
+
+            def own(n: int, p: int = mine) -> None:
+                counts[p] = n
+                heard()
+
+            results[mine] = _check(spec, parts[mine], total, own, beside=False)
+            counts[mine] = parts[mine].height
+            heard()
+            mine = todo.take()
+        while not todo.finished():
+            pending = todo.pending()
+            if pending:
+                wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+            else:  # a part just handed to a worker, its future not yet recorded
+                time.sleep(0.01)
+            heard()
+        for p, f in todo.futures.items():
+            results[p] = f.result()
+    checked = [r for r in results if r is not None]
+    assert len(checked) == len(parts), "a part of the check was not checked"
+    return checked
+
+
+class _Parts:
+    """The parts of a check not yet taken (biggest first) and the workers' futures, shared by
+    this process's loop and the pool's result thread."""
+
+    def __init__(self, count: int) -> None:
+        self._lock = threading.Lock()
+        self._next = 0
+        self._count = count
+        self._handed: set[int] = set()  # parts taken by a worker, their future maybe not yet here
+        self.futures: dict[int, Future[_Checked]] = {}
+
+    def take(self, *, worker: bool = False) -> int | None:
+        with self._lock:
+            if self._next == self._count:
+                return None
+            self._next += 1
+            if worker:
+                self._handed.add(self._next - 1)
+            return self._next - 1
+
+    def running(self, p: int, f: Future[_Checked]) -> None:
+        with self._lock:
+            self.futures[p] = f
+
+    def pending(self) -> list[Future[_Checked]]:
+        with self._lock:
+            return [f for f in self.futures.values() if not f.done()]
+
+    def failure(self) -> BaseException | None:
+        with self._lock:
+            futures = list(self.futures.values())
+        for f in futures:
+            if f.done() and f.exception() is not None:
+                return f.exception()
+        return None
+
+    def finished(self) -> bool:
+        """Every part taken and every worker's part done, or one failed (the caller raises
+        its error)."""
+        with self._lock:
+            futures = list(self.futures.values())
+            waiting = self._next < self._count or len(self.futures) < len(self._handed)
+        failed = any(f.done() and f.exception() is not None for f in futures)
+        return failed or (not waiting and all(f.done() for f in futures))
 
 
 class _SpawnPool:
