@@ -308,6 +308,15 @@ def finalize_var(n: int, s1: float, s2: float, flags: int, ddof: int = 1) -> flo
     return m2 / float(n - ddof)
 
 
+def finalize_moment(n: int, s1: int, s2: int, flags: int, std: bool) -> float | None:
+    """var (or std: its square root, NaN kept) from the exact fixed-point sums of x and x*x:
+    ``finalize_var`` of the sums scaled to floats."""
+    var = finalize_var(n, float(s1) * INV_SCALE, float(s2) * INV_SCALE, flags)
+    if var is None or not std:
+        return var
+    return math.sqrt(var) if var == var else var
+
+
 def distinct_key(x: float) -> float | str:
     """Key of a float for count_distinct: all NaNs are one value, -0.0 is 0.0."""
     if x != x:

@@ -197,8 +197,14 @@ class DistinctWindow:
         self.lo, self.hi, self.value, self.bit = lo, hi, value, bit
         self.counts: Counter[Any] = Counter(self.values(buf[lo:hi]))
 
-    def values(self, recs: list[Any]) -> Iterator[Any]:
+    def values(self, recs: list[Any]) -> Iterable[Any]:
         """The non-null inputs of ``recs`` that pass the ``where``."""
+        if len(recs) == 1:  # one record entering or leaving: most changes are (no iterators)
+            rec = recs[0]
+            v = rec[self.value]
+            if v is None or (self.bit is not None and not rec[REC_MASK] & self.bit):
+                return ()
+            return (v,)
         inputs: Iterator[Any] = map(itemgetter(self.value), recs)
         if self.bit is not None:
             inputs = compress(inputs, map(and_, map(itemgetter(REC_MASK), recs), repeat(self.bit)))
@@ -845,6 +851,9 @@ class ViewProgram:
         ``_extend``, which adds the records of ``seg`` to the sums of every group not broken."""
         prefix: dict[int, tuple[int, list[tuple[int, int]]]] = {}
         extend = ["def _extend(cols, broken, seg):"]
+        # one record (the query after each event asks for just the newest): each sum is the
+        # last one plus the record's term, without the accumulate/islice/extend chain
+        one = ["    if len(seg) == 1:"]
         columns = 0
         for i in aggs:
             terms = self.kinds[i].prefix_terms(self.aggs[i], self._record_fields(i), "seg")
@@ -855,6 +864,18 @@ class ViewProgram:
             columns += len(terms)
             prefix[i] = (g, placed)
             first = placed[0][1]
+            one += [f"        if not broken[{g}]:", "            try:"]
+            # sum() of the one term: an int, or TypeError for a saturation flag (a str)
+            one += [
+                f"                x{j} = cols[{j}][-1] + sum({term})"
+                for (_, j), (_, term) in zip(placed, terms, strict=True)
+            ]
+            one += [
+                "            except TypeError:",
+                f"                broken[{g}] = True",
+                "            else:",
+                *(f"                cols[{j}].append(x{j})" for _, j in placed),
+            ]
             extend += [
                 f"    if not broken[{g}]:",
                 f"        m = len(cols[{first}])",
@@ -872,6 +893,7 @@ class ViewProgram:
             ]
         if not prefix:
             return prefix, []
+        extend[1:1] = [*one, "        return None"]
         ensure = [
             "def _ensure(state, buf, lo, hi):",
             "    pf = state.prefix",

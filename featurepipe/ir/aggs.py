@@ -781,12 +781,13 @@ class Var(AggKind):
 
         def finish(acc: Any) -> Any:
             n, s1, s2, flags = acc
-            var = k.finalize_var(n, float(s1) * k.INV_SCALE, float(s2) * k.INV_SCALE, flags)
-            if var is None or not is_std:
-                return var
-            return math.sqrt(var) if var == var else var
+            return k.finalize_moment(n, s1, s2, flags, is_std)
 
         return finish
+
+    def finalize_code(self, agg: Agg, acc: str) -> str | None:
+        n, s1, s2, flags = (self.at(acc, f) for f in self.fields)
+        return f"_k.finalize_moment({n}, {s1}, {s2}, {flags}, {self.name == 'std'})"
 
     def columns(
         self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
