@@ -1184,7 +1184,7 @@ class ViewProgram:
         epoch micros, already checked against their types); a field left out is null."""
         if state is None:
             state = self.new_state()
-        elif not self.can_answer(state, t):
+        elif t < state.max_ts - self.lateness and state.max_ts != NO_TS:  # not can_answer
             raise StateError(
                 f"view '{self.view.name}': query at {format_us(t)} is more than the view's "
                 f"lateness behind the newest event ({format_us(state.max_ts)}); retained state "

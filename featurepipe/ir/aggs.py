@@ -37,7 +37,7 @@ import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from functools import partial
-from itertools import compress, filterfalse, repeat
+from itertools import compress, repeat
 from operator import itemgetter
 from typing import Any, ClassVar, Protocol
 
@@ -118,7 +118,6 @@ RANGE_NAMES: dict[str, Any] = {
     "_repeat": repeat,
     "_compress": compress,
     "_not_none": partial(operator.is_not, None),
-    "_filterfalse": filterfalse,
     "_mul": operator.mul,
     "_truth": operator.truth,
     "_or_zero": {None: 0}.get,  # _or_zero(p, p): p, or 0 for None (C-level)
@@ -1164,9 +1163,12 @@ class CountDistinct(AggKind):
         self, agg: Agg, out: str, acc: str, rec: RecordFields, hi: str
     ) -> list[str] | None:
         # |acc | S| = |acc| + |S - acc|: the values of the buffer's events the set lacks,
-        # found by C-level membership tests, instead of a copy of the whole history's set
-        new = f"_filterfalse({acc}.__contains__, filter(_not_none, {rec.values('0', hi)}))"
-        return [f"{out} = len({acc}) + len(set({new}))"]
+        # found by C-level set operations, instead of a copy of the whole history's set; a
+        # null among them is not counted (the set never holds one: ``fold_code``)
+        return [
+            f"{out} = set({rec.values('0', hi)}) - {acc}",
+            f"{out} = len({acc}) + len({out}) - (None in {out})",
+        ]
 
     def merge_code(self, agg: Agg, acc: str, other: str) -> list[str]:
         return [f"{acc} |= {other}"]
