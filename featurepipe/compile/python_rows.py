@@ -81,7 +81,8 @@ TEMPLATES: dict[str, Template] = {
     "add": _by_type("_k.wrap({0} + {1})", "({0} + {1})"),
     "sub": _by_type("_k.wrap({0} - {1})", "({0} - {1})"),
     "mul": _by_type("_k.wrap({0} * {1})", "({0} * {1})"),
-    "truediv": _fmt("_k.fdiv({0}, {1})"),
+    # the kernel (IEEE results of a zero divisor) only when the divisor is 0 or -0.0
+    "truediv": _fmt("({0} / {1} if {1} else _k.fdiv({0}, {1}))"),
     "floordiv": _by_type("_k.ifloordiv({0}, {1})", "_k.ffloordiv({0}, {1})"),
     "mod": _by_type("_k.imod({0}, {1})", "_k.fmod({0}, {1})"),
     "neg": _by_type("_k.wrap(-{0})", "(-{0})"),
@@ -91,8 +92,13 @@ TEMPLATES: dict[str, Template] = {
     "le": _cmp("le"),
     "gt": _cmp("gt"),
     "ge": _cmp("ge"),
-    "and": _fmt("_k.and3({0}, {1})"),
-    "or": _fmt("_k.or3({0}, {1})"),
+    # Kleene logic (``kernels.and3``, ``or3``) inline: false (true) wins over null
+    "and": _fmt(
+        "(False if {0} is False or {1} is False else (None if {0} is None or {1} is None else True))"
+    ),
+    "or": _fmt(
+        "(True if {0} is True or {1} is True else (None if {0} is None or {1} is None else False))"
+    ),
     "not": _fmt("(not {0})"),
     "is_null": _fmt("({0} is None)"),
     "fill_null": _fmt("({1} if {0} is None else {0})"),
@@ -117,9 +123,10 @@ TEMPLATES: dict[str, Template] = {
     "endswith": lambda n, a, g: f"{a[0]}.endswith({n.param('text')!r})",
     "slice": _slice,
     "concat": lambda n, a, g: "(" + " + ".join(a) + ")",
-    "hour": _fmt("_k.dt_part('hour', {0})"),
-    "minute": _fmt("_k.dt_part('minute', {0})"),
-    "day_of_week": _fmt("_k.dt_part('day_of_week', {0})"),
+    # ``kernels.dt_part`` inline where it is one expression
+    "hour": _fmt("({0} // 3600000000 % 24)"),
+    "minute": _fmt("({0} // 60000000 % 60)"),
+    "day_of_week": _fmt("(({0} // 86400000000 + 3) % 7 + 1)"),
     "day": _fmt("_k.dt_part('day', {0})"),
     "month": _fmt("_k.dt_part('month', {0})"),
     "year": _fmt("_k.dt_part('year', {0})"),
