@@ -35,6 +35,7 @@ import dataclasses
 import math
 import operator
 from abc import ABC, abstractmethod
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from functools import partial
 from itertools import compress, repeat
@@ -114,6 +115,8 @@ class RecordFields:
 # the names ``RecordFields.values`` and the range code of the kinds use
 RANGE_NAMES: dict[str, Any] = {
     "_item": itemgetter,
+    "_bisect_left": bisect_left,
+    "_bisect_right": bisect_right,
     "_and": operator.and_,
     "_repeat": repeat,
     "_compress": compress,
@@ -1046,16 +1049,31 @@ class First(AggKind):
         lines = [f"{r} = None", f"{j} = {start}"]
         if passes is not None:
             lines.append(f"while {j} {inside} and not ({passes}): {j} {step}")
-        return [
-            *lines,
-            f"if {j} {inside}:",
-            f"    {r} = buf[{j}]",
+        walk = [
             f"    {k} = {j} {sign} 1",
             f"    while {k} {inside} and buf[{k}][{rec.ts}] == {r}[{rec.ts}]:",
             f"        {q} = buf[{k}]",
             f"        if {better}: {r} = {q}",
             f"        {k} {step}",
         ]
+        if tie is None:
+            # no ``where``: a run of ties (bursts of events in one microsecond) found by
+            # bisection and its smallest (largest) seq by min (max), C-level; the same record
+            # the walk picks (the first of equal seqs in its direction)
+            ts, seq = f"_item({rec.ts})", f"_item({rec.seq})"
+            if self.earliest:
+                nxt = f"{j} + 1"
+                run = f"buf[{j}:_bisect_right(buf, {r}[{rec.ts}], {j}, {hi}, key={ts})]"
+                best = f"min({run}, key={seq})"
+            else:
+                nxt = f"{j} - 1"
+                run = f"buf[_bisect_left(buf, {r}[{rec.ts}], {lo}, {j}, key={ts}):{j} + 1]"
+                best = f"max(reversed({run}), key={seq})"
+            walk = [
+                f"    if {nxt} {inside} and buf[{nxt}][{rec.ts}] == {r}[{rec.ts}]:",
+                f"        {r} = {best}",
+            ]
+        return [*lines, f"if {j} {inside}:", f"    {r} = buf[{j}]", *walk]
 
     def picked_code(self, agg: Agg, acc: str, rec: RecordFields, r: str) -> list[str]:
         """Python statements folding the picked record ``r`` (not None) like any event."""
