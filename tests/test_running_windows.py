@@ -337,6 +337,35 @@ def test_a_late_event_of_a_hopped_view_straight_to_the_lifetime_set() -> None:
     assert prog.query(state, _us(100))[1] == 100
 
 
+def test_a_lifetime_first_with_late_events_by_hand() -> None:
+    """Once the lifetime accumulators hold an event, the query looks for no first event in
+    the buffer: every event they hold is older than every buffered one. n = 1 at 3:05, n = 2
+    at 5:30 (n = 1 leaves the buffer), then n = 3 at 3:10, late (to the lifetime
+    accumulators, with hops to the tiles too): the first event is n = 1; asked before the
+    second event, when the accumulators hold nothing, it comes from the buffer."""
+    rows = [row(n=1, ts=at(3 * 3600 + 300)), row(n=2, ts=at(5 * 3600 + 1800))]
+    rows.append(row(n=3, ts=at(3 * 3600 + 600)))
+    t = _us(5 * 3600 + 1860)
+    for hop in ("1h", None):
+        v = view(
+            {"h": lambda t, hop=hop: fp.count(window="2h", hop=hop), "f": lambda t: fp.first(t.n)},
+            lateness="10m",
+            name=f"first_{hop}",
+        )
+        for bulk_from in (0, 10**9):
+            prog = ViewProgram(v.ir, bulk_from=bulk_from)
+            state = prog.new_state()
+            events = normalize_events(v, frame(rows)).iter_rows(named=True)
+            for seq, event in enumerate(events):
+                prog.ingest(state, event, seq)
+                if seq == 0:
+                    assert state.compacted[1] is None
+                    assert prog.query(state, _us(3 * 3600 + 301))[1] == 1
+            assert state.compacted[1] is not None and state.buffer[0][1] == 1
+            assert prog.query(state, t)[1] == 1, (hop, bulk_from)
+        assert_parity(v, frame(rows))
+
+
 def test_a_state_queried_by_another_program_is_folded_afresh() -> None:
     """Two views whose records have the same layout: max(x) and min(x) over 1 min. A state
     kept for one, then queried by the other, answers the other's value (the kept counts are

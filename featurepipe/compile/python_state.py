@@ -680,6 +680,13 @@ class ViewProgram:
         # event by event in the loops below
         ranged: dict[int, list[str]] = dict(final)
         picks: dict[tuple[bool, int, int | None], str] = {}  # first/last: one pick per window
+        sharing: dict[tuple[bool, int, int | None], list[int]] = {}
+        for n, span in enumerate(widest_first):
+            for i in windows[span]:
+                kind = self.kinds[i]
+                if i not in final and isinstance(kind, kinds.First):
+                    key = (kind.earliest, n, self._record_fields(i).bit)
+                    sharing.setdefault(key, []).append(i)
         for n, span in enumerate(widest_first):
             for i in windows[span]:
                 kind, rec = self.kinds[i], self._record_fields(i)
@@ -692,6 +699,18 @@ class ViewProgram:
                     if r is None:  # the first aggregation of the pick finds the record
                         r = picks[pick] = f"pick{len(picks)}"
                         found = kind.pick_code(rec, starts[n], "hi", r)
+                        if span is None and kind.earliest:
+                            # every record the lifetime accumulators hold is older than
+                            # every buffered one (evicted, very late or, with hops, late
+                            # behind the buffer: ts < raw_horizon <= a buffered ts; the
+                            # horizon is at or before raw_horizon, a window being a multiple
+                            # of its hop): once they hold one, no buffered event is first
+                            held = " or ".join(f"a{j} is None" for j in sharing[pick])
+                            found = [
+                                f"{r} = None",
+                                f"if {held}:",
+                                *(f"    {ln}" for ln in found),
+                            ]
                     fold = kind.picked_code(self.aggs[i], f"a{i}", rec, r)
                     ranged[i] = [*found, f"if {r} is not None:", *(f"    {ln}" for ln in fold)]
                     continue
