@@ -18,6 +18,7 @@ import os
 import random
 import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +32,7 @@ from featurepipe import kernels
 from featurepipe.compile.polars_aggs import ARRIVED, SEQ, TS, BatchProgram
 from featurepipe.compile.python_state import ViewProgram
 from featurepipe.dsl.definitions import FeatureView
+from featurepipe.errors import ParityError
 from featurepipe.ir.types import DType
 from featurepipe.parity import harness
 from featurepipe.parity.harness import (
@@ -384,7 +386,15 @@ def in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check's workers as threads of this process (the parts' split, hand-out and merge,
     with the monkeypatches a spawned process would not see): ``jobs - 1`` of them, beside
     this process's own share, as with processes."""
-    monkeypatch.setattr(harness, "_pool", lambda jobs, ctx, done: ThreadPoolExecutor(jobs))
+    monkeypatch.setattr(harness, "_pool", lambda jobs, ctx, done: Threads(jobs))
+
+
+class Threads(ThreadPoolExecutor):
+    """Leaving the ``with`` block does not wait for the calls still running, as the process
+    pool stops its workers at once."""
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(wait=False, cancel_futures=True)
 
 
 @pytest.mark.parametrize("jobs", [2, 3, 7])
@@ -427,6 +437,34 @@ def test_this_process_checks_the_biggest_part_and_a_worker_the_next(
     here = [n for main, n in ran if main]
     assert here[0] == max(p.height for p in parts)
     assert len(here) < len(ran)  # the worker took parts too
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_a_workers_failure_ends_the_check_without_waiting_for_the_others(
+    monkeypatch: pytest.MonkeyPatch, in_process: None, jobs: int
+) -> None:
+    """A part failing in a worker (this process's parts succeed; with 3 jobs, the other
+    worker's part is slow) raises that error here once this process is done with its own
+    part, without waiting for the slow one."""
+    check = harness._check
+    slow = threading.Event()
+
+    def failing(spec: Any, ev: pl.DataFrame, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            return check(spec, ev, *args, **kwargs)
+        if jobs == 3 and not slow.is_set():  # the first worker's part: slow
+            slow.set()
+            time.sleep(5.0)
+            return check(spec, ev, *args, **kwargs)
+        raise ParityError(f"a worker's part of {ev.height} events failed")
+
+    monkeypatch.setattr(harness, "_check", failing)
+    events = pl.concat([rating_log(s, 300) for s in range(4)])
+    started = time.perf_counter()
+    with pytest.raises(ParityError, match=r"a worker's part of \d+ events failed"):
+        run_parity(by_user, events, jobs=jobs)
+    if jobs == 3:
+        assert time.perf_counter() - started < 4.5
 
 
 def test_parts_find_the_first_difference_of_the_whole_log(

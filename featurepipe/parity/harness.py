@@ -403,7 +403,7 @@ def _check_in_processes(
     done = ctx.Queue()
     counts = [0] * len(parts)
     results: list[_Checked | None] = [None] * len(parts)
-    with _pool(jobs - 1, ctx, done) as pool:
+    with _pool(min(jobs, len(parts)) - 1, ctx, done) as pool:
         todo = _Parts(len(parts))
 
         def hand_out(finished: Future[_Checked] | None = None) -> None:
@@ -413,7 +413,10 @@ def _check_in_processes(
                 return  # no new part: the check ends with this error
             p = todo.take(worker=True)
             if p is not None:
-                running = pool.submit(_check_part, spec, parts[p], total, p)
+                try:
+                    running = pool.submit(_check_part, spec, parts[p], total, p)
+                except (ValueError, RuntimeError):  # the pool is stopped: the check ended
+                    return
                 todo.running(p, running)
                 running.add_done_callback(hand_out)
 
@@ -451,7 +454,8 @@ def _check_in_processes(
             else:  # a part just handed to a worker, its future not yet recorded
                 time.sleep(0.01)
             heard()
-        for p, f in todo.futures.items():
+        heard()  # a worker's failure that ended the wait raised here, not after the others
+        for p, f in todo.futures():
             results[p] = f.result()
     checked = [r for r in results if r is not None]
     assert len(checked) == len(parts), "a part of the check was not checked"
@@ -467,7 +471,7 @@ class _Parts:
         self._next = 0
         self._count = count
         self._handed: set[int] = set()  # parts taken by a worker, their future maybe not yet here
-        self.futures: dict[int, Future[_Checked]] = {}
+        self._futures: dict[int, Future[_Checked]] = {}
 
     def take(self, *, worker: bool = False) -> int | None:
         with self._lock:
@@ -480,15 +484,19 @@ class _Parts:
 
     def running(self, p: int, f: Future[_Checked]) -> None:
         with self._lock:
-            self.futures[p] = f
+            self._futures[p] = f
+
+    def futures(self) -> list[tuple[int, Future[_Checked]]]:
+        with self._lock:
+            return list(self._futures.items())
 
     def pending(self) -> list[Future[_Checked]]:
         with self._lock:
-            return [f for f in self.futures.values() if not f.done()]
+            return [f for f in self._futures.values() if not f.done()]
 
     def failure(self) -> BaseException | None:
         with self._lock:
-            futures = list(self.futures.values())
+            futures = list(self._futures.values())
         for f in futures:
             if f.done() and f.exception() is not None:
                 return f.exception()
@@ -498,8 +506,8 @@ class _Parts:
         """Every part taken and every worker's part done, or one failed (the caller raises
         its error)."""
         with self._lock:
-            futures = list(self.futures.values())
-            waiting = self._next < self._count or len(self.futures) < len(self._handed)
+            futures = list(self._futures.values())
+            waiting = self._next < self._count or len(self._futures) < len(self._handed)
         failed = any(f.done() and f.exception() is not None for f in futures)
         return failed or (not waiting and all(f.done() for f in futures))
 
