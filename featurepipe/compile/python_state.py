@@ -199,7 +199,7 @@ class DistinctWindow:
 
     def values(self, recs: list[Any]) -> Iterable[Any]:
         """The non-null inputs of ``recs`` that pass the ``where``."""
-        if len(recs) == 1:  # one record entering or leaving: most changes are (no iterators)
+        if len(recs) == 1:  # one record (most changes: an event enters or leaves), no iterators
             rec = recs[0]
             v = rec[self.value]
             if v is None or (self.bit is not None and not rec[REC_MASK] & self.bit):

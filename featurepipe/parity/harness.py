@@ -190,9 +190,10 @@ def run_parity(
     comparison) by this process or one of ``jobs - 1`` worker processes: entities are
     independent on both paths, every event keeps its place in the whole log (``__seq``, the
     query points' ``__arrived``) and which events are sampled is drawn over the whole log
-    first, so the report is the one a single process gives, first differences included. The workers are spawned (they import the caller's
-    main module): a script calling this with ``jobs`` above 1 keeps its work under
-    ``if __name__ == "__main__":``, as multiprocessing requires."""
+    first, so the report is the one a single process gives, first differences included. The
+    workers are spawned (they import the caller's main module): a script calling this with
+    ``jobs`` above 1 keeps its work under ``if __name__ == "__main__":``, as multiprocessing
+    requires."""
     started = time.perf_counter()
     spec = _Spec.of(view)
     ev = _with_draws(spec, normalize_events(view, events), sample=sample, seed=seed)
