@@ -18,7 +18,6 @@ import os
 import random
 import struct
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -447,24 +446,26 @@ def test_a_workers_failure_ends_the_check_without_waiting_for_the_others(
     worker's part is slow) raises that error here once this process is done with its own
     part, without waiting for the slow one."""
     check = harness._check
-    slow = threading.Event()
+    slow, release, slow_ended = threading.Event(), threading.Event(), threading.Event()
 
     def failing(spec: Any, ev: pl.DataFrame, *args: Any, **kwargs: Any) -> Any:
         if threading.current_thread() is threading.main_thread():
             return check(spec, ev, *args, **kwargs)
         if jobs == 3 and not slow.is_set():  # the first worker's part: slow
             slow.set()
-            time.sleep(5.0)
-            return check(spec, ev, *args, **kwargs)
+            release.wait(10.0)  # until the check has ended (its result is never read)
+            slow_ended.set()
+            raise ParityError("the slow part")
         raise ParityError(f"a worker's part of {ev.height} events failed")
 
     monkeypatch.setattr(harness, "_check", failing)
     events = pl.concat([rating_log(s, 300) for s in range(4)])
-    started = time.perf_counter()
-    with pytest.raises(ParityError, match=r"a worker's part of \d+ events failed"):
-        run_parity(by_user, events, jobs=jobs)
-    if jobs == 3:
-        assert time.perf_counter() - started < 4.5
+    try:
+        with pytest.raises(ParityError, match=r"a worker's part of \d+ events failed"):
+            run_parity(by_user, events, jobs=jobs)
+        assert not slow_ended.is_set()  # raised while the slow part still ran
+    finally:
+        release.set()
 
 
 def test_parts_find_the_first_difference_of_the_whole_log(
