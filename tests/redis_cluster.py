@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,10 +80,19 @@ class Cluster:
                     return next(n for n in self.nodes if n.port == int(primary[1]))
         raise LookupError(f"no node owns slot {slot}")
 
-    def migrate_slot(self, slot: int, target: Node, batch: int = 5, pause_s: float = 0.02) -> int:
+    def migrate_slot(
+        self,
+        slot: int,
+        target: Node,
+        batch: int = 5,
+        pause_s: float = 0.02,
+        halfway: Callable[[], None] | None = None,
+    ) -> int:
         """Move ``slot`` to ``target`` the way ``valkey-cli --cluster reshard`` does
         (IMPORTING/MIGRATING, MIGRATE a few keys at a time, then SETSLOT NODE everywhere),
-        pausing between batches so that clients meet the half-moved slot. Keys moved."""
+        pausing between batches so that clients meet the half-moved slot. ``halfway`` is
+        called once, after the first batch moved: the slot is half-moved while it runs. Keys
+        moved."""
         source = self.owner(slot)
         if source is target:
             return 0
@@ -100,6 +109,9 @@ class Cluster:
                     "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
                 )
                 moved += len(keys)
+                if halfway is not None:
+                    halfway()
+                    halfway = None
                 time.sleep(pause_s)
             for node in [target, source, *(n for n in self.nodes if n not in (source, target))]:
                 with node.client() as c:

@@ -348,11 +348,21 @@ def test_slots_moved_between_masters_while_the_worker_streams(
     redirected = redis_cluster.redirections()
     moved = 0
     for i, chunk in enumerate(chunks[1:]):
-        produce_frame(chunk, topic, services.kafka_bootstrap, "user_id")
+
+        def commit_while_half_moved(chunk: Any = chunk) -> None:
+            # the chunk produced while the slot is half-moved, which is held so until the
+            # worker's commit of it (every partition's head and states: this slot's too)
+            # meets it, or a few seconds passed
+            seen = redis_cluster.redirections()
+            produce_frame(chunk, topic, services.kafka_bootstrap, "user_id")
+            until = time.monotonic() + 5
+            while redis_cluster.redirections() == seen and time.monotonic() < until:
+                time.sleep(0.05)
+
         slot = slots[i % len(slots)]
         owner = redis_cluster.owner(slot)
         target = next(n for n in redis_cluster.nodes if n is not owner)
-        moved += redis_cluster.migrate_slot(slot, target)
+        moved += redis_cluster.migrate_slot(slot, target, halfway=commit_while_half_moved)
     worker.join(timeout=120)
     assert not worker.is_alive() and "error" not in result, result
     assert result["counters"].valid == log.height and result["counters"].invalid == 0
