@@ -16,6 +16,7 @@ import math
 import multiprocessing
 import os
 import random
+import signal
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -581,6 +582,45 @@ def test_a_failing_part_fails_the_check_as_one_process_does() -> None:
 
     alone = {failure(events.filter(pl.col("k") == k), 1) for k in "ad"}
     assert failure(events, 2) in alone
+    assert multiprocessing.active_children() == []
+
+
+def test_a_worker_process_killed_mid_part_fails_the_check_instead_of_hanging() -> None:
+    """A worker process killed while it checks its part (SIGKILL, as the kernel's OOM killer
+    sends) ends the check with an error naming the fault, and leaves no worker running; a
+    pool that replaced the dead worker would wait for the lost part for ever."""
+    events = rating_log(5, 40_000)
+    spec = _Spec.of(by_user)
+    ev = _with_draws(spec, harness.normalize_events(by_user, events), sample=1.0, seed=0)
+    keyed = ev.filter(pl.col("userId").is_not_null())
+    small = keyed.filter(pl.col("userId") == 1)
+    big = keyed.filter(pl.col("userId") != 1)
+    assert small.height > 0 and big.height > 20_000  # a worker reports every 10,000 events
+    killed: list[int] = []
+
+    def progress(n: int) -> None:
+        # the worker has reported events of its part (beyond this process's whole part): it
+        # is in the middle of the big part
+        if not killed and n > small.height:
+            (worker,) = multiprocessing.active_children()
+            killed.append(worker.pid or 0)
+            os.kill(worker.pid or 0, signal.SIGKILL)
+
+    raised: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            harness._check_in_processes(spec, [small, big], ev.height, 2, progress)
+        except BaseException as e:
+            raised.append(e)
+
+    runner = threading.Thread(target=check, daemon=True)
+    runner.start()
+    runner.join(120.0)
+    assert not runner.is_alive(), "the check hangs on the killed worker's part"
+    assert killed, "the worker was not killed while checking its part"
+    assert len(raised) == 1 and isinstance(raised[0], ParityError), raised
+    assert "ended abruptly" in str(raised[0])
     assert multiprocessing.active_children() == []
 
 

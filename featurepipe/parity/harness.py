@@ -17,7 +17,8 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, Executor, Future, wait
+from concurrent.futures import FIRST_EXCEPTION, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -433,7 +434,7 @@ def _check_in_processes(
                 progress(sum(counts))
             failed = todo.failure()
             if failed is not None:
-                raise failed
+                raise _failed(failed)
 
         mine = todo.take()  # the biggest part: this process starts on it at once
         for _ in range(min(jobs - 1, len(parts) - 1)):
@@ -457,6 +458,9 @@ def _check_in_processes(
             heard()
         heard()  # a worker's failure that ended the wait raised here, not after the others
         for p, f in todo.futures():
+            error = f.exception()
+            if error is not None:
+                raise _failed(error)
             results[p] = f.result()
     checked = [r for r in results if r is not None]
     assert len(checked) == len(parts), "a part of the check was not checked"
@@ -514,28 +518,46 @@ class _Parts:
 
 
 class _SpawnPool:
-    """Worker processes taking calls as futures; leaving the ``with`` block stops them at
-    once, whether their calls are done or not (a ``ProcessPoolExecutor`` would wait for the
-    running ones)."""
+    """Worker processes taking calls as futures. A ``ProcessPoolExecutor``: a worker that dies
+    (killed, out of memory) fails every call not yet done with ``BrokenProcessPool``, where a
+    ``multiprocessing.Pool`` starts a new worker and leaves the lost call unanswered for ever.
+    Leaving the ``with`` block stops the workers at once, whether their calls are done or not
+    (the executor's own shutdown would wait for the running ones)."""
 
     def __init__(self, jobs: int, ctx: Any, done: Any) -> None:
-        self._pool = ctx.Pool(jobs, initializer=_init_part, initargs=(done,))
+        self._pool = ProcessPoolExecutor(
+            jobs, mp_context=ctx, initializer=_init_part, initargs=(done,)
+        )
 
     def submit(self, fn: Callable[..., _Checked], *args: Any) -> Future[_Checked]:
-        out: Future[_Checked] = Future()
-        self._pool.apply_async(fn, args, callback=out.set_result, error_callback=out.set_exception)
-        return out
+        return self._pool.submit(fn, *args)
 
     def __enter__(self) -> _SpawnPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._pool.terminate()
-        self._pool.join()
+        workers = list((self._pool._processes or {}).values())  # started on demand
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.join()
 
 
 def _pool(jobs: int, ctx: Any, done: Any) -> _SpawnPool | Executor:
     return _SpawnPool(jobs, ctx, done)
+
+
+def _failed(error: BaseException) -> BaseException:
+    """A worker's error as the check raises it: a worker process that died names the fault."""
+    if isinstance(error, BrokenProcessPool):
+        out = ParityError(
+            "a worker process of the check ended abruptly (killed, or out of memory?); the "
+            "check is incomplete: run it again, with fewer --jobs if memory is short"
+        )
+        out.__cause__ = error
+        return out
+    return error
 
 
 _progress_queue: Any = None
