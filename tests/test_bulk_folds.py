@@ -201,9 +201,9 @@ def test_the_default_folds_big_windows_in_bulk() -> None:
     assert "if hi - lo" in prog.query_source and "sum(v_a" in prog.query_source
     sum_at = prog.feature_names.index("sum_x")
     planted = prog.query_source.replace("sum(v_a", "1 + sum(v_a")
-    namespace = dict(prog._aggregate.__globals__)
+    namespace = dict(prog._answer.__globals__)
     exec(compile(planted, "<planted>", "exec"), namespace)
-    with patch.object(prog, "_aggregate", namespace["aggregate"]):
+    with patch.object(prog, "_answer", namespace["answer"]):
         assert _answers(prog, rows, [t])[0][sum_at] != _bits(float(python_state.BULK_FROM))
         assert _answers(prog, small, [t])[0][sum_at] == _bits(float(python_state.BULK_FROM - 1))
 

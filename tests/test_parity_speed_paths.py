@@ -25,6 +25,8 @@ from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import featurepipe as fp
@@ -665,3 +667,64 @@ def test_a_failing_batch_plan_stops_the_replay_beside_it(monkeypatch: pytest.Mon
     with pytest.raises(RuntimeError, match="the batch plan broke"):
         run_parity(lowered, events, progress=progress)
     assert steps == [0]  # stopped at the first step: 30,000 events would report 0, 10k, 20k
+
+
+_answer_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True)
+    | st.sampled_from(
+        [0.0, -0.0, math.nan, -math.nan, struct.unpack("<d", bytes(6) + b"\xf8\x7f")[0]]
+    )
+    | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=2) | st.integers(0, 3), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_answer_values, min_size=1, max_size=4), st.data())
+def test_answers_compared_bit_for_bit_as_the_canonical_form_compares_them(
+    a: list[Any], data: st.DataObject
+) -> None:
+    """``_identical`` (msgpack bytes first) decides as ``_canonical`` does: -0.0 is not 0.0,
+    a NaN is its bits, 1 and 1.0 differ, a map's key order does not matter, ints beyond 64
+    bits compare by value. The other answer is a copy, a copy with its
+    maps' keys reversed, or another draw."""
+    kind = data.draw(st.sampled_from(["copy", "reversed", "other"]))
+
+    def rebuilt(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: rebuilt(v[k]) for k in reversed(list(v))}
+        if isinstance(v, list):
+            return [rebuilt(x) for x in v]
+        return v
+
+    if kind == "copy":
+        b = list(a)
+    elif kind == "reversed":
+        b = rebuilt(a)
+    else:
+        b = data.draw(st.lists(_answer_values, min_size=len(a), max_size=len(a)))
+    expected = harness._canonical(tuple(a)) == harness._canonical(tuple(b))
+    assert harness._identical(tuple(a), tuple(b)) is expected
+    if kind != "other":
+        assert expected
+
+
+def test_answers_differing_in_sign_of_zero_type_or_nan_bits_are_not_identical() -> None:
+    quiet, signalling = math.nan, struct.unpack("<d", bytes(6) + b"\xf4\x7f")[0]
+    for a, b in [
+        ((0.0,), (-0.0,)),
+        ((1,), (1.0,)),
+        ((quiet,), (signalling,)),
+        ((2**70,), (2**70 + 1,)),
+        (({"a": 1.0, "b": -0.0},), ({"b": 0.0, "a": 1.0},)),
+    ]:
+        assert not harness._identical(a, b), (a, b)
+    assert harness._identical(({"a": 1.0, "b": -0.0},), ({"b": -0.0, "a": 1.0},))
+    assert harness._identical((quiet, 2**70), (quiet, 2**70))

@@ -97,7 +97,6 @@ def plan(
         prog = ViewProgram(v.ir)
         console.print("[bold]per-event plan[/] (generated Python):")
         console.print(prog.row_source, markup=False, highlight=False)
-        console.print(prog.final_source, markup=False, highlight=False)
         console.print(prog.compact_source, markup=False, highlight=False)
         console.print(prog.query_source, markup=False, highlight=False)
         console.print("[bold]batch plan[/] (Polars, row stage; aggregation kernels listed below):")

@@ -159,6 +159,9 @@ class CodeGen:
         if node in self.names:
             return self.names[node]
         leaf = self.leaf(node)
+        if leaf is not None and leaf.isidentifier():  # a name already: used as it is
+            self.names[node] = leaf
+            return leaf
         if leaf is not None:
             code = leaf
         elif isinstance(node, ir.Literal):

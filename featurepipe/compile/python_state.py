@@ -523,9 +523,8 @@ class ViewProgram:
         places = repr((self.slots, sorted(self.constants.items()))).encode()
         self.layout = f"{STATE_LAYOUT}:{hashlib.blake2b(places, digest_size=6).hexdigest()}"
         self.tile_source, self._tile_folds = self._compile_tile_folds()
-        self.final_source, self._final = self._compile_features()
         self.compact_source, self._compact = self._compile_compaction()
-        self.query_source, self._aggregate = self._compile_query()
+        self.query_source, self._answer = self._compile_query()
         self.feature_names = [f.name for f in view.features]
         self.request_fields = view.request_fields
         self._no_request: dict[str, Any] = {name: None for name, _ in self.request_fields}
@@ -631,7 +630,7 @@ class ViewProgram:
         widest_first = sorted(windows, key=_widest_first)
         nested = all(_contains(a, b) for a, b in pairwise(widest_first))
         lines = [
-            "def aggregate(buf, compacted, t, tiles, state):",
+            "def answer(buf, compacted, t, tiles, state, req):",
             "    hi = _bisect(buf, t, key=_ts)",
             "    keep = state.kept_by is _KEEPER",
         ]
@@ -812,11 +811,25 @@ class ViewProgram:
             if agg.default is None:
                 outs.append(value)
             else:
-                lines.append(f"    a{i} = {value}")
+                if value != f"a{i}":
+                    lines.append(f"    a{i} = {value}")
                 outs.append(f"(_default{i} if a{i} is None else a{i})")
-        lines.append(f"    return [{', '.join(outs)}]")
+        # the features from the aggregations' values, in the same function: no list of them
+        # built and unpacked again
+        leaves = []
+        for i, out in enumerate(outs):
+            if not out.isidentifier():
+                lines.append(f"    r{i} = {out}")
+                out = f"r{i}"
+            leaves.append(out)
+        finish, returned, consts = self._finish_code(leaves)
+        lines += [f"    {ln}" for ln in finish]
+        lines.append(f"    return ({', '.join(returned)}{',' if len(returned) == 1 else ''})")
         src = "\n".join([*lines, *prefix_source]) + "\n"
         namespace = _namespace(self.aggs)
+        for name, value in consts.items():
+            if namespace.setdefault(name, value) is not value:
+                raise AssertionError(f"query and feature code disagree on generated name {name}")
         namespace.update(
             {
                 "_Prefix": Prefix,
@@ -835,8 +848,8 @@ class ViewProgram:
             namespace[f"_copy{i}"] = kind.copy
             namespace[f"_finalize{i}"] = kind.finalizer(agg)
             namespace[f"_default{i}"] = agg.default
-        exec(compile(src, "<featurepipe:aggregate>", "exec"), namespace)
-        return src, namespace["aggregate"]
+        exec(compile(src, "<featurepipe:answer>", "exec"), namespace)
+        return src, namespace["answer"]
 
     def _counts_distinct(self, i: int) -> bool:
         """Whether the query answers aggregation ``i`` over a big window with ``distinct`` or
@@ -1004,12 +1017,15 @@ class ViewProgram:
             lines += [f"        {ln}" for ln in self._fold_block(i)]
         return lines
 
-    def _compile_features(self) -> tuple[str, Callable[..., Any]]:
+    def _finish_code(self, leaves: list[str]) -> tuple[list[str], list[str], dict[str, Any]]:
+        """The features from the aggregations' values (``leaves``: the name holding each):
+        the lines computing them, the expressions returned (one per feature, in declaration
+        order) and the names the lines use."""
         index = {a: i for i, a in enumerate(self.aggs)}
 
         def leaf(n: ir.Node) -> str | None:
             if isinstance(n, ir.Agg):
-                return f"aggs[{index[n]}]"
+                return leaves[index[n]]
             if isinstance(n, ir.FeatureRef):
                 return gen.names[self.view.feature(n.name).expr]
             if isinstance(n, ir.Request):
@@ -1027,7 +1043,7 @@ class ViewProgram:
             if f.expr.dtype is DType.FLOAT:  # one NaN on the way out: sign/payload mean nothing
                 v = f"({v} if {v} == {v} else _NAN)"  # None == None
             returned.append(v)
-        return gen.function("finish_features", "aggs, req, t", returned)
+        return gen.lines, returned, gen.consts
 
     # -- state -----------------------------------------------------------------------------
     def new_state(self) -> State:
@@ -1209,9 +1225,9 @@ class ViewProgram:
                 f"lateness behind the newest event ({format_us(state.max_ts)}); retained state "
                 "cannot answer it"
             )
-        values = self._aggregate(state.buffer, state.compacted, t, state.tiles, state)
         req = self._no_request if request is None else {**self._no_request, **request}
-        out = self._final(values, req, t)  # float features: one NaN already
+        # float features: one NaN already
+        out = self._answer(state.buffer, state.compacted, t, state.tiles, state, req)
         if not self._float_lists and not self._float_maps:
             return out  # type: ignore[no-any-return]
         out = list(out)

@@ -789,7 +789,9 @@ class Var(AggKind):
 
     def finalize_code(self, agg: Agg, acc: str) -> str | None:
         n, s1, s2, flags = (self.at(acc, f) for f in self.fields)
-        return f"_k.finalize_moment({n}, {s1}, {s2}, {flags}, {self.name == 'std'})"
+        # kernels.finalize_var's null for one value or none, without a call
+        moment = f"_k.finalize_moment({n}, {s1}, {s2}, {flags}, {self.name == 'std'})"
+        return f"(None if {n} <= 1 else {moment})"
 
     def columns(
         self, agg: Agg, v: pl.Expr, inc: pl.Expr, valid: pl.Expr, out: pl.DataType
