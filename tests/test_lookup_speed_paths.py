@@ -1,6 +1,6 @@
 """The fast online lookup against the straightforward one, on a real Redis-protocol server.
 
-``OnlineReader._read`` reads every (view, entity) once, in one server-side script call, and
+``OnlineReader._read`` reads every (view, entity) once, in one transaction, and
 assembles rows from per-entity answers; ``OnlineReader._read_one_by_one`` is the reference it
 replaced: one pipelined HMGET per state, then each entity decoded, queried and copied into its
 rows. On generated states (every aggregation kind, nulls, NaN, infinities, -0.0, huge integers,
@@ -268,7 +268,7 @@ def test_fast_path_equals_the_reference(data: Fixture, cache_bytes: int) -> None
         assert fast == slow, (keys, wanted, at_us)
         kind = fast[0] if fast[0] == "rows" else fast[1]
         outcomes[kind] = outcomes.get(kind, 0) + 1
-    assert reader.store.scripted_reads  # the script served every read
+    assert reader.store.transaction_reads  # the transaction served every read
     # answers and lateness refusals alike, nothing else refused
     assert set(outcomes) == {"rows", StateError.__name__}, outcomes
     assert outcomes["rows"] > 100 and outcomes[StateError.__name__] >= 3, outcomes
@@ -331,10 +331,10 @@ def _check_answer_span(prog: ViewProgram, windows: Any, data: Fixture) -> None:
     assert checked > 200
 
 
-def test_a_request_split_over_several_script_calls(
+def test_a_request_split_over_several_transactions(
     data: Fixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(state_store_module, "_SCRIPT_CHUNK", 7)
+    monkeypatch.setattr(state_store_module, "_READ_CHUNK", 7)
     reader = data.reader()
     keys = {"n": data.column(data.ints, 90), "k": data.column(data.strs, 90)}
     wanted = {"look_k": list(VIEW_K.feature_names), "look_n": ["n_sum_n_all", "n_std_n_all"]}
@@ -342,47 +342,112 @@ def test_a_request_split_over_several_script_calls(
     assert fast == slow and fast[0] == "rows"
 
     # the store re-materialized between two parts of one lookup: refused, never mixed
-    run = StateStore._run_read_script
+    run = StateStore._run_read_transaction
     calls = []
 
-    def run_then_renew(self: StateStore, keys: Any, args: Any) -> list[Any]:
-        out = run(self, keys, args)
+    def run_then_renew(self: StateStore, head: Any, keys: Any) -> list[Any]:
+        out = run(self, head, keys)
         calls.append(len(keys))
         if len(calls) == 2:
             data.state.new_generation("materialize", {VIEW_K.name: VIEW_K.fingerprint})
         return out
 
-    monkeypatch.setattr(StateStore, "_run_read_script", run_then_renew)
+    monkeypatch.setattr(StateStore, "_run_read_transaction", run_then_renew)
     with pytest.raises(StoreIdentityError, match="re-materialized"):
         reader.read_keyed(keys, wanted, at_us=to_epoch_us(data.end))
-    assert len(calls) == 3
+    assert len(calls) == 3 and calls[:2] == [7, 7]
 
 
-def test_a_server_refusing_scripts_is_read_with_the_pipeline(
-    data: Fixture, monkeypatch: pytest.MonkeyPatch
+def test_a_server_refusing_transactions_is_read_with_the_pipeline(
+    data: Fixture, store: Store
 ) -> None:
-    def refuse(self: StateStore, keys: Any, args: Any) -> list[Any]:
-        raise redis.exceptions.NoPermissionError("this user has no permissions to run 'evalsha'")
+    """A Redis user whose ACL refuses MULTI (the read transaction): the reader's answers are
+    the pipeline's, and later reads go straight to it."""
+    user = f"fp-nomulti-{store.prefix[-8:]}"
+    store.client.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-multi"],
+    )
+    try:
+        limited = redis.Redis.from_url(store.url, username=user, password="pw")
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            limited.execute_command("MULTI")
+        keys, wanted = {"k": data.column(data.strs, 40)}, {"look_k": list(VIEW_K.feature_names)}
+        at_us = to_epoch_us(data.end)
+        expected = data.reader().read_keyed(keys, wanted, at_us=at_us)
+        reader = OnlineReader(limited, VIEWS, data.prefix)
+        fast, slow = _both(reader, keys, wanted, at_us)
+        assert fast == slow == ("rows", _canon(expected))
+        assert not reader.store.transaction_reads  # for good: no second failed attempt
+        limited.close()
+    finally:
+        store.client.acl_deluser(user)
 
+
+def test_a_state_key_of_another_type_raises_as_the_pipeline_does(data: Fixture) -> None:
+    """A key of the wrong type among the states read: the server's WRONGTYPE error, as the
+    pipeline raises it; transactions stay on and the connection answers the next read."""
     reader = data.reader()
-    keys, wanted = {"k": data.column(data.strs, 40)}, {"look_k": list(VIEW_K.feature_names)}
+    store = reader.store
+    keys, wanted = {"k": ["e1", "e2", "broken", "e3"]}, {"look_k": ["k_c_all"]}
     at_us = to_epoch_us(data.end)
-    expected = reader.read_keyed(keys, wanted, at_us=at_us)
-    monkeypatch.setattr(StateStore, "_run_read_script", refuse)
+    good = reader.read_keyed({"k": ["e1", "e2", "e3"]}, wanted, at_us=at_us)
+    data.client.set(store.layout.state_key(VIEW_K, "broken"), "not a hash")
     fast, slow = _both(reader, keys, wanted, at_us)
-    assert fast == slow == ("rows", _canon(expected))
-    assert not reader.store.scripted_reads  # for good: no second failed attempt per lookup
+    assert fast == slow and fast[:2] == ("raised", "ResponseError")
+    assert "WRONGTYPE" in fast[2]
+    assert store.transaction_reads
+    assert reader.read_keyed({"k": ["e1", "e2", "e3"]}, wanted, at_us=at_us) == good
 
 
-def test_script_not_cached_on_the_server(data: Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A server without the script in its cache (restarted, SCRIPT FLUSH) is sent its text."""
-    reader = data.reader()
-    keys, wanted = {"k": data.column(data.strs, 20)}, {"look_k": ["k_c_all", "k_mean_x_1d"]}
+def test_a_lost_connection_is_read_again(data: Fixture, store: Store) -> None:
+    """The reader's connection killed by the server between two reads (a restart, a proxy's
+    idle timeout): the next read answers, through a new connection."""
+    client = redis.Redis.from_url(store.url)  # the reader's own pool
+    reader = OnlineReader(client, VIEWS, data.prefix, cache_bytes=0)
+    keys, wanted = {"k": data.column(data.strs, 30)}, {"look_k": list(VIEW_K.feature_names)}
     at_us = to_epoch_us(data.end)
-    before = reader.read_keyed(keys, wanted, at_us=at_us)
-    monkeypatch.setattr(state_store_module, "_READ_SHA", "0" * 40)  # a digest no server holds
-    assert _canon(reader.read_keyed(keys, wanted, at_us=at_us)) == _canon(before)
-    assert reader.store.scripted_reads
+    before = _canon(reader.read_keyed(keys, wanted, at_us=at_us))
+    name = f"fp-reader-{data.prefix[-8:]}"
+    client.client_setname(name)  # the pooled connection (the only one) the reads use
+    mine = [c for c in data.client.client_list() if c.get("name") == name]
+    assert len(mine) == 1
+    data.client.client_kill_filter(_id=mine[0]["id"])
+    assert _canon(reader.read_keyed(keys, wanted, at_us=at_us)) == before
+    assert reader.store.transaction_reads
+    client.close()
+
+
+def test_the_packed_transaction_is_redis_py_s_packing_of_the_same_commands() -> None:
+    """``_read_transaction``'s bytes against redis-py's own packer (an independent encoder of
+    the protocol), on keys with braces, spaces, unicode, CR/LF and the empty string."""
+    from redis.connection import Connection
+
+    from featurepipe.online.layout import STATE_FIELDS
+
+    conn = Connection()
+    rng = random.Random(7)
+    alphabet = ["a", "{", "}", " ", "ü", "中", "\r", "\n", "$", "*", "0"]
+    for _ in range(200):
+
+        def key() -> bytes:
+            return "".join(rng.choices(alphabet, k=rng.randint(0, 12))).encode()
+
+        gen, progress = key(), [key() for _ in range(rng.randint(0, 3))]
+        states = [key() for _ in range(rng.randint(0, 20))]
+        commands = [
+            ("MULTI",),
+            ("HGET", gen, "id"),
+            *(("EXISTS", k) for k in progress),
+            *(("HMGET", k, *STATE_FIELDS) for k in states),
+            ("EXEC",),
+        ]
+        expected = b"".join(conn.pack_commands(commands))
+        assert state_store_module._read_transaction(gen, progress, states) == expected
 
 
 def test_every_refusal_is_kept(data: Fixture) -> None:

@@ -230,7 +230,7 @@ class PartitionedStateStore(StateStore):
         super().__init__(client, prefix)
         self.layout = PartitionedLayout(prefix)
         self.cluster = True
-        self.scripted_reads = False
+        self.transaction_reads = False
         self._loaded = False  # the routing is read on first use (no I/O in the constructor)
 
     # -- routing ----------------------------------------------------------------------------

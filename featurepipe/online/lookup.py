@@ -7,8 +7,8 @@ values must have the key's declared type (the source field's: ``str`` or ``int``
 another type is refused, not looked up under a key that cannot exist.
 
 A lookup reads every state it needs, with the store's generation and materialization checks, in
-one server-side script call (``StateStore.fetch_states_in_generation``; a pipeline on a cluster
-or a server that refuses scripts), then answers each (view, entity) once. ``AnswerCache`` keeps
+one transaction (``StateStore.fetch_states_in_generation``; a pipeline on a cluster or a
+server that refuses transactions), then answers each (view, entity) once. ``AnswerCache`` keeps
 recent answers: one is reused only for the very state bytes just read and for request times at
 which the query cannot differ (``answer_span``), so a reused answer is the computed one, bit for
 bit. ``OnlineReader._read_one_by_one`` is the straightforward reading the tests hold this to.
