@@ -298,6 +298,7 @@ def test_two_entities_are_read_in_one_round_trip(repo: Repo) -> None:
         at_us=int(UNTIL.timestamp()) * 1_000_000,
     )
     assert CountingConnection.sends == 1
+    assert reader.store.transaction_reads  # the transaction, not the pipeline fallback
     assert rows == [
         {"n": 2, "by_user_found": True, "m_n": 1, "by_merchant_found": True},
         {"n": 0, "by_user_found": False, "m_n": 2, "by_merchant_found": True},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -422,6 +423,95 @@ def test_a_lost_connection_is_read_again(data: Fixture, store: Store) -> None:
     client.close()
 
 
+def test_a_connection_lost_mid_reply_is_read_again_through_the_pipeline(
+    data: Fixture, store: Store
+) -> None:
+    """The connection fails while the transaction's replies are read (its third reply, as a
+    reset socket would): the request is answered through the pipeline, which reconnects;
+    transactions stay on and the next read uses them again."""
+
+    class Breaking(redis.Connection):
+        reads = 0
+        broken = False
+
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            cls = type(self)
+            cls.reads += 1
+            if cls.reads == 3 and not cls.broken:
+                cls.broken = True
+                self.disconnect()
+                raise redis.exceptions.ConnectionError("Connection reset by peer (injected)")
+            return super().read_response(*args, **kwargs)
+
+    client = redis.Redis.from_url(store.url, connection_class=Breaking)
+    reader = OnlineReader(client, VIEWS, data.prefix, cache_bytes=0)
+    keys, wanted = {"k": data.column(data.strs, 30)}, {"look_k": list(VIEW_K.feature_names)}
+    at_us = to_epoch_us(data.end)
+    expected = _canon(data.reader(cache_bytes=0).read_keyed(keys, wanted, at_us=at_us))
+    Breaking.reads = 0
+    assert _canon(reader.read_keyed(keys, wanted, at_us=at_us)) == expected
+    assert Breaking.broken and reader.store.transaction_reads
+    assert _canon(reader.read_keyed(keys, wanted, at_us=at_us)) == expected
+    client.close()
+
+
+def test_a_single_connection_client_shared_by_threads(data: Fixture, store: Store) -> None:
+    """A single-connection client's one socket, used by lookups on several threads at once:
+    each read holds the client's lock for its whole transaction, so no thread reads another's
+    replies (which would answer with another entity's state, or fail)."""
+    client = redis.Redis.from_url(store.url, single_connection_client=True)
+    reader = OnlineReader(client, VIEWS, data.prefix, cache_bytes=0)
+    at_us = to_epoch_us(data.end)
+    wanted = {"look_k": ["k_c_all", "k_sum_n_all", "k_last_x_all"]}
+    requests = [data.column(data.strs, data.rng.randint(1, 12)) for _ in range(40)]
+    expected = [_canon(reader.read_keyed({"k": ks}, wanted, at_us=at_us)) for ks in requests]
+    wrong: list[Any] = []
+
+    def work(offset: int) -> None:
+        for i in range(150):
+            j = (i + offset) % len(requests)
+            try:
+                got = _canon(reader.read_keyed({"k": requests[j]}, wanted, at_us=at_us))
+            except Exception as e:  # counted as a wrong answer
+                wrong.append(e)
+                continue
+            if got != expected[j]:
+                wrong.append(j)
+            client.ping()  # another command on the same socket between reads
+
+    threads = [threading.Thread(target=work, args=(n * 13,)) for n in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert wrong == []
+    assert reader.store.transaction_reads
+    client.close()
+
+
+def test_a_client_with_another_encoding_reads_its_own_states(store: Store) -> None:
+    """Key and field names go to the server as the client encodes them (here UTF-16), as the
+    client wrote them: the transaction finds what the pipeline finds."""
+    client = redis.Redis.from_url(store.url, encoding="utf-16")
+    s = StateStore(client, store.new_prefix())
+    s.create_generation("materialize", {"v": "fp1"})
+    assert s.commit("tests", [StateWrite("v", "ü", b"state", "fp1")], {}, {})
+    wanted = [("v", "ü"), ("v", "absent")]
+    assert s.fetch_states_in_generation(wanted) == s.read_states_in_generation(wanted)
+    assert s.fetch_states_in_generation(wanted)[0] is not None and s.transaction_reads
+    client.close()
+
+
+def test_a_connection_that_is_not_a_plain_one_gets_the_pipeline() -> None:
+    """``_transact`` sends nothing on a connection it cannot drive (client-side caching
+    wraps redis-py's connections in a proxy) and gives it back."""
+    released: list[Any] = []
+    proxy = object()
+    with pytest.raises(state_store_module._NoTransaction):
+        state_store_module._transact(proxy, b"", 3, released.append)
+    assert released == [proxy]
+
+
 def test_the_packed_transaction_is_redis_py_s_packing_of_the_same_commands() -> None:
     """``_read_transaction``'s bytes against redis-py's own packer (an independent encoder of
     the protocol), on keys with braces, spaces, unicode, CR/LF and the empty string."""
@@ -447,7 +537,9 @@ def test_the_packed_transaction_is_redis_py_s_packing_of_the_same_commands() -> 
             ("EXEC",),
         ]
         expected = b"".join(conn.pack_commands(commands))
-        assert state_store_module._read_transaction(gen, progress, states) == expected
+        fields = [f.encode() for f in STATE_FIELDS]
+        packed = state_store_module._read_transaction(gen, b"id", progress, states, fields)
+        assert packed == expected
 
 
 def test_every_refusal_is_kept(data: Fixture) -> None:

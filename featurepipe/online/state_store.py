@@ -96,20 +96,64 @@ def _command(*args: bytes) -> bytes:
 
 _MULTI = _command(b"MULTI")
 _EXEC = _command(b"EXEC")
-_HMGET = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(STATE_FIELDS))
-_STATE_FIELDS = b"".join(_bulk(f.encode()) for f in STATE_FIELDS)
 
 
 def _read_transaction(
-    generation_key: bytes, progress_keys: Sequence[bytes], state_keys: Sequence[bytes]
+    generation_key: bytes,
+    generation_field: bytes,
+    progress_keys: Sequence[bytes],
+    state_keys: Sequence[bytes],
+    state_fields: Sequence[bytes],
 ) -> bytes:
     """The read transaction's commands, packed: MULTI, HGET of the generation id, EXISTS per
-    progress key, HMGET of the state fields per state key, EXEC."""
-    parts = [_MULTI, _command(b"HGET", generation_key, _GENERATION_ID.encode())]
+    progress key, HMGET of the state fields per state key, EXEC (every name already encoded
+    as the client encodes it)."""
+    parts = [_MULTI, _command(b"HGET", generation_key, generation_field)]
     parts += [_command(b"EXISTS", k) for k in progress_keys]
-    parts += [b"%s$%d\r\n%s\r\n%s" % (_HMGET, len(k), k, _STATE_FIELDS) for k in state_keys]
+    hmget = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(state_fields))
+    fields = b"".join(map(_bulk, state_fields))
+    parts += [b"%s$%d\r\n%s\r\n%s" % (hmget, len(k), k, fields) for k in state_keys]
     parts.append(_EXEC)
     return b"".join(parts)
+
+
+class _NoTransaction(Exception):
+    """The client cannot send a packed transaction (not a plain connection)."""
+
+
+def _transact(
+    conn: Any, packed: bytes, commands: int, release: Callable[[Any], None] | None
+) -> list[Any]:
+    """Send a packed transaction of ``commands`` queued commands on ``conn`` and read every
+    reply (``StateStore._run_read_transaction``); ``release`` gives the connection back."""
+    complete = False
+    try:
+        if not isinstance(conn, redis.connection.AbstractConnection):
+            complete = True
+            raise _NoTransaction
+        conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
+        refused: redis.exceptions.ResponseError | None = None
+        for _ in range(1 + commands):  # +OK, then +QUEUED per command
+            try:
+                conn.read_response()
+            except redis.exceptions.ResponseError as e:
+                refused = refused or e
+        try:
+            replies = conn.read_response()
+        except redis.exceptions.ResponseError as e:  # EXECABORT, EXEC without MULTI
+            refused = refused or e
+        complete = True
+    finally:
+        if not complete:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+        if release is not None:
+            release(conn)
+    if refused is not None:
+        raise refused
+    failed = next((r for r in replies if isinstance(r, redis.exceptions.ResponseError)), None)
+    if failed is not None:
+        raise failed
+    return list(replies)
 
 
 # states per script call of a materialization's writes
@@ -183,7 +227,7 @@ class StateStore:
         self.cluster = isinstance(client, redis.RedisCluster)
         # lookups read with one transaction (not on a cluster: its keys would have to share a
         # slot); cleared for good when the server refuses transactions
-        self.transaction_reads = not self.cluster
+        self.transaction_reads = isinstance(client, redis.Redis)
         # materialize writes its states with one script call per chunk (same conditions)
         self.scripted_writes = not self.cluster
 
@@ -412,6 +456,9 @@ class StateStore:
             keys = [state_key(v, e) for v, e in wanted[start : start + _READ_CHUNK]]
             try:
                 replies = self._run_read_transaction(head, keys)
+            except _NoTransaction:  # a client whose connections cannot carry it
+                self.transaction_reads = False
+                return self.read_states_in_generation(wanted, expected)
             except redis.exceptions.ResponseError:
                 # refused (ACL, no transactions) or a key of the wrong type: the pipeline
                 # answers or raises exactly as before; only its success disables transactions
@@ -432,41 +479,26 @@ class StateStore:
         generation key, then the progress keys): the generation id, an EXISTS per progress
         key, the fields of each state key. Raises the server's error when it refuses the
         transaction or a command fails (a key of the wrong type), once every reply is read:
-        the connection stays in step, else it is closed."""
+        the connection stays in step, else it is closed. ``_NoTransaction`` for a client
+        whose connections are not plain ones (client-side caching proxies them)."""
         client = self.client
         if not isinstance(client, redis.Redis):  # a cluster reads with the pipeline
-            raise TypeError("a read transaction needs a single Redis server's client")
-        single = client.connection  # a single-connection client's own, else from the pool
-        conn = single or client.connection_pool.get_connection()
-        complete = False
-        try:
-            encode: Callable[[str], bytes] = conn.encoder.encode
-            packed = _read_transaction(
-                encode(head[0]), [encode(k) for k in head[1:]], [encode(k) for k in keys]
-            )
-            conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
-            refused: redis.exceptions.ResponseError | None = None
-            for _ in range(1 + len(head) + len(keys)):  # +OK, then +QUEUED per command
-                try:
-                    conn.read_response()
-                except redis.exceptions.ResponseError as e:
-                    refused = refused or e
-            try:
-                replies = conn.read_response()
-            except redis.exceptions.ResponseError as e:  # EXECABORT, EXEC without MULTI
-                refused = refused or e
-            complete = True
-        finally:
-            if not complete:
-                conn.disconnect()  # type: ignore[no-untyped-call]
-            if single is None:
-                client.connection_pool.release(conn)
-        if refused is not None:
-            raise refused
-        failed = next((r for r in replies if isinstance(r, redis.exceptions.ResponseError)), None)
-        if failed is not None:
-            raise failed
-        return list(replies)
+            raise _NoTransaction
+        encoder = client.get_encoder()
+        encode: Callable[[str], bytes] = encoder.encode
+        packed = _read_transaction(
+            encode(head[0]),
+            encode(_GENERATION_ID),
+            [encode(k) for k in head[1:]],
+            [encode(k) for k in keys],
+            [encode(f) for f in STATE_FIELDS],
+        )
+        single = client.connection  # a single-connection client's own: shared by threads
+        if single is not None:
+            with client.single_connection_lock:
+                return _transact(single, packed, len(head) + len(keys), release=None)
+        pool = client.connection_pool
+        return _transact(pool.get_connection(), packed, len(head) + len(keys), pool.release)
 
     def _check_read(
         self,

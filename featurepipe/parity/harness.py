@@ -412,8 +412,8 @@ def _check_in_processes(
         def hand_out(finished: Future[_Checked] | None = None) -> None:
             # a worker is free (or starts): it takes the next part; called from the pool's
             # result thread when a part is done
-            if finished is not None and finished.exception() is not None:
-                return  # no new part: the check ends with this error
+            if finished is not None and (finished.cancelled() or finished.exception()):
+                return  # no new part: the check ends (with this error)
             p = todo.take(worker=True)
             if p is not None:
                 try:
@@ -553,8 +553,9 @@ def _failed(error: BaseException) -> BaseException:
     """A worker's error as the check raises it: a worker process that died names the fault."""
     if isinstance(error, BrokenProcessPool):
         out = ParityError(
-            "a worker process of the check ended abruptly (killed, or out of memory?); the "
-            "check is incomplete: run it again, with fewer --jobs if memory is short"
+            "a worker process of the check ended abruptly (killed, out of memory, or it could "
+            "not start or send its result back); the check is incomplete: run it again, with "
+            "fewer --jobs if memory is short"
         )
         out.__cause__ = error
         return out
@@ -763,13 +764,14 @@ _encode = msgspec.msgpack.Encoder().encode
 
 
 def _identical(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
-    """Two answers bit for bit (``_canonical``). Equal msgpack bytes say so at once: a float
-    travels as its 8 bytes, bools, ints and floats as different types, maps in their order
-    (answers whose maps list their keys in another order are compared canonically)."""
+    """Two answers bit for bit (``_canonical``). An answer holds None, bools, ints, floats,
+    strings, lists and maps; equal msgpack bytes of two such say so at once: a float travels
+    as its 8 bytes, ints and floats as different types, maps in their order (answers whose
+    maps list their keys in another order are compared canonically)."""
     try:
         if _encode(a) == _encode(b):
             return True
-    except (TypeError, OverflowError):  # a value msgpack does not carry (an int over 64 bits)
+    except (TypeError, ValueError, OverflowError):  # an int over 64 bits, a lone surrogate
         pass
     return bool(_canonical(a) == _canonical(b))
 
