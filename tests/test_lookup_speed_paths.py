@@ -490,8 +490,10 @@ def test_a_single_connection_client_shared_by_threads(data: Fixture, store: Stor
 
 
 def test_a_client_with_another_encoding_reads_its_own_states(store: Store) -> None:
-    """Key and field names go to the server as the client encodes them (here UTF-16), as the
-    client wrote them: the transaction finds what the pipeline finds."""
+    """A client set to encode text as UTF-16: key and field names go to the server as its
+    packer puts them there (hiredis's packer, redis-py's default where hiredis is installed,
+    sends UTF-8 whatever the encoding), as the client wrote them, so the transaction finds
+    what the pipeline finds."""
     client = redis.Redis.from_url(store.url, encoding="utf-16")
     s = StateStore(client, store.new_prefix())
     s.create_generation("materialize", {"v": "fp1"})

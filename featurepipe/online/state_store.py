@@ -121,17 +121,39 @@ class _NoTransaction(Exception):
     """The client cannot send a packed transaction (not a plain connection)."""
 
 
+def _names_encoder(conn: Any) -> Callable[[str], bytes]:
+    """How ``conn`` puts a str on the wire, as its own packer does: UTF-8 with hiredis's
+    packer whatever the client's encoding, the client's encoding with redis-py's. Every
+    key was written through that packer, so the transaction names them the same way."""
+    probe = "\u00fc"
+    wire = b"".join(conn.pack_command("ECHO", probe))
+    for encode in (str.encode, conn.encoder.encode):
+        if wire.endswith(_bulk(encode(probe))):
+            return encode
+    raise _NoTransaction
+
+
 def _transact(
-    conn: Any, packed: bytes, commands: int, release: Callable[[Any], None] | None
+    conn: Any,
+    packed: Callable[[Callable[[str], bytes]], bytes],
+    commands: int,
+    release: Callable[[Any], None] | None,
 ) -> list[Any]:
-    """Send a packed transaction of ``commands`` queued commands on ``conn`` and read every
-    reply (``StateStore._run_read_transaction``); ``release`` gives the connection back."""
+    """Send a transaction of ``commands`` queued commands on ``conn`` (``packed`` with its
+    names encoded as the connection encodes them) and read every reply
+    (``StateStore._run_read_transaction``); ``release`` gives the connection back."""
     complete = False
     try:
         if not isinstance(conn, redis.connection.AbstractConnection):
             complete = True
             raise _NoTransaction
-        conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
+        try:
+            encode = _names_encoder(conn)
+        except _NoTransaction:  # nothing sent: the connection is in step
+            complete = True
+            raise
+        wire = packed(encode)
+        conn.send_packed_command([wire])  # type: ignore[no-untyped-call]
         refused: redis.exceptions.ResponseError | None = None
         for _ in range(1 + commands):  # +OK, then +QUEUED per command
             try:
@@ -484,15 +506,16 @@ class StateStore:
         client = self.client
         if not isinstance(client, redis.Redis):  # a cluster reads with the pipeline
             raise _NoTransaction
-        encoder = client.get_encoder()
-        encode: Callable[[str], bytes] = encoder.encode
-        packed = _read_transaction(
-            encode(head[0]),
-            encode(_GENERATION_ID),
-            [encode(k) for k in head[1:]],
-            [encode(k) for k in keys],
-            [encode(f) for f in STATE_FIELDS],
-        )
+
+        def packed(encode: Callable[[str], bytes]) -> bytes:
+            return _read_transaction(
+                encode(head[0]),
+                encode(_GENERATION_ID),
+                [encode(k) for k in head[1:]],
+                [encode(k) for k in keys],
+                [encode(f) for f in STATE_FIELDS],
+            )
+
         single = client.connection  # a single-connection client's own: shared by threads
         if single is not None:
             with client.single_connection_lock:
