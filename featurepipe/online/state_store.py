@@ -107,7 +107,7 @@ def _read_transaction(
 ) -> bytes:
     """The read transaction's commands, packed: MULTI, HGET of the generation id, EXISTS per
     progress key, HMGET of the state fields per state key, EXEC (every name already encoded
-    as the client encodes it)."""
+    as the connection's packer encodes it: ``_names_encoder``)."""
     parts = [_MULTI, _command(b"HGET", generation_key, generation_field)]
     parts += [_command(b"EXISTS", k) for k in progress_keys]
     hmget = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(state_fields))
