@@ -26,6 +26,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ab import ROOT, export, run_child  # the benchmarks directory is on sys.path
+from serving import copy_states
 
 REAL_REDIS = "redis://127.0.0.1:6379/0"
 PREFIX = "lookup-ab"
@@ -104,15 +105,7 @@ def main() -> None:
             try:
                 real = redis.Redis.from_url(REAL_REDIS, socket_timeout=2.0)
                 version = real.info("server")["redis_version"]
-                for start in range(0, len(keys), 2000):  # every key is a hash
-                    chunk = keys[start : start + 2000]
-                    read = valkey.pipeline(transaction=False)
-                    for k in chunk:
-                        read.hgetall(k)
-                    write = real.pipeline(transaction=False)
-                    for k, fields in zip(chunk, read.execute(), strict=True):
-                        write.hset(k, mapping=fields)
-                    write.execute()
+                copy_states(valkey, real, keys)  # every key is a hash
                 servers.append((f"Redis {version} :6379", REAL_REDIS))
             except redis.exceptions.RedisError as e:
                 print(f"Redis on :6379 not used: {e}")

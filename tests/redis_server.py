@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -68,6 +69,26 @@ class Store:
 
     def __post_init__(self) -> None:
         self._extra: list[str] = []
+
+    @contextmanager
+    def user_without(self, name: str, *commands: str) -> Iterator[redis.Redis]:
+        """A client of a Redis user (ACL) allowed every command but ``commands``, deleted
+        afterwards."""
+        user = f"fp-{name}-{self.prefix[-8:]}"
+        self.client.acl_setuser(
+            user,
+            enabled=True,
+            passwords=["+pw"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all", *(f"-{c}" for c in commands)],
+        )
+        try:
+            limited = redis.Redis.from_url(self.url, username=user, password="pw")
+            yield limited
+            limited.close()
+        finally:
+            self.client.acl_deluser(user)
 
     def cleanup(self) -> None:
         for p in [self.prefix, *self._extra]:

@@ -364,17 +364,7 @@ def test_a_server_refusing_transactions_is_read_with_the_pipeline(
 ) -> None:
     """A Redis user whose ACL refuses MULTI (the read transaction): the reader's answers are
     the pipeline's, and later reads go straight to it."""
-    user = f"fp-nomulti-{store.prefix[-8:]}"
-    store.client.acl_setuser(
-        user,
-        enabled=True,
-        passwords=["+pw"],
-        keys=["*"],
-        channels=["*"],
-        commands=["+@all", "-multi"],
-    )
-    try:
-        limited = redis.Redis.from_url(store.url, username=user, password="pw")
+    with store.user_without("nomulti", "multi") as limited:
         with pytest.raises(redis.exceptions.NoPermissionError):
             limited.execute_command("MULTI")
         keys, wanted = {"k": data.column(data.strs, 40)}, {"look_k": list(VIEW_K.feature_names)}
@@ -384,9 +374,6 @@ def test_a_server_refusing_transactions_is_read_with_the_pipeline(
         fast, slow = _both(reader, keys, wanted, at_us)
         assert fast == slow == ("rows", _canon(expected))
         assert not reader.store.transaction_reads  # for good: no second failed attempt
-        limited.close()
-    finally:
-        store.client.acl_deluser(user)
 
 
 def test_a_state_key_of_another_type_raises_as_the_pipeline_does(data: Fixture) -> None:

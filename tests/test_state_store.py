@@ -195,17 +195,7 @@ def test_materialize_writes_by_script_as_the_pipeline_writes(store: Store) -> No
 def test_a_server_refusing_scripts_gets_the_pipeline(store: Store) -> None:
     """A Redis user whose ACL refuses EVAL: the states and the progress are written with the
     pipeline, and later writes go straight to it."""
-    user = f"fp-noscript-{store.prefix[-8:]}"
-    store.client.acl_setuser(
-        user,
-        enabled=True,
-        passwords=["+pw"],
-        keys=["*"],
-        channels=["*"],
-        commands=["+@all", "-eval", "-evalsha"],
-    )
-    try:
-        limited = redis.Redis.from_url(store.url, username=user, password="pw")
+    with store.user_without("noscript", "eval", "evalsha") as limited:
         s = StateStore(limited, store.prefix)
         states = [("a", b"1"), ("b", b"2")]
         done = MaterializeProgress("run1", 1_000, "fp1", "b", 2, 2)
@@ -216,9 +206,6 @@ def test_a_server_refusing_scripts_gets_the_pipeline(store: Store) -> None:
             StoredState(b"2", "fp1"),
         ]
         assert s.read_progress("v") == done
-        limited.close()
-    finally:
-        store.client.acl_deluser(user)
 
 
 def test_a_failed_state_write_is_never_claimed_by_the_progress(store: Store) -> None:
