@@ -15,7 +15,7 @@ less than wall time. It prints min and median CPU seconds per tree and the ratio
 (above 1 = the working tree is slower), and checks that both trees computed identical values
 and identical state bytes (with ``--layout-change``, only values: the bytes' sizes are printed).
 
-    python benchmarks/ab.py --events 200000 --rounds 5 [--base <rev>]
+    python benchmarks/ab.py --events 200000 --rounds 5 [--base <rev>] [--batch-only]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from featurepipe.dsl.loader import load_definitions
 from featurepipe.parity.harness import normalize_events
 
 root, n, users = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+steps = set(sys.argv[4].split(","))
 assert Path(featurepipe.__file__).resolve().is_relative_to(root.resolve()), featurepipe.__file__
 view = load_definitions(root / "feature_defs").view("user_spend")
 key = view.entity.key
@@ -55,6 +56,11 @@ clock = time.process_time  # CPU seconds of every thread: robust to other load o
 t = clock()
 batch = BatchProgram(view.ir).features(ev.lazy(), ev.select(key, TS))
 out["batch"] = clock() - t
+digest = hashlib.sha256(repr(batch.rows()).encode())
+if steps == {"batch"}:
+    out.update(digest=digest.hexdigest(), states="", state_size=0)
+    print(json.dumps(out))
+    sys.exit(0)
 dicts = ev.select(list(view.source.fields)).to_dicts()
 prog = ViewProgram(view.ir)
 states = {}
@@ -75,8 +81,7 @@ blobs = [prog.dumps(s) for s in states.values()]
 for b in blobs:
     prog.loads(b)
 out["state_bytes"] = clock() - t
-digest = hashlib.sha256(repr(values).encode())
-digest.update(repr(batch.rows()).encode())
+digest.update(repr(values).encode())
 out["digest"] = digest.hexdigest()
 digest = hashlib.sha256()
 for b in blobs:
@@ -114,8 +119,10 @@ def run_child(child: str, tree: Path, *args: str) -> Any:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(tree: Path, n: int, users: int = 10_000) -> dict[str, float | str]:
-    result: dict[str, float | str] = run_child(CHILD, tree, str(n), str(users))
+def run(
+    tree: Path, n: int, users: int = 10_000, steps: tuple[str, ...] = STEPS
+) -> dict[str, float | str]:
+    result: dict[str, float | str] = run_child(CHILD, tree, str(n), str(users), ",".join(steps))
     return result
 
 
@@ -137,7 +144,13 @@ def main() -> None:
         help="the working tree changes the stored state layout: its bytes may differ "
         "(values must not)",
     )
+    parser.add_argument(
+        "--batch-only",
+        action="store_true",
+        help="time the batch step alone (the others take most of a run's time)",
+    )
     args = parser.parse_args()
+    steps = ("batch",) if args.batch_only else STEPS
     with tempfile.TemporaryDirectory(prefix="featurepipe-ab-") as tmp:
         base_tree = Path(tmp)
         sha = export(args.base, base_tree)
@@ -146,7 +159,7 @@ def main() -> None:
         for r in range(args.rounds):
             order = list(trees) if r % 2 == 0 else list(reversed(trees))
             for name in order:
-                runs[name].append(run(trees[name], args.events, args.users))
+                runs[name].append(run(trees[name], args.events, args.users, steps))
                 print(f"round {r + 1}/{args.rounds}: {name} done", file=sys.stderr)
     digests = {str(x["digest"]) for rs in runs.values() for x in rs}
     states = {str(x["states"]) for rs in runs.values() for x in rs}
@@ -157,7 +170,7 @@ def main() -> None:
     print("| step | " + " | ".join(trees) + " | working / base (median) |")
     print("|---|" + "---|" * len(trees) + "---|")
     base_name, work_name = list(trees)
-    for step in STEPS:
+    for step in steps:
         cells = []
         med = {}
         for name in trees:
