@@ -9,12 +9,23 @@ a plain Python loop over the rows of the range."""
 
 from __future__ import annotations
 
+import math
+import random
+
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import featurepipe as fp
-from featurepipe.compile.polars_aggs import RANK, BatchProgram, Ranges, _from_entity_start
+from featurepipe.compile.polars_aggs import (
+    RANK,
+    BatchProgram,
+    Ranges,
+    _distinct_count,
+    _EndKeys,
+    _from_entity_start,
+    _range_extreme,
+)
 from featurepipe.testing import assert_parity
 from tests.schema import at, frame, row, view
 
@@ -274,3 +285,148 @@ def test_window_bounds_found_among_the_events_of_each_entity(
         assert answer["c_5s"] == naive(k, t, t - 5_000_000)
         # hopped (docs/semantics.md): T floored to the hop, then the window before it
         assert answer["c_hop"] == naive(k, t, t // 2_000_000 * 2_000_000 - 10_000_000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data(), st.booleans(), st.booleans())
+def test_range_extreme_table_of_numbers_and_of_other_types(
+    data: st.DataObject, smallest: bool, floats: bool
+) -> None:
+    """The sparse table of a numeric column without nulls (one NumPy array) and the general
+    one (here for a column with a null) against a loop: infinities, int64's ends, ties of
+    0.0, empty ranges, ranges as long as the column."""
+    if floats:
+        value = st.one_of(
+            st.floats(-1e6, 1e6), st.sampled_from([0.0, math.inf, -math.inf, 1.5, 1e308])
+        )
+        sentinel: float | int = math.inf if smallest else -math.inf
+    else:
+        value = st.one_of(st.integers(-9, 9), st.sampled_from([2**63 - 1, -(2**63), 0]))
+        sentinel = 2**63 - 1 if smallest else -(2**63)
+    values = data.draw(st.lists(value, min_size=1, max_size=70))
+    n = len(values)
+    queries = data.draw(
+        st.lists(st.tuples(st.integers(0, n), st.integers(0, n)), min_size=1, max_size=12)
+    )
+    lo = pl.Series([a for a, _ in queries], dtype=I64)
+    hi = pl.Series([b for _, b in queries], dtype=I64)
+    dtype = pl.Float64 if floats else I64
+    pick = min if smallest else max
+    want = [pick(values[a:b]) if b > a else sentinel for a, b in queries]
+    got = _range_extreme(pl.Series(values, dtype=dtype), lo, hi, smallest, sentinel)
+    assert got.dtype == dtype and got.to_list() == want
+    # the general table: the same column as Float32/Int32 with one more (null-free) row
+    # would change types; a null row after the end, never inside a range, does not
+    with_null = pl.Series([*values, None], dtype=dtype)
+    general = _range_extreme(with_null, lo, hi, smallest, sentinel)
+    assert general.to_list() == want
+
+
+@st.composite
+def distinct_log(draw: st.DrawFn) -> tuple[list[tuple[int, int, str | None]], int]:
+    """Events (rank, ts, value) sorted by (rank, ts), and the number of ranks."""
+    ranks = draw(st.integers(1, 4))
+    rows = draw(
+        st.lists(
+            st.tuples(
+                st.integers(0, ranks - 1),
+                st.integers(0, 60),
+                st.sampled_from(["a", "b", "c", "é", None]),
+            ),
+            max_size=60,
+        )
+    )
+    return sorted(rows, key=lambda r: (r[0], r[1])), ranks
+
+
+@settings(max_examples=300, deadline=None)
+@given(distinct_log(), st.data(), st.sampled_from([(5, 1), (1, 1), (10, 3), (20, 7)]))
+def test_windowed_distinct_counts_in_int64_keys_and_int128_keys(
+    log: tuple[list[tuple[int, int, str | None]], int],
+    data: st.DataObject,
+    window: tuple[int, int],
+) -> None:
+    """Distinct non-null values with window_start(T) <= ts < T (docs/semantics.md: T - w
+    sliding, T floored to the hop minus w hopped) by a loop, for queries before, among and
+    after the events and of unknown entities (rank -1): the Int64 keys and the Int128 ones
+    the kernel falls back to give the loop's answers."""
+    rows, ranks = log
+    w, h = window
+    queries = sorted(
+        data.draw(st.lists(st.tuples(st.integers(-1, ranks - 1), st.integers(-5, 75)), max_size=20))
+    )
+    ev = pl.DataFrame(
+        {
+            RANK: [r for r, _, _ in rows],
+            "__ts": [t for _, t, _ in rows],
+            "v": [v for *_, v in rows],
+        },
+        schema={RANK: pl.UInt32, "__ts": I64, "v": pl.String},
+    )
+    # each query's lifetime range [lo_life, hi): its entity's events before T
+    lo_life = [sum(1 for r, _, _ in rows if r < qr) for qr, _ in queries]
+    hi = [sum(1 for r, t, _ in rows if r < qr or (r == qr and t < qt)) for qr, qt in queries]
+    lo_life = [
+        min(a, b) if qr >= 0 else 0 for a, b, (qr, _) in zip(lo_life, hi, queries, strict=True)
+    ]
+    hi = [b if qr >= 0 else 0 for b, (qr, _) in zip(hi, queries, strict=True)]
+    q = pl.DataFrame(
+        {
+            RANK: [r for r, _ in queries],
+            "__ts": [t for _, t in queries],
+            "lo_life": lo_life,
+            "hi": hi,
+        },
+        schema=dict.fromkeys((RANK, "__ts", "lo_life", "hi"), I64),
+    )
+
+    def naive(qr: int, t: int) -> int:
+        start = t - w if h == 1 else t // h * h - w
+        return len({v for r, ts, v in rows if r == qr and start <= ts < t and v is not None})
+
+    want = [naive(r, t) for r, t in queries]
+    assert _distinct_count(ev, q, "v", window).to_list() == want
+    wide = _EndKeys.__init__
+
+    def never_narrow(self: _EndKeys, *args: object) -> None:
+        wide(self, *args)  # type: ignore[arg-type]
+        self.narrow = False
+
+    _EndKeys.__init__ = never_narrow  # type: ignore[method-assign]
+    try:
+        assert _distinct_count(ev, q, "v", window).to_list() == want
+    finally:
+        _EndKeys.__init__ = wide  # type: ignore[method-assign]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "é", "日本", None]),
+            st.one_of(st.integers(-3, 3), st.sampled_from(_EXTREMES)),
+        ),
+        max_size=25,
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_events_put_in_entity_time_arrival_order(
+    rows: list[tuple[str | None, int]], rng: random.Random
+) -> None:
+    """``in_order`` (ranks, then one Int64 sort key where the times fit, a sort by rank, time
+    and arrival otherwise) gives the rows of Polars' own sort by (key, ts, seq), events
+    without a key left out, whether the log comes in arrival order or not; the ranks number
+    the keys in sorted order."""
+    seqs = list(range(len(rows)))
+    if rng.random() < 0.5:
+        rng.shuffle(seqs)
+    ev = pl.DataFrame(
+        {"k": [k for k, _ in rows], "__ts": [t for _, t in rows], "__seq": seqs},
+        schema={"k": pl.String, "__ts": I64, "__seq": I64},
+    )
+    ordered, ents = BatchProgram(_COUNTS.ir).in_order(ev.lazy())
+    want = ev.filter(pl.col("k").is_not_null()).sort("k", "__ts", "__seq")
+    assert ordered.select("k", "__ts", "__seq").rows() == want.rows()
+    keys = sorted({k for k, _ in rows if k is not None})
+    assert ents.rows() == [(i, k) for i, k in enumerate(keys)]
+    assert ordered[RANK].to_list() == [keys.index(k) for k in want["k"]]
