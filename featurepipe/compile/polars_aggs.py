@@ -126,9 +126,9 @@ class BatchProgram:
         order, with their entity's rank (``RANK``); and the ranks (key, ``RANK``), the keys'
         sorted order as ``accumulators`` numbers them.
 
-        One Int64 sort key, rank * width + (ts - first), when every rank and time fits it
-        (a stable sort keeps arrival order among ties, as ``SEQ`` does when the input is in
-        arrival order): sorting by a string key and two integers costs several times more."""
+        One Int64 sort key (``_rank_time_key``) when every rank and time fits it (a stable
+        sort keeps arrival order among ties, as ``SEQ`` does when the input is in arrival
+        order): sorting by a string key and two integers costs several times more."""
         read = sorted(self.view.fields_read - {self.key, TS, SEQ})
         raw = events.filter(pl.col(self.key).is_not_null()).select(self.key, TS, SEQ, *read)
         raw_frame = raw.collect()
@@ -137,18 +137,11 @@ class BatchProgram:
             ents, on=self.key, how="left", maintain_order="left"
         )[RANK]
         frame = raw_frame.with_columns(rank)
-        ts, seq = frame[TS], frame[SEQ]
-        first, last = _int_bounds(ts)
-        width = last - first + 1
-        if not (
-            ts.dtype.is_integer()
-            and ts.null_count() == 0
-            and ents.height * width < 2**62
-            and -(2**62) < first <= last < 2**62
-        ):
+        by = _rank_time_key(frame[TS], ents.height)
+        if by is None:
             return frame.sort(RANK, TS, SEQ), ents
         # a sort moves the rows several times faster than a gather by the sorted order
-        by = pl.col(RANK).cast(I64) * width + (pl.col(TS).cast(I64) - first)
+        seq = frame[SEQ]
         in_seq = seq.null_count() == 0 and seq.is_sorted()
         ordered = frame.sort([by] if in_seq else [by, pl.col(SEQ)], maintain_order=True)
         return ordered, ents
@@ -219,11 +212,12 @@ class BatchProgram:
             ev = ev.with_columns(ranks[RANK])
         event_key = _EventKeys(ev[TS], ents.height, q[TS])
         ev = ev.with_columns(event_key(pl.col(RANK), pl.col(TS)).alias(KEY))
-        q = (
-            q.join(ents, on=self.key, how="left", maintain_order="left")
-            .with_columns(pl.col(RANK).cast(I64).fill_null(-1))
-            .sort(RANK, TS)  # sorted probes make the binary searches cache-friendly
+        q = q.join(ents, on=self.key, how="left", maintain_order="left").with_columns(
+            pl.col(RANK).cast(I64).fill_null(-1)
         )
+        # sorted probes make the binary searches cache-friendly
+        by_rank_time = _rank_time_key(q[TS], ents.height)
+        q = q.sort(RANK, TS) if by_rank_time is None else q.sort(by_rank_time)
         keys = ev[KEY]
         n = ev.height
         windows = sorted({None, *(a.span for a in self.aggs)}, key=lambda s: s or (-1, -1))
@@ -882,6 +876,19 @@ class _EventKeys:
             return _key(rank, t)
         offset = t.clip(self.below, self.below + self.width - 1) - self.below
         return rank.cast(I64) * self.width + offset.cast(I64)
+
+
+def _rank_time_key(ts: pl.Series, ranks: int) -> pl.Expr | None:
+    """(``RANK``, ``TS``) as one Int64 in the same order, ranks from -1 (unknown entity) to
+    ``ranks - 1``, when the times ``ts`` fit: one integer key sorts several times faster than
+    two. None when they do not."""
+    first, last = _int_bounds(ts)
+    width = last - first + 1
+    if not (ts.dtype.is_integer() and ts.null_count() == 0):
+        return None
+    if (ranks + 1) * width >= 2**62 or not -(2**62) < first <= last < 2**62:
+        return None
+    return (pl.col(RANK).cast(I64) + 1) * width + (pl.col(TS).cast(I64) - first)
 
 
 def _int_bounds(col: pl.Series) -> tuple[int, int]:
