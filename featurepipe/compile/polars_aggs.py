@@ -126,18 +126,13 @@ class BatchProgram:
         order, with their entity's rank (``RANK``); and the ranks (key, ``RANK``), the keys'
         sorted order as ``accumulators`` numbers them.
 
-        One Int64 sort key (``_rank_time_key``) when every rank and time fits it (a stable
+        One Int64 sort key (``_rank_then``) when every rank and time fits it (a stable
         sort keeps arrival order among ties, as ``SEQ`` does when the input is in arrival
         order): sorting by a string key and two integers costs several times more."""
         read = sorted(self.view.fields_read - {self.key, TS, SEQ})
         raw = events.filter(pl.col(self.key).is_not_null()).select(self.key, TS, SEQ, *read)
-        raw_frame = raw.collect()
-        ents = raw_frame.select(pl.col(self.key).unique().sort()).with_row_index(RANK)
-        rank = raw_frame.select(self.key).join(
-            ents, on=self.key, how="left", maintain_order="left"
-        )[RANK]
-        frame = raw_frame.with_columns(rank)
-        by = _rank_time_key(frame[TS], ents.height)
+        frame, ents = _ranked(raw.collect(), self.key)
+        by = _rank_then(frame[TS], ents.height)
         if by is None:
             return frame.sort(RANK, TS, SEQ), ents
         # a sort moves the rows several times faster than a gather by the sorted order
@@ -206,17 +201,14 @@ class BatchProgram:
         """``ents``: the ranks (key, ``RANK``) of ``ev``'s ``RANK`` column (``in_order``);
         else numbered here."""
         if ents is None or RANK not in ev.columns:
-            ents = ev.select(pl.col(self.key).unique().sort()).with_row_index(RANK)
-            # rank from the key column alone: joining the whole frame would copy every column
-            ranks = ev.select(self.key).join(ents, on=self.key, how="left", maintain_order="left")
-            ev = ev.with_columns(ranks[RANK])
+            ev, ents = _ranked(ev, self.key)
         event_key = _EventKeys(ev[TS], ents.height, q[TS])
         ev = ev.with_columns(event_key(pl.col(RANK), pl.col(TS)).alias(KEY))
         q = q.join(ents, on=self.key, how="left", maintain_order="left").with_columns(
             pl.col(RANK).cast(I64).fill_null(-1)
         )
         # sorted probes make the binary searches cache-friendly
-        by_rank_time = _rank_time_key(q[TS], ents.height)
+        by_rank_time = _rank_then(q[TS], ents.height)
         q = q.sort(RANK, TS) if by_rank_time is None else q.sort(by_rank_time)
         keys = ev[KEY]
         n = ev.height
@@ -878,17 +870,37 @@ class _EventKeys:
         return rank.cast(I64) * self.width + offset.cast(I64)
 
 
-def _rank_time_key(ts: pl.Series, ranks: int) -> pl.Expr | None:
-    """(``RANK``, ``TS``) as one Int64 in the same order, ranks from -1 (unknown entity) to
-    ``ranks - 1``, when the times ``ts`` fit: one integer key sorts several times faster than
-    two. None when they do not."""
-    first, last = _int_bounds(ts)
+def _ranked(frame: pl.DataFrame, key: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``frame`` (no null ``key``) with its entity's rank as ``RANK``, and the ranks (``RANK``,
+    key): the keys numbered in their sorted order."""
+    ents = frame.select(pl.col(key).unique().sort()).with_row_index(RANK)
+    # rank from the key column alone: joining the whole frame would copy every column
+    rank = frame.select(key).join(ents, on=key, how="left", maintain_order="left")[RANK]
+    return frame.with_columns(rank), ents
+
+
+def _rank_then(values: pl.Series, ranks: int) -> pl.Expr | None:
+    """(``RANK``, ``values``) as one Int64 in the same order, ranks from -1 (unknown entity)
+    to ``ranks - 1``, when the integers ``values`` fit: one integer key sorts several times
+    faster than two, and than a string key. None when they do not."""
+    first, last = _int_bounds(values)
     width = last - first + 1
-    if not (ts.dtype.is_integer() and ts.null_count() == 0):
+    if not (values.dtype.is_integer() and values.null_count() == 0):
         return None
     if (ranks + 1) * width >= 2**62 or not -(2**62) < first <= last < 2**62:
         return None
-    return (pl.col(RANK).cast(I64) + 1) * width + (pl.col(TS).cast(I64) - first)
+    return (pl.col(RANK).cast(I64) + 1) * width + (pl.col(values.name).cast(I64) - first)
+
+
+def sort_by_entity(frame: pl.DataFrame, key: str, then: str) -> pl.DataFrame:
+    """``frame`` (no null ``key``) sorted by (``key``, ``then``) as Polars sorts them, the
+    entity keys ranked first and the rows sorted under one Int64 key where the integers
+    ``then`` fit (``_rank_then``); ties keep their order."""
+    ranked, ents = _ranked(frame, key)
+    by = _rank_then(ranked[then], ents.height)
+    if by is None:
+        return frame.sort(key, then, maintain_order=True)
+    return ranked.sort(by, maintain_order=True).drop(RANK)
 
 
 def _int_bounds(col: pl.Series) -> tuple[int, int]:

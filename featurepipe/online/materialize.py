@@ -33,7 +33,7 @@ import polars as pl
 import redis
 
 from featurepipe.batch.sources import SourceReport, read_events
-from featurepipe.compile.polars_aggs import SEQ
+from featurepipe.compile.polars_aggs import SEQ, sort_by_entity
 from featurepipe.compile.polars_records import (
     EXACT,
     Accumulation,
@@ -150,9 +150,9 @@ def materialize(
         entities_df = lf.filter(usable).select(pl.col(key).unique()).collect()
         skipped = int(skipped_q.collect()["skipped"][0])
     else:  # one read: the events (sorted), their entities, the rows skipped
-        every, skipped_df = pl.collect_all(
-            [lf.filter(usable).select(*columns, SEQ).sort(key, SEQ), skipped_q]
-        )
+        unsorted, skipped_df = pl.collect_all([lf.filter(usable).select(*columns, SEQ), skipped_q])
+        every = sort_by_entity(unsorted, key, SEQ)
+        del unsorted
         entities_df = every.select(pl.col(key).unique(maintain_order=True))
         skipped = int(skipped_df["skipped"][0])
     if entities_df.height == 0 and not allow_empty:
