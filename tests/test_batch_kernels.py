@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Literal
 
 import polars as pl
 from hypothesis import given, settings
@@ -25,6 +26,7 @@ from featurepipe.compile.polars_aggs import (
     _EndKeys,
     _from_entity_start,
     _range_extreme,
+    _search,
 )
 from featurepipe.testing import assert_parity
 from tests.schema import at, frame, row, view
@@ -430,3 +432,21 @@ def test_events_put_in_entity_time_arrival_order(
     keys = sorted({k for k, _ in rows if k is not None})
     assert ents.rows() == [(i, k) for i, k in enumerate(keys)]
     assert ordered[RANK].to_list() == [keys.index(k) for k in want["k"]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-3, 3), max_size=30),
+    st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-4, 4), max_size=30),
+    st.sampled_from(["left", "right"]),
+    st.booleans(),
+)
+def test_binary_searches_count_the_keys_below_each_probe(
+    keys: list[int], probes: list[int], side: Literal["left", "right"], wide: bool
+) -> None:
+    """``_search`` (NumPy for Int64, Polars for Int128) against a count: the keys below each
+    probe ("left"), or at most it ("right"), duplicates and int64's ends included."""
+    dtype = pl.Int128 if wide else I64
+    found = _search(pl.Series(sorted(keys), dtype=dtype), pl.Series(probes, dtype=dtype), side)
+    below = [sum(1 for k in keys if (k < p if side == "left" else k <= p)) for p in probes]
+    assert found.dtype == I64 and found.to_list() == below

@@ -214,7 +214,7 @@ class BatchProgram:
         n = ev.height
         windows = sorted({None, *(a.span for a in self.aggs)}, key=lambda s: s or (-1, -1))
         qb = {
-            "hi": keys.search_sorted(_eval(q, event_key(pl.col(RANK), pl.col(TS))), side="left"),
+            "hi": _search(keys, _eval(q, event_key(pl.col(RANK), pl.col(TS))), "left"),
         }
         for span in windows:
             if span is None:
@@ -223,7 +223,7 @@ class BatchProgram:
                 lo_t = _window_start(pl.col(TS), span, I64)
             else:
                 lo_t = pl.max_horizontal(_window_start(pl.col(TS), span), pl.lit(-_OFF, I128))
-            qb[_lo(span)] = keys.search_sorted(_eval(q, event_key(pl.col(RANK), lo_t)), "left")
+            qb[_lo(span)] = _search(keys, _eval(q, event_key(pl.col(RANK), lo_t)), "left")
         q = q.with_columns(**{name: s.cast(I64) for name, s in qb.items()})
         q = q.with_columns(self._dirty(ev, q))
 
@@ -270,7 +270,7 @@ class BatchProgram:
                 _key(pl.col(RANK), pl.col(SEQ)).alias("__k2"),
             )
         )
-        j = by_seq["__k2"].search_sorted(_eval(q, _key(pl.col(RANK), pl.col(ARRIVED))), side="left")
+        j = _search(by_seq["__k2"], _eval(q, _key(pl.col(RANK), pl.col(ARRIVED))), "left")
         padded_rank = pl.concat([by_seq[RANK].cast(I64), pl.Series([-2], dtype=I64)])
         padded_smin = pl.concat([by_seq["__smin"], pl.Series([k.INT_MAX], dtype=I64)])
         same = padded_rank.gather(j) == q[RANK]
@@ -312,13 +312,13 @@ class BatchProgram:
         )
         # the newest ts among the events of the query's entity that arrived before it
         j = _eval(by_seq, _key(pl.col(RANK), pl.col(SEQ))).search_sorted(
-            _eval(q, _key(pl.col(RANK), pl.col(ARRIVED))), side="left"
+            _eval(q, _key(pl.col(RANK), pl.col(ARRIVED))), "left"
         )
         ranks = pl.concat([pl.Series([-2], dtype=I64), by_seq[RANK]])
         newest = pl.concat([pl.Series([None], dtype=I64), by_seq["__newest"].cast(I64)])
         upto = pl.select(pl.when(ranks.gather(j) == q[RANK]).then(newest.gather(j))).to_series()
         upto_key = event_key(pl.col(RANK), pl.col("__upto").fill_null(0))
-        cut = ev[KEY].search_sorted(_eval(q.with_columns(upto.alias("__upto")), upto_key), "right")
+        cut = _search(ev[KEY], _eval(q.with_columns(upto.alias("__upto")), upto_key), "right")
         q = q.with_columns(
             pl.when(upto.is_null())  # nothing had arrived: an empty range
             .then(pl.col(_lo(None)))
@@ -329,8 +329,8 @@ class BatchProgram:
         # the late events in row order: never more than the events of its windows
         late = by_seq.filter(pl.col(TS) <= pl.col("__before")).select(SEQ, INDEX).sort(INDEX)
         widest = pl.min_horizontal(*(_lo(self.aggs[i].span) for i in [*aggs, *skipping]))
-        first = late[INDEX].search_sorted(_eval(q, widest), side="left").cast(I64)
-        end = late[INDEX].search_sorted(q["__cut"], side="left").cast(I64)
+        first = _search(late[INDEX], _eval(q, widest), "left").cast(I64)
+        end = _search(late[INDEX], q["__cut"], "left").cast(I64)
         at = (
             pl.DataFrame({QID: q[QID], ARRIVED: q[ARRIVED], "__a": first, "__b": end})
             .select(
@@ -670,8 +670,8 @@ class Ranges:
         if work > (q["__hi"] - q["__lo"]).sum():
             return None
         pairs = q.join(groups, on=RANK, how="inner").sort("__q", "bucket")
-        hi = key.search_sorted(_group_key(pairs["__g"], pairs["__hi"]), side="left")
-        lo = key.search_sorted(_group_key(pairs["__g"], pairs["__lo"]), side="left")
+        hi = _search(key, _group_key(pairs["__g"], pairs["__hi"]), "left")
+        lo = _search(key, _group_key(pairs["__g"], pairs["__lo"]), "left")
         out = pairs.select("__q", "bucket").with_columns(
             _range_sum(ev[name], lo, hi).alias(name) for name in fields
         )
@@ -798,9 +798,9 @@ class SkippingRanges(Ranges):
             .join(bounds, on="__q", how="left")
         )
         base = pl.col("__v").cast(I128) * _SHIFT
-        in_range = at.search_sorted(_eval(per_value, base + pl.col("__hi")), side="left")
-        in_range = in_range.cast(I64) - at.search_sorted(
-            _eval(per_value, base + pl.col("__lo")), side="left"
+        in_range = _search(at, _eval(per_value, base + pl.col("__hi")), "left")
+        in_range = in_range.cast(I64) - _search(
+            at, _eval(per_value, base + pl.col("__lo")), "left"
         ).cast(I64)
         gone = (
             per_value.filter(in_range == per_value["__left_out"].cast(I64))
@@ -931,6 +931,15 @@ def _last_visible(ts: pl.Expr, span: tuple[int, int], dtype: type[pl.DataType] =
     return tt + w if h == 1 else ((tt + w) // h + 1) * h - 1
 
 
+def _search(keys: pl.Series, probes: pl.Series, side: Literal["left", "right"]) -> pl.Series:
+    """``keys.search_sorted(probes, side)`` (``keys`` sorted ascending), as Int64: by NumPy
+    for Int64 without nulls, about 3x faster than Polars' on sorted probes of 1M rows."""
+    if keys.dtype == I64 and probes.dtype == I64 and not keys.null_count() + probes.null_count():
+        found = np.searchsorted(keys.to_numpy(), probes.to_numpy(), side=side)
+        return pl.Series(found, dtype=I64)
+    return keys.search_sorted(probes, side=side).cast(I64)
+
+
 def _eval(df: pl.DataFrame, e: pl.Expr) -> pl.Series:
     return df.select(e.alias("__e")).to_series()
 
@@ -970,8 +979,8 @@ def _distinct_count(
         ends = valid.select(_key(pl.col(RANK), end).alias("__e")).to_series().sort()
         t_key = _eval(q, _key(pl.col(RANK), pl.col(TS)))
         first_key = _eval(q, _key(pl.col(RANK), pl.lit(-_OFF, I128)))
-    before = ends.search_sorted(t_key, side="left").cast(I64)
-    ended = before - ends.search_sorted(first_key, side="left").cast(I64)
+    before = _search(ends, t_key, "left").cast(I64)
+    ended = before - _search(ends, first_key, "left").cast(I64)
     return (started - ended).alias(key)
 
 
