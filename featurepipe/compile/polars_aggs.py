@@ -9,13 +9,18 @@ How (all vectorized, no per-row Python):
 1. a lazy row stage evaluates every aggregation's input, ``where`` flag and the kind's prepared
    columns (fixed-point integers for float sums, canonical floats for min/max, ...), each
    distinct expression once (aggregations of one input share their flags and values);
-2. events are sorted by (entity, ts, seq) under one integer key per (entity rank, ts): Int64
-   when every entity's span of times fits (``_EventKeys``), else Int128 ``rank * 2**64 + ts``;
-   for each query and window a binary search gives the event range [lo, hi);
+2. events are ranked by entity key (the keys' sorted order) and sorted by (rank, ts, seq)
+   under one Int64 key where the times fit (``in_order``; a sort by the key string costs
+   several times more), before the row stage widens them; binary searches run on one
+   integer key per (entity rank, ts): Int64 when every entity's span of times fits
+   (``_EventKeys``), else Int128 ``rank * 2**64 + ts``; for each query and window a binary
+   search gives the event range [lo, hi);
 3. each kind builds its accumulators from the range kernels here (``Ranges``): differences of
    exact integer prefix sums (one prefix per column, shared by its windows), a sparse table
-   (range min/max; a lifetime range is the entity's running extreme), forward/backward-filled
-   event indices, and distinct counts from each value's next occurrence (two binary searches);
+   (range min/max, in one NumPy array for numbers; a lifetime range is the entity's running
+   extreme), forward/backward-filled event indices, and distinct counts from each value's next
+   occurrence (two binary searches); Int64 prefix sums and binary searches run in NumPy,
+   several times faster there than in Polars;
 4. queries that must not see some events of their range (those that arrived after the
    query: late events) cut their range at the newest event that had arrived, then: kinds
    whose range accumulators combine (``AggKind.merge_ranges``: the counts and sums, min/max,
