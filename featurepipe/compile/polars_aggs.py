@@ -1082,7 +1082,10 @@ def _range_extreme(
     max_len = int(length.max() or 0)  # type: ignore[arg-type]
     if n == 0 or max_len <= 0:
         return pl.Series([sentinel] * lo.len(), dtype=col.dtype)
-    if col.dtype in (F64, I64) and col.null_count() == 0:
+    # numbers without nulls or NaN (min/max's prepared column holds none; NumPy and Polars
+    # order NaN apart)
+    numbers = col.dtype == I64 or (col.dtype == F64 and not col.is_nan().any())
+    if numbers and col.null_count() == 0:
         return _range_extreme_table(col, lo, hi, max_len, smallest, sentinel)
     levels = [col]
     step = 1
@@ -1122,7 +1125,7 @@ def _range_extreme(
 def _range_extreme_table(
     col: pl.Series, lo: pl.Series, hi: pl.Series, max_len: int, smallest: bool, sentinel: Any
 ) -> pl.Series:
-    """``_range_extreme`` for a column of numbers without nulls, the sparse table in one
+    """``_range_extreme`` for a column of numbers without nulls or NaN, the sparse table in one
     NumPy array: level j holds the extreme of [i, i + 2**j) (of what is left of it at the
     end), each level from the one below without a copy, and each query reads two cells of
     one level. Exact: min and max only pick values."""
