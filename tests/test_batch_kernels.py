@@ -27,6 +27,7 @@ from featurepipe.compile.polars_aggs import (
     _from_entity_start,
     _range_extreme,
     _search,
+    sort_by_entity,
 )
 from featurepipe.testing import assert_parity
 from tests.schema import at, frame, row, view
@@ -326,13 +327,16 @@ def test_range_extreme_table_of_numbers_and_of_other_types(
 
 @st.composite
 def distinct_log(draw: st.DrawFn) -> tuple[list[tuple[int, int, str | None]], int]:
-    """Events (rank, ts, value) sorted by (rank, ts), and the number of ranks."""
+    """Events (rank, ts, value) sorted by (rank, ts), and the number of ranks; some logs with
+    times near int64's ends, where Int64 keys do not fit."""
     ranks = draw(st.integers(1, 4))
+    far = st.sampled_from([-(2**62), -(2**61) - 3, 2**61 - 40, 2**61 + 1, 2**62])
+    times = st.integers(0, 60) | far if draw(st.booleans()) else st.integers(0, 60)
     rows = draw(
         st.lists(
             st.tuples(
                 st.integers(0, ranks - 1),
-                st.integers(0, 60),
+                times,
                 st.sampled_from(["a", "b", "c", "é", None]),
             ),
             max_size=60,
@@ -354,8 +358,9 @@ def test_windowed_distinct_counts_in_int64_keys_and_int128_keys(
     the kernel falls back to give the loop's answers."""
     rows, ranks = log
     w, h = window
+    query_times = st.integers(-5, 75) | st.sampled_from([-(2**62) + 9, 2**61 - 30, 2**62 + 70])
     queries = sorted(
-        data.draw(st.lists(st.tuples(st.integers(-1, ranks - 1), st.integers(-5, 75)), max_size=20))
+        data.draw(st.lists(st.tuples(st.integers(-1, ranks - 1), query_times), max_size=20))
     )
     ev = pl.DataFrame(
         {
@@ -450,3 +455,28 @@ def test_binary_searches_count_the_keys_below_each_probe(
     found = _search(pl.Series(sorted(keys), dtype=dtype), pl.Series(probes, dtype=dtype), side)
     below = [sum(1 for k in keys if (k < p if side == "left" else k <= p)) for p in probes]
     assert found.dtype == I64 and found.to_list() == below
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.sampled_from(["b", "a", "é", "", "日本"]), st.integers(-3, 3).map(str)),
+            st.one_of(st.integers(0, 9), st.sampled_from(_EXTREMES)),
+        ),
+        max_size=25,
+    )
+)
+def test_frames_sorted_by_entity_then_an_integer_as_polars_sorts_them(
+    rows: list[tuple[str, int]],
+) -> None:
+    """``sort_by_entity`` (materialize's order, which resuming depends on) gives the rows of
+    Polars' ``sort(key, then)``: one Int64 key where the integers fit, the two-key sort at
+    int64's ends."""
+    frame = pl.DataFrame(
+        {"k": [k for k, _ in rows], "then": [t for _, t in rows], "row": list(range(len(rows)))},
+        schema={"k": pl.String, "then": I64, "row": I64},
+    )
+    got = sort_by_entity(frame, "k", "then")
+    want = frame.sort("k", "then", maintain_order=True)
+    assert got.columns == frame.columns and got.rows() == want.rows()

@@ -126,7 +126,9 @@ class BatchProgram:
             .with_columns(copies)
         )
 
-    def in_order(self, events: pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def in_order(
+        self, events: pl.LazyFrame, engine: Engine = "auto"
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
         """The events with a key and the columns the row stage reads, in (entity, ts, seq)
         order, with their entity's rank (``RANK``); and the ranks (key, ``RANK``), the keys'
         sorted order as ``accumulators`` numbers them.
@@ -136,7 +138,7 @@ class BatchProgram:
         order): sorting by a string key and two integers costs several times more."""
         read = sorted(self.view.fields_read - {self.key, TS, SEQ})
         raw = events.filter(pl.col(self.key).is_not_null()).select(self.key, TS, SEQ, *read)
-        frame, ents = _ranked(raw.collect(), self.key)
+        frame, ents = _ranked(raw.collect(engine=engine), self.key)
         by = _rank_then(frame[TS], ents.height)
         if by is None:
             return frame.sort(RANK, TS, SEQ), ents
@@ -167,8 +169,9 @@ class BatchProgram:
         if engine == "streaming":  # the sort in the streaming plan (larger than memory)
             ev, ents = self.prepare(events.sort(self.key, TS, SEQ)).collect(engine=engine), None
         else:
-            ordered, ents = self.in_order(events)
-            ev = self.prepare(ordered.lazy()).collect()
+            ordered, ents = self.in_order(events, engine)
+            ev = self.prepare(ordered.lazy()).collect(engine=engine)
+            del ordered  # its raw fields: not in ev, not read again
         q = queries.select(
             pl.col(self.key),
             pl.col(TS).cast(I64),
@@ -1146,7 +1149,7 @@ def _range_extreme_table(
     # floor(log2(length)), exact for lengths below 2**53 (frexp: length = m * 2**e, m in [.5, 1))
     level_of = np.where(nonempty, np.frexp(np.maximum(length, 1).astype(np.float64))[1] - 1, 0)
     left = np.clip(start, 0, n - 1)
-    right = np.clip(stop - (1 << level_of), 0, n - 1)
+    right = np.clip(stop - (np.int64(1) << level_of), 0, n - 1)  # frexp's exponents: int32
     best = combine(table[level_of, left], table[level_of, right])
     out = np.where(nonempty, best, np.array(sentinel, dtype=values.dtype))
     return pl.Series(col.name, out, dtype=col.dtype)
