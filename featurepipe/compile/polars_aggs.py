@@ -232,7 +232,7 @@ class BatchProgram:
             else:
                 lo_t = pl.max_horizontal(_window_start(pl.col(TS), span), pl.lit(-_OFF, I128))
             qb[_lo(span)] = _search(keys, _eval(q, event_key(pl.col(RANK), lo_t)), "left")
-        q = q.with_columns(**{name: s.cast(I64) for name, s in qb.items()})
+        q = q.with_columns(**qb)  # Int64 (_search)
         q = q.with_columns(self._dirty(ev, q))
 
         if self.reference:
@@ -337,8 +337,8 @@ class BatchProgram:
         # the late events in row order: never more than the events of its windows
         late = by_seq.filter(pl.col(TS) <= pl.col("__before")).select(SEQ, INDEX).sort(INDEX)
         widest = pl.min_horizontal(*(_lo(self.aggs[i].span) for i in [*aggs, *skipping]))
-        first = _search(late[INDEX], _eval(q, widest), "left").cast(I64)
-        end = _search(late[INDEX], q["__cut"], "left").cast(I64)
+        first = _search(late[INDEX], _eval(q, widest), "left")
+        end = _search(late[INDEX], q["__cut"], "left")
         at = (
             pl.DataFrame({QID: q[QID], ARRIVED: q[ARRIVED], "__a": first, "__b": end})
             .select(
@@ -806,10 +806,9 @@ class SkippingRanges(Ranges):
             .join(bounds, on="__q", how="left")
         )
         base = pl.col("__v").cast(I128) * _SHIFT
-        in_range = _search(at, _eval(per_value, base + pl.col("__hi")), "left")
-        in_range = in_range.cast(I64) - _search(
+        in_range = _search(at, _eval(per_value, base + pl.col("__hi")), "left") - _search(
             at, _eval(per_value, base + pl.col("__lo")), "left"
-        ).cast(I64)
+        )
         gone = (
             per_value.filter(in_range == per_value["__left_out"].cast(I64))
             .group_by("__q")
@@ -987,8 +986,8 @@ def _distinct_count(
         ends = valid.select(_key(pl.col(RANK), end).alias("__e")).to_series().sort()
         t_key = _eval(q, _key(pl.col(RANK), pl.col(TS)))
         first_key = _eval(q, _key(pl.col(RANK), pl.lit(-_OFF, I128)))
-    before = _search(ends, t_key, "left").cast(I64)
-    ended = before - _search(ends, first_key, "left").cast(I64)
+    before = _search(ends, t_key, "left")
+    ended = before - _search(ends, first_key, "left")
     return (started - ended).alias(key)
 
 
